@@ -1,0 +1,155 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "p2p-filesharing",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "p2p-server", targets: ["p2p-server"]),
+        .executable(name: "p2p-client", targets: ["p2p-client"]),
+        .executable(name: "p2p-time", targets: ["p2p-time"]),
+        .executable(name: "p2p-bench", targets: ["p2p-bench"]),
+        .library(name: "P2PProtocol", targets: ["P2PProtocol"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+    ],
+    targets: [
+        // The wire protocol: message types, decoders, encoders and limits. No I/O.
+        .target(
+            name: "P2PProtocol",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // libtirpc, found through pkg-config (its headers live in /usr/include/tirpc).
+        .systemLibrary(
+            name: "CTIRPC",
+            pkgConfig: "libtirpc",
+            providers: [.apt(["libtirpc-dev"])]
+        ),
+        // rpcgen's client stubs and XDR routines for rpc/operations.x, plus a small shim.
+        .target(
+            name: "COperationLog",
+            dependencies: ["CTIRPC"]
+        ),
+        // Delivery of operation records to the log server over ONC-RPC.
+        .target(
+            name: "P2POperationLog",
+            dependencies: [
+                "COperationLog",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The directory: persistent store, request handling and the NIO server.
+        .target(
+            name: "P2PDirectory",
+            dependencies: [
+                "P2PProtocol",
+                "P2POperationLog",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The time web service (SOAP + plain HTTP).
+        .target(
+            name: "P2PTime",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // A small HTTP client for the time service, used by the client CLI.
+        .target(
+            name: "P2PTimeClient",
+            dependencies: [
+                "P2PProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        // The client: directory requests, the peer file server, downloads and the shell.
+        .target(
+            name: "P2PClient",
+            dependencies: [
+                "P2PProtocol",
+                "P2PTimeClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "_NIOFileSystem", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "p2p-server",
+            dependencies: [
+                "P2PDirectory",
+                "P2POperationLog",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "p2p-client",
+            dependencies: [
+                "P2PClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "p2p-time",
+            dependencies: [
+                "P2PTime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ]
+        ),
+        // Load generator for `make bench`.
+        .executableTarget(
+            name: "p2p-bench",
+            dependencies: [
+                "P2PProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "P2PProtocolTests", dependencies: ["P2PProtocol"]),
+        .testTarget(
+            name: "P2PDirectoryTests",
+            dependencies: [
+                "P2PDirectory",
+                "P2PProtocol",
+                "P2POperationLog",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "P2POperationLogTests",
+            dependencies: ["P2POperationLog", "P2PDirectory", "P2PProtocol"]
+        ),
+        .testTarget(
+            name: "P2PTimeTests",
+            dependencies: [
+                "P2PTime",
+                "P2PTimeClient",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
+        ),
+        .testTarget(
+            name: "P2PClientTests",
+            dependencies: ["P2PClient", "P2PDirectory", "P2PProtocol"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,4 @@
+import P2PProtocol
+
+/// GRDB also exports a `ResultCode` (SQLite's); in this module the name means the protocol's.
+typealias ResultCode = P2PProtocol.ResultCode

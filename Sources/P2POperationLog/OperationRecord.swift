@@ -1,0 +1,46 @@
+/// One served request, as the operation log prints it (PROTOCOL.md section 8).
+public struct OperationRecord: Sendable, Hashable {
+    public var user: String
+    /// The operation name as on the wire: REGISTER, PUBLISH, ...
+    public var operation: String
+    /// The file name for PUBLISH and DELETE, "" otherwise.
+    public var fileName: String
+    /// The date-time that came in the request.
+    public var dateTime: String
+
+    public init(user: String, operation: String, fileName: String = "", dateTime: String) {
+        self.user = user
+        self.operation = operation
+        self.fileName = fileName
+        self.dateTime = dateTime
+    }
+
+    /// The line the log server prints for this record.
+    public var logLine: String {
+        fileName.isEmpty ? "\(user) \(operation) \(dateTime)" : "\(user) \(operation) \(fileName) \(dateTime)"
+    }
+}
+
+/// Where the directory server sends a record for every request it serves.
+/// `submit` must never block or fail the request.
+public protocol OperationLogSink: Sendable {
+    func submit(_ record: OperationRecord)
+}
+
+/// Counters of an operation log's delivery.
+public struct OperationLogStatistics: Sendable, Hashable, CustomStringConvertible {
+    /// Records the log server acknowledged.
+    public var delivered: Int = 0
+    /// Records dropped because the queue was full.
+    public var dropped: Int = 0
+    /// Records still waiting to be sent.
+    public var pending: Int = 0
+    /// RPC calls made (a call may carry many records).
+    public var calls: Int = 0
+
+    public init() {}
+
+    public var description: String {
+        "delivered \(delivered) records in \(calls) calls, dropped \(dropped), pending \(pending)"
+    }
+}

@@ -1,0 +1,131 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOCore
+import P2PDirectory
+import P2POperationLog
+import P2PProtocol
+import ServiceLifecycle
+
+extension ResultCodeEncoding: ExpressibleByArgument {}
+
+@main
+struct ServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "p2p-server",
+        abstract: "The directory server of the P2P file-sharing system.",
+        discussion: """
+            Keeps who is registered, who is connected at which address and which files each user \
+            publishes, in <data-dir>/directory.sqlite. Sends one record per request to the \
+            operation-log RPC server unless --no-oplog is given.
+            """)
+
+    @Option(name: .shortAndLong, help: "TCP port to listen on.")
+    var port: Int = 4242
+
+    @Option(help: "Address to listen on.")
+    var host: String = "0.0.0.0"
+
+    @Option(help: "Folder holding directory.sqlite (created if missing).")
+    var dataDir: String = "./storage"
+
+    @Option(help: "How result codes go on the wire: ascii (\"0\\0\") or byte (one raw byte).")
+    var resultEncoding: ResultCodeEncoding = .ascii
+
+    @Option(help: "Seconds a connection may take to deliver its whole request.")
+    var idleTimeout: Double = 5
+
+    @Option(help: "Connections served at once; further ones are closed at once.")
+    var maxConnections: Int = 1024
+
+    @Option(help: "Host of rpcbind and the operation-log server (default: $LOG_RPC_IP, else localhost).")
+    var rpcHost: String?
+
+    @Flag(help: "Do not send operation records to the log server.")
+    var noOplog = false
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
+        guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
+        guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
+    }
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .info
+            return handler
+        }
+        let logger = Logger(label: "p2p-server")
+        raiseOpenFileLimit()
+
+        let store: DirectoryStore
+        do {
+            store = try DirectoryStore(dataDirectory: dataDir)
+        } catch {
+            throw CleanExit.message("p2p-server: cannot open the directory in \(dataDir): \(error)")
+        }
+
+        let rpcHost = self.rpcHost ?? ProcessInfo.processInfo.environment["LOG_RPC_IP"] ?? "localhost"
+        let operationLog = noOplog ? nil : RPCOperationLog(host: rpcHost, logger: Logger(label: "p2p-server.oplog"))
+        let handler = DirectoryRequestHandler(store: store, operationLog: operationLog, console: say)
+        let configuration = DirectoryServerConfiguration(
+            host: host,
+            port: port,
+            codeEncoding: resultEncoding,
+            idleTimeout: .milliseconds(Int64(idleTimeout * 1000)),
+            maxConnections: maxConnections)
+
+        let server: DirectoryServer
+        do {
+            server = try await DirectoryServer.bind(configuration: configuration, handler: handler, logger: logger)
+        } catch {
+            try? store.close()
+            FileHandle.standardError.write(Data("p2p-server: cannot listen on \(host):\(port): \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        let shownHost = server.localAddress.ipAddress ?? host
+        say("s> init server \(shownHost):\(server.localAddress.port ?? port)")
+        if let operationLog {
+            say("s> operation log: rpc://\(operationLog.host)")
+        }
+
+        // Services stop in reverse order: the listener first, then the log drains what is left.
+        var services: [any Service] = []
+        if let operationLog { services.append(operationLog) }
+        services.append(server)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+
+        try store.close()
+        if let operationLog {
+            say("s> operation log: \(operationLog.currentStatistics)")
+        }
+        say("s> server stopped")
+    }
+}
+
+/// Writes one line to stdout at once, unbuffered, so that lines from many connections never
+/// interleave and show up immediately when stdout is a pipe.
+@Sendable private func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+/// Many clients at once need many descriptors: use the hard limit rather than the soft one.
+private func raiseOpenFileLimit() {
+    var limit = rlimit()
+    guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(RLIMIT_NOFILE_VALUE, &limit)
+}
+
+#if canImport(Glibc)
+import Glibc
+private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+#else
+private let RLIMIT_NOFILE_VALUE = RLIMIT_NOFILE
+#endif

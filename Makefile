@@ -1,0 +1,78 @@
+# The P2P file-sharing system. `make run` brings the whole system up; `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+SWIFT ?= swift
+CONFIG ?= debug
+TIRPC_CFLAGS = $(shell pkg-config --cflags libtirpc)
+TIRPC_LIBS = $(shell pkg-config --libs libtirpc)
+CFLAGS ?= -O2 -g
+WARNINGS := -Wall -Wextra
+GENERATED_DIR := Sources/COperationLog
+# Everything rpcgen makes from rpc/operations.x; `make rpcgen` rewrites exactly these.
+GENERATED := $(GENERATED_DIR)/include/operations.h $(GENERATED_DIR)/operations_clnt.c \
+	$(GENERATED_DIR)/operations_xdr.c rpc/operations_svc.c
+SETUP_STAMP := .build/.setup-done
+
+.PHONY: all setup build release oplog rpcgen check-rpcgen test bench run clean
+
+all: build oplog
+
+# setup.sh installs what the system needs; it runs again only when it changed.
+$(SETUP_STAMP): setup.sh
+	./setup.sh
+	@mkdir -p $(dir $@) && touch $@
+
+setup: $(SETUP_STAMP)
+
+build: $(SETUP_STAMP)
+	$(SWIFT) build -c $(CONFIG)
+
+release: $(SETUP_STAMP)
+	$(SWIFT) build -c release
+
+# ---- operation-log server (C) -------------------------------------------------------------
+oplog: rpc/p2p-oplog
+
+rpc/p2p-oplog: rpc/oplog_server.c rpc/operations_svc.c $(GENERATED_DIR)/operations_xdr.c \
+		$(GENERATED_DIR)/include/operations.h | $(SETUP_STAMP)
+	$(CC) $(CFLAGS) $(WARNINGS) $(TIRPC_CFLAGS) -I$(GENERATED_DIR)/include -c rpc/oplog_server.c -o rpc/oplog_server.o
+	# rpcgen's code is not warning-clean; it is compiled as generated.
+	$(CC) $(CFLAGS) $(TIRPC_CFLAGS) -I$(GENERATED_DIR)/include -c rpc/operations_svc.c -o rpc/operations_svc.o
+	$(CC) $(CFLAGS) $(TIRPC_CFLAGS) -I$(GENERATED_DIR)/include -c $(GENERATED_DIR)/operations_xdr.c -o rpc/operations_xdr.o
+	$(CC) -o $@ rpc/oplog_server.o rpc/operations_svc.o rpc/operations_xdr.o $(TIRPC_LIBS)
+
+# Regenerates every generated file from rpc/operations.x.
+rpcgen: | $(SETUP_STAMP)
+	rpc/generate.sh $(GENERATED_DIR)/include $(GENERATED_DIR) rpc
+
+# Fails when the committed generated files differ from what rpcgen makes of operations.x now.
+check-rpcgen: | $(SETUP_STAMP)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	rpc/generate.sh "$$tmp" "$$tmp" "$$tmp" && \
+	status=0 && \
+	for pair in include/operations.h:operations.h operations_clnt.c:operations_clnt.c \
+			operations_xdr.c:operations_xdr.c; do \
+		diff -u "$(GENERATED_DIR)/$${pair%%:*}" "$$tmp/$${pair##*:}" || status=1; \
+	done && \
+	{ diff -u rpc/operations_svc.c "$$tmp/operations_svc.c" || status=1; } && \
+	if [ $$status -ne 0 ]; then echo "check-rpcgen: generated RPC code is out of date: run 'make rpcgen'"; exit 1; fi
+	@echo "check-rpcgen: generated RPC code matches rpc/operations.x"
+
+# ---- tests, benchmarks, running --------------------------------------------------------------
+# Tests that need rpcbind get it from scripts/with-rpcbind.sh, which stops it again if it
+# started it.
+test: $(SETUP_STAMP) check-rpcgen oplog
+	$(SWIFT) build --build-tests
+	scripts/with-rpcbind.sh $(SWIFT) test --skip-build
+
+bench: $(SETUP_STAMP) oplog
+	$(SWIFT) build -c release
+	scripts/with-rpcbind.sh scripts/bench.sh
+
+run: $(SETUP_STAMP) oplog
+	$(SWIFT) build -c release
+	scripts/run.sh
+
+clean:
+	rm -rf .build rpc/*.o rpc/p2p-oplog

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything the P2P system needs on a Debian machine (run as root, or with sudo
+# available). Idempotent and quiet when all is there:
+#   system packages: rpcbind, rpcgen and libtirpc for the operation log, pkg-config,
+#   SQLite headers, socat and wrk for the benchmarks;
+#   .venv/: a Python virtual environment with zeep, for the SOAP interop test.
+# Run alone (./setup.sh) it also builds the system in release mode.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+packages=(rpcbind rpcsvc-proto libtirpc-dev pkg-config libsqlite3-dev socat wrk python3 procps)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Test tools only: zeep, to prove the time service works with unmodified Python clients.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import zeep' >/dev/null 2>&1; then
+    say "creating .venv with zeep"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check zeep
+fi
+
+# Run by hand (not from make), set-up includes the build, as users of the C version expect.
+if [ -z "${MAKELEVEL:-}" ]; then
+    say "building (release)"
+    make -s oplog
+    swift build -c release
+    say "done: 'make run' starts the system"
+fi

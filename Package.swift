@@ -123,6 +123,19 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // Helpers shared by the test targets: temporary folders, a server harness, raw sockets.
+        .target(
+            name: "P2PTestSupport",
+            dependencies: [
+                "P2PDirectory",
+                "P2PProtocol",
+                "P2POperationLog",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/P2PTestSupport"
+        ),
         .testTarget(name: "P2PProtocolTests", dependencies: ["P2PProtocol"]),
         .testTarget(
             name: "P2PDirectoryTests",
@@ -130,13 +143,14 @@ let package = Package(
                 "P2PDirectory",
                 "P2PProtocol",
                 "P2POperationLog",
+                "P2PTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         .testTarget(
             name: "P2POperationLogTests",
-            dependencies: ["P2POperationLog", "P2PDirectory", "P2PProtocol"]
+            dependencies: ["P2POperationLog", "P2PDirectory", "P2PProtocol", "P2PTestSupport"]
         ),
         .testTarget(
             name: "P2PTimeTests",
@@ -148,7 +162,7 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PClientTests",
-            dependencies: ["P2PClient", "P2PDirectory", "P2PProtocol"]
+            dependencies: ["P2PClient", "P2PDirectory", "P2PProtocol", "P2PTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

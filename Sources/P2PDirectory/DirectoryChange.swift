@@ -11,7 +11,7 @@ enum DirectoryChange: Sendable {
     case publish(user: String, fileName: String, description: String)
     case delete(user: String, fileName: String)
 
-    var operation: Operation {
+    var operation: DirectoryOperation {
         switch self {
         case .register: return .register
         case .unregister: return .unregister

@@ -145,7 +145,7 @@ public final class DirectoryStore: Sendable {
                 return .users(rows.map { ConnectedUser(name: $0["name"], ip: $0["ip"], port: $0["port"]) })
             }
         } catch {
-            return .status(Operation.listUsers.otherErrorCode)
+            return .status(DirectoryOperation.listUsers.otherErrorCode)
         }
     }
 
@@ -162,8 +162,13 @@ public final class DirectoryStore: Sendable {
                 return .content(rows.map { PublishedFile(name: $0["name"], description: $0["description"]) })
             }
         } catch {
-            return .status(Operation.listContent.otherErrorCode)
+            return .status(DirectoryOperation.listContent.otherErrorCode)
         }
+    }
+
+    /// Every registered user's name, sorted.
+    public func registeredUsers() async throws -> [String] {
+        try await pool.read { db in try String.fetchAll(db, sql: "SELECT name FROM user ORDER BY name") }
     }
 
     /// nil when the user is not registered, otherwise whether it is connected.

@@ -90,14 +90,14 @@ public struct ResultCodeDecoder: Sendable {
 
 /// Decodes the directory server's reply to one operation, fed in chunks as they arrive.
 public struct ReplyDecoder: Sendable {
-    public let operation: Operation
+    public let operation: DirectoryOperation
     private var codeDecoder = ResultCodeDecoder()
     private var reader = FieldReader()
     private var buffer = ByteBuffer()
     private var count: Int?
     private var fields: [String] = []
 
-    public init(operation: Operation) {
+    public init(operation: DirectoryOperation) {
         self.operation = operation
     }
 

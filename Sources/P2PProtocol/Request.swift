@@ -25,7 +25,7 @@ public struct Request: Sendable, Hashable {
         case listContent(user: String, owner: String)
     }
 
-    public var operation: Operation {
+    public var operation: DirectoryOperation {
         switch command {
         case .register: return .register
         case .unregister: return .unregister
@@ -74,7 +74,7 @@ public struct Request: Sendable, Hashable {
     }
 
     /// Builds a request from its fields in wire order; nil when the count does not match.
-    init?(operation: Operation, arguments: [String]) {
+    init?(operation: DirectoryOperation, arguments: [String]) {
         guard arguments.count == operation.argumentCount else { return nil }
         let dateTime = arguments[0]
         let args = arguments.dropFirst()

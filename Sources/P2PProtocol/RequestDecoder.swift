@@ -12,7 +12,7 @@ public struct RequestDecoder: Sendable {
 
     /// The operation, once its name has arrived; the server uses it to pick the error code
     /// for a request that goes wrong later.
-    public private(set) var operation: Operation?
+    public private(set) var operation: DirectoryOperation?
 
     public init() {}
 
@@ -22,7 +22,7 @@ public struct RequestDecoder: Sendable {
         buffer.writeBuffer(&bytes)
         while let field = try reader.readField(from: &buffer) {
             guard let operation else {
-                guard let operation = Operation(rawValue: field) else { throw .unknownOperation(field) }
+                guard let operation = DirectoryOperation(rawValue: field) else { throw .unknownOperation(field) }
                 self.operation = operation
                 continue
             }

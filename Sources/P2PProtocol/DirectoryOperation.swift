@@ -1,7 +1,7 @@
 /// The eight operations a client can ask of the directory server.
 ///
 /// On the wire an operation is its upper-case name as the first NUL-terminated field.
-public enum Operation: String, CaseIterable, Sendable, Hashable {
+public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     case register = "REGISTER"
     case unregister = "UNREGISTER"
     case connect = "CONNECT"

@@ -71,10 +71,14 @@ public final class DirectoryServer: Service, Sendable {
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // A client may half-close after its request and still read the reply.
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
             .bind(host: configuration.host, port: configuration.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(RequestDeadlineHandler(timeout: idleTimeout))
-                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(isOutboundHalfClosureEnabled: true))
                 }
             }
         return DirectoryServer(configuration: configuration, handler: handler, logger: logger, serverChannel: channel)
@@ -118,14 +122,12 @@ public final class DirectoryServer: Service, Sendable {
         let encoder = ReplyEncoder(codeEncoding: configuration.codeEncoding)
         do {
             try await connection.executeThenClose { inbound, outbound in
+                var chunks = inbound.makeAsyncIterator()
                 var decoder = RequestDecoder()
                 var request: Request?
                 do {
-                    for try await var chunk in inbound {
-                        if let decoded = try decoder.decode(&chunk) {
-                            request = decoded
-                            break
-                        }
+                    while request == nil, var chunk = try await chunks.next() {
+                        request = try decoder.decode(&chunk)
                     }
                     guard request != nil else { throw decoder.finish() }
                 } catch {
@@ -136,6 +138,11 @@ public final class DirectoryServer: Service, Sendable {
                         encoder.writeCode(operation.otherErrorCode, into: &buffer)
                         try? await outbound.write(buffer)
                     }
+                    // Closing with unread input would reset the connection and could destroy the
+                    // reply before the client reads it: send FIN, then discard input until the
+                    // client closes or the request deadline passes.
+                    outbound.finish()
+                    while (try? await chunks.next()) != nil {}
                     return
                 }
                 let reply = await handler.handle(request!, peerIP: peerIP)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A folder under the system's temporary directory, removed by ``remove()``.
 public struct TemporaryDirectory: Sendable {
@@ -53,4 +54,15 @@ public func waitUntil(
     }
     if try await condition() { return }
     throw DeadlineExceeded(what: what)
+}
+
+/// A value shared between test tasks.
+public final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+
+    public init(_ value: Value) { mutex = Mutex(value) }
+
+    public func withLock<R>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
+
+    public var value: Value { mutex.withLock { $0 } }
 }

@@ -1,0 +1,50 @@
+import Foundation
+import NIOCore
+import P2PDirectory
+import P2PProtocol
+import P2PTestSupport
+import Synchronization
+import Testing
+
+/// PROTOCOL.md section 2: an operation that was answered 0 is never lost, even when the
+/// server process is killed with SIGKILL at an arbitrary moment.
+@Suite struct CrashRecoveryTests {
+    @Test func everyAcknowledgedRegisterSurvivesSIGKILL() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let server = try ChildProcess(
+            builtProduct("p2p-server"),
+            ["--host", "127.0.0.1", "-p", "0", "--data-dir", folder.path, "--no-oplog"])
+        let line = try await server.waitForLine { $0.hasPrefix("s> init server") }
+        let port = Int(line.split(separator: ":").last!)!
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: port)
+
+        let acknowledged = Locked<[String]>([])
+        let clients = 16
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for client in 0..<clients {
+                group.addTask {
+                    for index in 0..<100_000 {
+                        let name = "c\(client)-\(index)"
+                        let request = Request(dateTime: "25/11/2026 13:05:09", command: .register(user: name))
+                        guard let reply = try? await RawConnection.send(request, to: address) else { return }
+                        if reply == .status(0) { acknowledged.withLock { $0.append(name) } }
+                    }
+                }
+            }
+            // Kill it in the middle of the stream, once a good number were answered.
+            try await waitUntil("300 acknowledged registrations") { acknowledged.withLock { $0.count } >= 300 }
+            server.signal(SIGKILL)
+            try await group.waitForAll()
+        }
+        try await server.waitForExit()
+
+        let acked = acknowledged.withLock { $0 }
+        let store = try DirectoryStore(dataDirectory: folder.path)
+        let stored = Set(try await store.registeredUsers())
+        try store.close()
+        let lost = acked.filter { !stored.contains($0) }
+        #expect(acked.count >= 300)
+        #expect(lost.isEmpty, "\(lost.count) acknowledged registrations lost: \(lost.prefix(10))")
+    }
+}

@@ -8,7 +8,6 @@ let package = Package(
         .executable(name: "p2p-server", targets: ["p2p-server"]),
         .executable(name: "p2p-client", targets: ["p2p-client"]),
         .executable(name: "p2p-time", targets: ["p2p-time"]),
-        .executable(name: "p2p-bench", targets: ["p2p-bench"]),
         .library(name: "P2PProtocol", targets: ["P2PProtocol"]),
     ],
     dependencies: [
@@ -93,6 +92,8 @@ let package = Package(
             dependencies: [
                 "P2PDirectory",
                 "P2POperationLog",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -111,16 +112,6 @@ let package = Package(
                 "P2PTime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
-            ]
-        ),
-        // Load generator for `make bench`.
-        .executableTarget(
-            name: "p2p-bench",
-            dependencies: [
-                "P2PProtocol",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         // Helpers shared by the test targets: temporary folders, a server harness, raw sockets.

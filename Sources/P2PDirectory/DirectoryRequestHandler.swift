@@ -37,9 +37,9 @@ public struct DirectoryRequestHandler: Sendable {
         case .delete(let user, let fileName):
             reply = .status(await store.write(.delete(user: user, fileName: fileName)))
         case .listUsers(let user):
-            reply = await store.listUsers(requester: user)
+            reply = store.listUsers(requester: user)
         case .listContent(let user, let owner):
-            reply = await store.listContent(requester: user, owner: owner)
+            reply = store.listContent(requester: user, owner: owner)
         }
         operationLog?.submit(
             OperationRecord(

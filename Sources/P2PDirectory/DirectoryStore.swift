@@ -4,27 +4,33 @@ import P2PProtocol
 import Synchronization
 
 /// The persistent directory: registered users, where the connected ones listen, and the files
-/// each user published. Kept in SQLite (WAL mode) through GRDB.
+/// each user published. SQLite (WAL mode, through GRDB) holds it on disk; a
+/// ``DirectoryState`` mirrors it in memory.
 ///
-/// Every change is committed (and synced to disk) before its caller gets the result, so a
-/// change that was answered 0 survives a crash of the process at any moment. Changes that
-/// arrive together are committed together (group commit): each runs in its own savepoint
-/// inside one transaction, so one fsync covers the whole batch while each change still sees
-/// the ones before it. Reads go to GRDB's reader connections and run concurrently.
+/// Changes go through one writer: it decides each change's result code on its own copy of the
+/// state, writes the allowed ones to SQLite, and answers only after the commit, which is
+/// synced to disk, so a change answered 0 survives a crash at any moment. Changes that arrive
+/// together are committed together (group commit), so one fsync covers many requests.
+/// Readers are answered from a second copy of the state, updated after each commit: they
+/// never see a change that is not on disk, and never touch SQLite.
 public final class DirectoryStore: Sendable {
     /// The file the directory lives in, inside the data folder.
     public static let fileName = "directory.sqlite"
 
     /// The most changes committed in one transaction.
-    static let maxBatch = 512
+    static let maxBatch = 1024
 
     private let pool: DatabasePool
     private let pending = Mutex(PendingWrites())
+    /// The committed directory, for readers.
+    private let committed: Mutex<DirectoryState>
+    /// The writer's copy; only touched on `writerQueue`.
+    private nonisolated(unsafe) var writerState: DirectoryState
     /// Runs the batches; blocking SQLite calls never touch the NIO event loops or the Swift
     /// concurrency pool.
     private let writerQueue = DispatchQueue(label: "p2p.directory.writer", qos: .userInitiated)
 
-    /// Opens (creating if needed) the directory in `dataDirectory`.
+    /// Opens (creating if needed) the directory in `dataDirectory` and loads it.
     public init(dataDirectory: String) throws {
         try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
         var configuration = Configuration()
@@ -37,6 +43,9 @@ public final class DirectoryStore: Sendable {
         let path = (dataDirectory as NSString).appendingPathComponent(Self.fileName)
         pool = try DatabasePool(path: path, configuration: configuration)
         try Self.migrator.migrate(pool)
+        let state = try Self.load(pool)
+        writerState = state
+        committed = Mutex(state)
     }
 
     private static var migrator: DatabaseMigrator {
@@ -62,6 +71,24 @@ public final class DirectoryStore: Sendable {
         return migrator
     }
 
+    private static func load(_ pool: DatabasePool) throws -> DirectoryState {
+        try pool.read { db in
+            var files: [String: [PublishedFile]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT owner, name, description FROM file ORDER BY id") {
+                files[row["owner"], default: []].append(PublishedFile(name: row["name"], description: row["description"]))
+            }
+            var state = DirectoryState()
+            for row in try Row.fetchAll(db, sql: "SELECT name, ip, port FROM user") {
+                let name: String = row["name"]
+                let ip: String? = row["ip"]
+                let port: String? = row["port"]
+                let address = ip.flatMap { ip in port.map { DirectoryState.Address(ip: ip, port: $0) } }
+                state.restore(user: name, address: address, files: files[name] ?? [])
+            }
+            return state
+        }
+    }
+
     /// Closes the database. Changes already answered are on disk; later calls fail.
     public func close() throws {
         try pool.close()
@@ -71,7 +98,7 @@ public final class DirectoryStore: Sendable {
 
     /// Applies `change` in the next group commit and returns its result code once committed.
     /// A failure of the database gives the operation's "other" code and changes nothing.
-    func write(_ change: DirectoryChange) async -> ResultCode {
+    public func write(_ change: DirectoryChange) async -> P2PProtocol.ResultCode {
         await withCheckedContinuation { continuation in
             let startDrain = pending.withLock { pending in
                 pending.writes.append((change, continuation))
@@ -98,85 +125,49 @@ public final class DirectoryStore: Sendable {
                 return batch
             }
             if batch.isEmpty { return }
-            var results: [ResultCode] = []
-            do {
-                try pool.writeWithoutTransaction { db in
-                    results = []
-                    try db.inTransaction(.immediate) {
-                        for (change, _) in batch {
-                            results.append(Self.applyInSavepoint(change, db))
-                        }
-                        return .commit
+            var codes = batch.map { writerState.apply($0.0) }
+            let allowed = zip(batch, codes).filter { $0.1 == .ok }.map { $0.0.0 }
+            if !allowed.isEmpty {
+                do {
+                    try pool.write { db in
+                        for change in allowed { try change.persist(db) }
                     }
+                    committed.withLock { state in
+                        for change in allowed { _ = state.apply(change) }
+                    }
+                } catch {
+                    // Nothing of this batch is on disk: answer "other" to all of it, and go back
+                    // to what is.
+                    codes = batch.map { $0.0.operation.otherErrorCode }
+                    writerState = committed.withLock { $0 }
                 }
-            } catch {
-                // The commit itself failed: nothing of this batch is on disk.
-                results = batch.map { $0.0.operation.otherErrorCode }
             }
-            for ((_, continuation), result) in zip(batch, results) {
-                continuation.resume(returning: result)
+            for ((_, continuation), code) in zip(batch, codes) {
+                continuation.resume(returning: code)
             }
         }
-    }
-
-    private static func applyInSavepoint(_ change: DirectoryChange, _ db: Database) -> ResultCode {
-        var result = change.operation.otherErrorCode
-        do {
-            try db.inSavepoint {
-                result = try change.apply(db)
-                return result == .ok ? .commit : .rollback
-            }
-        } catch {
-            result = change.operation.otherErrorCode
-        }
-        return result
     }
 
     // MARK: Reads
 
-    /// LIST_USERS for `requester`: 1 no such user, 2 not connected, else the connected users.
-    func listUsers(requester: String) async -> Reply {
-        do {
-            return try await pool.read { db in
-                guard let state = try Self.connectionState(of: requester, db) else { return .status(1) }
-                guard state else { return .status(2) }
-                let rows = try Row.fetchAll(
-                    db, sql: "SELECT name, ip, port FROM user WHERE ip IS NOT NULL ORDER BY name")
-                return .users(rows.map { ConnectedUser(name: $0["name"], ip: $0["ip"], port: $0["port"]) })
-            }
-        } catch {
-            return .status(DirectoryOperation.listUsers.otherErrorCode)
-        }
+    /// LIST_USERS for `requester`.
+    public func listUsers(requester: String) -> Reply {
+        committed.withLock { $0.listUsers(requester: requester) }
     }
 
-    /// LIST_CONTENT: 1 requester unknown, 2 requester not connected, 3 owner unknown, else the
-    /// owner's files in the order they were published.
-    func listContent(requester: String, owner: String) async -> Reply {
-        do {
-            return try await pool.read { db in
-                guard let state = try Self.connectionState(of: requester, db) else { return .status(1) }
-                guard state else { return .status(2) }
-                guard try Self.connectionState(of: owner, db) != nil else { return .status(3) }
-                let rows = try Row.fetchAll(
-                    db, sql: "SELECT name, description FROM file WHERE owner = ? ORDER BY id", arguments: [owner])
-                return .content(rows.map { PublishedFile(name: $0["name"], description: $0["description"]) })
-            }
-        } catch {
-            return .status(DirectoryOperation.listContent.otherErrorCode)
-        }
+    /// LIST_CONTENT of `owner` for `requester`.
+    public func listContent(requester: String, owner: String) -> Reply {
+        committed.withLock { $0.listContent(requester: requester, owner: owner) }
     }
 
-    /// Every registered user's name, sorted.
-    public func registeredUsers() async throws -> [String] {
-        try await pool.read { db in try String.fetchAll(db, sql: "SELECT name FROM user ORDER BY name") }
+    /// Every registered user's name, sorted, as committed.
+    public func registeredUsers() -> [String] {
+        committed.withLock { $0.userNames }
     }
 
-    /// nil when the user is not registered, otherwise whether it is connected.
-    static func connectionState(of user: String, _ db: Database) throws -> Bool? {
-        guard let row = try Row.fetchOne(db, sql: "SELECT ip FROM user WHERE name = ?", arguments: [user]) else {
-            return nil
-        }
-        return !row.hasNull(atIndex: 0)
+    /// Every registered user's name, sorted, read from the database file itself.
+    public func registeredUsersOnDisk() throws -> [String] {
+        try pool.read { db in try String.fetchAll(db, sql: "SELECT name FROM user ORDER BY name") }
     }
 }
 

@@ -9,7 +9,6 @@ import ServiceLifecycle
 
 extension ResultCodeEncoding: ExpressibleByArgument {}
 
-@main
 struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "p2p-server",
@@ -51,6 +50,12 @@ struct ServerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        try await serve()
+    }
+
+    /// Runs the server until SIGINT/SIGTERM. Called by main.swift, which first moves Swift
+    /// concurrency onto NIO's event loops.
+    func serve() async throws {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = .info

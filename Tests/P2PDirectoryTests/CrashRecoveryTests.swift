@@ -41,7 +41,7 @@ import Testing
 
         let acked = acknowledged.withLock { $0 }
         let store = try DirectoryStore(dataDirectory: folder.path)
-        let stored = Set(try await store.registeredUsers())
+        let stored = Set(try store.registeredUsersOnDisk())
         try store.close()
         let lost = acked.filter { !stored.contains($0) }
         #expect(acked.count >= 300)

@@ -1,0 +1,137 @@
+import P2PProtocol
+
+/// The whole directory as plain values, and the rules of PROTOCOL.md section 2 that decide
+/// each change's result code. ``DirectoryStore`` keeps it in memory in front of SQLite: reads
+/// are answered from it, and changes are decided by it before they are persisted.
+public struct DirectoryState: Sendable {
+    /// Where a connected user listens.
+    struct Address: Sendable, Hashable {
+        var ip: String
+        var port: String
+    }
+
+    struct UserEntry: Sendable {
+        /// nil while the user is not connected.
+        var address: Address?
+        /// In the order they were published.
+        var files: [PublishedFile] = []
+    }
+
+    private(set) var users: [String: UserEntry] = [:]
+    /// The connected users sorted by name, kept up to date so LIST_USERS never scans everyone.
+    private(set) var connectedUsers: [ConnectedUser] = []
+
+    public init() {}
+
+    public var userCount: Int { users.count }
+
+    // MARK: Changes
+
+    /// Applies `change` if the rules allow it and returns its result code; on a non-zero code
+    /// nothing changed.
+    mutating func apply(_ change: DirectoryChange) -> ResultCode {
+        switch change {
+        case .register(let user):
+            guard !user.isEmpty else { return 2 }
+            guard users[user] == nil else { return 1 }
+            users[user] = UserEntry()
+            return .ok
+
+        case .unregister(let user):
+            guard let entry = users.removeValue(forKey: user) else { return 1 }
+            if entry.address != nil { removeConnected(user) }
+            return .ok
+
+        case .connect(let user, let ip, let port):
+            guard let entry = users[user] else { return 1 }
+            guard Self.isValidPort(port) else { return 3 }
+            guard entry.address == nil else { return 2 }
+            users[user]!.address = Address(ip: ip, port: port)
+            insertConnected(ConnectedUser(name: user, ip: ip, port: port))
+            return .ok
+
+        case .disconnect(let user):
+            guard let entry = users[user] else { return 1 }
+            guard entry.address != nil else { return 2 }
+            users[user]!.address = nil
+            removeConnected(user)
+            return .ok
+
+        case .publish(let user, let fileName, let description):
+            guard let entry = users[user] else { return 1 }
+            guard entry.address != nil else { return 2 }
+            guard Self.isValidFileName(fileName) else { return 4 }
+            guard !entry.files.contains(where: { $0.name == fileName }) else { return 3 }
+            users[user]!.files.append(PublishedFile(name: fileName, description: description))
+            return .ok
+
+        case .delete(let user, let fileName):
+            guard let entry = users[user] else { return 1 }
+            guard entry.address != nil else { return 2 }
+            guard let index = entry.files.firstIndex(where: { $0.name == fileName }) else { return 3 }
+            users[user]!.files.remove(at: index)
+            return .ok
+        }
+    }
+
+    /// Puts back a user exactly as loaded from disk.
+    mutating func restore(user: String, address: Address?, files: [PublishedFile]) {
+        users[user] = UserEntry(address: address, files: files)
+        if let address { insertConnected(ConnectedUser(name: user, ip: address.ip, port: address.port)) }
+    }
+
+    // MARK: Reads
+
+    /// LIST_USERS: 1 requester unknown, 2 requester not connected, else the connected users by name.
+    func listUsers(requester: String) -> Reply {
+        guard let entry = users[requester] else { return .status(1) }
+        guard entry.address != nil else { return .status(2) }
+        return .users(connectedUsers)
+    }
+
+    /// LIST_CONTENT: 1 requester unknown, 2 requester not connected, 3 owner unknown, else the
+    /// owner's files in publishing order (connected or not).
+    func listContent(requester: String, owner: String) -> Reply {
+        guard let entry = users[requester] else { return .status(1) }
+        guard entry.address != nil else { return .status(2) }
+        guard let ownerEntry = users[owner] else { return .status(3) }
+        return .content(ownerEntry.files)
+    }
+
+    /// Every registered user's name, sorted.
+    var userNames: [String] { users.keys.sorted() }
+
+    // MARK: Helpers
+
+    private func connectedIndex(of name: String) -> Int {
+        var low = 0
+        var high = connectedUsers.count
+        while low < high {
+            let mid = (low + high) / 2
+            if connectedUsers[mid].name < name { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
+
+    private mutating func insertConnected(_ user: ConnectedUser) {
+        connectedUsers.insert(user, at: connectedIndex(of: user.name))
+    }
+
+    private mutating func removeConnected(_ name: String) {
+        let index = connectedIndex(of: name)
+        if index < connectedUsers.count, connectedUsers[index].name == name { connectedUsers.remove(at: index) }
+    }
+
+    /// A listening port: decimal digits only, 1 to 65535.
+    static func isValidPort(_ text: String) -> Bool {
+        guard !text.isEmpty, text.utf8.count <= 5, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+            let value = Int(text)
+        else { return false }
+        return (1...65535).contains(value)
+    }
+
+    /// File names are one word (the console splits on spaces) and not empty.
+    static func isValidFileName(_ name: String) -> Bool {
+        !name.isEmpty && !name.contains(where: { $0.isWhitespace })
+    }
+}

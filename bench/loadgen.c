@@ -1,0 +1,247 @@
+/*
+ * Load generator for `make bench`: speaks the directory protocol with one connection per
+ * request, keeping N requests in flight (N "clients"), and prints throughput and latency
+ * percentiles. Written in C with one epoll loop so that it takes as little of the machine's
+ * two cores as possible: the servers it measures share them.
+ *
+ * usage: loadgen --port P [--host 127.0.0.1] [--clients 64] [--duration 3] [--workload W] [--tag T]
+ *   W: register    a new user per request
+ *      publish     a new file per request, for a connected user per client
+ *      list-content LIST_CONTENT of a user with 10 files
+ *      mixed       40% LIST_CONTENT, 20% LIST_USERS, 20% PUBLISH, 20% REGISTER
+ * Output: workload=W clients=N requests=R rps=X p50_ms=A p99_ms=B errors=E
+ * A request counts as an error when the connection fails or the result code is not 0.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum workload { REGISTER, PUBLISH, LIST_CONTENT, MIXED };
+
+struct client {
+    int fd;
+    int index;
+    long sequence;
+    double started;
+    char request[1200];
+    size_t length;
+    size_t sent;
+    int got_code;
+    int code_ok;
+};
+
+static struct sockaddr_in server;
+static const char *tag = "b";
+static const char *date_time = "25/11/2026 13:05:09";
+static enum workload workload = REGISTER;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Appends NUL-terminated fields to buffer; returns the total length. */
+static size_t fields(char *buffer, int count, ...) {
+    va_list args;
+    va_start(args, count);
+    size_t length = 0;
+    for (int i = 0; i < count; i++) {
+        const char *field = va_arg(args, const char *);
+        size_t n = strlen(field) + 1;
+        memcpy(buffer + length, field, n);
+        length += n;
+    }
+    va_end(args);
+    return length;
+}
+
+static void build_request(struct client *c) {
+    char user[128], name[160];
+    snprintf(user, sizeof user, "%s-c%d", tag, c->index);
+    long kind = workload == MIXED ? c->sequence % 5 : -1;
+    if (workload == REGISTER || kind == 0) {
+        snprintf(name, sizeof name, "%s-%ld", user, c->sequence);
+        c->length = fields(c->request, 3, "REGISTER", date_time, name);
+    } else if (workload == PUBLISH || kind == 1) {
+        snprintf(name, sizeof name, "file%ld", c->sequence);
+        c->length = fields(c->request, 5, "PUBLISH", date_time, user, name, "bench file");
+    } else if (kind == 2) {
+        c->length = fields(c->request, 3, "LIST_USERS", date_time, user);
+    } else {
+        char owner[128];
+        snprintf(owner, sizeof owner, "%s-owner", tag);
+        c->length = fields(c->request, 4, "LIST_CONTENT", date_time, user, owner);
+    }
+}
+
+/* One blocking request for the set-up phase; returns the first reply byte or -1. */
+static int blocking_request(const char *request, size_t length) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&server, sizeof server) != 0) {
+        close(fd);
+        return -1;
+    }
+    (void)!write(fd, request, length);
+    unsigned char byte;
+    int code = read(fd, &byte, 1) == 1 ? byte : -1;
+    char sink[4096];
+    while (read(fd, sink, sizeof sink) > 0) {}
+    close(fd);
+    return code;
+}
+
+static int start(int epoll_fd, struct client *c) {
+    c->sequence++;
+    build_request(c);
+    c->sent = 0;
+    c->got_code = 0;
+    c->code_ok = 0;
+    c->started = now();
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(c->fd, (struct sockaddr *)&server, sizeof server) != 0 && errno != EINPROGRESS) {
+        close(c->fd);
+        c->fd = -1;
+        return -1;
+    }
+    struct epoll_event event = {.events = EPOLLOUT, .data.ptr = c};
+    epoll_ctl(epoll_fd, EPOLL_CTL_ADD, c->fd, &event);
+    return 0;
+}
+
+static int compare(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+    const char *host = "127.0.0.1";
+    int port = 0, clients = 64;
+    double duration = 3.0;
+    const char *workload_name = "register";
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--host")) host = argv[i + 1];
+        else if (!strcmp(argv[i], "--port") || !strcmp(argv[i], "-p")) port = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--clients")) clients = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--duration")) duration = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--workload")) workload_name = argv[i + 1];
+        else if (!strcmp(argv[i], "--tag")) tag = argv[i + 1];
+        else { fprintf(stderr, "loadgen: unknown option %s\n", argv[i]); return 2; }
+    }
+    if (!strcmp(workload_name, "register")) workload = REGISTER;
+    else if (!strcmp(workload_name, "publish")) workload = PUBLISH;
+    else if (!strcmp(workload_name, "list-content")) workload = LIST_CONTENT;
+    else if (!strcmp(workload_name, "mixed")) workload = MIXED;
+    else { fprintf(stderr, "loadgen: unknown workload %s\n", workload_name); return 2; }
+    if (port <= 0 || clients <= 0 || duration <= 0) {
+        fprintf(stderr, "usage: loadgen --port P [--clients N] [--duration S] [--workload W] [--tag T]\n");
+        return 2;
+    }
+    server.sin_family = AF_INET;
+    server.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &server.sin_addr) != 1) {
+        fprintf(stderr, "loadgen: --host must be an IPv4 address\n");
+        return 2;
+    }
+
+    /* Set-up: an owner with 10 files, and a connected user per client. */
+    char request[1200], name[160], owner[128];
+    snprintf(owner, sizeof owner, "%s-owner", tag);
+    blocking_request(request, fields(request, 3, "REGISTER", date_time, owner));
+    blocking_request(request, fields(request, 4, "CONNECT", date_time, owner, "4000"));
+    for (int f = 0; f < 10; f++) {
+        snprintf(name, sizeof name, "f%d", f);
+        blocking_request(request, fields(request, 5, "PUBLISH", date_time, owner, name, "a file"));
+    }
+    for (int i = 0; i < clients; i++) {
+        snprintf(name, sizeof name, "%s-c%d", tag, i);
+        blocking_request(request, fields(request, 3, "REGISTER", date_time, name));
+        if (blocking_request(request, fields(request, 4, "CONNECT", date_time, name, "4000")) < 0) {
+            fprintf(stderr, "loadgen: cannot reach %s:%d\n", host, port);
+            return 1;
+        }
+    }
+
+    size_t capacity = 1 << 20, count = 0;
+    double *latencies = malloc(capacity * sizeof *latencies);
+    long errors = 0;
+    struct client *pool = calloc((size_t)clients, sizeof *pool);
+    int epoll_fd = epoll_create1(0);
+    double warm_up_end = now() + 0.3, end = warm_up_end + duration;
+    for (int i = 0; i < clients; i++) {
+        pool[i].index = i;
+        if (start(epoll_fd, &pool[i]) != 0) errors++;
+    }
+    struct epoll_event events[512];
+    char buffer[65536];
+    int active = clients;
+    while (active > 0) {
+        int ready = epoll_wait(epoll_fd, events, 512, 100);
+        for (int e = 0; e < ready; e++) {
+            struct client *c = events[e].data.ptr;
+            int failed = 0, finished = 0;
+            if (events[e].events & EPOLLOUT) {
+                ssize_t n = write(c->fd, c->request + c->sent, c->length - c->sent);
+                if (n < 0 && errno != EAGAIN) failed = 1;
+                else if (n > 0) c->sent += (size_t)n;
+                if (!failed && c->sent == c->length) {
+                    struct epoll_event event = {.events = EPOLLIN, .data.ptr = c};
+                    epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c->fd, &event);
+                }
+            } else if (events[e].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+                for (;;) {
+                    ssize_t n = read(c->fd, buffer, sizeof buffer);
+                    if (n > 0) {
+                        if (!c->got_code) {
+                            c->got_code = 1;
+                            c->code_ok = buffer[0] == '0' || buffer[0] == 0;
+                        }
+                        continue;
+                    }
+                    if (n == 0) finished = 1;
+                    else if (errno != EAGAIN) failed = 1;
+                    break;
+                }
+            }
+            if (!failed && !finished) continue;
+            double t = now();
+            epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+            close(c->fd);
+            if (c->started >= warm_up_end && t <= end) {
+                if (failed || !c->got_code || !c->code_ok) errors++;
+                if (count == capacity) {
+                    capacity *= 2;
+                    latencies = realloc(latencies, capacity * sizeof *latencies);
+                }
+                latencies[count++] = (t - c->started) * 1000.0;
+            }
+            if (t < end) {
+                if (start(epoll_fd, c) != 0) {
+                    errors++;
+                    active--;
+                }
+            } else {
+                active--;
+            }
+        }
+    }
+    qsort(latencies, count, sizeof *latencies, compare);
+    double p50 = count ? latencies[count / 2] : 0, p99 = count ? latencies[(size_t)((double)count * 0.99)] : 0;
+    printf("workload=%s clients=%d requests=%zu rps=%.0f p50_ms=%.3f p99_ms=%.3f errors=%ld\n", workload_name,
+           clients, count, (double)count / duration, p50, p99, errors);
+    return 0;
+}

@@ -21,32 +21,40 @@ public struct DirectoryRequestHandler: Sendable {
 
     /// The reply to `request`, which arrived from `peerIP`. Every call is logged once.
     public func handle(_ request: Request, peerIP: String) async -> Reply {
-        console("s> \(request.operation.rawValue) FROM \(request.user)")
-        let reply: Reply
-        switch request.command {
-        case .register(let user):
-            reply = .status(await store.write(.register(user: user)))
-        case .unregister(let user):
-            reply = .status(await store.write(.unregister(user: user)))
-        case .connect(let user, let port):
-            reply = .status(await store.write(.connect(user: user, ip: peerIP, port: port)))
-        case .disconnect(let user):
-            reply = .status(await store.write(.disconnect(user: user)))
-        case .publish(let user, let fileName, let description):
-            reply = .status(await store.write(.publish(user: user, fileName: fileName, description: description)))
-        case .delete(let user, let fileName):
-            reply = .status(await store.write(.delete(user: user, fileName: fileName)))
-        case .listUsers(let user):
-            reply = store.listUsers(requester: user)
-        case .listContent(let user, let owner):
-            reply = store.listContent(requester: user, owner: owner)
+        await withCheckedContinuation { continuation in
+            handle(request, peerIP: peerIP) { continuation.resume(returning: $0) }
         }
+    }
+
+    /// The same with a completion, called at once for reads and on the store's writer queue
+    /// for changes.
+    public func handle(_ request: Request, peerIP: String, completion: @escaping @Sendable (Reply) -> Void) {
+        console("s> \(request.operation.rawValue) FROM \(request.user)")
         operationLog?.submit(
             OperationRecord(
                 user: request.user,
                 operation: request.operation.rawValue,
                 fileName: request.fileName ?? "",
                 dateTime: request.dateTime))
-        return reply
+        let change: DirectoryChange
+        switch request.command {
+        case .register(let user):
+            change = .register(user: user)
+        case .unregister(let user):
+            change = .unregister(user: user)
+        case .connect(let user, let port):
+            change = .connect(user: user, ip: peerIP, port: port)
+        case .disconnect(let user):
+            change = .disconnect(user: user)
+        case .publish(let user, let fileName, let description):
+            change = .publish(user: user, fileName: fileName, description: description)
+        case .delete(let user, let fileName):
+            change = .delete(user: user, fileName: fileName)
+        case .listUsers(let user):
+            return completion(store.listUsers(requester: user))
+        case .listContent(let user, let owner):
+            return completion(store.listContent(requester: user, owner: owner))
+        }
+        store.write(change) { completion(.status($0)) }
     }
 }

@@ -100,21 +100,27 @@ public final class DirectoryStore: Sendable {
     /// A failure of the database gives the operation's "other" code and changes nothing.
     public func write(_ change: DirectoryChange) async -> P2PProtocol.ResultCode {
         await withCheckedContinuation { continuation in
-            let startDrain = pending.withLock { pending in
-                pending.writes.append((change, continuation))
-                if pending.draining { return false }
-                pending.draining = true
-                return true
-            }
-            if startDrain {
-                writerQueue.async { self.drain() }
-            }
+            write(change) { continuation.resume(returning: $0) }
+        }
+    }
+
+    /// The same, calling `completion` on the writer's queue once committed; for callers on an
+    /// event loop that should not pay for a task.
+    public func write(_ change: DirectoryChange, completion: @escaping @Sendable (P2PProtocol.ResultCode) -> Void) {
+        let startDrain = pending.withLock { pending in
+            pending.writes.append((change, completion))
+            if pending.draining { return false }
+            pending.draining = true
+            return true
+        }
+        if startDrain {
+            writerQueue.async { self.drain() }
         }
     }
 
     private func drain() {
         while true {
-            let batch: [(DirectoryChange, CheckedContinuation<ResultCode, Never>)] = pending.withLock { pending in
+            let batch: [(DirectoryChange, Completion)] = pending.withLock { pending in
                 if pending.writes.isEmpty {
                     pending.draining = false
                     return []
@@ -142,8 +148,8 @@ public final class DirectoryStore: Sendable {
                     writerState = committed.withLock { $0 }
                 }
             }
-            for ((_, continuation), code) in zip(batch, codes) {
-                continuation.resume(returning: code)
+            for ((_, completion), code) in zip(batch, codes) {
+                completion(code)
             }
         }
     }
@@ -171,7 +177,9 @@ public final class DirectoryStore: Sendable {
     }
 }
 
+private typealias Completion = @Sendable (P2PProtocol.ResultCode) -> Void
+
 private struct PendingWrites: ~Copyable {
-    var writes: [(DirectoryChange, CheckedContinuation<ResultCode, Never>)] = []
+    var writes: [(DirectoryChange, Completion)] = []
     var draining = false
 }

@@ -1,0 +1,118 @@
+import Logging
+import NIOCore
+import P2PProtocol
+
+/// Serves the one request of a directory connection: decodes it, passes it to the
+/// ``DirectoryRequestHandler``, writes the reply and closes.
+///
+/// Bad input (PROTOCOL.md section 6) is logged; once the operation is known the reply is that
+/// operation's "other" code. Before closing after bad input the handler sends FIN and
+/// discards what the client still sends, so that the reply is not destroyed by a reset.
+final class DirectoryConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        case reading
+        case serving
+        /// Reply sent after bad input: waiting for the client to close.
+        case draining
+        case closed
+    }
+
+    private let handler: DirectoryRequestHandler
+    private let encoder: ReplyEncoder
+    private let logger: Logger
+    private var decoder = RequestDecoder()
+    private var state = State.reading
+
+    init(handler: DirectoryRequestHandler, encoder: ReplyEncoder, logger: Logger) {
+        self.handler = handler
+        self.encoder = encoder
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .reading = state else { return }
+        var bytes = unwrapInboundIn(data)
+        do {
+            guard let request = try decoder.decode(&bytes) else { return }
+            serve(request, context: context)
+        } catch {
+            reject(error, context: context)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let event = event as? ChannelEvent, case .inputClosed = event else {
+            return context.fireUserInboundEventTriggered(event)
+        }
+        switch state {
+        case .reading: reject(decoder.finish(), context: context)
+        case .draining: close(context)
+        case .serving, .closed: break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        switch state {
+        case .reading: reject(error, context: context)
+        case .draining: close(context)
+        case .serving, .closed: break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        state = .closed
+        context.fireChannelInactive()
+    }
+
+    private func serve(_ request: Request, context: ChannelHandlerContext) {
+        state = .serving
+        let peerIP = context.remoteAddress?.ipAddress ?? "0.0.0.0"
+        let encoder = self.encoder
+        let logger = self.logger
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        handler.handle(request, peerIP: peerIP) { reply in
+            var buffer = ByteBuffer()
+            do {
+                try encoder.encode(reply, into: &buffer)
+            } catch {
+                // A stored value that no longer fits the protocol: answer "other" rather than cut it.
+                logger.error("cannot encode reply to \(request.operation.rawValue): \(error)")
+                buffer.clear()
+                encoder.writeCode(request.operation.otherErrorCode, into: &buffer)
+            }
+            let reply = buffer
+            eventLoop.execute {
+                let (handler, context) = loopBound.value
+                guard case .serving = handler.state else { return }
+                handler.state = .closed
+                context.writeAndFlush(handler.wrapOutboundOut(reply)).whenComplete { _ in
+                    loopBound.value.1.close(promise: nil)
+                }
+            }
+        }
+    }
+
+    private func reject(_ error: any Error, context: ChannelHandlerContext) {
+        logger.warning("bad request from \(context.remoteAddress?.ipAddress ?? "?"): \(error)")
+        state = .draining
+        if let operation = decoder.operation {
+            var buffer = ByteBuffer()
+            encoder.writeCode(operation.otherErrorCode, into: &buffer)
+            context.write(wrapOutboundOut(buffer), promise: nil)
+        }
+        context.flush()
+        // FIN after the reply; the deadline handler or the client's own close ends the drain.
+        context.close(mode: .output, promise: nil)
+        if error is RequestDeadlineHandler.TimedOut { close(context) }
+    }
+
+    private func close(_ context: ChannelHandlerContext) {
+        guard state != .closed else { return }
+        state = .closed
+        context.close(promise: nil)
+    }
+}

@@ -34,10 +34,10 @@ release: $(SETUP_STAMP)
 # ---- operation-log server (C) -------------------------------------------------------------
 oplog: rpc/p2p-oplog
 
+# Warnings are on for the hand-written server; rpcgen's code is compiled as generated.
 rpc/p2p-oplog: rpc/oplog_server.c rpc/operations_svc.c $(GENERATED_DIR)/operations_xdr.c \
 		$(GENERATED_DIR)/include/operations.h | $(SETUP_STAMP)
 	$(CC) $(CFLAGS) $(WARNINGS) $(TIRPC_CFLAGS) -I$(GENERATED_DIR)/include -c rpc/oplog_server.c -o rpc/oplog_server.o
-	# rpcgen's code is not warning-clean; it is compiled as generated.
 	$(CC) $(CFLAGS) $(TIRPC_CFLAGS) -I$(GENERATED_DIR)/include -c rpc/operations_svc.c -o rpc/operations_svc.o
 	$(CC) $(CFLAGS) $(TIRPC_CFLAGS) -I$(GENERATED_DIR)/include -c $(GENERATED_DIR)/operations_xdr.c -o rpc/operations_xdr.o
 	$(CC) -o $@ rpc/oplog_server.o rpc/operations_svc.o rpc/operations_xdr.o $(TIRPC_LIBS)

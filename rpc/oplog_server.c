@@ -107,6 +107,12 @@ int main(int argc, char **argv) {
     action.sa_handler = on_signal;
     sigaction(SIGINT, &action, NULL);
     sigaction(SIGTERM, &action, NULL);
+    /* The parent may have blocked them (a blocked mask survives exec). */
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    sigprocmask(SIG_UNBLOCK, &stop_signals, NULL);
     /* A client that goes away mid-reply must not kill the server. */
     signal(SIGPIPE, SIG_IGN);
 

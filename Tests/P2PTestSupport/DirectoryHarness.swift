@@ -9,11 +9,16 @@ import Synchronization
 /// Keeps the records a directory server submits, for assertions.
 public final class RecordingOperationLog: OperationLogSink {
     private let storage = Mutex<[OperationRecord]>([])
+    /// Also receives every record, when set (the real RPC log in end-to-end tests).
+    private let forward: (any OperationLogSink)?
 
-    public init() {}
+    public init(forwardingTo forward: (any OperationLogSink)? = nil) {
+        self.forward = forward
+    }
 
     public func submit(_ record: OperationRecord) {
         storage.withLock { $0.append(record) }
+        forward?.submit(record)
     }
 
     public var records: [OperationRecord] { storage.withLock { $0 } }

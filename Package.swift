@@ -57,10 +57,17 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        // The time web service (SOAP + plain HTTP).
+        // The time service's SOAP contract: the operation, its WSDL, envelopes and faults.
         .target(
-            name: "P2PTime",
+            name: "P2PTimeSOAP",
+            dependencies: ["P2PProtocol"]
+        ),
+        // The time web service (SOAP + plain HTTP) on Hummingbird.
+        .target(
+            name: "P2PTimeServer",
             dependencies: [
+                "P2PProtocol",
+                "P2PTimeSOAP",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -70,6 +77,7 @@ let package = Package(
             name: "P2PTimeClient",
             dependencies: [
                 "P2PProtocol",
+                "P2PTimeSOAP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -109,7 +117,7 @@ let package = Package(
         .executableTarget(
             name: "p2p-time",
             dependencies: [
-                "P2PTime",
+                "P2PTimeServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ]
@@ -146,7 +154,9 @@ let package = Package(
         .testTarget(
             name: "P2PTimeTests",
             dependencies: [
-                "P2PTime",
+                "P2PTimeServer",
+                "P2PTimeSOAP",
+                "P2PTestSupport",
                 "P2PTimeClient",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]

@@ -1,0 +1,264 @@
+import Foundation
+import Logging
+import P2PProtocol
+import P2PTimeClient
+
+/// Where the client's output goes: result lines on stdout (the caller adds nothing), reasons
+/// for failures on stderr.
+public struct ClientOutput: Sendable {
+    public var line: @Sendable (String) -> Void
+    public var diagnostic: @Sendable (String) -> Void
+    /// A progress update that replaces the previous one, or nil to clear it (terminals only).
+    public var progress: (@Sendable (String?) -> Void)?
+
+    public init(
+        line: @escaping @Sendable (String) -> Void,
+        diagnostic: @escaping @Sendable (String) -> Void,
+        progress: (@Sendable (String?) -> Void)? = nil
+    ) {
+        self.line = line
+        self.diagnostic = diagnostic
+        self.progress = progress
+    }
+}
+
+/// The state of one client and what each console command does (PROTOCOL.md section 5):
+/// which user is connected here, the peer file server while one is, and the requests.
+public actor ClientSession {
+    public static let prompt = "c> "
+
+    private let directory: DirectoryClient
+    private let timeService: TimeServiceClient?
+    private let folder: SharedFolder
+    private let workingDirectory: String
+    private let output: ClientOutput
+    private let logger: Logger
+
+    /// The user connected through this client (at most one).
+    public private(set) var connectedUser: String?
+    /// The last user registered or connected here: who PUBLISH, DELETE and the lists act for
+    /// while nobody is connected, so the server's answer decides the line.
+    private var lastKnownUser: String?
+    private var peerServer: PeerFileServer?
+    private var timeServiceFailing = false
+
+    public init(
+        directory: DirectoryClient,
+        timeService: TimeServiceClient?,
+        folder: SharedFolder,
+        workingDirectory: String = FileManager.default.currentDirectoryPath,
+        output: ClientOutput,
+        logger: Logger
+    ) {
+        self.directory = directory
+        self.timeService = timeService
+        self.folder = folder
+        self.workingDirectory = workingDirectory
+        self.output = output
+        self.logger = logger
+    }
+
+    /// The port peers download from while a user is connected.
+    public var peerPort: Int? { peerServer?.port }
+
+    /// Parses and runs one typed line. Returns false when the shell should end (QUIT).
+    public func execute(line: String) async -> Bool {
+        let command: ConsoleCommand
+        do {
+            command = try ConsoleCommand.parse(line)
+        } catch .empty {
+            return true
+        } catch {
+            say(error.description)
+            return true
+        }
+        return await execute(command)
+    }
+
+    /// Runs one command. Returns false after QUIT.
+    public func execute(_ command: ConsoleCommand) async -> Bool {
+        switch command {
+        case .register(let user):
+            let code = await request(.register(user: user))?.code
+            if code == 0 || code == 1 { lastKnownUser = user }
+            say(ResultLine.line(.register, code))
+
+        case .unregister(let user):
+            let code = await request(.unregister(user: user))?.code
+            if code == 0, user == connectedUser { await stopServing() }
+            say(ResultLine.line(.unregister, code))
+
+        case .connect(let user):
+            await connect(user)
+
+        case .disconnect(let user):
+            let code = await request(.disconnect(user: user))?.code
+            // Serving stops even when the server says no: the user asked to go offline.
+            if user == connectedUser { await stopServing() }
+            say(ResultLine.line(.disconnect, code))
+
+        case .publish(let fileName, let description):
+            let code = await request(.publish(user: actingUser, fileName: fileName, description: description))?.code
+            if code == 0 { folder.publish(fileName) }
+            say(ResultLine.line(.publish, code))
+
+        case .delete(let fileName):
+            let code = await request(.delete(user: actingUser, fileName: fileName))?.code
+            if code == 0 { folder.unpublish(fileName) }
+            say(ResultLine.line(.delete, code))
+
+        case .listUsers:
+            let reply = await request(.listUsers(user: actingUser))
+            say(ResultLine.line(.listUsers, reply?.code))
+            if case .users(let users)? = reply {
+                for user in users { output.line("\(user.name) \(user.ip) \(user.port)") }
+            }
+
+        case .listContent(let owner):
+            let reply = await request(.listContent(user: actingUser, owner: owner))
+            say(ResultLine.line(.listContent, reply?.code))
+            if case .content(let files)? = reply {
+                for file in files { output.line("\(file.name) \"\(file.description)\"") }
+            }
+
+        case .getFile(let user, let remoteName, let localName):
+            say(await getFile(from: user, remoteName: remoteName, localName: localName))
+
+        case .quit:
+            await shutdown()
+            return false
+        }
+        return true
+    }
+
+    /// Disconnects the connected user (as DISCONNECT would) and stops serving; for QUIT, end
+    /// of input and signals.
+    public func shutdown() async {
+        guard let user = connectedUser else { return }
+        _ = await request(.disconnect(user: user))
+        await stopServing()
+    }
+
+    // MARK: Commands
+
+    private var actingUser: String { connectedUser ?? lastKnownUser ?? "" }
+
+    private func connect(_ user: String) async {
+        if user == connectedUser {
+            say(ResultLine.line(.connect, 2))
+            return
+        }
+        if let current = connectedUser {
+            // One user per client: the current one goes offline first, as DISCONNECT would.
+            _ = await request(.disconnect(user: current))
+            await stopServing()
+        }
+        // Serve before telling the server where: a peer may come as soon as it knows.
+        let server: PeerFileServer
+        do {
+            server = try await PeerFileServer.start(folder: folder, logger: logger)
+        } catch {
+            output.diagnostic("cannot open a listening socket for peers: \(error)")
+            say(ResultLine.line(.connect, nil))
+            return
+        }
+        let code = await request(.connect(user: user, port: String(server.port)))?.code
+        if code == 0 {
+            connectedUser = user
+            peerServer = server
+            folder.unpublishAll()
+        } else {
+            await server.stop()
+        }
+        if code == 0 || code == 2 { lastKnownUser = user }
+        say(ResultLine.line(.connect, code))
+    }
+
+    private func stopServing() async {
+        await peerServer?.stop()
+        peerServer = nil
+        connectedUser = nil
+        folder.unpublishAll()
+    }
+
+    private func getFile(from owner: String, remoteName: String, localName: String) async -> String {
+        guard case .users(let users)? = await request(.listUsers(user: actingUser)) else {
+            output.diagnostic("GET_FILE: cannot list the connected users (is a user connected here?)")
+            return ResultLine.getFileFail
+        }
+        guard let peer = users.first(where: { $0.name == owner }), let port = Int(peer.port) else {
+            output.diagnostic("GET_FILE: \(owner) is not connected")
+            return ResultLine.getFileFail
+        }
+        let localPath = localName.hasPrefix("/") ? localName : "\(workingDirectory)/\(localName)"
+        let started = ContinuousClock.now
+        let progressOutput = output.progress
+        let progress: FileDownloader.Progress? = progressOutput.map { show in
+            { @Sendable bytes in
+                let elapsed = ContinuousClock.now - started
+                guard elapsed > .seconds(1) else { return }
+                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                show("GET_FILE \(remoteName): \(formatBytes(Double(bytes))) (\(formatBytes(Double(bytes) / seconds))/s)")
+            }
+        }
+        defer { progressOutput?(nil) }
+        do {
+            try await FileDownloader().download(
+                remoteName, fromHost: peer.ip, port: port, to: localPath, progress: progress)
+            return ResultLine.getFileOK
+        } catch .noSuchFile {
+            return ResultLine.getFileNotFound
+        } catch {
+            output.diagnostic("GET_FILE \(remoteName) from \(owner): \(error)")
+            return ResultLine.getFileFail
+        }
+    }
+
+    // MARK: Helpers
+
+    private func say(_ line: String) {
+        output.line(Self.prompt + line)
+    }
+
+    /// Sends a request stamped with the time service's date-time; nil (with the reason on
+    /// stderr) when the server cannot be reached or answers nonsense.
+    private func request(_ command: Request.Command) async -> Reply? {
+        let request = Request(dateTime: await dateTime(), command: command)
+        do {
+            return try await directory.send(request)
+        } catch {
+            output.diagnostic("\(request.operation.rawValue): \(error)")
+            return nil
+        }
+    }
+
+    /// The time service's date-time, or the local clock when it does not answer (said once
+    /// on stderr until it answers again).
+    private func dateTime() async -> String {
+        if let timeService {
+            do {
+                let text = try await timeService.currentDateTime()
+                timeServiceFailing = false
+                return text
+            } catch {
+                if !timeServiceFailing {
+                    output.diagnostic("\(error); using the local clock")
+                    timeServiceFailing = true
+                }
+            }
+        }
+        return DateTimeFormat.string(from: Date())
+    }
+}
+
+/// `1.5 MiB` and the like.
+func formatBytes(_ bytes: Double) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = bytes
+    var unit = 0
+    while value >= 1024, unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(Int(value)) B" : String(format: "%.1f %@", value, units[unit])
+}

@@ -1,0 +1,94 @@
+import NIOCore
+import NIOPosix
+import P2PProtocol
+
+/// Why a request to the directory server got no reply.
+public enum DirectoryClientError: Error, Equatable, CustomStringConvertible {
+    /// The request cannot be sent as is (a field over 255 bytes, say).
+    case invalidRequest(ProtocolError)
+    case unreachable(String)
+    case timedOut
+    /// The server's bytes are not a valid reply.
+    case invalidReply(ProtocolError)
+
+    public var description: String {
+        switch self {
+        case .invalidRequest(let error): return "request not sent: \(error)"
+        case .unreachable(let reason): return "directory server unreachable: \(reason)"
+        case .timedOut: return "directory server did not answer in time"
+        case .invalidReply(let error): return "invalid reply from the directory server: \(error)"
+        }
+    }
+}
+
+/// Sends requests to the directory server: one TCP connection per request (PROTOCOL.md
+/// section 1). Accepts every result-code encoding of section 3.
+public struct DirectoryClient: Sendable {
+    public let host: String
+    public let port: Int
+    public let timeout: Duration
+
+    public init(host: String, port: Int, timeout: Duration = .seconds(5)) {
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+    }
+
+    public func send(_ request: Request) async throws(DirectoryClientError) -> Reply {
+        var buffer = ByteBuffer()
+        do {
+            try RequestEncoder.encode(request, into: &buffer)
+        } catch {
+            throw .invalidRequest(error)
+        }
+        let bytes = buffer
+        do {
+            return try await withTimeout(timeout, error: DirectoryClientError.timedOut) {
+                try await exchange(bytes, operation: request.operation)
+            }
+        } catch let error as DirectoryClientError {
+            throw error
+        } catch let error as ProtocolError {
+            throw .invalidReply(error)
+        } catch {
+            throw .unreachable("\(error)")
+        }
+    }
+
+    private func exchange(_ bytes: ByteBuffer, operation: DirectoryOperation) async throws -> Reply {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.seconds(3))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        return try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(bytes)
+            // The reply is complete once decoded: no waiting for a NUL or a close that may not come.
+            var decoder = ReplyDecoder(operation: operation)
+            for try await var chunk in inbound {
+                if let reply = try decoder.decode(&chunk) { return reply }
+            }
+            throw decoder.finish()
+        }
+    }
+}
+
+/// Runs `body`; throws `error` if it has not finished after `timeout` (and cancels it).
+func withTimeout<T: Sendable>(
+    _ timeout: Duration,
+    error: any Error & Sendable,
+    _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            throw error
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}

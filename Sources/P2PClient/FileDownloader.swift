@@ -1,0 +1,182 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import P2PProtocol
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a GET_FILE download did not produce the local file.
+public enum DownloadError: Error, Equatable, CustomStringConvertible {
+    /// The peer answered 1: it has no such file.
+    case noSuchFile
+    /// The peer answered another non-zero code.
+    case refused(ResultCode)
+    case unreachable(String)
+    /// The connection broke before the peer finished (`received` bytes had arrived).
+    case interrupted(received: Int64, reason: String)
+    case invalidReply(String)
+    /// The local file could not be written.
+    case localFile(String)
+
+    public var description: String {
+        switch self {
+        case .noSuchFile: return "the peer has no such file"
+        case .refused(let code): return "the peer answered code \(code)"
+        case .unreachable(let reason): return "peer unreachable: \(reason)"
+        case .interrupted(let received, let reason): return "transfer cut after \(received) bytes: \(reason)"
+        case .invalidReply(let reason): return "invalid reply from the peer: \(reason)"
+        case .localFile(let reason): return "cannot write the local file: \(reason)"
+        }
+    }
+}
+
+/// Downloads a file from a peer (PROTOCOL.md section 4) into a temporary file next to the
+/// destination and renames it into place only when the transfer completed; on any failure
+/// nothing is left behind. Memory use is bounded by the write buffer, whatever the file size.
+public struct FileDownloader: Sendable {
+    /// Bytes gathered before one write to disk.
+    static let writeChunk = 1 << 20
+
+    /// Called now and then with the bytes received so far.
+    public typealias Progress = @Sendable (_ bytes: Int64) -> Void
+
+    public init() {}
+
+    /// Fetches `remoteName` from the peer at `host`:`port` into `localPath`; returns the size.
+    @discardableResult
+    public func download(
+        _ remoteName: String,
+        fromHost host: String,
+        port: Int,
+        to localPath: String,
+        progress: Progress? = nil
+    ) async throws(DownloadError) -> Int64 {
+        let url = URL(fileURLWithPath: localPath)
+        let directory = url.deletingLastPathComponent().path
+        let temporary = "\(directory)/.\(url.lastPathComponent).part-\(UInt32.random(in: 0...UInt32.max))"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw .localFile("\(temporary): \(String(cString: strerror(errno)))") }
+        let file = LocalFile(descriptor: descriptor)
+        do {
+            let size = try await receive(remoteName, host: host, port: port, into: file, progress: progress)
+            try await NIOThreadPool.singleton.runIfActive {
+                try file.sync()
+                try file.close()
+                guard rename(temporary, localPath) == 0 else {
+                    throw DownloadError.localFile("\(localPath): \(String(cString: strerror(errno)))")
+                }
+            }
+            return size
+        } catch {
+            try? file.close()
+            unlink(temporary)
+            if let error = error as? DownloadError { throw error }
+            throw .localFile("\(error)")
+        }
+    }
+
+    private func receive(
+        _ remoteName: String, host: String, port: Int, into file: LocalFile, progress: Progress?
+    ) async throws -> Int64 {
+        var request = ByteBuffer()
+        do {
+            try FileRequest(fileName: remoteName).encode(into: &request)
+        } catch {
+            throw DownloadError.invalidReply("request not sendable: \(error)")
+        }
+        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(5))
+                .connect(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            throw DownloadError.unreachable("\(host):\(port): \(error)")
+        }
+        let bytes = request
+        return try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(bytes)
+            var codeDecoder = ResultCodeDecoder()
+            var code: ResultCode?
+            var pending = ByteBuffer()
+            var received: Int64 = 0
+            var lastReport = ContinuousClock.now
+            do {
+                for try await var chunk in inbound {
+                    if code == nil {
+                        code = try codeDecoder.decode(&chunk)
+                        guard let code else { continue }
+                        if code == FileReplyCode.noSuchFile { throw DownloadError.noSuchFile }
+                        if code != .ok { throw DownloadError.refused(code) }
+                    }
+                    // A NUL right after a digit code belongs to the code, even in a later read.
+                    if !codeDecoder.isSettled, !codeDecoder.skipTerminator(&chunk) { continue }
+                    received += Int64(chunk.readableBytes)
+                    pending.writeBuffer(&chunk)
+                    if pending.readableBytes >= Self.writeChunk {
+                        try await file.write(pending)
+                        pending.clear()
+                    }
+                    if let progress, ContinuousClock.now - lastReport > .milliseconds(250) {
+                        lastReport = ContinuousClock.now
+                        progress(received)
+                    }
+                }
+            } catch let error as DownloadError {
+                throw error
+            } catch let error as ProtocolError {
+                throw DownloadError.invalidReply("\(error)")
+            } catch {
+                throw DownloadError.interrupted(received: received, reason: "\(error)")
+            }
+            guard code != nil else { throw DownloadError.invalidReply("the peer closed without a result code") }
+            try await file.write(pending)
+            progress?(received)
+            return received
+        }
+    }
+}
+
+/// A file being written on NIO's thread pool (disk writes never run on an event loop or in
+/// the concurrency pool).
+private final class LocalFile: Sendable {
+    let descriptor: Int32
+    private let closed = Atomic<Bool>(false)
+
+    init(descriptor: Int32) {
+        self.descriptor = descriptor
+    }
+
+    func write(_ buffer: ByteBuffer) async throws {
+        guard buffer.readableBytes > 0 else { return }
+        try await NIOThreadPool.singleton.runIfActive {
+            try buffer.withUnsafeReadableBytes { bytes in
+                var offset = 0
+                while offset < bytes.count {
+                    let written = Glibc.write(self.descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                    if written < 0 {
+                        if errno == EINTR { continue }
+                        throw DownloadError.localFile(String(cString: strerror(errno)))
+                    }
+                    offset += written
+                }
+            }
+        }
+    }
+
+    func sync() throws {
+        guard fsync(descriptor) == 0 else { throw DownloadError.localFile(String(cString: strerror(errno))) }
+    }
+
+    /// Closes once; later calls do nothing.
+    func close() throws {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        _ = Glibc.close(descriptor)
+    }
+}

@@ -64,6 +64,11 @@ public final class ChildProcess: Sendable {
         try process.run()
     }
 
+    deinit {
+        // Never leave a program running after its test.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
     public var pid: Int32 { process.processIdentifier }
     public var isRunning: Bool { process.isRunning }
     public var stdoutLines: [String] { output.withLock { $0.stdout } }

@@ -180,7 +180,7 @@ func isWellFormedXML(_ text: String) -> Bool {
 
     @Test func swiftClientReportsAServiceThatIsDown() async throws {
         // A port that was just free: nothing listens there.
-        let client = try TimeServiceClient(url: "http://127.0.0.1:\(try freePort())", timeout: .seconds(2))
+        let client = try TimeServiceClient(url: "http://127.0.0.1:\(try unusedPort())", timeout: .seconds(2))
         await #expect(throws: TimeServiceError.self) { try await client.currentDateTime() }
     }
 
@@ -204,18 +204,3 @@ func isWellFormedXML(_ text: String) -> Bool {
     }
 }
 
-/// A TCP port that is free right now on 127.0.0.1.
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-    }
-    return Int(UInt16(bigEndian: address.sin_port))
-}

@@ -1,0 +1,103 @@
+import Foundation
+
+/// `p2p-server` as a separate process on 127.0.0.1 with a free port.
+public final class ServerProcess: Sendable {
+    public let process: ChildProcess
+    public let port: Int
+    public let dataDirectory: String
+
+    public init(dataDirectory: String, arguments: [String] = ["--no-oplog"], environment: [String: String]? = nil)
+        async throws
+    {
+        self.dataDirectory = dataDirectory
+        process = try ChildProcess(
+            builtProduct("p2p-server"),
+            ["--host", "127.0.0.1", "-p", "0", "--data-dir", dataDirectory] + arguments,
+            environment: environment)
+        let line = try await process.waitForLine { $0.hasPrefix("s> init server") }
+        guard let port = line.split(separator: ":").last.flatMap({ Int($0) }) else {
+            throw SetupError("cannot read the port from \(line)")
+        }
+        self.port = port
+    }
+
+    public func stop() async { await process.stop() }
+}
+
+/// `p2p-time` as a separate process on 127.0.0.1 with a free port.
+public final class TimeProcess: Sendable {
+    public let process: ChildProcess
+    public let port: Int
+
+    public init() async throws {
+        process = try ChildProcess(builtProduct("p2p-time"), ["--port", "0"])
+        let line = try await process.waitForLine { $0.contains("listening on") }
+        guard let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) })
+        else { throw SetupError("cannot read the port from \(line)") }
+        self.port = port
+    }
+
+    public var url: String { "http://127.0.0.1:\(port)" }
+
+    public func stop() async { await process.stop() }
+}
+
+/// A `p2p-client` process driven through its standard input, as a script would.
+public final class ClientProcess: Sendable {
+    public let process: ChildProcess
+
+    public init(serverPort: Int, timeURL: String, directory: String, extraArguments: [String] = []) throws {
+        process = try ChildProcess(
+            builtProduct("p2p-client"),
+            ["-s", "127.0.0.1", "-p", String(serverPort), "--time-service", timeURL] + extraArguments,
+            directory: directory)
+    }
+
+    /// Sends `commands`, one per line.
+    public func send(_ commands: [String]) {
+        process.write(commands.map { $0 + "\n" }.joined())
+    }
+
+    /// Waits for a stdout line equal to `line`.
+    public func waitFor(_ line: String, timeout: Double = 20) async throws {
+        try await process.waitForLine(timeout: timeout) { $0 == line }
+    }
+
+    /// Closes stdin (end of input acts as QUIT) and returns everything it printed on stdout.
+    public func finish() async throws -> [String] {
+        process.closeInput()
+        let status = try await process.waitForExit(timeout: 30)
+        guard status == 0 else {
+            throw SetupError("p2p-client exited with \(status); stderr: \(process.stderrLines.suffix(5))")
+        }
+        return process.stdoutLines
+    }
+
+    /// Runs a whole script in one client and returns its output.
+    public static func run(
+        _ commands: [String], serverPort: Int, timeURL: String, directory: String, extraArguments: [String] = []
+    ) async throws -> [String] {
+        let client = try ClientProcess(
+            serverPort: serverPort, timeURL: timeURL, directory: directory, extraArguments: extraArguments)
+        client.send(commands)
+        return try await client.finish()
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+public func unusedPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+    }
+    guard bound == 0 else { throw SetupError("bind failed") }
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}

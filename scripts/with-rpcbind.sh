@@ -20,6 +20,11 @@ fi
 "$@"
 status=$?
 
+# A test run that crashed can leave the programs it started running: end those of this
+# checkout.
+pkill -f "^$PWD/.build/(debug|release)/p2p-" 2>/dev/null || true
+pkill -f "^$PWD/rpc/p2p-oplog" 2>/dev/null || true
+
 if [ "$started" -eq 1 ]; then
     pkill -x rpcbind 2>/dev/null || true
 fi

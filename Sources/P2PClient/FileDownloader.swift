@@ -40,10 +40,15 @@ public struct FileDownloader: Sendable {
     /// Bytes gathered before one write to disk.
     static let writeChunk = 1 << 20
 
+    /// A peer that sends nothing for this long is given up on (a vanished host sends no FIN).
+    public var idleTimeout: TimeAmount
+
     /// Called now and then with the bytes received so far.
     public typealias Progress = @Sendable (_ bytes: Int64) -> Void
 
-    public init() {}
+    public init(idleTimeout: TimeAmount = .seconds(30)) {
+        self.idleTimeout = idleTimeout
+    }
 
     /// Fetches `remoteName` from the peer at `host`:`port` into `localPath`; returns the size.
     @discardableResult
@@ -88,19 +93,35 @@ public struct FileDownloader: Sendable {
             throw DownloadError.invalidReply("request not sendable: \(error)")
         }
         let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        let idleTimeout = self.idleTimeout
         do {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(.seconds(5))
                 .connect(host: host, port: port) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        try channel.pipeline.syncOperations.addHandlers(
+                            IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler())
+                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                     }
                 }
         } catch {
             throw DownloadError.unreachable("\(host):\(port): \(error)")
         }
         let bytes = request
-        return try await channel.executeThenClose { inbound, outbound in
+        do {
+            return try await transfer(bytes, over: channel, into: file, progress: progress)
+        } catch let error as DownloadError {
+            throw error
+        } catch {
+            throw DownloadError.interrupted(received: 0, reason: "\(error)")
+        }
+    }
+
+    private func transfer(
+        _ bytes: ByteBuffer, over channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>, into file: LocalFile,
+        progress: Progress?
+    ) async throws -> Int64 {
+        try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(bytes)
             var codeDecoder = ResultCodeDecoder()
             var code: ResultCode?
@@ -139,6 +160,25 @@ public struct FileDownloader: Sendable {
             try await file.write(pending)
             progress?(received)
             return received
+        }
+    }
+}
+
+/// Turns a read-idle event into an error, which ends the transfer.
+private final class ReadTimeoutHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    struct TimedOut: Error, CustomStringConvertible {
+        var description: String { "the peer stopped sending" }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? IdleStateHandler.IdleStateEvent, event == .read {
+            context.fireErrorCaught(TimedOut())
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
         }
     }
 }

@@ -15,7 +15,7 @@ import Testing
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         let configuration = DirectoryServerConfiguration(
-            host: "127.0.0.1", port: 0, idleTimeout: .seconds(1), maxConnections: 64)
+            host: "127.0.0.1", port: 0, idleTimeout: .seconds(3), maxConnections: 64)
         let harness = try await DirectoryHarness(dataDirectory: folder.path, configuration: configuration)
         do {
             try await body(harness)

@@ -1,6 +1,9 @@
 import Foundation
 import Synchronization
 
+/// Serializes process launches in this test process.
+let launchLock = NSLock()
+
 /// The lines a child printed so far, and the unfinished last line of each stream.
 final class OutputLines: Sendable {
     private let state = Mutex<(stdout: [String], stderr: [String], partial: [String: String])>(([], [], [:]))
@@ -61,7 +64,9 @@ public final class ChildProcess: Sendable {
                 }
             }
         }
-        try process.run()
+        // Foundation's Process.run() is not safe to call from several threads at once on
+        // Linux (it crashed in memcpy here): launches are serialized.
+        try launchLock.withLock { try process.run() }
     }
 
     deinit {

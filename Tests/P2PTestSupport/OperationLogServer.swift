@@ -52,7 +52,7 @@ public final class OperationLogServer: Sendable {
         process.arguments = arguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return -1 }
+        guard (try? launchLock.withLock({ try process.run() })) != nil else { return -1 }
         process.waitUntilExit()
         return process.terminationStatus
     }

@@ -7,8 +7,9 @@ import P2PTestSupport
 import Testing
 
 /// PROTOCOL.md section 6: bad input gets the "other" code where possible, changes nothing,
-/// and the server goes on serving.
-@Suite struct BadInputTests {
+/// and the server goes on serving. Serialized: the flood of connections in one test would
+/// otherwise delay the others' requests past their deadline.
+@Suite(.serialized) struct BadInputTests {
     static let dateTime = "25/11/2026 13:05:09"
 
     func withServer(_ body: (DirectoryHarness) async throws -> Void) async throws {

@@ -37,9 +37,9 @@ import Testing
         #expect(server.process.stdoutLines == server.lines)
         let statistics = await log.shutdown()
         #expect(statistics.delivered == 3 && statistics.dropped == 0 && statistics.pending == 0)
-        #expect(OperationLogServer.isRegistered(), "rpcinfo -t answers while it runs")
+        #expect(await OperationLogServer.isRegistered(), "rpcinfo -t answers while it runs")
         await server.stop()
-        #expect(!OperationLogServer.isRegistered(), "it unregisters from rpcbind when stopped")
+        #expect(!(await OperationLogServer.isRegistered()), "it unregisters from rpcbind when stopped")
     }
 
     @Test func everyDirectoryRequestYieldsOneLineInOrder() async throws {
@@ -116,7 +116,7 @@ import Testing
 
     @Test func recordsBeyondTheQueueAreDroppedAndCounted() async throws {
         // No log server at all: a small queue fills and the rest is counted as dropped.
-        #expect(!OperationLogServer.isRegistered())
+        #expect(!(await OperationLogServer.isRegistered()))
         let log = RPCOperationLog(host: "localhost", capacity: 10, logger: logger)
         log.start()
         for index in 0..<25 {

@@ -45,7 +45,7 @@ public final class DirectoryHarness: Sendable {
         let store = try DirectoryStore(dataDirectory: dataDirectory)
         self.store = store
         var logger = Logger(label: "test-directory")
-        logger.logLevel = .critical
+        logger.logLevel = ProcessInfo.processInfo.environment["P2P_TEST_LOG"] != nil ? .debug : .critical
         let handler = DirectoryRequestHandler(store: store, operationLog: operationLog) { _ in }
         let server = try await DirectoryServer.bind(configuration: configuration, handler: handler, logger: logger)
         self.server = server

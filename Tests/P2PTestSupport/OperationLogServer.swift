@@ -12,12 +12,12 @@ public final class OperationLogServer: Sendable {
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw SetupError("\(binary) is missing: run 'make oplog' (make test does)")
         }
-        guard Self.rpcbindIsRunning() else {
+        guard await Self.rpcbindIsRunning() else {
             throw SetupError("rpcbind is not running: start it with 'rpcbind' (make test does)")
         }
         self.logFile = logFile
         process = try ChildProcess(binary, ["--log-file", logFile])
-        try await waitUntil("p2p-oplog to register with rpcbind") { Self.isRegistered() }
+        try await waitUntil("p2p-oplog to register with rpcbind") { await Self.isRegistered() }
     }
 
     /// The lines printed so far (from its log file).
@@ -36,25 +36,12 @@ public final class OperationLogServer: Sendable {
     }
 
     /// Whether `rpcinfo -t localhost 536871065 1` (program 0x20000099) answers.
-    public static func isRegistered() -> Bool {
-        run("/usr/bin/rpcinfo", ["-t", "localhost", "536871065", "1"]) == 0
+    public static func isRegistered() async -> Bool {
+        await ChildProcess.run("/usr/bin/rpcinfo", ["-t", "localhost", "536871065", "1"]) == 0
     }
 
-    public static func rpcbindIsRunning() -> Bool {
-        run("/usr/bin/rpcinfo", ["-p", "localhost"]) == 0
-    }
-
-    /// Runs a command to completion, discarding its output; returns its exit status.
-    @discardableResult
-    public static func run(_ executable: String, _ arguments: [String]) -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? launchLock.withLock({ try process.run() })) != nil else { return -1 }
-        process.waitUntilExit()
-        return process.terminationStatus
+    public static func rpcbindIsRunning() async -> Bool {
+        await ChildProcess.run("/usr/bin/rpcinfo", ["-p", "localhost"]) == 0
     }
 }
 

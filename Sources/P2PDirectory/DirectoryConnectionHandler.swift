@@ -97,7 +97,13 @@ final class DirectoryConnectionHandler: ChannelInboundHandler {
     }
 
     private func reject(_ error: any Error, context: ChannelHandlerContext) {
-        logger.warning("bad request from \(context.remoteAddress?.ipAddress ?? "?"): \(error)")
+        let peer = context.remoteAddress?.ipAddress ?? "?"
+        if case .truncated(nil, 0)? = error as? ProtocolError {
+            // Connected and closed without a byte: a port probe, not a request.
+            logger.debug("empty connection from \(peer)")
+        } else {
+            logger.warning("bad request from \(peer): \(error)")
+        }
         state = .draining
         if let operation = decoder.operation {
             var buffer = ByteBuffer()

@@ -82,11 +82,8 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
     /// Runs until graceful shutdown, then sends what is queued (for at most `drainTimeout`).
     public func run() async throws {
         start()
-        await withGracefulShutdownHandler {
-            while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                try? await Task.sleep(for: .seconds(3600))
-            }
-        } onGracefulShutdown: {}
+        // Returns when the service group shuts down (or this task is cancelled).
+        try? await gracefulShutdown()
         await shutdown()
     }
 

@@ -48,3 +48,33 @@ import Testing
         #expect(lost.isEmpty, "\(lost.count) acknowledged registrations lost: \(lost.prefix(10))")
     }
 }
+
+@Suite struct ServerLifecycleTests {
+    @Test(arguments: [SIGTERM, SIGINT])
+    func stopsGracefullyOnSignal(_ signal: Int32) async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        // With the operation log on (no log server needed): its sender must stop too.
+        let server = try await ServerProcess(dataDirectory: folder.path, arguments: [])
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: server.port)
+        #expect(try await RawConnection.send(Request(dateTime: "25/11/2026 13:05:09", command: .register(user: "a")), to: address) == .status(0))
+        server.process.signal(signal)
+        let status = try await server.process.waitForExit(timeout: 15)
+        #expect(status == 0)
+        #expect(server.process.stdoutLines.last == "s> server stopped")
+        #expect(server.process.stdoutLines.contains { $0.hasPrefix("s> operation log: delivered") })
+    }
+
+    @Test func portInUseIsAClearError() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let first = try await ServerProcess(dataDirectory: folder.file("one"))
+        let second = try ChildProcess(
+            builtProduct("p2p-server"),
+            ["--host", "127.0.0.1", "-p", String(first.port), "--data-dir", folder.file("two"), "--no-oplog"])
+        let status = try await second.waitForExit()
+        await first.stop()
+        #expect(status == 1)
+        #expect(second.stderrLines.contains { $0.contains("cannot listen on 127.0.0.1:\(first.port)") })
+    }
+}

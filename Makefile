@@ -71,7 +71,7 @@ test: $(SETUP_STAMP) check-rpcgen oplog
 
 bench: $(SETUP_STAMP) oplog
 	$(SWIFT) build -c release
-	scripts/with-rpcbind.sh scripts/bench.sh
+	scripts/with-rpcbind.sh python3 bench/bench.py
 
 run: $(SETUP_STAMP) oplog
 	$(SWIFT) build -c release

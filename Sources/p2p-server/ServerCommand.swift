@@ -73,7 +73,8 @@ struct ServerCommand: AsyncParsableCommand {
 
         let rpcHost = self.rpcHost ?? ProcessInfo.processInfo.environment["LOG_RPC_IP"] ?? "localhost"
         let operationLog = noOplog ? nil : RPCOperationLog(host: rpcHost, logger: Logger(label: "p2p-server.oplog"))
-        let handler = DirectoryRequestHandler(store: store, operationLog: operationLog, console: say)
+        let console = ConsoleWriter()
+        let handler = DirectoryRequestHandler(store: store, operationLog: operationLog, console: console.write)
         let configuration = DirectoryServerConfiguration(
             host: host,
             port: port,
@@ -86,6 +87,7 @@ struct ServerCommand: AsyncParsableCommand {
             server = try await DirectoryServer.bind(configuration: configuration, handler: handler, logger: logger)
         } catch {
             try? store.close()
+            console.close()
             FileHandle.standardError.write(Data("p2p-server: cannot listen on \(host):\(port): \(error)\n".utf8))
             throw ExitCode(1)
         }
@@ -107,6 +109,7 @@ struct ServerCommand: AsyncParsableCommand {
         try await group.run()
 
         try store.close()
+        console.close()
         if let operationLog {
             say("s> operation log: \(operationLog.currentStatistics)")
         }

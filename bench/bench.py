@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""`make bench`: every benchmark of the system, printed as one table.
+
+The machines are shared and noisy, so each number is given as a ratio against a baseline
+measured in the same run:
+  - directory server: against a minimal stateless C server (bench/floor_server.c), the floor
+    cost of one connection per request here, driven by the same load generator;
+  - operation log: the directory server with the log on against the same server with --no-oplog;
+  - time service: SOAP against plain GET /time;
+  - GET_FILE: against a plain copy of the same bytes through a loopback socket with socat.
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, ".build", "release")
+TOOLS = os.path.join(ROOT, ".build", "bench")
+DURATION = float(os.environ.get("BENCH_DURATION", "3"))
+CLIENTS = [1, 16, 64]
+WORKLOADS = ["register", "publish", "list-content", "mixed"]
+FILE_MIB = int(os.environ.get("BENCH_FILE_MIB", "1024"))
+
+rows = []  # (section, what, value, baseline, ratio)
+
+
+def log(message):
+    print(f"bench | {message}", flush=True)
+
+
+def build_tools():
+    os.makedirs(TOOLS, exist_ok=True)
+    for name in ["floor_server", "loadgen"]:
+        subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-o", os.path.join(TOOLS, name),
+                        os.path.join(ROOT, "bench", f"{name}.c")], check=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def stop(process):
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def loadgen(port, workload, clients, tag):
+    out = subprocess.run([os.path.join(TOOLS, "loadgen"), "--port", str(port), "--workload", workload,
+                          "--clients", str(clients), "--duration", str(DURATION), "--tag", tag],
+                         check=True, capture_output=True, text=True).stdout
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
+
+
+def start_server(data_dir, port, oplog=False):
+    args = [os.path.join(BIN, "p2p-server"), "--host", "127.0.0.1", "-p", str(port), "--data-dir", data_dir]
+    if not oplog:
+        args.append("--no-oplog")
+    # stdout to a file: a pipe nobody reads would fill up.
+    output = open(os.path.join(os.path.dirname(data_dir), f"server-{port}.out"), "w+")
+    process = subprocess.Popen(args, stdout=output, stderr=subprocess.DEVNULL, text=True)
+    process.output = output
+    wait_port(port)
+    return process
+
+
+def server_summary(process):
+    """Stops the server and returns its last stdout lines (they hold the log counters)."""
+    stop(process)
+    process.output.seek(0)
+    return process.output.read().splitlines()[-3:]
+
+
+def directory_benchmark(work):
+    floor_port = free_port()
+    floor = subprocess.Popen([os.path.join(TOOLS, "floor_server"), str(floor_port)], stdout=subprocess.DEVNULL)
+    wait_port(floor_port)
+    port = free_port()
+    server = start_server(os.path.join(work, "directory"), port)
+    try:
+        for clients in CLIENTS:
+            base = loadgen(floor_port, "register", clients, f"floor{clients}")
+            rows.append(("directory", f"floor server, {clients} clients", base, None))
+            for workload in WORKLOADS:
+                result = loadgen(port, workload, clients, f"{workload}{clients}")
+                rows.append(("directory", f"{workload}, {clients} clients", result, base))
+                log(f"{workload:12} clients={clients:2} rps={result['rps']:.0f} (floor {base['rps']:.0f}) "
+                    f"p50={result['p50_ms']:.2f} ms p99={result['p99_ms']:.2f} ms errors={result['errors']:.0f}")
+    finally:
+        stop(server)
+        stop(floor)
+
+
+def oplog_benchmark(work):
+    oplog = subprocess.Popen([os.path.join(ROOT, "rpc", "p2p-oplog")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while subprocess.run(["rpcinfo", "-t", "localhost", "536871065", "1"], capture_output=True).returncode != 0:
+        if time.time() > deadline:
+            raise RuntimeError("p2p-oplog did not register")
+        time.sleep(0.1)
+    try:
+        with_log, without = [], []
+        summaries = []
+        for round_ in range(2):
+            for enabled in (False, True):
+                port = free_port()
+                server = start_server(os.path.join(work, f"oplog-{round_}-{enabled}"), port, oplog=enabled)
+                result = loadgen(port, "register", 64, f"log{round_}{enabled}")
+                lines = server_summary(server)
+                (with_log if enabled else without).append(result)
+                if enabled:
+                    summaries += [line for line in lines if "operation log:" in line]
+        dropped = sum(int(m) for line in summaries for m in re.findall(r"dropped (\d+)", line))
+        delivered = sum(int(m) for line in summaries for m in re.findall(r"delivered (\d+)", line))
+        on = {"rps": statistics.mean(r["rps"] for r in with_log),
+              "p99_ms": statistics.mean(r["p99_ms"] for r in with_log), "errors": sum(r["errors"] for r in with_log)}
+        off = {"rps": statistics.mean(r["rps"] for r in without),
+               "p99_ms": statistics.mean(r["p99_ms"] for r in without), "errors": 0}
+        on["note"] = f"{delivered} records delivered, {dropped} dropped"
+        rows.append(("operation log", "register, 64 clients, --no-oplog", off, None))
+        rows.append(("operation log", "register, 64 clients, log on", on, off))
+        log(f"oplog on: {on['rps']:.0f} rps vs off {off['rps']:.0f} rps; {on['note']}")
+    finally:
+        stop(oplog)
+
+
+def wrk(url, script=None):
+    args = ["wrk", "-t2", "-c64", f"-d{int(DURATION)}s", "--latency", url]
+    if script:
+        args[1:1] = ["-s", script]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def latency(percent):
+        match = re.search(rf"\s{percent}%\s+([\d.]+)(us|ms|s)", out)
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    errors = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    return {"rps": rps, "p50_ms": latency(50), "p99_ms": latency(99), "errors": errors}
+
+
+def time_benchmark(work):
+    if not shutil.which("wrk"):
+        log("wrk not installed: skipping the time service (setup.sh installs it)")
+        return
+    port = free_port()
+    service = subprocess.Popen([os.path.join(BIN, "p2p-time"), "--port", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_port(port)
+    script = os.path.join(work, "soap.lua")
+    with open(script, "w") as f:
+        f.write('wrk.method = "POST"\n'
+                'wrk.headers["Content-Type"] = "text/xml; charset=utf-8"\n'
+                'wrk.body = [[<?xml version="1.0" encoding="UTF-8"?><soap:Envelope '
+                'xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:tns="http://tests.python-zeep.org/">'
+                '<soap:Body><tns:get_time/></soap:Body></soap:Envelope>]]\n')
+    try:
+        plain = wrk(f"http://127.0.0.1:{port}/time")
+        soap = wrk(f"http://127.0.0.1:{port}/", script)
+        rows.append(("time service", "GET /time, 64 connections", plain, None))
+        rows.append(("time service", "SOAP get_time, 64 connections", soap, plain))
+        log(f"time: GET /time {plain['rps']:.0f} rps, SOAP {soap['rps']:.0f} rps")
+    finally:
+        stop(service)
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def make_file(path, mebibytes):
+    block = bytearray(os.urandom(1 << 20))
+    with open(path, "wb") as f:
+        for index in range(mebibytes):
+            block[0:8] = index.to_bytes(8, "little")
+            f.write(block)
+
+
+def read_until(process, wanted, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"client ended before {wanted!r}")
+        if line.rstrip("\n") == wanted:
+            return
+        if line.startswith("c> ") and "FAIL" in line:
+            raise RuntimeError(f"client printed {line.strip()}")
+    raise RuntimeError(f"timed out waiting for {wanted!r}")
+
+
+def get_file_benchmark(work):
+    first_dir, second_dir = os.path.join(work, "first"), os.path.join(work, "second")
+    os.makedirs(first_dir)
+    os.makedirs(second_dir)
+    source = os.path.join(first_dir, "big.bin")
+    make_file(source, FILE_MIB)
+    size = FILE_MIB << 20
+
+    # Baseline: the same bytes through a loopback TCP socket into a file, with socat.
+    port = free_port()
+    receiver = subprocess.Popen(["socat", "-u", f"TCP-LISTEN:{port},reuseaddr",
+                                 f"CREATE:{os.path.join(work, 'socat-copy.bin')}"])
+    wait_for_listen(port)
+    start = time.time()
+    subprocess.run(["socat", "-u", f"FILE:{source}", f"TCP:127.0.0.1:{port}"], check=True)
+    receiver.wait()
+    plain_seconds = time.time() - start
+    os.remove(os.path.join(work, "socat-copy.bin"))
+
+    server_port, time_port = free_port(), free_port()
+    server = start_server(os.path.join(work, "getfile-directory"), server_port)
+    service = subprocess.Popen([os.path.join(BIN, "p2p-time"), "--port", str(time_port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(time_port)
+    client_args = [os.path.join(BIN, "p2p-client"), "-s", "127.0.0.1", "-p", str(server_port),
+                   "--time-service", f"http://127.0.0.1:{time_port}"]
+    clients = []
+    try:
+        serving = subprocess.Popen(client_args, cwd=first_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        clients.append(serving)
+        serving.stdin.write("REGISTER u1\nCONNECT u1\n")
+        serving.stdin.flush()
+        read_until(serving, "c> CONNECT OK")
+        receiving = subprocess.Popen(client_args, cwd=second_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        clients.append(receiving)
+        receiving.stdin.write("REGISTER u2\nCONNECT u2\n")
+        receiving.stdin.flush()
+        read_until(receiving, "c> CONNECT OK")
+        start = time.time()
+        receiving.stdin.write("GET_FILE u1 big.bin copy.bin\n")
+        receiving.stdin.flush()
+        read_until(receiving, "c> GET_FILE OK")
+        ours_seconds = time.time() - start
+        serving_rss, receiving_rss = peak_rss_mib(serving.pid), peak_rss_mib(receiving.pid)
+        if os.path.getsize(os.path.join(second_dir, "copy.bin")) != size:
+            raise RuntimeError("copy has the wrong size")
+    finally:
+        for client in clients:
+            client.stdin.close()
+            client.wait(timeout=30)
+        stop(server)
+        stop(service)
+    mib = size / (1 << 20)
+    plain = {"rps": mib / plain_seconds, "note": f"{plain_seconds:.2f} s"}
+    ours = {"rps": mib / ours_seconds,
+            "note": f"{ours_seconds:.2f} s; peak RSS serving {serving_rss:.1f} MiB, receiving {receiving_rss:.1f} MiB"}
+    rows.append(("GET_FILE", f"socat copy of {FILE_MIB} MiB over loopback (MiB/s)", plain, None))
+    rows.append(("GET_FILE", f"GET_FILE of {FILE_MIB} MiB (MiB/s)", ours, plain))
+    log(f"GET_FILE: {ours['rps']:.0f} MiB/s vs socat {plain['rps']:.0f} MiB/s; {ours['note']}")
+
+
+def wait_for_listen(port, timeout=10):
+    """Waits until something listens on port, without connecting (socat would take the connection)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["ss", "-ltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        if f":{port}" in out:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def print_table():
+    print()
+    print("| section | measurement | throughput | p50 ms | p99 ms | errors | ratio to baseline | notes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for section, what, result, base in rows:
+        ratio = f"{result['rps'] / base['rps']:.2f}" if base else "baseline"
+        p50 = f"{result['p50_ms']:.2f}" if "p50_ms" in result else ""
+        p99 = f"{result['p99_ms']:.2f}" if "p99_ms" in result else ""
+        errors = f"{result['errors']:.0f}" if "errors" in result else ""
+        print(f"| {section} | {what} | {result['rps']:.0f} | {p50} | {p99} | {errors} | {ratio} | "
+              f"{result.get('note', '')} |")
+
+
+def main():
+    only = sys.argv[1:] or ["directory", "oplog", "time", "getfile"]
+    build_tools()
+    work = tempfile.mkdtemp(prefix="p2p-bench-")
+    try:
+        if "directory" in only:
+            directory_benchmark(work)
+        if "oplog" in only:
+            oplog_benchmark(work)
+        if "time" in only:
+            time_benchmark(work)
+        if "getfile" in only:
+            get_file_benchmark(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table()
+
+
+if __name__ == "__main__":
+    main()

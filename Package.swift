@@ -149,7 +149,10 @@ let package = Package(
         ),
         .testTarget(
             name: "P2POperationLogTests",
-            dependencies: ["P2POperationLog", "P2PDirectory", "P2PProtocol", "P2PTestSupport"]
+            dependencies: [
+                "P2POperationLog", "P2PDirectory", "P2PProtocol", "P2PTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "P2PTimeTests",

@@ -6,9 +6,12 @@ import P2PProtocol
 import P2PTestSupport
 import Testing
 
-/// The operation log with a real rpcbind and the real log server. Serialized: there is one
-/// rpcbind registration for the program, so only one log server can run at a time.
-@Suite(.serialized) struct OperationLogTests {
+/// Everything that runs the real log server. Serialized: there is one rpcbind registration for
+/// the program, so only one log server can run at a time.
+@Suite(.serialized) struct LogServerSuites {}
+
+/// The operation log with a real rpcbind and the real log server.
+extension LogServerSuites { @Suite struct OperationLogTests {
     let logger: Logger = {
         var logger = Logger(label: "test-oplog")
         logger.logLevel = .critical
@@ -127,4 +130,5 @@ import Testing
         #expect(statistics.pending == 10)
         #expect(statistics.delivered == 0)
     }
+}
 }

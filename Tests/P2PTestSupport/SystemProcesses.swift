@@ -6,13 +6,17 @@ public final class ServerProcess: Sendable {
     public let port: Int
     public let dataDirectory: String
 
-    public init(dataDirectory: String, arguments: [String] = ["--no-oplog"], environment: [String: String]? = nil)
-        async throws
-    {
+    /// Starts the server on `port` (0: a free one) and waits until it listens.
+    public init(
+        dataDirectory: String,
+        port requestedPort: Int = 0,
+        arguments: [String] = ["--no-oplog"],
+        environment: [String: String]? = nil
+    ) async throws {
         self.dataDirectory = dataDirectory
         process = try ChildProcess(
             builtProduct("p2p-server"),
-            ["--host", "127.0.0.1", "-p", "0", "--data-dir", dataDirectory] + arguments,
+            ["--host", "127.0.0.1", "-p", String(requestedPort), "--data-dir", dataDirectory] + arguments,
             environment: environment)
         let line = try await process.waitForLine { $0.hasPrefix("s> init server") }
         guard let port = line.split(separator: ":").last.flatMap({ Int($0) }) else {
@@ -29,8 +33,8 @@ public final class TimeProcess: Sendable {
     public let process: ChildProcess
     public let port: Int
 
-    public init() async throws {
-        process = try ChildProcess(builtProduct("p2p-time"), ["--port", "0"])
+    public init(port requestedPort: Int = 0) async throws {
+        process = try ChildProcess(builtProduct("p2p-time"), ["--port", String(requestedPort)])
         let line = try await process.waitForLine { $0.contains("listening on") }
         guard let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) })
         else { throw SetupError("cannot read the port from \(line)") }
@@ -58,9 +62,24 @@ public final class ClientProcess: Sendable {
         process.write(commands.map { $0 + "\n" }.joined())
     }
 
-    /// Waits for a stdout line equal to `line`.
-    public func waitFor(_ line: String, timeout: Double = 20) async throws {
-        try await process.waitForLine(timeout: timeout) { $0 == line }
+    /// Waits for a stdout line equal to `line`, beyond the first `after` lines.
+    public func waitFor(_ line: String, after: Int = 0, timeout: Double = 20) async throws {
+        try await waitUntil("\(line) from p2p-client (so far: \(process.stdoutLines.suffix(5)))", timeout: timeout) {
+            process.stdoutLines.dropFirst(after).contains(line)
+        }
+    }
+
+    /// Sends one command and waits for its result line (the next line starting with `c> `).
+    @discardableResult
+    public func run(_ command: String, timeout: Double = 20) async throws -> String {
+        let before = process.stdoutLines.count
+        send([command])
+        var result: String?
+        try await waitUntil("the result of \(command)", timeout: timeout) {
+            result = process.stdoutLines.dropFirst(before).first { $0.hasPrefix("c> ") }
+            return result != nil
+        }
+        return result!
     }
 
     /// Closes stdin (end of input acts as QUIT) and returns everything it printed on stdout.

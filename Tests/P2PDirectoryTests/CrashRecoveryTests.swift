@@ -50,21 +50,6 @@ import Testing
 }
 
 @Suite struct ServerLifecycleTests {
-    @Test(arguments: [SIGTERM, SIGINT])
-    func stopsGracefullyOnSignal(_ signal: Int32) async throws {
-        let folder = try TemporaryDirectory()
-        defer { folder.remove() }
-        // With the operation log on (no log server needed): its sender must stop too.
-        let server = try await ServerProcess(dataDirectory: folder.path, arguments: [])
-        let address = try SocketAddress(ipAddress: "127.0.0.1", port: server.port)
-        #expect(try await RawConnection.send(Request(dateTime: "25/11/2026 13:05:09", command: .register(user: "a")), to: address) == .status(0))
-        server.process.signal(signal)
-        let status = try await server.process.waitForExit(timeout: 15)
-        #expect(status == 0)
-        #expect(server.process.stdoutLines.last == "s> server stopped")
-        #expect(server.process.stdoutLines.contains { $0.hasPrefix("s> operation log: delivered") })
-    }
-
     @Test func portInUseIsAClearError() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }

@@ -206,5 +206,23 @@ extension LogServerSuites {
                 try store.close()
             }
         }
-    }
+    
+        @Test(arguments: [SIGTERM, SIGINT])
+        func serverStopsGracefullyAndDeliversItsLastRecords(_ signal: Int32) async throws {
+            let folder = try TemporaryDirectory()
+            defer { folder.remove() }
+            let oplog = try await OperationLogServer(logFile: folder.file("oplog.txt"))
+            let server = try await ServerProcess(dataDirectory: folder.file("storage"), arguments: [])
+            let address = try SocketAddress(ipAddress: "127.0.0.1", port: server.port)
+            let request = Request(dateTime: "25/11/2026 13:05:09", command: .register(user: "last"))
+            #expect(try await RawConnection.send(request, to: address) == .status(0))
+            server.process.signal(signal)
+            let status = try await server.process.waitForExit(timeout: 15)
+            await oplog.stop()
+            #expect(status == 0)
+            #expect(server.process.stdoutLines.last == "s> server stopped")
+            #expect(server.process.stdoutLines.contains("s> operation log: delivered 1 records in 1 calls, dropped 0, pending 0"))
+            #expect(oplog.lines == ["last REGISTER 25/11/2026 13:05:09"])
+        }
+}
 }

@@ -198,7 +198,8 @@ public actor ClientSession {
                 let elapsed = ContinuousClock.now - started
                 guard elapsed > .seconds(1) else { return }
                 let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-                show("GET_FILE \(remoteName): \(formatBytes(Double(bytes))) (\(formatBytes(Double(bytes) / seconds))/s)")
+                show(
+                    "GET_FILE \(remoteName): \(formatBytes(Double(bytes))) (\(formatBytes(Double(bytes) / seconds))/s)")
             }
         }
         defer { progressOutput?(nil) }

@@ -5,7 +5,7 @@ import P2PProtocol
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Why a GET_FILE download did not produce the local file.

@@ -75,7 +75,8 @@ public final class DirectoryStore: Sendable {
         try pool.read { db in
             var files: [String: [PublishedFile]] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT owner, name, description FROM file ORDER BY id") {
-                files[row["owner"], default: []].append(PublishedFile(name: row["name"], description: row["description"]))
+                files[row["owner"], default: []].append(
+                    PublishedFile(name: row["name"], description: row["description"]))
             }
             var state = DirectoryState()
             for row in try Row.fetchAll(db, sql: "SELECT name, ip, port FROM user") {

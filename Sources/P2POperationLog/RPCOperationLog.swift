@@ -4,7 +4,7 @@ import Logging
 import ServiceLifecycle
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Delivers operation records to the log server (`rpc/p2p-oplog`) over ONC-RPC.
@@ -199,7 +199,7 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
                 date_time: copy(record.dateTime))
         }
         defer {
-            strings.forEach { free($0) }
+            for string in strings { free(string) }
             records.deallocate()
         }
         return oplog_client_send(client, records, UInt32(batch.count), &error, error.count) == 0

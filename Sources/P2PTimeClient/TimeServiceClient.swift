@@ -80,14 +80,19 @@ public struct TimeServiceClient: Sendable {
             }
             result = value
         }
-        guard DateTimeFormat.isValid(result) else { throw .invalidResponse("\"\(result.prefix(40))\" is not DD/MM/YYYY HH:MM:SS") }
+        guard DateTimeFormat.isValid(result) else {
+            throw .invalidResponse("\"\(result.prefix(40))\" is not DD/MM/YYYY HH:MM:SS")
+        }
         return result
     }
 
     /// One HTTP/1.1 request; returns the status and the whole body.
     private func exchange() async throws -> (Int, ByteBuffer) {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000))
+            .connectTimeout(
+                .nanoseconds(
+                    Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000)
+            )
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
@@ -134,7 +139,8 @@ public struct TimeServiceClient: Sendable {
 }
 
 /// Runs `body`, throwing ``TimeServiceError/timedOut(_:)`` if it takes longer than `timeout`.
-func withDeadline<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+func withDeadline<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T
+{
     try await withThrowingTaskGroup(of: T.self) { group in
         group.addTask { try await body() }
         group.addTask {

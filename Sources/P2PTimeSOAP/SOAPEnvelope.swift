@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(FoundationXML)
-import FoundationXML
+    import FoundationXML
 #endif
 
 /// SOAP 1.1 envelopes of the time service: building them, and reading them with a real XML

@@ -91,7 +91,8 @@ struct TimeController: Sendable {
         }
         let d = TimeServiceDescription.self
         guard envelope.name == d.operationName, envelope.namespace == d.targetNamespace else {
-            return fault("unknown operation {\(envelope.namespace ?? "")}\(envelope.name); this service has \(d.operationName)")
+            return fault(
+                "unknown operation {\(envelope.namespace ?? "")}\(envelope.name); this service has \(d.operationName)")
         }
         return Response(
             status: .ok, headers: [.contentType: Self.xmlContentType],

@@ -6,7 +6,7 @@ import P2PClient
 import P2PTimeClient
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension TimeServiceClient.Method: ExpressibleByArgument {}
@@ -95,7 +95,7 @@ struct ClientCommand: AsyncParsableCommand {
             source.resume()
             return source
         }
-        defer { signals.forEach { $0.cancel() } }
+        defer { for source in signals { source.cancel() } }
 
         let reader = LineReader()
         while let line = await reader.next(prompt: interactive ? ClientSession.prompt : nil) {

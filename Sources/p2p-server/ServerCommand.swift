@@ -126,14 +126,14 @@ struct ServerCommand: AsyncParsableCommand {
 /// Many clients at once need many descriptors: use the hard limit rather than the soft one.
 private func raiseOpenFileLimit() {
     var limit = rlimit()
-    guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    guard getrlimit(openFileLimitResource, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
     limit.rlim_cur = limit.rlim_max
-    _ = setrlimit(RLIMIT_NOFILE_VALUE, &limit)
+    _ = setrlimit(openFileLimitResource, &limit)
 }
 
 #if canImport(Glibc)
-import Glibc
-private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+    import Glibc
+    private let openFileLimitResource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
 #else
-private let RLIMIT_NOFILE_VALUE = RLIMIT_NOFILE
+    private let openFileLimitResource = RLIMIT_NOFILE
 #endif

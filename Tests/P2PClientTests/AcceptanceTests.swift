@@ -51,7 +51,8 @@ import Testing
             lastLine: "c> DELETE FAIL, CONTENT NOT PUBLISHED"),
         Case(number: 20, commands: ["DELETE file"], lastLine: "c> DELETE FAIL", serverDown: true),
         Case(number: 22, commands: ["LIST_USERS"], lastLine: "c> LIST_USERS FAIL, USER DOES NOT EXIST"),
-        Case(number: 23, commands: ["REGISTER user1", "LIST_USERS"], lastLine: "c> LIST_USERS FAIL, USER NOT CONNECTED"),
+        Case(
+            number: 23, commands: ["REGISTER user1", "LIST_USERS"], lastLine: "c> LIST_USERS FAIL, USER NOT CONNECTED"),
         Case(number: 24, commands: ["LIST_USERS"], lastLine: "c> LIST_USERS FAIL", serverDown: true),
         Case(number: 26, commands: ["LIST_CONTENT user1"], lastLine: "c> LIST_CONTENT FAIL, USER DOES NOT EXIST"),
         Case(
@@ -61,7 +62,8 @@ import Testing
             number: 28, commands: ["REGISTER user2", "CONNECT user2", "LIST_CONTENT user1"],
             lastLine: "c> LIST_CONTENT FAIL, REMOTE USER DOES NOT EXIST"),
         Case(number: 29, commands: ["LIST_CONTENT user1"], lastLine: "c> LIST_CONTENT FAIL", serverDown: true),
-        Case(number: 30, commands: ["REGISTER user1", "CONNECT user1", "DISCONNECT user1"], lastLine: "c> DISCONNECT OK"),
+        Case(
+            number: 30, commands: ["REGISTER user1", "CONNECT user1", "DISCONNECT user1"], lastLine: "c> DISCONNECT OK"),
         Case(number: 31, commands: ["DISCONNECT user1"], lastLine: "c> DISCONNECT FAIL / USER DOES NOT EXIST"),
         Case(
             number: 32, commands: ["REGISTER user1", "DISCONNECT user1"],
@@ -82,7 +84,8 @@ import Testing
         init(serverDown: Bool = false, serverArguments: [String] = ["--no-oplog"]) async throws {
             folder = try TemporaryDirectory()
             time = try await TimeProcess()
-            server = serverDown
+            server =
+                serverDown
                 ? nil : try await ServerProcess(dataDirectory: folder.file("storage"), arguments: serverArguments)
             serverPort = try server?.port ?? unusedPort()
         }
@@ -99,7 +102,8 @@ import Testing
         }
 
         func run(_ commands: [String], in name: String = "client") async throws -> [String] {
-            try await ClientProcess.run(commands, serverPort: serverPort, timeURL: time.url, directory: clientFolder(name))
+            try await ClientProcess.run(
+                commands, serverPort: serverPort, timeURL: time.url, directory: clientFolder(name))
         }
 
         /// Runs `body` in a fresh environment and always tears it down.
@@ -155,7 +159,8 @@ import Testing
             #expect(users.count == 2)
             #expect(users.map { $0[0] } == ["user1", "user2"])
             for user in users {
-                #expect(user.count == 3 && user[1] == "127.0.0.1" && Int(user[2]).map { (1...65535).contains($0) } == true)
+                #expect(
+                    user.count == 3 && user[1] == "127.0.0.1" && Int(user[2]).map { (1...65535).contains($0) } == true)
             }
         }
     }
@@ -166,7 +171,8 @@ import Testing
                 "REGISTER user1", "CONNECT user1", "PUBLISH file1 description1", "PUBLISH file2 description2",
                 "LIST_CONTENT user1",
             ])
-            #expect(Array(lines.suffix(3)) == ["c> LIST_CONTENT OK", #"file1 "description1""#, #"file2 "description2""#])
+            #expect(
+                Array(lines.suffix(3)) == ["c> LIST_CONTENT OK", #"file1 "description1""#, #"file2 "description2""#])
         }
     }
 

@@ -13,7 +13,9 @@ import Testing
         #expect(try ConsoleCommand.parse("DELETE a.txt") == .delete(fileName: "a.txt"))
         #expect(try ConsoleCommand.parse("LIST_USERS") == .listUsers)
         #expect(try ConsoleCommand.parse("LIST_CONTENT bob") == .listContent(user: "bob"))
-        #expect(try ConsoleCommand.parse("GET_FILE bob a.txt b.txt") == .getFile(user: "bob", remoteName: "a.txt", localName: "b.txt"))
+        #expect(
+            try ConsoleCommand.parse("GET_FILE bob a.txt b.txt")
+                == .getFile(user: "bob", remoteName: "a.txt", localName: "b.txt"))
         #expect(try ConsoleCommand.parse("QUIT") == .quit)
     }
 
@@ -25,7 +27,9 @@ import Testing
 
     @Test func wrongArgumentsGiveTheUsage() {
         #expect(throws: ConsoleCommand.ParseError.usage("REGISTER <userName>")) { try ConsoleCommand.parse("REGISTER") }
-        #expect(throws: ConsoleCommand.ParseError.usage("REGISTER <userName>")) { try ConsoleCommand.parse("REGISTER a b") }
+        #expect(throws: ConsoleCommand.ParseError.usage("REGISTER <userName>")) {
+            try ConsoleCommand.parse("REGISTER a b")
+        }
         #expect(throws: ConsoleCommand.ParseError.usage("PUBLISH <fileName> <description>")) {
             try ConsoleCommand.parse("PUBLISH onlyname")
         }

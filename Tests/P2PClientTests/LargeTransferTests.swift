@@ -110,8 +110,9 @@ import Testing
             try await waitUntil("the download to start", timeout: 30) {
                 let names = (try? FileManager.default.contentsOfDirectory(atPath: folder.file("second"))) ?? []
                 guard let partial = names.first(where: { $0.hasPrefix(".copy.bin.part-") }) else { return false }
-                let size = (try? FileManager.default.attributesOfItem(atPath: folder.file("second/\(partial)"))[.size]
-                    as? Int) ?? 0
+                let size =
+                    (try? FileManager.default.attributesOfItem(atPath: folder.file("second/\(partial)"))[.size]
+                        as? Int) ?? 0
                 return size > 0
             }
             first.process.signal(SIGKILL)

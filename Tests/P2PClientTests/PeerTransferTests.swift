@@ -28,8 +28,10 @@ let quietLogger: Logger = {
         try Data("nested".utf8).write(to: URL(fileURLWithPath: "\(share)/sub/nested.txt"))
         try Data("secret".utf8).write(to: URL(fileURLWithPath: "\(outside)/secret.txt"))
         try Data().write(to: URL(fileURLWithPath: "\(share)/empty.txt"))
-        try FileManager.default.createSymbolicLink(atPath: "\(share)/escape.txt", withDestinationPath: "\(outside)/secret.txt")
-        try FileManager.default.createSymbolicLink(atPath: "\(share)/inside-link.txt", withDestinationPath: "\(share)/hello.txt")
+        try FileManager.default.createSymbolicLink(
+            atPath: "\(share)/escape.txt", withDestinationPath: "\(outside)/secret.txt")
+        try FileManager.default.createSymbolicLink(
+            atPath: "\(share)/inside-link.txt", withDestinationPath: "\(share)/hello.txt")
         mkfifo("\(share)/pipe", 0o644)
         let shared = try SharedFolder(path: share)
         let server = try await PeerFileServer.start(folder: shared, host: "127.0.0.1", logger: quietLogger)
@@ -80,7 +82,8 @@ let quietLogger: Logger = {
     @Test func malformedRequestGetsOtherError() async throws {
         try await withPeer { (_: SharedFolder, server: PeerFileServer, _: TemporaryDirectory) async throws in
             let reply = try await RawConnection.exchange(
-                RawConnection.fields("PUT_FILE", "x"), with: try SocketAddress(ipAddress: "127.0.0.1", port: server.port))
+                RawConnection.fields("PUT_FILE", "x"),
+                with: try SocketAddress(ipAddress: "127.0.0.1", port: server.port))
             #expect(reply == Array("2\0".utf8))
         }
     }
@@ -88,11 +91,13 @@ let quietLogger: Logger = {
     @Test func downloaderWritesTheFileAndReportsMissingOnes() async throws {
         try await withPeer { _, server, folder in
             let target = folder.file("downloads/copy.txt")
-            let size = try await FileDownloader().download("hello.txt", fromHost: "127.0.0.1", port: server.port, to: target)
+            let size = try await FileDownloader().download(
+                "hello.txt", fromHost: "127.0.0.1", port: server.port, to: target)
             #expect(size == 5)
             #expect(try String(contentsOfFile: target, encoding: .utf8) == "hello")
             await #expect(throws: DownloadError.noSuchFile) {
-                try await FileDownloader().download("nope", fromHost: "127.0.0.1", port: server.port, to: folder.file("downloads/nope"))
+                try await FileDownloader().download(
+                    "nope", fromHost: "127.0.0.1", port: server.port, to: folder.file("downloads/nope"))
             }
             #expect(try FileManager.default.contentsOfDirectory(atPath: folder.file("downloads")) == ["copy.txt"])
         }
@@ -117,7 +122,8 @@ let quietLogger: Logger = {
     @Test func transferCutByTheNetworkLeavesNothing() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
-        let peer = try await ScriptedPeer.start(send: Array("0\0".utf8) + Array(repeating: 7, count: 200_000), thenReset: true)
+        let peer = try await ScriptedPeer.start(
+            send: Array("0\0".utf8) + Array(repeating: 7, count: 200_000), thenReset: true)
         await #expect {
             try await FileDownloader().download("f", fromHost: "127.0.0.1", port: peer.port, to: folder.file("out.bin"))
         } throws: { error in
@@ -132,7 +138,8 @@ let quietLogger: Logger = {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         await #expect {
-            try await FileDownloader().download("f", fromHost: "127.0.0.1", port: try unusedPort(), to: folder.file("x"))
+            try await FileDownloader().download(
+                "f", fromHost: "127.0.0.1", port: try unusedPort(), to: folder.file("x"))
         } throws: { error in
             if case .unreachable = error as? DownloadError { return true }
             return false

@@ -138,7 +138,8 @@ import Testing
     }
 
     @Test func rawByteResultCodes() async throws {
-        try await withServer(.init(host: "127.0.0.1", port: 0, codeEncoding: .byte)) { (s: DirectoryHarness) async throws in
+        try await withServer(.init(host: "127.0.0.1", port: 0, codeEncoding: .byte)) {
+            (s: DirectoryHarness) async throws in
             let register = RawConnection.fields("REGISTER", "25/11/2026 13:05:09", "alice")
             #expect(try await RawConnection.exchange(register, with: s.address) == [0])
             #expect(try await RawConnection.exchange(register, with: s.address) == [1])

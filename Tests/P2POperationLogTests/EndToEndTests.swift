@@ -41,7 +41,8 @@ extension LogServerSuites {
             func client(_ name: String) throws -> ClientProcess {
                 let directory = folder.file(name)
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-                return try ClientProcess(serverPort: serverPort, timeURL: "http://127.0.0.1:\(timePort)", directory: directory)
+                return try ClientProcess(
+                    serverPort: serverPort, timeURL: "http://127.0.0.1:\(timePort)", directory: directory)
             }
 
             /// The log's lines as (user, operation, file) with the date-time checked and dropped.
@@ -99,13 +100,16 @@ extension LogServerSuites {
                 let bobLines = try await bob.finish()
 
                 #expect(try Data(contentsOf: URL(fileURLWithPath: system.folder.file("bob/copy.txt"))) == notes)
-                #expect(bobLines.contains("alice 127.0.0.1 " + bobLines.first { $0.hasPrefix("alice ") }!.split(separator: " ")[2]))
+                #expect(
+                    bobLines.contains(
+                        "alice 127.0.0.1 " + bobLines.first { $0.hasPrefix("alice ") }!.split(separator: " ")[2]))
                 #expect(bobLines.contains(#"notes.txt "my notes""#))
                 let expected = [
                     "alice REGISTER", "alice CONNECT", "alice PUBLISH notes.txt", "bob REGISTER", "bob CONNECT",
                     "bob LIST_USERS", "bob LIST_CONTENT",
                     "bob LIST_USERS",  // GET_FILE looks the owner up
-                    "alice DELETE notes.txt", "alice DISCONNECT", "alice UNREGISTER", "bob DISCONNECT", "bob UNREGISTER",
+                    "alice DELETE notes.txt", "alice DISCONNECT", "alice UNREGISTER", "bob DISCONNECT",
+                    "bob UNREGISTER",
                 ]
                 try await waitUntil("\(expected.count) log lines") { system.logEntries.count >= expected.count }
                 #expect(system.logEntries == expected)
@@ -160,7 +164,9 @@ extension LogServerSuites {
                 // The log server returns: what was held arrives, in order.
                 let restarted = try await OperationLogServer(logFile: system.logFile)
                 system.oplog.withLock { $0 = restarted }
-                let expected = ["alice REGISTER", "alice CONNECT", "alice PUBLISH a.txt", "alice LIST_USERS", "alice DELETE a.txt"]
+                let expected = [
+                    "alice REGISTER", "alice CONNECT", "alice PUBLISH a.txt", "alice LIST_USERS", "alice DELETE a.txt",
+                ]
                 try await waitUntil("the log to catch up", timeout: 20) { system.logEntries.count >= expected.count }
                 #expect(system.logEntries == expected)
                 _ = try await alice.finish()
@@ -190,7 +196,8 @@ extension LogServerSuites {
                     let results = outputs[n]!.filter { $0.hasPrefix("c> ") }
                     #expect(
                         results == [
-                            "c> REGISTER OK", "c> CONNECT OK", "c> PUBLISH OK", "c> LIST_USERS OK", "c> LIST_CONTENT OK",
+                            "c> REGISTER OK", "c> CONNECT OK", "c> PUBLISH OK", "c> LIST_USERS OK",
+                            "c> LIST_CONTENT OK",
                             "c> DELETE OK", "c> DISCONNECT OK",
                         ], "client \(n): \(outputs[n]!)")
                     #expect(outputs[n]!.contains(#"file\#(n) "description \#(n)""#))
@@ -206,7 +213,7 @@ extension LogServerSuites {
                 try store.close()
             }
         }
-    
+
         @Test(arguments: [SIGTERM, SIGINT])
         func serverStopsGracefullyAndDeliversItsLastRecords(_ signal: Int32) async throws {
             let folder = try TemporaryDirectory()
@@ -221,8 +228,10 @@ extension LogServerSuites {
             await oplog.stop()
             #expect(status == 0)
             #expect(server.process.stdoutLines.last == "s> server stopped")
-            #expect(server.process.stdoutLines.contains("s> operation log: delivered 1 records in 1 calls, dropped 0, pending 0"))
+            #expect(
+                server.process.stdoutLines.contains(
+                    "s> operation log: delivered 1 records in 1 calls, dropped 0, pending 0"))
             #expect(oplog.lines == ["last REGISTER 25/11/2026 13:05:09"])
         }
-}
+    }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import P2PProtocol
 import Testing
@@ -149,5 +150,3 @@ import Testing
         #expect(DateTimeFormat.isValid("01/01/1970 00:00:00"))
     }
 }
-
-import Foundation

@@ -74,7 +74,8 @@ func wire(_ fields: [String]) -> ByteBuffer {
 
     @Test func fieldOver255BytesIsRejectedWithoutWaitingForItsNUL() throws {
         var decoder = RequestDecoder()
-        var buffer = ByteBuffer(bytes: Array("REGISTER\0\(dateTime)\0".utf8) + Array(repeating: UInt8(ascii: "x"), count: 256))
+        var buffer = ByteBuffer(
+            bytes: Array("REGISTER\0\(dateTime)\0".utf8) + Array(repeating: UInt8(ascii: "x"), count: 256))
         #expect(throws: ProtocolError.fieldTooLong(index: 2, length: 256)) { try decoder.decode(&buffer) }
     }
 

@@ -2,16 +2,18 @@ import Foundation
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // GNU extensions that the Glibc module does not import (they need _GNU_SOURCE).
 private let gnuPipe2: @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32 = unsafeBitCast(
-    dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pipe2"), to: (@convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32).self)
-private let gnuAddChdir: @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32 =
-    unsafeBitCast(
-        dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np"),
-        to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32).self)
+    dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pipe2"),
+    to: (@convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32).self)
+private let gnuAddChdir:
+    @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32 =
+        unsafeBitCast(
+            dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np"),
+            to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32).self)
 
 /// The lines a child printed so far, and the unfinished last line of each stream.
 final class OutputLines: Sendable {
@@ -101,8 +103,8 @@ public final class ChildProcess: Sendable {
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = variables.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
+            for pointer in argv { free(pointer) }
+            for pointer in envp { free(pointer) }
         }
         var child: pid_t = 0
         let status = posix_spawn(&child, executable, &actions, &attributes, argv, envp)

@@ -11,7 +11,7 @@ import P2PTimeServer
 import Testing
 
 #if canImport(FoundationXML)
-import FoundationXML
+    import FoundationXML
 #endif
 
 let quietLogger: Logger = {
@@ -46,7 +46,9 @@ func isWellFormedXML(_ text: String) -> Bool {
                 #expect(isWellFormedXML(wsdl))
                 #expect(wsdl.contains(#"targetNamespace="http://tests.python-zeep.org/""#))
                 #expect(wsdl.contains(#"<wsdl:operation name="get_time">"#))
-                #expect(wsdl.contains(#"<soap:binding style="document" transport="http://schemas.xmlsoap.org/soap/http"/>"#))
+                #expect(
+                    wsdl.contains(#"<soap:binding style="document" transport="http://schemas.xmlsoap.org/soap/http"/>"#)
+                )
             }
         }
     }
@@ -203,4 +205,3 @@ func isWellFormedXML(_ text: String) -> Bool {
         }
     }
 }
-

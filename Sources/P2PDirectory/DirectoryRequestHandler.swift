@@ -19,15 +19,8 @@ public struct DirectoryRequestHandler: Sendable {
         self.console = console
     }
 
-    /// The reply to `request`, which arrived from `peerIP`. Every call is logged once.
-    public func handle(_ request: Request, peerIP: String) async -> Reply {
-        await withCheckedContinuation { continuation in
-            handle(request, peerIP: peerIP) { continuation.resume(returning: $0) }
-        }
-    }
-
-    /// The same with a completion, called at once for reads and on the store's writer queue
-    /// for changes.
+    /// Answers `request`, which arrived from `peerIP`: `completion` gets the reply, at once for
+    /// reads and on the store's writer queue for changes. Every call is logged once.
     public func handle(_ request: Request, peerIP: String, completion: @escaping @Sendable (Reply) -> Void) {
         console("s> \(request.operation.rawValue) FROM \(request.user)")
         operationLog?.submit(

@@ -107,9 +107,6 @@ public final class DirectoryServer: Service, Sendable {
         serverChannel.close(promise: nil)
     }
 
-    /// Connections being served now.
-    public var activeConnections: Int { connections.count }
-
     public func run() async throws {
         await withGracefulShutdownHandler {
             try? await serverChannel.closeFuture.get()

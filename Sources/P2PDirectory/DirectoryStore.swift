@@ -97,16 +97,9 @@ public final class DirectoryStore: Sendable {
 
     // MARK: Changes
 
-    /// Applies `change` in the next group commit and returns its result code once committed.
-    /// A failure of the database gives the operation's "other" code and changes nothing.
-    public func write(_ change: DirectoryChange) async -> P2PProtocol.ResultCode {
-        await withCheckedContinuation { continuation in
-            write(change) { continuation.resume(returning: $0) }
-        }
-    }
-
-    /// The same, calling `completion` on the writer's queue once committed; for callers on an
-    /// event loop that should not pay for a task.
+    /// Applies `change` in the next group commit and calls `completion` with its result code
+    /// once committed, on the writer's queue. A failure of the database gives the operation's
+    /// "other" code and changes nothing.
     public func write(_ change: DirectoryChange, completion: @escaping @Sendable (P2PProtocol.ResultCode) -> Void) {
         let startDrain = pending.withLock { pending in
             pending.writes.append((change, completion))

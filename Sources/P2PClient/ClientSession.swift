@@ -182,8 +182,11 @@ public actor ClientSession {
     }
 
     private func getFile(from owner: String, remoteName: String, localName: String) async -> String {
-        guard case .users(let users)? = await request(.listUsers(user: actingUser)) else {
-            output.diagnostic("GET_FILE: cannot list the connected users (is a user connected here?)")
+        let reply = await request(.listUsers(user: actingUser))
+        guard case .users(let users)? = reply else {
+            if let reply {
+                output.diagnostic("GET_FILE: cannot look the owner up: \(ResultLine.line(.listUsers, reply.code))")
+            }
             return ResultLine.getFileFail
         }
         guard let peer = users.first(where: { $0.name == owner }), let port = Int(peer.port) else {

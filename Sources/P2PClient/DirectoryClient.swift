@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import P2PProtocol
+import P2PTimeClient
 
 /// Why a request to the directory server got no reply.
 public enum DirectoryClientError: Error, Equatable, CustomStringConvertible {
@@ -51,7 +52,7 @@ public struct DirectoryClient: Sendable {
         } catch let error as ProtocolError {
             throw .invalidReply(error)
         } catch {
-            throw .unreachable("\(error)")
+            throw .unreachable("\(host):\(port): \(shortDescription(of: error))")
         }
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import P2PProtocol
+import P2PTimeClient
 import Synchronization
 
 #if canImport(Glibc)
@@ -105,7 +106,7 @@ public struct FileDownloader: Sendable {
                     }
                 }
         } catch {
-            throw DownloadError.unreachable("\(host):\(port): \(error)")
+            throw DownloadError.unreachable("\(host):\(port): \(shortDescription(of: error))")
         }
         let bytes = request
         do {
@@ -154,7 +155,7 @@ public struct FileDownloader: Sendable {
             } catch let error as ProtocolError {
                 throw DownloadError.invalidReply("\(error)")
             } catch {
-                throw DownloadError.interrupted(received: received, reason: "\(error)")
+                throw DownloadError.interrupted(received: received, reason: shortDescription(of: error))
             }
             guard code != nil else { throw DownloadError.invalidReply("the peer closed without a result code") }
             try await file.write(pending)

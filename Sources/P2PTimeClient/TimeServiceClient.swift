@@ -17,7 +17,7 @@ public enum TimeServiceError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .invalidURL(let url): return "invalid time service URL \(url)"
-        case .unreachable(let reason): return "time service unreachable: \(reason)"
+        case .unreachable(let reason): return "time service unreachable (\(reason))"
         case .timedOut(let timeout): return "time service did not answer within \(timeout)"
         case .httpStatus(let status): return "time service answered HTTP \(status)"
         case .fault(let message): return "time service fault: \(message)"
@@ -58,7 +58,7 @@ public struct TimeServiceClient: Sendable {
         } catch let error as TimeServiceError {
             throw error
         } catch {
-            throw .unreachable("\(error)")
+            throw .unreachable("\(host):\(port): \(shortDescription(of: error))")
         }
         let text = String(buffer: body)
         let result: String

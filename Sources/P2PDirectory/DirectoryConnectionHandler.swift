@@ -70,29 +70,29 @@ final class DirectoryConnectionHandler: ChannelInboundHandler {
     private func serve(_ request: Request, context: ChannelHandlerContext) {
         state = .serving
         let peerIP = context.remoteAddress?.ipAddress ?? "0.0.0.0"
-        let encoder = self.encoder
-        let logger = self.logger
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let eventLoop = context.eventLoop
-        handler.handle(request, peerIP: peerIP) { reply in
-            var buffer = ByteBuffer()
-            do {
-                try encoder.encode(reply, into: &buffer)
-            } catch {
-                // A stored value that no longer fits the protocol: answer "other" rather than cut it.
-                logger.error("cannot encode reply to \(request.operation.rawValue): \(error)")
-                buffer.clear()
-                encoder.writeCode(request.operation.otherErrorCode, into: &buffer)
-            }
-            let reply = buffer
-            eventLoop.execute {
-                let (handler, context) = loopBound.value
-                guard case .serving = handler.state else { return }
-                handler.state = .closed
-                context.writeAndFlush(handler.wrapOutboundOut(reply)).whenComplete { _ in
-                    loopBound.value.1.close(promise: nil)
-                }
-            }
+        // The completion runs on this channel's event loop.
+        handler.handle(request, peerIP: peerIP, on: context.eventLoop) { reply in
+            let (handler, context) = loopBound.value
+            handler.send(reply, to: request, context: context)
+        }
+    }
+
+    private func send(_ reply: Reply, to request: Request, context: ChannelHandlerContext) {
+        guard case .serving = state else { return }
+        state = .closed
+        var buffer = ByteBuffer()
+        do {
+            try encoder.encode(reply, into: &buffer)
+        } catch {
+            // A stored value that no longer fits the protocol: answer "other" rather than cut it.
+            logger.error("cannot encode reply to \(request.operation.rawValue): \(error)")
+            buffer.clear()
+            encoder.writeCode(request.operation.otherErrorCode, into: &buffer)
+        }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in
+            channel.close(promise: nil)
         }
     }
 

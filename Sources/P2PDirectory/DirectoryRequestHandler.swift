@@ -1,3 +1,4 @@
+import NIOCore
 import P2POperationLog
 import P2PProtocol
 
@@ -20,8 +21,14 @@ public struct DirectoryRequestHandler: Sendable {
     }
 
     /// Answers `request`, which arrived from `peerIP`: `completion` gets the reply, at once for
-    /// reads and on the store's writer queue for changes. Every call is logged once.
-    public func handle(_ request: Request, peerIP: String, completion: @escaping @Sendable (Reply) -> Void) {
+    /// reads, and for changes once committed, on `eventLoop` (the caller's). Every call is
+    /// logged once.
+    public func handle(
+        _ request: Request,
+        peerIP: String,
+        on eventLoop: any EventLoop,
+        completion: @escaping @Sendable (Reply) -> Void
+    ) {
         console("s> \(request.operation.rawValue) FROM \(request.user)")
         operationLog?.submit(
             OperationRecord(
@@ -48,6 +55,6 @@ public struct DirectoryRequestHandler: Sendable {
         case .listContent(let user, let owner):
             return completion(store.listContent(requester: user, owner: owner))
         }
-        store.write(change) { completion(.status($0)) }
+        store.write(change, on: eventLoop) { completion(.status($0)) }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import NIOCore
 import P2PProtocol
 import Synchronization
 
@@ -98,11 +99,17 @@ public final class DirectoryStore: Sendable {
     // MARK: Changes
 
     /// Applies `change` in the next group commit and calls `completion` with its result code
-    /// once committed, on the writer's queue. A failure of the database gives the operation's
-    /// "other" code and changes nothing.
-    public func write(_ change: DirectoryChange, completion: @escaping @Sendable (P2PProtocol.ResultCode) -> Void) {
+    /// once committed: on `eventLoop` when one is given (the completions of one batch for one
+    /// loop run in one task there, instead of waking the loop once per request), otherwise on
+    /// the writer's queue. A failure of the database gives the operation's "other" code and
+    /// changes nothing.
+    public func write(
+        _ change: DirectoryChange,
+        on eventLoop: (any EventLoop)? = nil,
+        completion: @escaping @Sendable (P2PProtocol.ResultCode) -> Void
+    ) {
         let startDrain = pending.withLock { pending in
-            pending.writes.append((change, completion))
+            pending.writes.append(PendingWrite(change: change, eventLoop: eventLoop, completion: completion))
             if pending.draining { return false }
             pending.draining = true
             return true
@@ -114,7 +121,7 @@ public final class DirectoryStore: Sendable {
 
     private func drain() {
         while true {
-            let batch: [(DirectoryChange, Completion)] = pending.withLock { pending in
+            let batch: [PendingWrite] = pending.withLock { pending in
                 if pending.writes.isEmpty {
                     pending.draining = false
                     return []
@@ -125,8 +132,8 @@ public final class DirectoryStore: Sendable {
                 return batch
             }
             if batch.isEmpty { return }
-            var codes = batch.map { writerState.apply($0.0) }
-            let allowed = zip(batch, codes).filter { $0.1 == .ok }.map { $0.0.0 }
+            var codes = batch.map { writerState.apply($0.change) }
+            let allowed = zip(batch, codes).filter { $0.1 == .ok }.map { $0.0.change }
             if !allowed.isEmpty {
                 do {
                     try pool.write { db in
@@ -138,12 +145,27 @@ public final class DirectoryStore: Sendable {
                 } catch {
                     // Nothing of this batch is on disk: answer "other" to all of it, and go back
                     // to what is.
-                    codes = batch.map { $0.0.operation.otherErrorCode }
+                    codes = batch.map { $0.change.operation.otherErrorCode }
                     writerState = committed.withLock { $0 }
                 }
             }
-            for ((_, completion), code) in zip(batch, codes) {
-                completion(code)
+            Self.complete(batch, with: codes)
+        }
+    }
+
+    /// Calls the completions, grouped into one task per event loop.
+    private static func complete(_ batch: [PendingWrite], with codes: [P2PProtocol.ResultCode]) {
+        var byLoop: [ObjectIdentifier: (any EventLoop, [(Completion, P2PProtocol.ResultCode)])] = [:]
+        for (write, code) in zip(batch, codes) {
+            guard let loop = write.eventLoop else {
+                write.completion(code)
+                continue
+            }
+            byLoop[ObjectIdentifier(loop), default: (loop, [])].1.append((write.completion, code))
+        }
+        for (loop, completions) in byLoop.values {
+            loop.execute {
+                for (completion, code) in completions { completion(code) }
             }
         }
     }
@@ -173,7 +195,13 @@ public final class DirectoryStore: Sendable {
 
 private typealias Completion = @Sendable (P2PProtocol.ResultCode) -> Void
 
+private struct PendingWrite: Sendable {
+    var change: DirectoryChange
+    var eventLoop: (any EventLoop)?
+    var completion: Completion
+}
+
 private struct PendingWrites: ~Copyable {
-    var writes: [(DirectoryChange, Completion)] = []
+    var writes: [PendingWrite] = []
     var draining = false
 }

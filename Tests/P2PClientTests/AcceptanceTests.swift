@@ -80,6 +80,8 @@ import Testing
         let time: TimeProcess
         let server: ServerProcess?
         let serverPort: Int
+        /// Where the server is "down": refused, and taken by nobody else.
+        let downPort: ClosedPort
 
         init(serverDown: Bool = false, serverArguments: [String] = ["--no-oplog"]) async throws {
             folder = try TemporaryDirectory()
@@ -87,7 +89,8 @@ import Testing
             server =
                 serverDown
                 ? nil : try await ServerProcess(dataDirectory: folder.file("storage"), arguments: serverArguments)
-            serverPort = try server?.port ?? unusedPort()
+            downPort = try ClosedPort()
+            serverPort = server?.port ?? downPort.port
         }
 
         /// A folder for one client to start in.

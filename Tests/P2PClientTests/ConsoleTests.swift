@@ -60,8 +60,9 @@ import Testing
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         let server = try await ServerProcess(dataDirectory: folder.file("storage"))
+        let timeServiceDown = try ClosedPort()
         let client = try ClientProcess(
-            serverPort: server.port, timeURL: "http://127.0.0.1:\(try unusedPort())", directory: folder.path)
+            serverPort: server.port, timeURL: "http://127.0.0.1:\(timeServiceDown.port)", directory: folder.path)
         client.send(["REGISTER alice", "CONNECT alice", "LIST_USERS"])
         let lines = try await client.finish()
         await server.stop()

@@ -137,9 +137,10 @@ let quietLogger: Logger = {
     @Test func peerThatIsDownGivesUnreachable() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
+        let closed = try ClosedPort()
         await #expect {
             try await FileDownloader().download(
-                "f", fromHost: "127.0.0.1", port: try unusedPort(), to: folder.file("x"))
+                "f", fromHost: "127.0.0.1", port: closed.port, to: folder.file("x"))
         } throws: { error in
             if case .unreachable = error as? DownloadError { return true }
             return false

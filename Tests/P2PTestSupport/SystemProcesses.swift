@@ -103,20 +103,55 @@ public final class ClientProcess: Sendable {
     }
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on right now.
+/// A free TCP port on 127.0.0.1 for a program that must keep the same port across restarts.
+/// It is taken below the kernel's ephemeral range (32768 and up here), so that servers other
+/// tests start on port 0 cannot be given it in the meantime.
 public func unusedPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+    for _ in 0..<200 {
+        let candidate = Int.random(in: 20_000..<32_000)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(candidate).bigEndian
+        let length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        close(fd)
+        if bound == 0 { return candidate }
     }
-    guard bound == 0 else { throw SetupError("bind failed") }
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    throw SetupError("no free port found")
+}
+
+/// A port on 127.0.0.1 that is bound but not listening for as long as this object lives:
+/// connections to it are refused, and no other program can take it in the meantime (a port
+/// that is merely free could be given to a server that another test starts).
+public final class ClosedPort: Sendable {
+    public let port: Int
+    private let descriptor: Int32
+
+    public init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) }
+        }
+        guard bound == 0 else {
+            close(descriptor)
+            throw SetupError("bind failed")
+        }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        port = Int(UInt16(bigEndian: address.sin_port))
+        self.descriptor = descriptor
     }
-    return Int(UInt16(bigEndian: address.sin_port))
+
+    deinit {
+        close(descriptor)
+    }
 }

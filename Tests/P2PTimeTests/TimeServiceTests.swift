@@ -182,7 +182,8 @@ func isWellFormedXML(_ text: String) -> Bool {
 
     @Test func swiftClientReportsAServiceThatIsDown() async throws {
         // A port that was just free: nothing listens there.
-        let client = try TimeServiceClient(url: "http://127.0.0.1:\(try unusedPort())", timeout: .seconds(2))
+        let closed = try ClosedPort()
+        let client = try TimeServiceClient(url: "http://127.0.0.1:\(closed.port)", timeout: .seconds(2))
         await #expect(throws: TimeServiceError.self) { try await client.currentDateTime() }
     }
 

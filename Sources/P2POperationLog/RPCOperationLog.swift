@@ -68,7 +68,8 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
             return
         }
         queue.append(record)
-        condition.signal()
+        // The sender waits only on an empty queue: only the first record needs to wake it.
+        if queue.count - queueHead == 1 { condition.signal() }
     }
 
     public var currentStatistics: OperationLogStatistics {

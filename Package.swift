@@ -57,6 +57,14 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Small helpers for the clients' network calls: timeouts, readable connection errors.
+        .target(
+            name: "P2PNetworkSupport",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         // The time service's SOAP contract: the operation, its WSDL, envelopes and faults.
         .target(
             name: "P2PTimeSOAP",
@@ -76,6 +84,7 @@ let package = Package(
         .target(
             name: "P2PTimeClient",
             dependencies: [
+                "P2PNetworkSupport",
                 "P2PProtocol",
                 "P2PTimeSOAP",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -87,6 +96,7 @@ let package = Package(
         .target(
             name: "P2PClient",
             dependencies: [
+                "P2PNetworkSupport",
                 "P2PProtocol",
                 "P2PTimeClient",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,7 +1,7 @@
 import NIOCore
 import NIOPosix
+import P2PNetworkSupport
 import P2PProtocol
-import P2PTimeClient
 
 /// Why a request to the directory server got no reply.
 public enum DirectoryClientError: Error, Equatable, CustomStringConvertible {
@@ -74,22 +74,5 @@ public struct DirectoryClient: Sendable {
             }
             throw decoder.finish()
         }
-    }
-}
-
-/// Runs `body`; throws `error` if it has not finished after `timeout` (and cancels it).
-func withTimeout<T: Sendable>(
-    _ timeout: Duration,
-    error: any Error & Sendable,
-    _ body: @escaping @Sendable () async throws -> T
-) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            throw error
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
     }
 }

@@ -1,8 +1,8 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import P2PNetworkSupport
 import P2PProtocol
-import P2PTimeClient
 import Synchronization
 
 #if canImport(Glibc)

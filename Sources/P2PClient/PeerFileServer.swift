@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import P2PNetworkSupport
 import P2PProtocol
 
 struct PeerRequestTimedOut: Error, CustomStringConvertible {

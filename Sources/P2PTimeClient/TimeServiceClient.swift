@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import P2PNetworkSupport
 import P2PProtocol
 import P2PTimeSOAP
 
@@ -54,7 +55,9 @@ public struct TimeServiceClient: Sendable {
     public func currentDateTime() async throws(TimeServiceError) -> String {
         let (status, body): (Int, ByteBuffer)
         do {
-            (status, body) = try await withDeadline(timeout) { try await self.exchange() }
+            (status, body) = try await withTimeout(timeout, error: TimeServiceError.timedOut(timeout)) {
+                try await self.exchange()
+            }
         } catch let error as TimeServiceError {
             throw error
         } catch {
@@ -135,19 +138,5 @@ public struct TimeServiceClient: Sendable {
             }
             throw TimeServiceError.invalidResponse("connection closed before the response ended")
         }
-    }
-}
-
-/// Runs `body`, throwing ``TimeServiceError/timedOut(_:)`` if it takes longer than `timeout`.
-func withDeadline<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T
-{
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            throw TimeServiceError.timedOut(timeout)
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
     }
 }

@@ -64,6 +64,7 @@ check-rpcgen: | $(SETUP_STAMP)
 # started it.
 test: $(SETUP_STAMP) check-rpcgen oplog
 	$(SWIFT) build --build-tests
+	scripts/check-oplog-without-rpcbind.sh
 	# The multi-GiB transfers run alone, after the rest, so their load does not skew the
 	# timing of the others.
 	scripts/with-rpcbind.sh $(SWIFT) test --skip-build --skip LargeTransferTests

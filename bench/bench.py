@@ -245,19 +245,20 @@ def get_file_benchmark(work):
     client_args = [os.path.join(BIN, "p2p-client"), "-s", "127.0.0.1", "-p", str(server_port),
                    "--time-service", f"http://127.0.0.1:{time_port}"]
     clients = []
+
+    def connected_client(folder, user):
+        """A client started in `folder` with `user` registered and connected."""
+        client = subprocess.Popen(client_args, cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        clients.append(client)
+        client.stdin.write(f"REGISTER {user}\nCONNECT {user}\n")
+        client.stdin.flush()
+        read_until(client, "c> CONNECT OK")
+        return client
+
     try:
-        serving = subprocess.Popen(client_args, cwd=first_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        clients.append(serving)
-        serving.stdin.write("REGISTER u1\nCONNECT u1\n")
-        serving.stdin.flush()
-        read_until(serving, "c> CONNECT OK")
-        receiving = subprocess.Popen(client_args, cwd=second_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        clients.append(receiving)
-        receiving.stdin.write("REGISTER u2\nCONNECT u2\n")
-        receiving.stdin.flush()
-        read_until(receiving, "c> CONNECT OK")
+        serving = connected_client(first_dir, "u1")
+        receiving = connected_client(second_dir, "u2")
         start = time.time()
         receiving.stdin.write("GET_FILE u1 big.bin copy.bin\n")
         receiving.stdin.flush()

@@ -11,6 +11,8 @@ public final class ConsoleWriter: @unchecked Sendable {
     private var dropped = 0
     private var closed = false
     private var finished = false
+    /// True while the thread waits for a first line; only then does a new line wake it.
+    private var idle = false
 
     private let capacity: Int
     private let output: FileHandle
@@ -33,8 +35,12 @@ public final class ConsoleWriter: @unchecked Sendable {
             return
         }
         lines.append(line)
-        // Only the first line of a batch needs to wake the writer.
-        if lines.count == 1 { condition.signal() }
+        // Wake the thread only when it waits for work: while it gathers a batch, a wake-up
+        // per line would cost a context switch per request.
+        if idle {
+            idle = false
+            condition.signal()
+        }
     }
 
     /// Writes what is queued and stops the thread.
@@ -49,7 +55,11 @@ public final class ConsoleWriter: @unchecked Sendable {
     private func run() {
         while true {
             condition.lock()
-            while lines.isEmpty && !closed { condition.wait() }
+            while lines.isEmpty && !closed {
+                idle = true
+                condition.wait()
+            }
+            idle = false
             let batch = lines
             let droppedNow = dropped
             lines.removeAll(keepingCapacity: true)

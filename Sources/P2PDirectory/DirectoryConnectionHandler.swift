@@ -8,9 +8,20 @@ import P2PProtocol
 /// Bad input (PROTOCOL.md section 6) is logged; once the operation is known the reply is that
 /// operation's "other" code. Before closing after bad input the handler sends FIN and
 /// discards what the client still sends, so that the reply is not destroyed by a reset.
-final class DirectoryConnectionHandler: ChannelInboundHandler {
+///
+/// The handler also gives the request its deadline (covering a client that sends nothing and
+/// one that never finishes) and gives the connection's slot back to the ``ConnectionCounter``
+/// when the connection ends. It is the only handler of the pipeline: with one short request
+/// per connection, each extra handler and future is a noticeable share of the work.
+final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
+
+    /// The request did not arrive whole within the deadline.
+    struct TimedOut: Error, CustomStringConvertible {
+        var timeout: TimeAmount
+        var description: String { "request not complete after \(timeout.nanoseconds / 1_000_000) ms" }
+    }
 
     private enum State {
         case reading
@@ -22,14 +33,41 @@ final class DirectoryConnectionHandler: ChannelInboundHandler {
 
     private let handler: DirectoryRequestHandler
     private let encoder: ReplyEncoder
+    private let requestTimeout: TimeAmount
+    private let connections: ConnectionCounter
     private let logger: Logger
     private var decoder = RequestDecoder()
     private var state = State.reading
+    private var deadline: Scheduled<Void>?
 
-    init(handler: DirectoryRequestHandler, encoder: ReplyEncoder, logger: Logger) {
+    init(
+        handler: DirectoryRequestHandler,
+        encoder: ReplyEncoder,
+        requestTimeout: TimeAmount,
+        connections: ConnectionCounter,
+        logger: Logger
+    ) {
         self.handler = handler
         self.encoder = encoder
+        self.requestTimeout = requestTimeout
+        self.connections = connections
         self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let timeout = requestTimeout
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: timeout) {
+            let (handler, context) = loopBound.value
+            handler.errorCaught(context: context, error: TimedOut(timeout: timeout))
+        }
+    }
+
+    /// Runs once per connection, when its pipeline is torn down.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+        connections.close()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -69,10 +107,16 @@ final class DirectoryConnectionHandler: ChannelInboundHandler {
 
     private func serve(_ request: Request, context: ChannelHandlerContext) {
         state = .serving
-        let peerIP = context.remoteAddress?.ipAddress ?? "0.0.0.0"
+        // The whole request is here: the deadline no longer applies.
+        deadline?.cancel()
+        deadline = nil
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         // The completion runs on this channel's event loop.
-        handler.handle(request, peerIP: peerIP, on: context.eventLoop) { reply in
+        handler.handle(
+            request,
+            peerIP: context.remoteAddress?.ipAddress ?? "0.0.0.0",
+            on: context.eventLoop
+        ) { reply in
             let (handler, context) = loopBound.value
             handler.send(reply, to: request, context: context)
         }
@@ -113,7 +157,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler {
         context.flush()
         // FIN after the reply; the deadline handler or the client's own close ends the drain.
         context.close(mode: .output, promise: nil)
-        if error is RequestDeadlineHandler.TimedOut { close(context) }
+        if error is TimedOut { close(context) }
     }
 
     private func close(_ context: ChannelHandlerContext) {

@@ -20,12 +20,12 @@ public struct DirectoryRequestHandler: Sendable {
         self.console = console
     }
 
-    /// Answers `request`, which arrived from `peerIP`: `completion` gets the reply, at once for
-    /// reads, and for changes once committed, on `eventLoop` (the caller's). Every call is
-    /// logged once.
+    /// Answers `request`, which arrived from `peerIP` (only evaluated for CONNECT, which stores
+    /// it): `completion` gets the reply, at once for reads, and for changes once committed, on
+    /// `eventLoop` (the caller's). Every call is logged once.
     public func handle(
         _ request: Request,
-        peerIP: String,
+        peerIP: @autoclosure () -> String,
         on eventLoop: any EventLoop,
         completion: @escaping @Sendable (Reply) -> Void
     ) {
@@ -43,7 +43,7 @@ public struct DirectoryRequestHandler: Sendable {
         case .unregister(let user):
             change = .unregister(user: user)
         case .connect(let user, let port):
-            change = .connect(user: user, ip: peerIP, port: port)
+            change = .connect(user: user, ip: peerIP(), port: port)
         case .disconnect(let user):
             change = .disconnect(user: user)
         case .publish(let user, let fileName, let description):

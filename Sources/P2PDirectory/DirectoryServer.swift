@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -76,9 +77,10 @@ public final class DirectoryServer: Service, Sendable {
         let channel = try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            // A client may half-close after its request and still read the reply.
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            // Child options are set in the initializer, synchronously: the bootstrap's
+            // `childChannelOption` applies them through a chain of futures per connection,
+            // which showed up in profiles of one-request connections. (TCP_NODELAY is on the
+            // listening socket by default, and accepted sockets inherit it.)
             .childChannelInitializer { channel in
                 guard connections.open(limit: configuration.maxConnections) else {
                     logger.warning(
@@ -86,13 +88,15 @@ public final class DirectoryServer: Service, Sendable {
                     )
                     return channel.close()
                 }
-                channel.closeFuture.whenComplete { _ in connections.close() }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        RequestDeadlineHandler(timeout: configuration.idleTimeout),
+                    // A client may half-close after its request and still read the reply.
+                    try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+                    try channel.pipeline.syncOperations.addHandler(
                         DirectoryConnectionHandler(
                             handler: handler,
                             encoder: ReplyEncoder(codeEncoding: configuration.codeEncoding),
+                            requestTimeout: configuration.idleTimeout,
+                            connections: connections,
                             logger: logger))
                 }
             }
@@ -139,40 +143,4 @@ final class ConnectionCounter: Sendable {
     }
 
     var count: Int { value.load(ordering: .relaxed) }
-}
-
-/// Fails the connection's pipeline when its request has not arrived in time, which covers
-/// both a client that sends nothing and one that never finishes.
-final class RequestDeadlineHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-
-    struct TimedOut: Error, CustomStringConvertible {
-        var timeout: TimeAmount
-        var description: String { "request not complete after \(timeout.nanoseconds / 1_000_000) ms" }
-    }
-
-    private let timeout: TimeAmount
-    private var task: Scheduled<Void>?
-
-    init(timeout: TimeAmount) {
-        self.timeout = timeout
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        let timeout = self.timeout
-        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        task = context.eventLoop.scheduleTask(in: timeout) {
-            loopBound.value.fireErrorCaught(TimedOut(timeout: timeout))
-        }
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        task?.cancel()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        task?.cancel()
-        context.fireChannelInactive()
-    }
 }

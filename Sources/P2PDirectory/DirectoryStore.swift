@@ -22,6 +22,7 @@ public final class DirectoryStore: Sendable {
     static let maxBatch = 1024
 
     private let pool: DatabasePool
+    private let checkpointer: WALCheckpointer
     private let pending = Mutex(PendingWrites())
     /// The committed directory, for readers.
     private let committed: Mutex<DirectoryState>
@@ -32,7 +33,11 @@ public final class DirectoryStore: Sendable {
     private let writerQueue = DispatchQueue(label: "p2p.directory.writer", qos: .userInitiated)
 
     /// Opens (creating if needed) the directory in `dataDirectory` and loads it.
-    public init(dataDirectory: String) throws {
+    public convenience init(dataDirectory: String) throws {
+        try self.init(dataDirectory: dataDirectory, checkpointing: WALCheckpointer.Settings())
+    }
+
+    init(dataDirectory: String, checkpointing: WALCheckpointer.Settings) throws {
         try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
         var configuration = Configuration()
         configuration.foreignKeysEnabled = true
@@ -40,10 +45,13 @@ public final class DirectoryStore: Sendable {
             // FULL: the WAL is synced at every commit, so a committed change also survives
             // power loss, not just a crash of the process.
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            // Commits never copy the log into the database file: the checkpointer does.
+            try db.execute(sql: "PRAGMA wal_autocheckpoint = 0")
         }
         let path = (dataDirectory as NSString).appendingPathComponent(Self.fileName)
         pool = try DatabasePool(path: path, configuration: configuration)
         try Self.migrator.migrate(pool)
+        checkpointer = try WALCheckpointer(path: path, settings: checkpointing)
         let state = try Self.load(pool)
         writerState = state
         committed = Mutex(state)
@@ -93,6 +101,7 @@ public final class DirectoryStore: Sendable {
 
     /// Closes the database. Changes already answered are on disk; later calls fail.
     public func close() throws {
+        try checkpointer.close()
         try pool.close()
     }
 
@@ -108,13 +117,25 @@ public final class DirectoryStore: Sendable {
         on eventLoop: (any EventLoop)? = nil,
         completion: @escaping @Sendable (P2PProtocol.ResultCode) -> Void
     ) {
-        let startDrain = pending.withLock { pending in
+        let first = pending.withLock { pending in
             pending.writes.append(PendingWrite(change: change, eventLoop: eventLoop, completion: completion))
-            if pending.draining { return false }
+            return !pending.draining && pending.writes.count == 1
+        }
+        guard first else { return }
+        if let eventLoop, eventLoop.inEventLoop {
+            eventLoop.execute { self.startDrain() }
+        } else {
+            startDrain()
+        }
+    }
+
+    private func startDrain() {
+        let start = pending.withLock { pending in
+            if pending.draining || pending.writes.isEmpty { return false }
             pending.draining = true
             return true
         }
-        if startDrain {
+        if start {
             writerQueue.async { self.drain() }
         }
     }
@@ -139,6 +160,7 @@ public final class DirectoryStore: Sendable {
                     try pool.write { db in
                         for change in allowed { try change.persist(db) }
                     }
+                    checkpointer.didCommit()
                     committed.withLock { state in
                         for change in allowed { _ = state.apply(change) }
                     }
@@ -150,6 +172,11 @@ public final class DirectoryStore: Sendable {
                 }
             }
             Self.complete(batch, with: codes)
+            if checkpointer.takeRestartRequest() {
+                // Short: the checkpointer has copied nearly all of the log already. Failing
+                // only leaves the log longer.
+                _ = try? pool.writeWithoutTransaction { db in try db.checkpoint(.passive) }
+            }
         }
     }
 
@@ -205,3 +232,4 @@ private struct PendingWrites: ~Copyable {
     var writes: [PendingWrite] = []
     var draining = false
 }
+

@@ -37,6 +37,13 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Connections served at once; further ones are closed at once.")
     var maxConnections: Int = 1024
 
+    @Option(
+        help: """
+            Event-loop threads serving connections (default: one less than the number of cores, \
+            at least 1; the SQLite writer and the log and console threads need the last one).
+            """)
+    var threads: Int?
+
     @Option(help: "Host of rpcbind and the operation-log server (default: $LOG_RPC_IP, else localhost).")
     var rpcHost: String?
 
@@ -47,6 +54,12 @@ struct ServerCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
+        if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be 1-256") }
+    }
+
+    /// The number of event loops: `--threads`, else one less than the cores, at least 1.
+    var eventLoopCount: Int {
+        threads ?? max(1, System.coreCount - 1)
     }
 
     func run() async throws {

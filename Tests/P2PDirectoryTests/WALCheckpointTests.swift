@@ -1,0 +1,42 @@
+import Foundation
+import P2PTestSupport
+import Testing
+
+@testable import P2PDirectory
+
+/// The write-ahead log is copied into the database file off the commit path (`WALCheckpointer`);
+/// these tests check that it still stays short under steady writes and that nothing committed
+/// is lost on the way.
+@Suite struct WALCheckpointTests {
+    private static func register(_ user: String, in store: DirectoryStore) async -> Int {
+        await withCheckedContinuation { continuation in
+            store.write(.register(user: user)) { code in continuation.resume(returning: Int(code.rawValue)) }
+        }
+    }
+
+    private static func fileSize(_ path: String) -> Int {
+        ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0
+    }
+
+    @Test func logStaysShortUnderSteadyWrites() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let store = try DirectoryStore(
+            dataDirectory: folder.path,
+            checkpointing: .init(interval: .milliseconds(10), restartFrames: 200))
+        let count = 5000
+        // One commit per write: each adds at least one 4 KiB page to the log, so without
+        // checkpoints the log would end above 20 MB.
+        for index in 0..<count {
+            #expect(await Self.register("user\(index)", in: store) == 0)
+        }
+        let logSize = Self.fileSize(folder.file("\(DirectoryStore.fileName)-wal"))
+        #expect(logSize > 0)
+        #expect(logSize < 8 << 20, "write-ahead log is \(logSize) bytes after \(count) commits")
+        try store.close()
+
+        let reopened = try DirectoryStore(dataDirectory: folder.path)
+        defer { try? reopened.close() }
+        #expect(try reopened.registeredUsersOnDisk().count == count)
+    }
+}

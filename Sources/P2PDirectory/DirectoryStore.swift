@@ -232,4 +232,3 @@ private struct PendingWrites: ~Copyable {
     var writes: [PendingWrite] = []
     var draining = false
 }
-

@@ -42,14 +42,15 @@ public final class DirectoryStore: Sendable {
         var configuration = Configuration()
         configuration.foreignKeysEnabled = true
         configuration.prepareDatabase { db in
-            // FULL: the WAL is synced at every commit, so a committed change also survives
-            // power loss, not just a crash of the process.
-            try db.execute(sql: "PRAGMA synchronous = FULL")
             // Commits never copy the log into the database file: the checkpointer does.
             try db.execute(sql: "PRAGMA wal_autocheckpoint = 0")
         }
         let path = (dataDirectory as NSString).appendingPathComponent(Self.fileName)
         pool = try DatabasePool(path: path, configuration: configuration)
+        // FULL: the log is synced at every commit, so a committed change also survives power
+        // loss, not just a crash of the process. Set here, on the writer, because the pool
+        // sets NORMAL when it turns WAL on, after `prepareDatabase` has run.
+        try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
         try Self.migrator.migrate(pool)
         checkpointer = try WALCheckpointer(path: path, settings: checkpointing)
         let state = try Self.load(pool)
@@ -212,6 +213,11 @@ public final class DirectoryStore: Sendable {
     /// Every registered user's name, sorted, as committed.
     public func registeredUsers() -> [String] {
         committed.withLock { $0.userNames }
+    }
+
+    /// The writer connection's `PRAGMA synchronous` (2 is FULL: every commit synced).
+    func writerSynchronousMode() throws -> Int {
+        try pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     /// Every registered user's name, sorted, read from the database file itself.

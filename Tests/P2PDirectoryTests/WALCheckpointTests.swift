@@ -39,4 +39,14 @@ import Testing
         defer { try? reopened.close() }
         #expect(try reopened.registeredUsersOnDisk().count == count)
     }
+
+    /// A change answered 0 must survive power loss too, so every commit is synced; GRDB's pool
+    /// turns this down to NORMAL when it enables WAL, and the store turns it back up.
+    @Test func everyCommitIsSynced() throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let store = try DirectoryStore(dataDirectory: folder.path)
+        defer { try? store.close() }
+        #expect(try store.writerSynchronousMode() == 2)
+    }
 }

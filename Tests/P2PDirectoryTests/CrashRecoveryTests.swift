@@ -62,4 +62,39 @@ import Testing
         #expect(status == 1)
         #expect(second.stderrLines.contains { $0.contains("cannot listen on 127.0.0.1:\(first.port)") })
     }
+
+    @Test func threadCountOutOfRangeIsRejected() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let server = try ChildProcess(
+            builtProduct("p2p-server"),
+            ["--host", "127.0.0.1", "-p", "0", "--data-dir", folder.path, "--no-oplog", "--threads", "0"])
+        // 64: ArgumentParser's exit code for a validation error (EX_USAGE).
+        #expect(try await server.waitForExit() == 64)
+        #expect(server.stderrLines.contains { $0.contains("--threads must be 1-256") })
+    }
+
+    /// With several event loops, connections are spread over them and every change still goes
+    /// through the one writer.
+    @Test func serveWithSeveralEventLoops() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let server = try await ServerProcess(dataDirectory: folder.path, arguments: ["--no-oplog", "--threads", "3"])
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: server.port)
+        let codes = try await withThrowingTaskGroup(of: Reply.self) { group in
+            for index in 0..<60 {
+                group.addTask {
+                    let request = Request(dateTime: "25/11/2026 13:05:09", command: .register(user: "user\(index)"))
+                    return try await RawConnection.send(request, to: address)
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        await server.stop()
+        #expect(codes.count == 60)
+        #expect(codes.allSatisfy { $0 == .status(0) })
+        let store = try DirectoryStore(dataDirectory: folder.path)
+        defer { try? store.close() }
+        #expect(try store.registeredUsersOnDisk().count == 60)
+    }
 }

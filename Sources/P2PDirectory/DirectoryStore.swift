@@ -102,8 +102,9 @@ public final class DirectoryStore: Sendable {
 
     /// Closes the database. Changes already answered are on disk; later calls fail.
     public func close() throws {
-        try checkpointer.close()
+        let checkpointerClosed = Result { try checkpointer.close() }
         try pool.close()
+        try checkpointerClosed.get()
     }
 
     // MARK: Changes

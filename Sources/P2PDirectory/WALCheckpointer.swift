@@ -52,6 +52,11 @@ final class WALCheckpointer: Sendable {
         timer.activate()
     }
 
+    deinit {
+        // An active dispatch source is kept alive by Dispatch itself until cancelled.
+        timer.cancel()
+    }
+
     /// Called by the writer after each commit.
     func didCommit() {
         commits.add(1, ordering: .relaxed)

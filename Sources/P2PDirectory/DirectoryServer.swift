@@ -89,15 +89,23 @@ public final class DirectoryServer: Service, Sendable {
                     return channel.close()
                 }
                 return channel.eventLoop.makeCompletedFuture {
+                    // The handler gives the slot back when it is removed, which happens when the
+                    // channel closes, also if the initializer fails after this point.
+                    do {
+                        try channel.pipeline.syncOperations.addHandler(
+                            DirectoryConnectionHandler(
+                                handler: handler,
+                                encoder: ReplyEncoder(codeEncoding: configuration.codeEncoding),
+                                requestTimeout: configuration.idleTimeout,
+                                connections: connections,
+                                logger: logger))
+                    } catch {
+                        connections.close()
+                        throw error
+                    }
                     // A client may half-close after its request and still read the reply.
+                    // (Nothing is read before the initializer returns.)
                     try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
-                    try channel.pipeline.syncOperations.addHandler(
-                        DirectoryConnectionHandler(
-                            handler: handler,
-                            encoder: ReplyEncoder(codeEncoding: configuration.codeEncoding),
-                            requestTimeout: configuration.idleTimeout,
-                            connections: connections,
-                            logger: logger))
                 }
             }
             .bind(host: configuration.host, port: configuration.port)

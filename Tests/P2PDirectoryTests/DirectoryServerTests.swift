@@ -36,6 +36,17 @@ import Testing
         }
     }
 
+    /// Some clients shut down their sending side right after the request; the reply, which
+    /// comes only after the commit, must still reach them.
+    @Test func clientThatHalfClosesAfterItsRequestGetsTheReply() async throws {
+        try await withServer { (s: DirectoryHarness) async throws in
+            let bytes = RawConnection.fields("REGISTER", "25/11/2026 13:05:09", "alice")
+            let reply = try await RawConnection.exchange(bytes, with: s.address, halfClose: true)
+            #expect(reply == Array("0\0".utf8))
+            #expect(s.store.registeredUsers() == ["alice"])
+        }
+    }
+
     @Test func connectAndDisconnect() async throws {
         try await withServer { (s: DirectoryHarness) async throws in
             #expect(try await s.send(.connect(user: "alice", port: "4000")) == .status(1), "no such user")

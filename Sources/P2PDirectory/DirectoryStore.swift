@@ -13,7 +13,8 @@ import Synchronization
 /// synced to disk, so a change answered 0 survives a crash at any moment. Changes that arrive
 /// together are committed together (group commit), so one fsync covers many requests.
 /// Readers are answered from a second copy of the state, updated after each commit: they
-/// never see a change that is not on disk, and never touch SQLite.
+/// never see a change that is not on disk, and never touch SQLite. Copying the write-ahead log
+/// into the database file is left to a ``WALCheckpointer``, off the commit path.
 public final class DirectoryStore: Sendable {
     /// The file the directory lives in, inside the data folder.
     public static let fileName = "directory.sqlite"
@@ -42,14 +43,14 @@ public final class DirectoryStore: Sendable {
         var configuration = Configuration()
         configuration.foreignKeysEnabled = true
         configuration.prepareDatabase { db in
-            // Commits never copy the log into the database file: the checkpointer does.
+            // Commits never copy the write-ahead log into the database file: the checkpointer does.
             try db.execute(sql: "PRAGMA wal_autocheckpoint = 0")
         }
         let path = (dataDirectory as NSString).appendingPathComponent(Self.fileName)
         pool = try DatabasePool(path: path, configuration: configuration)
-        // FULL: the log is synced at every commit, so a committed change also survives power
-        // loss, not just a crash of the process. Set here, on the writer, because the pool
-        // sets NORMAL when it turns WAL on, after `prepareDatabase` has run.
+        // FULL: the write-ahead log is synced at every commit, so a committed change also
+        // survives power loss, not just a crash of the process. Set here, on the writer,
+        // because the pool sets NORMAL when it turns WAL on, after `prepareDatabase` has run.
         try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
         try Self.migrator.migrate(pool)
         checkpointer = try WALCheckpointer(path: path, settings: checkpointing)
@@ -125,6 +126,8 @@ public final class DirectoryStore: Sendable {
         }
         guard first else { return }
         if let eventLoop, eventLoop.inEventLoop {
+            // Start the writer when this pass of the event loop is over (NIO runs tasks after
+            // the I/O of a pass), so the requests read in the same pass share one commit.
             eventLoop.execute { self.startDrain() }
         } else {
             startDrain()

@@ -104,6 +104,9 @@ public final class DirectoryStore: Sendable {
     /// Closes the database. Changes already answered are on disk; later calls fail.
     public func close() throws {
         let checkpointerClosed = Result { try checkpointer.close() }
+        // After a clean stop the database file alone holds the directory (handy for a copy);
+        // if this fails, the log still holds the rest and the next open replays it.
+        _ = try? pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
         try pool.close()
         try checkpointerClosed.get()
     }

@@ -34,6 +34,8 @@ import Testing
         #expect(logSize > 0)
         #expect(logSize < 8 << 20, "write-ahead log is \(logSize) bytes after \(count) commits")
         try store.close()
+        // A clean close leaves everything in the database file.
+        #expect(Self.fileSize(folder.file("\(DirectoryStore.fileName)-wal")) == 0)
 
         let reopened = try DirectoryStore(dataDirectory: folder.path)
         defer { try? reopened.close() }

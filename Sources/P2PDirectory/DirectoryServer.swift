@@ -76,6 +76,11 @@ public final class DirectoryServer: Service, Sendable {
         let connections = ConnectionCounter()
         let channel = try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.backlog, value: 1024)
+            // Accept up to 16 connections per pass of the event loop instead of NIO's 4: with
+            // one request per connection, new connections are most of the work, and their
+            // requests then reach the writer together (in `make bench` at 64 clients, A/B:
+            // about +20% REGISTER throughput and 2 ms less p99).
+            .serverChannelOption(.maxMessagesPerRead, value: 16)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             // Child options are set in the initializer, synchronously: the bootstrap's
             // `childChannelOption` applies them through a chain of futures per connection,

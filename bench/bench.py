@@ -137,11 +137,12 @@ def oplog_benchmark(work):
                     summaries += [line for line in lines if "operation log:" in line]
         dropped = sum(int(m) for line in summaries for m in re.findall(r"dropped (\d+)", line))
         delivered = sum(int(m) for line in summaries for m in re.findall(r"delivered (\d+)", line))
+        calls = sum(int(m) for line in summaries for m in re.findall(r"in (\d+) calls", line))
         on = {"rps": statistics.mean(r["rps"] for r in with_log),
               "p99_ms": statistics.mean(r["p99_ms"] for r in with_log), "errors": sum(r["errors"] for r in with_log)}
         off = {"rps": statistics.mean(r["rps"] for r in without),
                "p99_ms": statistics.mean(r["p99_ms"] for r in without), "errors": 0}
-        on["note"] = f"{delivered} records delivered, {dropped} dropped"
+        on["note"] = f"{delivered} records delivered in {calls} calls, {dropped} dropped"
         rows.append(("operation log", "register, 64 clients, --no-oplog", off, None))
         rows.append(("operation log", "register, 64 clients, log on", on, off))
         log(f"oplog on: {on['rps']:.0f} rps vs off {off['rps']:.0f} rps; {on['note']}")

@@ -16,9 +16,14 @@ import ServiceLifecycle
 /// or restarts, the thread recreates the handle with exponential backoff and sends what the
 /// queue still holds; records that do not fit in the queue meanwhile are dropped and counted.
 /// A call that timed out may have been printed, so after an outage a record can be printed
-/// twice, never out of order.
+/// twice, never out of order. Under load the thread lets records gather for ``gatherTime``
+/// after each call, so that calls carry many records rather than a few: each call costs a
+/// round trip and a wake-up on both sides, which took a sixth of a core at 14 000 requests/s.
 public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendable {
     public static let maxBatch = 256
+    /// How long records may gather after a call before the next one; invisible in a log that
+    /// people read, and short next to the call timeout.
+    public static let gatherTime = 0.005
 
     public let host: String
     public let capacity: Int
@@ -34,6 +39,8 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
     private var stopping = false
     private var stopped = false
     private var started = false
+    /// True while the sender waits for a first record; only then does a new record wake it.
+    private var idle = false
 
     /// - Parameters:
     ///   - host: where rpcbind and the log server run.
@@ -68,8 +75,12 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
             return
         }
         queue.append(record)
-        // The sender waits only on an empty queue: only the first record needs to wake it.
-        if queue.count - queueHead == 1 { condition.signal() }
+        // Wake the sender only when it waits for work: while it gathers a batch or makes a
+        // call, a wake-up per record would cost a context switch per request.
+        if idle {
+            idle = false
+            condition.signal()
+        }
     }
 
     public var currentStatistics: OperationLogStatistics {
@@ -124,7 +135,11 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
         }
         while true {
             condition.lock()
-            while queue.count == queueHead && !stopping { condition.wait() }
+            while queue.count == queueHead && !stopping {
+                idle = true
+                condition.wait()
+            }
+            idle = false
             if queue.count == queueHead && stopping {
                 condition.unlock()
                 return
@@ -159,6 +174,7 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
                     outage = false
                 }
                 backoff = 0.05
+                gather(for: Self.gatherTime)
                 continue
             }
             oplog_client_destroy(client)
@@ -178,6 +194,14 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
             condition.unlock()
             backoff = min(backoff * 2, 2.0)
         }
+    }
+
+    /// Waits `seconds` unless a shutdown comes first; records arriving meanwhile do not wake it.
+    private func gather(for seconds: Double) {
+        let deadline = Date().addingTimeInterval(seconds)
+        condition.lock()
+        while !stopping && condition.wait(until: deadline) {}
+        condition.unlock()
     }
 
     /// One call carrying `batch`; false (with the reason in `error`) when it failed.

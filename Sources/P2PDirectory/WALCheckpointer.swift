@@ -65,7 +65,7 @@ final class WALCheckpointer: Sendable {
     /// True once after the log grew past ``Settings/restartFrames``: the writer should then run a
     /// PASSIVE checkpoint on its own connection.
     func takeRestartRequest() -> Bool {
-        restartRequested.load(ordering: .relaxed) && restartRequested.exchange(false, ordering: .relaxed)
+        restartRequested.exchange(false, ordering: .relaxed)
     }
 
     /// Stops the timer and waits for a checkpoint in progress.

@@ -196,11 +196,13 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
         }
     }
 
-    /// Waits `seconds` unless a shutdown comes first; records arriving meanwhile do not wake it.
+    /// Waits `seconds` for records to gather, unless a full batch is already queued or a
+    /// shutdown comes first; records arriving meanwhile do not wake it. (A backlog after an
+    /// outage is sent call after call, without waiting.)
     private func gather(for seconds: Double) {
         let deadline = Date().addingTimeInterval(seconds)
         condition.lock()
-        while !stopping && condition.wait(until: deadline) {}
+        while !stopping && queue.count - queueHead < Self.maxBatch && condition.wait(until: deadline) {}
         condition.unlock()
     }
 

@@ -12,6 +12,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
@@ -35,11 +36,15 @@ let package = Package(
             name: "COperationLog",
             dependencies: ["CTIRPC"]
         ),
+        // Operation records, the sink the directory server submits them to, and the worker
+        // thread that the log sender and the console writer share. No RPC, no libtirpc.
+        .target(name: "P2POperationLog"),
         // Delivery of operation records to the log server over ONC-RPC.
         .target(
-            name: "P2POperationLog",
+            name: "P2PRPCOperationLog",
             dependencies: [
                 "COperationLog",
+                "P2POperationLog",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -53,6 +58,7 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -66,10 +72,7 @@ let package = Package(
             ]
         ),
         // The time service's SOAP contract: the operation, its WSDL, envelopes and faults.
-        .target(
-            name: "P2PTimeSOAP",
-            dependencies: ["P2PProtocol"]
-        ),
+        .target(name: "P2PTimeSOAP"),
         // The time web service (SOAP + plain HTTP) on Hummingbird.
         .target(
             name: "P2PTimeServer",
@@ -110,6 +113,7 @@ let package = Package(
             dependencies: [
                 "P2PDirectory",
                 "P2POperationLog",
+                "P2PRPCOperationLog",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -160,7 +164,7 @@ let package = Package(
         .testTarget(
             name: "P2POperationLogTests",
             dependencies: [
-                "P2POperationLog", "P2PDirectory", "P2PProtocol", "P2PTestSupport",
+                "P2POperationLog", "P2PRPCOperationLog", "P2PDirectory", "P2PProtocol", "P2PTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

@@ -1,9 +1,11 @@
 import Logging
 import NIOCore
+import NIOExtras
 import P2PProtocol
 
-/// Serves the one request of a directory connection: decodes it, passes it to the
-/// ``DirectoryRequestHandler``, writes the reply and closes.
+/// Serves the one request of a directory connection: decodes it, has the
+/// ``DirectoryRequestHandler`` log it and say what the store must do, hands that to its event
+/// loop's ``StoreBatcher``, writes the reply and closes.
 ///
 /// Bad input (PROTOCOL.md section 6) is logged; once the operation is known the reply is that
 /// operation's "other" code. Before closing after bad input the handler sends FIN and
@@ -11,7 +13,8 @@ import P2PProtocol
 ///
 /// The handler also gives the request its deadline (covering a client that sends nothing and
 /// one that never finishes) and gives the connection's slot back to the ``ConnectionCounter``
-/// when the connection ends. It is the only handler of the pipeline: with one short request
+/// when the connection ends. When the server shuts down, a connection that has not sent a byte
+/// yet is closed at once; one with a request under way is served. It is the only handler of the pipeline: with one short request
 /// per connection, each extra handler and future is a noticeable share of the work.
 final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
@@ -32,6 +35,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     }
 
     private let handler: DirectoryRequestHandler
+    private let batcher: StoreBatcher
     private let encoder: ReplyEncoder
     private let requestTimeout: TimeAmount
     private let connections: ConnectionCounter
@@ -39,15 +43,18 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private var decoder = RequestDecoder()
     private var state = State.reading
     private var deadline: Scheduled<Void>?
+    private var receivedBytes = false
 
     init(
         handler: DirectoryRequestHandler,
+        batcher: StoreBatcher,
         encoder: ReplyEncoder,
         requestTimeout: TimeAmount,
         connections: ConnectionCounter,
         logger: Logger
     ) {
         self.handler = handler
+        self.batcher = batcher
         self.encoder = encoder
         self.requestTimeout = requestTimeout
         self.connections = connections
@@ -73,6 +80,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .reading = state else { return }
         var bytes = unwrapInboundIn(data)
+        receivedBytes = true
         do {
             guard let request = try decoder.decode(&bytes) else { return }
             serve(request, context: context)
@@ -82,6 +90,11 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Shutting down: a connection that has not started a request will not get to.
+            if case .reading = state, !receivedBytes { close(context) }
+            return
+        }
         guard let event = event as? ChannelEvent, case .inputClosed = event else {
             return context.fireUserInboundEventTriggered(event)
         }
@@ -110,15 +123,10 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         // The whole request is here: the deadline no longer applies.
         deadline?.cancel()
         deadline = nil
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        // The completion runs on this channel's event loop.
-        handler.handle(
-            request,
-            peerIP: context.remoteAddress?.ipAddress ?? "0.0.0.0",
-            on: context.eventLoop
-        ) { reply in
-            let (handler, context) = loopBound.value
-            handler.send(reply, to: request, context: context)
+        let work = handler.accept(request, peerIP: context.remoteAddress?.ipAddress ?? "0.0.0.0")
+        // The batcher runs the completion on this channel's event loop.
+        batcher.submit(work) { reply in
+            self.send(reply, to: request, context: context)
         }
     }
 

@@ -1,8 +1,9 @@
 import P2PProtocol
 
 /// The whole directory as plain values, and the rules of PROTOCOL.md section 2 that decide
-/// each change's result code. ``DirectoryStore`` keeps it in memory in front of SQLite: reads
-/// are answered from it, and changes are decided by it before they are persisted.
+/// each change's result code: the reference every ``DirectoryStore`` is held to. It backs
+/// ``InMemoryDirectoryStore``; the SQLite store decides the same rules in SQL, and the rule
+/// suite and a randomized comparison in the tests check that both give the same codes and lists.
 public struct DirectoryState: Sendable {
     /// Where a connected user listens.
     struct Address: Sendable, Hashable {
@@ -18,7 +19,7 @@ public struct DirectoryState: Sendable {
     }
 
     private(set) var users: [String: UserEntry] = [:]
-    /// The connected users sorted by name, kept up to date so LIST_USERS never scans everyone.
+    /// The connected users sorted by name (in byte order), kept up to date so LIST_USERS never scans everyone.
     private(set) var connectedUsers: [ConnectedUser] = []
 
     public init() {}
@@ -32,7 +33,7 @@ public struct DirectoryState: Sendable {
     mutating func apply(_ change: DirectoryChange) -> ResultCode {
         switch change {
         case .register(let user):
-            guard !user.isEmpty else { return 2 }
+            guard DirectoryRules.isValidUserName(user) else { return 2 }
             guard users[user] == nil else { return 1 }
             users[user] = UserEntry()
             return .ok
@@ -44,7 +45,7 @@ public struct DirectoryState: Sendable {
 
         case .connect(let user, let ip, let port):
             guard let entry = users[user] else { return 1 }
-            guard Self.isValidPort(port) else { return 3 }
+            guard DirectoryRules.isValidPort(port) else { return 3 }
             guard entry.address == nil else { return 2 }
             users[user]!.address = Address(ip: ip, port: port)
             insertConnected(ConnectedUser(name: user, ip: ip, port: port))
@@ -60,7 +61,7 @@ public struct DirectoryState: Sendable {
         case .publish(let user, let fileName, let description):
             guard let entry = users[user] else { return 1 }
             guard entry.address != nil else { return 2 }
-            guard Self.isValidFileName(fileName) else { return 4 }
+            guard DirectoryRules.isValidFileName(fileName) else { return 4 }
             guard !entry.files.contains(where: { $0.name == fileName }) else { return 3 }
             users[user]!.files.append(PublishedFile(name: fileName, description: description))
             return .ok
@@ -72,12 +73,6 @@ public struct DirectoryState: Sendable {
             users[user]!.files.remove(at: index)
             return .ok
         }
-    }
-
-    /// Puts back a user exactly as loaded from disk.
-    mutating func restore(user: String, address: Address?, files: [PublishedFile]) {
-        users[user] = UserEntry(address: address, files: files)
-        if let address { insertConnected(ConnectedUser(name: user, ip: address.ip, port: address.port)) }
     }
 
     // MARK: Reads
@@ -98,8 +93,8 @@ public struct DirectoryState: Sendable {
         return .content(ownerEntry.files)
     }
 
-    /// Every registered user's name, sorted.
-    var userNames: [String] { users.keys.sorted() }
+    /// Every registered user's name, in byte order.
+    var userNames: [String] { users.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) } }
 
     // MARK: Helpers
 
@@ -108,7 +103,8 @@ public struct DirectoryState: Sendable {
         var high = connectedUsers.count
         while low < high {
             let mid = (low + high) / 2
-            if connectedUsers[mid].name < name { low = mid + 1 } else { high = mid }
+            // Byte order of the UTF-8 names, as SQL's binary collation sorts them.
+            if connectedUsers[mid].name.utf8.lexicographicallyPrecedes(name.utf8) { low = mid + 1 } else { high = mid }
         }
         return low
     }
@@ -121,9 +117,18 @@ public struct DirectoryState: Sendable {
         let index = connectedIndex(of: name)
         if index < connectedUsers.count, connectedUsers[index].name == name { connectedUsers.remove(at: index) }
     }
+}
+
+/// The checks on a change's values that every store makes the same way, before it looks at
+/// the directory.
+public enum DirectoryRules {
+    /// A user name to register: not empty.
+    public static func isValidUserName(_ name: String) -> Bool {
+        !name.isEmpty
+    }
 
     /// A listening port: decimal digits only, 1 to 65535.
-    static func isValidPort(_ text: String) -> Bool {
+    public static func isValidPort(_ text: String) -> Bool {
         guard !text.isEmpty, text.utf8.count <= 5, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
             let value = Int(text)
         else { return false }
@@ -131,7 +136,7 @@ public struct DirectoryState: Sendable {
     }
 
     /// File names are one word (the console splits on spaces) and not empty.
-    static func isValidFileName(_ name: String) -> Bool {
+    public static func isValidFileName(_ name: String) -> Bool {
         !name.isEmpty && !name.contains(where: { $0.isWhitespace })
     }
 }

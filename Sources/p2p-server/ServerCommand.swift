@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import P2PDirectory
 import P2POperationLog
+import P2PRPCOperationLog
 import P2PProtocol
 import ServiceLifecycle
 
@@ -15,8 +16,8 @@ struct ServerCommand: AsyncParsableCommand {
         abstract: "The directory server of the P2P file-sharing system.",
         discussion: """
             Keeps who is registered, who is connected at which address and which files each user \
-            publishes, in <data-dir>/directory.sqlite. Sends one record per request to the \
-            operation-log RPC server unless --no-oplog is given.
+            publishes, by default in <data-dir>/directory.sqlite (see --store). Sends one record \
+            per request to the operation-log RPC server unless --no-oplog is given.
             """)
 
     @Option(name: .shortAndLong, help: "TCP port to listen on.")
@@ -25,8 +26,15 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on.")
     var host: String = "0.0.0.0"
 
-    @Option(help: "Folder holding directory.sqlite (created if missing).")
+    @Option(help: "Folder holding directory.sqlite (created if missing), when --store is not given.")
     var dataDir: String = "./storage"
+
+    @Option(
+        help: """
+            Where the directory is kept: sqlite:PATH (or just PATH), a SQLite database file \
+            (default: <data-dir>/directory.sqlite).
+            """)
+    var store: String?
 
     @Option(help: "How result codes go on the wire: ascii (\"0\\0\") or byte (one raw byte).")
     var resultEncoding: ResultCodeEncoding = .ascii
@@ -55,6 +63,21 @@ struct ServerCommand: AsyncParsableCommand {
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
         if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be 1-256") }
+        if let store {
+            do {
+                _ = try DirectoryStoreLocation(parsing: store)
+            } catch {
+                throw ValidationError("--store: \(error)")
+            }
+        }
+    }
+
+    /// `--store`, else the SQLite file in `--data-dir`.
+    var storeLocation: DirectoryStoreLocation {
+        get throws {
+            if let store { return try DirectoryStoreLocation(parsing: store) }
+            return .sqlite(dataDirectory: dataDir)
+        }
     }
 
     /// The number of event loops: `--threads`, else one less than the cores, at least 1.
@@ -77,17 +100,9 @@ struct ServerCommand: AsyncParsableCommand {
         let logger = Logger(label: "p2p-server")
         raiseOpenFileLimit()
 
-        let store: DirectoryStore
-        do {
-            store = try DirectoryStore(dataDirectory: dataDir)
-        } catch {
-            throw CleanExit.message("p2p-server: cannot open the directory in \(dataDir): \(error)")
-        }
-
         let rpcHost = self.rpcHost ?? ProcessInfo.processInfo.environment["LOG_RPC_IP"] ?? "localhost"
         let operationLog = noOplog ? nil : RPCOperationLog(host: rpcHost, logger: Logger(label: "p2p-server.oplog"))
         let console = ConsoleWriter()
-        let handler = DirectoryRequestHandler(store: store, operationLog: operationLog, console: console.write)
         let configuration = DirectoryServerConfiguration(
             host: host,
             port: port,
@@ -95,25 +110,29 @@ struct ServerCommand: AsyncParsableCommand {
             idleTimeout: .milliseconds(Int64(idleTimeout * 1000)),
             maxConnections: maxConnections)
 
-        let server: DirectoryServer
+        let application: DirectoryApplication
         do {
-            server = try await DirectoryServer.bind(configuration: configuration, handler: handler, logger: logger)
+            application = try await DirectoryApplication.build(
+                configuration: configuration, store: try storeLocation, operationLog: operationLog,
+                console: console.write, logger: logger)
         } catch {
-            try? store.close()
             console.close()
-            FileHandle.standardError.write(Data("p2p-server: cannot listen on \(host):\(port): \(error)\n".utf8))
+            FileHandle.standardError.write(Data("p2p-server: \(error)\n".utf8))
             throw ExitCode(1)
         }
+        let server = application.server
         let shownHost = server.localAddress.ipAddress ?? host
         say("s> init server \(shownHost):\(server.localAddress.port ?? port)")
+        say("s> directory: \(application.storeLocation)")
         if let operationLog {
             say("s> operation log: rpc://\(operationLog.host)")
         }
 
-        // Services stop in reverse order: the listener first, then the log drains what is left.
+        // Services stop in reverse order: the listener and the store first, then the log drains
+        // what is left.
         var services: [any Service] = []
         if let operationLog { services.append(operationLog) }
-        services.append(server)
+        services.append(application)
         let group = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },
@@ -121,7 +140,6 @@ struct ServerCommand: AsyncParsableCommand {
                 logger: logger))
         try await group.run()
 
-        try store.close()
         console.close()
         if let operationLog {
             say("s> operation log: \(operationLog.currentStatistics)")

@@ -13,22 +13,15 @@ import Testing
     static let dateTime = "25/11/2026 13:05:09"
 
     func withServer(_ body: (DirectoryHarness) async throws -> Void) async throws {
-        let folder = try TemporaryDirectory()
-        defer { folder.remove() }
         let configuration = DirectoryServerConfiguration(
             host: "127.0.0.1", port: 0, idleTimeout: .seconds(3), maxConnections: 64)
-        let harness = try await DirectoryHarness(dataDirectory: folder.path, configuration: configuration)
-        do {
+        try await DirectoryHarness.with(configuration) { harness in
             try await body(harness)
             // After any bad input: a good request is still answered, and nothing was recorded.
             #expect(try await harness.send(.register(user: "after")) == .status(0))
-            #expect(harness.store.registeredUsers() == ["after"])
+            #expect(try await harness.store.registeredUsers() == ["after"])
             #expect(harness.operationLog.records.map(\.user) == ["after"])
-        } catch {
-            try? await harness.shutdown()
-            throw error
         }
-        try await harness.shutdown()
     }
 
     @Test func oversizedFieldGetsTheOtherCode() async throws {

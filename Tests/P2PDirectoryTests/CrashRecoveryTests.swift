@@ -40,9 +40,9 @@ import Testing
         try await server.waitForExit()
 
         let acked = acknowledged.withLock { $0 }
-        let store = try DirectoryStore(dataDirectory: folder.path)
-        let stored = Set(try store.registeredUsersOnDisk())
-        try store.close()
+        let store = try SQLiteDirectoryStore(dataDirectory: folder.path)
+        let stored = Set(try await store.registeredUsers())
+        try await store.close()
         let lost = acked.filter { !stored.contains($0) }
         #expect(acked.count >= 300)
         #expect(lost.isEmpty, "\(lost.count) acknowledged registrations lost: \(lost.prefix(10))")
@@ -93,8 +93,8 @@ import Testing
         await server.stop()
         #expect(codes.count == 60)
         #expect(codes.allSatisfy { $0 == .status(0) })
-        let store = try DirectoryStore(dataDirectory: folder.path)
-        defer { try? store.close() }
-        #expect(try store.registeredUsersOnDisk().count == 60)
+        let store = try SQLiteDirectoryStore(dataDirectory: folder.path)
+        #expect(try await store.registeredUsers().count == 60)
+        try await store.close()
     }
 }

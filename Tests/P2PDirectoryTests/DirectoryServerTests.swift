@@ -9,25 +9,8 @@ import Testing
 /// The directory server in this process on 127.0.0.1:0 with a real SQLite file, driven by
 /// real sockets.
 @Suite struct DirectoryServerTests {
-    /// Runs `body` against a fresh server and data folder, and tears both down.
-    func withServer(
-        _ configuration: DirectoryServerConfiguration = .init(host: "127.0.0.1", port: 0),
-        _ body: (DirectoryHarness) async throws -> Void
-    ) async throws {
-        let folder = try TemporaryDirectory()
-        defer { folder.remove() }
-        let harness = try await DirectoryHarness(dataDirectory: folder.path, configuration: configuration)
-        do {
-            try await body(harness)
-        } catch {
-            try? await harness.shutdown()
-            throw error
-        }
-        try await harness.shutdown()
-    }
-
     @Test func registerAndUnregister() async throws {
-        try await withServer { (s: DirectoryHarness) async throws in
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             #expect(try await s.send(.register(user: "alice")) == .status(0))
             #expect(try await s.send(.register(user: "alice")) == .status(1), "already registered")
             #expect(try await s.send(.register(user: "")) == .status(2), "an empty name is an error")
@@ -39,16 +22,16 @@ import Testing
     /// Some clients shut down their sending side right after the request; the reply, which
     /// comes only after the commit, must still reach them.
     @Test func clientThatHalfClosesAfterItsRequestGetsTheReply() async throws {
-        try await withServer { (s: DirectoryHarness) async throws in
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             let bytes = RawConnection.fields("REGISTER", "25/11/2026 13:05:09", "alice")
             let reply = try await RawConnection.exchange(bytes, with: s.address, halfClose: true)
             #expect(reply == Array("0\0".utf8))
-            #expect(s.store.registeredUsers() == ["alice"])
+            #expect(try await s.store.registeredUsers() == ["alice"])
         }
     }
 
     @Test func connectAndDisconnect() async throws {
-        try await withServer { (s: DirectoryHarness) async throws in
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             #expect(try await s.send(.connect(user: "alice", port: "4000")) == .status(1), "no such user")
             #expect(try await s.send(.disconnect(user: "alice")) == .status(1), "no such user")
             _ = try await s.send(.register(user: "alice"))
@@ -64,7 +47,7 @@ import Testing
     }
 
     @Test func publishAndDelete() async throws {
-        try await withServer { (s: DirectoryHarness) async throws in
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             #expect(try await s.send(.publish(user: "alice", fileName: "f", description: "d")) == .status(1))
             #expect(try await s.send(.delete(user: "alice", fileName: "f")) == .status(1))
             _ = try await s.send(.register(user: "alice"))
@@ -81,7 +64,7 @@ import Testing
     }
 
     @Test func listUsersReportsConnectedUsersWithThePeerAddress() async throws {
-        try await withServer { (s: DirectoryHarness) async throws in
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             #expect(try await s.send(.listUsers(user: "alice")) == .status(1))
             _ = try await s.send(.register(user: "alice"))
             #expect(try await s.send(.listUsers(user: "alice")) == .status(2))
@@ -100,7 +83,7 @@ import Testing
     }
 
     @Test func listContentReportsFilesInPublishOrder() async throws {
-        try await withServer { (s: DirectoryHarness) async throws in
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             #expect(try await s.send(.listContent(user: "alice", owner: "bob")) == .status(1))
             _ = try await s.send(.register(user: "alice"))
             #expect(try await s.send(.listContent(user: "alice", owner: "bob")) == .status(2))
@@ -128,7 +111,7 @@ import Testing
     }
 
     @Test func everyServedRequestIsRecordedOnceWithItsDateTimeAndFile() async throws {
-        try await withServer { (s: DirectoryHarness) async throws in
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             _ = try await s.send(.register(user: "alice"), dateTime: "01/02/2026 03:04:05")
             _ = try await s.send(.register(user: "alice"), dateTime: "01/02/2026 03:04:06")
             _ = try await s.send(.connect(user: "alice", port: "4000"), dateTime: "01/02/2026 03:04:07")
@@ -149,7 +132,7 @@ import Testing
     }
 
     @Test func rawByteResultCodes() async throws {
-        try await withServer(.init(host: "127.0.0.1", port: 0, codeEncoding: .byte)) {
+        try await DirectoryHarness.with(.init(host: "127.0.0.1", port: 0, codeEncoding: .byte)) {
             (s: DirectoryHarness) async throws in
             let register = RawConnection.fields("REGISTER", "25/11/2026 13:05:09", "alice")
             #expect(try await RawConnection.exchange(register, with: s.address) == [0])
@@ -158,7 +141,7 @@ import Testing
     }
 
     @Test func requestSplitIntoSingleBytesIsServed() async throws {
-        try await withServer { (s: DirectoryHarness) async throws in
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             let bytes = RawConnection.fields("REGISTER", "25/11/2026 13:05:09", "alice")
             #expect(try await RawConnection.exchange(bytes, with: s.address, chunkSize: 1) == Array("0\0".utf8))
         }
@@ -186,7 +169,7 @@ import Testing
     }
 
     @Test func concurrentRegistrationsOfDistinctNamesAreAllKept() async throws {
-        try await withServer { (s: DirectoryHarness) async throws in
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             let codes = try await withThrowingTaskGroup(of: ResultCode.self) { group in
                 for index in 0..<200 {
                     group.addTask { try await s.send(.register(user: "user\(index)")).code }
@@ -195,12 +178,12 @@ import Testing
             }
             #expect(codes.count == 200)
             #expect(codes.allSatisfy { $0 == .ok })
-            #expect(s.store.registeredUsers().count == 200)
+            #expect(try await s.store.registeredUsers().count == 200)
         }
     }
 
     @Test func concurrentRegistrationsOfOneNameGiveExactlyOneSuccess() async throws {
-        try await withServer { (s: DirectoryHarness) async throws in
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             let codes = try await withThrowingTaskGroup(of: ResultCode.self) { group in
                 for _ in 0..<200 {
                     group.addTask { try await s.send(.register(user: "same")).code }
@@ -209,7 +192,7 @@ import Testing
             }
             #expect(codes.filter { $0 == 0 }.count == 1)
             #expect(codes.filter { $0 == 1 }.count == 199)
-            #expect(s.store.registeredUsers() == ["same"])
+            #expect(try await s.store.registeredUsers() == ["same"])
         }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import P2PTestSupport
 import Testing
 
@@ -8,11 +9,6 @@ import Testing
 /// these tests check that it still stays short under steady writes and that nothing committed
 /// is lost on the way.
 @Suite struct WALCheckpointTests {
-    private static func register(_ user: String, in store: DirectoryStore) async -> Int {
-        await withCheckedContinuation { continuation in
-            store.write(.register(user: user)) { code in continuation.resume(returning: Int(code.rawValue)) }
-        }
-    }
 
     private static func fileSize(_ path: String) -> Int {
         ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0
@@ -21,34 +17,35 @@ import Testing
     @Test func logStaysShortUnderSteadyWrites() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
-        let store = try DirectoryStore(
-            dataDirectory: folder.path,
-            checkpointing: .init(interval: .milliseconds(10), restartFrames: 200))
+        let store = try SQLiteDirectoryStore(
+            path: folder.file(SQLiteDirectoryStore.fileName),
+            checkpointing: .init(interval: .milliseconds(10), restartFrames: 200),
+            logger: Logger(label: "test"))
         let count = 5000
         // One commit per write: each adds at least one 4 KiB page to the log, so without
         // checkpoints the log would end above 20 MB.
         for index in 0..<count {
-            #expect(await Self.register("user\(index)", in: store) == 0)
+            #expect(await store.apply(.register(user: "user\(index)")) == .ok)
         }
-        let logSize = Self.fileSize(folder.file("\(DirectoryStore.fileName)-wal"))
+        let logSize = Self.fileSize(folder.file("\(SQLiteDirectoryStore.fileName)-wal"))
         #expect(logSize > 0)
         #expect(logSize < 8 << 20, "write-ahead log is \(logSize) bytes after \(count) commits")
-        try store.close()
+        try await store.close()
         // A clean close leaves everything in the database file.
-        #expect(Self.fileSize(folder.file("\(DirectoryStore.fileName)-wal")) == 0)
+        #expect(Self.fileSize(folder.file("\(SQLiteDirectoryStore.fileName)-wal")) == 0)
 
-        let reopened = try DirectoryStore(dataDirectory: folder.path)
-        defer { try? reopened.close() }
-        #expect(try reopened.registeredUsersOnDisk().count == count)
+        let reopened = try SQLiteDirectoryStore(dataDirectory: folder.path)
+        #expect(try await reopened.registeredUsers().count == count)
+        try await reopened.close()
     }
 
     /// A change answered 0 must survive power loss too, so every commit is synced; GRDB's pool
     /// turns this down to NORMAL when it enables WAL, and the store turns it back up.
-    @Test func everyCommitIsSynced() throws {
+    @Test func everyCommitIsSynced() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
-        let store = try DirectoryStore(dataDirectory: folder.path)
-        defer { try? store.close() }
+        let store = try SQLiteDirectoryStore(dataDirectory: folder.path)
         #expect(try store.writerSynchronousMode() == 2)
+        try await store.close()
     }
 }

@@ -208,9 +208,9 @@ extension LogServerSuites {
                     #expect(system.logEntries.filter { $0.hasPrefix("user\(n) ") }.count == 7)
                 }
                 await system.stopServer()
-                let store = try DirectoryStore(dataDirectory: system.folder.file("storage"))
-                #expect(store.registeredUsers() == (0..<count).map { "user\($0)" }.sorted())
-                try store.close()
+                let store = try SQLiteDirectoryStore(dataDirectory: system.folder.file("storage"))
+                #expect(try await store.registeredUsers() == (0..<count).map { "user\($0)" }.sorted())
+                try await store.close()
             }
         }
 

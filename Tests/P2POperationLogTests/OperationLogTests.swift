@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import P2PDirectory
 import P2POperationLog
+import P2PRPCOperationLog
 import P2PProtocol
 import P2PTestSupport
 import Testing

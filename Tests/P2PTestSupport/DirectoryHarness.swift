@@ -24,39 +24,60 @@ public final class RecordingOperationLog: OperationLogSink {
     public var records: [OperationRecord] { storage.withLock { $0 } }
 }
 
-/// A directory server running in this process on 127.0.0.1 with an ephemeral port and a
-/// SQLite file in a temporary folder.
+/// A directory server running in this process on 127.0.0.1 with an ephemeral port, built by
+/// the same ``DirectoryApplication/build(configuration:store:operationLog:console:logger:eventLoopGroup:)``
+/// as `p2p-server`, with its store (by default a SQLite file) in a temporary folder.
 public final class DirectoryHarness: Sendable {
     public let dataDirectory: String
-    public let server: DirectoryServer
-    public let store: DirectoryStore
+    public let application: DirectoryApplication
     public let operationLog: RecordingOperationLog
     private let task: Task<Void, any Error>
 
+    public var server: DirectoryServer { application.server }
+    public var store: any DirectoryStore { application.store }
     public var address: SocketAddress { server.localAddress }
 
     public init(
         dataDirectory: String,
+        store: DirectoryStoreLocation? = nil,
         configuration: DirectoryServerConfiguration = .init(host: "127.0.0.1", port: 0),
         operationLog: RecordingOperationLog = RecordingOperationLog()
     ) async throws {
         self.dataDirectory = dataDirectory
         self.operationLog = operationLog
-        let store = try DirectoryStore(dataDirectory: dataDirectory)
-        self.store = store
         var logger = Logger(label: "test-directory")
         logger.logLevel = ProcessInfo.processInfo.environment["P2P_TEST_LOG"] != nil ? .debug : .critical
-        let handler = DirectoryRequestHandler(store: store, operationLog: operationLog) { _ in }
-        let server = try await DirectoryServer.bind(configuration: configuration, handler: handler, logger: logger)
-        self.server = server
-        task = Task { try await server.run() }
+        let application = try await DirectoryApplication.build(
+            configuration: configuration, store: store ?? .sqlite(dataDirectory: dataDirectory),
+            operationLog: operationLog, console: { _ in }, logger: logger)
+        self.application = application
+        task = Task { try await application.run() }
     }
 
-    /// Stops accepting, waits for the requests in flight and closes the database.
+    /// Runs `body` against a fresh server in a fresh temporary folder, and removes both
+    /// afterwards, whether `body` succeeds or not.
+    public static func with<Result>(
+        _ configuration: DirectoryServerConfiguration = .init(host: "127.0.0.1", port: 0),
+        _ body: (DirectoryHarness) async throws -> Result
+    ) async throws -> Result {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let harness = try await DirectoryHarness(dataDirectory: folder.path, configuration: configuration)
+        let result: Result
+        do {
+            result = try await body(harness)
+        } catch {
+            try? await harness.shutdown()
+            throw error
+        }
+        try await harness.shutdown()
+        return result
+    }
+
+    /// Stops accepting, waits for the requests in flight and closes the store.
     public func shutdown() async throws {
         server.stop()
         try await task.value
-        try store.close()
     }
 
     /// A request stamped with a fixed date-time.

@@ -1,0 +1,62 @@
+import Foundation
+import Logging
+
+/// Which store a directory server keeps its directory in: the value of `--store`.
+///
+/// - `sqlite:PATH`, or a plain `PATH`: the embedded SQLite store in the database file PATH
+///   (created with its folder if missing). The default is `<data-dir>/directory.sqlite`.
+/// - Any other `SCHEME://...` is refused with the list of supported stores; `postgres://` is
+///   where a shared PostgreSQL store goes.
+public enum DirectoryStoreLocation: Sendable, Hashable, CustomStringConvertible {
+    case sqlite(path: String)
+
+    /// The default: the SQLite file in `dataDirectory`.
+    public static func sqlite(dataDirectory: String) -> DirectoryStoreLocation {
+        .sqlite(path: (dataDirectory as NSString).appendingPathComponent(SQLiteDirectoryStore.fileName))
+    }
+
+    /// Parses a `--store` value.
+    public init(parsing text: String) throws(DirectoryStoreLocationError) {
+        if text.hasPrefix("sqlite:") {
+            var path = String(text.dropFirst("sqlite:".count))
+            // sqlite:///abs/path and sqlite://rel/path read as URLs do.
+            if path.hasPrefix("//") { path.removeFirst(2) }
+            guard !path.isEmpty else { throw .emptyPath(text) }
+            self = .sqlite(path: path)
+            return
+        }
+        if let range = text.range(of: "://") {
+            throw .unsupportedScheme(String(text[..<range.lowerBound]))
+        }
+        guard !text.isEmpty else { throw .emptyPath(text) }
+        self = .sqlite(path: text)
+    }
+
+    public var description: String {
+        switch self {
+        case .sqlite(let path): return "sqlite:\(path)"
+        }
+    }
+
+    /// Opens the store, creating it if it does not exist yet.
+    public func open(logger: Logger) throws -> any DirectoryStore {
+        switch self {
+        case .sqlite(let path): return try SQLiteDirectoryStore(path: path, logger: logger)
+        }
+    }
+}
+
+/// A `--store` value that names no store this server can open.
+public enum DirectoryStoreLocationError: Error, Hashable, CustomStringConvertible {
+    case emptyPath(String)
+    case unsupportedScheme(String)
+
+    public var description: String {
+        switch self {
+        case .emptyPath(let text):
+            return "'\(text)' names no database file"
+        case .unsupportedScheme(let scheme):
+            return "'\(scheme)://' stores are not supported by this server (supported: sqlite:PATH or a file path)"
+        }
+    }
+}

@@ -1,0 +1,37 @@
+import P2PProtocol
+import Synchronization
+
+/// A directory kept only in memory: ``DirectoryState`` behind a lock. Nothing survives the
+/// process, so the server never uses it for a real directory; it is the rules' reference
+/// implementation, which the rule suite runs alongside every durable store.
+public final class InMemoryDirectoryStore: DirectoryStore {
+    private let state = Mutex(DirectoryState())
+    private let closed = Atomic<Bool>(false)
+
+    public init() {}
+
+    public func apply(_ changes: [DirectoryChange]) async -> [P2PProtocol.ResultCode] {
+        if closed.load(ordering: .relaxed) { return changes.map(\.operation.otherErrorCode) }
+        return state.withLock { state in changes.map { state.apply($0) } }
+    }
+
+    public func read(_ queries: [DirectoryQuery]) async -> [Reply] {
+        if closed.load(ordering: .relaxed) { return queries.map { .status($0.operation.otherErrorCode) } }
+        return state.withLock { state in
+            queries.map { query in
+                switch query {
+                case .listUsers(let requester): return state.listUsers(requester: requester)
+                case .listContent(let requester, let owner): return state.listContent(requester: requester, owner: owner)
+                }
+            }
+        }
+    }
+
+    public func registeredUsers() async throws -> [String] {
+        state.withLock { $0.userNames }
+    }
+
+    public func close() async throws {
+        closed.store(true, ordering: .relaxed)
+    }
+}

@@ -1,0 +1,342 @@
+import Foundation
+import GRDB
+import Logging
+import P2PProtocol
+import Synchronization
+
+/// The embedded directory store: one SQLite file (WAL mode, through GRDB), the default.
+///
+/// Nothing of the directory is held in memory: every change is decided in SQL on the database
+/// itself, by statements whose row counts give the result code (an insert that a unique key
+/// turns into nothing is "already registered"), the way a shared database decides them, and
+/// every read is a query on an indexed table. Start-up costs the same for ten users and for
+/// ten million files, and memory is SQLite's page caches.
+///
+/// Changes go through one writer thread. It takes every batch waiting for it (up to
+/// ``maxBatch`` changes), decides them in order inside one transaction, commits, and only then
+/// answers them (group commit: one fsync for all of them). The write-ahead log is synced at
+/// every commit (`synchronous=FULL`), so a change answered 0 survives a crash or power loss at
+/// any moment. Reads run on GRDB's reader connections and see only committed transactions.
+/// Copying the write-ahead log into the database file is left to a ``WALCheckpointer``, off
+/// the commit path.
+public final class SQLiteDirectoryStore: DirectoryStore {
+    /// The file the directory lives in, inside a data folder.
+    public static let fileName = "directory.sqlite"
+
+    /// The most changes committed in one transaction (a batch is never split, so one can be
+    /// bigger).
+    static let maxBatch = 1024
+
+    /// The database file.
+    public let path: String
+    private let pool: DatabasePool
+    private let checkpointer: WALCheckpointer
+    private let pending = Mutex(PendingWrites())
+    /// Runs the transactions; blocking SQLite calls never touch the NIO event loops or the
+    /// Swift concurrency pool.
+    private let writerQueue = DispatchQueue(label: "p2p.directory.writer", qos: .userInitiated)
+    private let logger: Logger
+
+    /// Opens (creating if needed) `directory.sqlite` in `dataDirectory`.
+    public convenience init(dataDirectory: String, logger: Logger = Logger(label: "p2p.directory.sqlite")) throws {
+        try self.init(
+            path: (dataDirectory as NSString).appendingPathComponent(Self.fileName), logger: logger)
+    }
+
+    /// Opens (creating it and its folder if needed) the database file at `path`.
+    public convenience init(path: String, logger: Logger = Logger(label: "p2p.directory.sqlite")) throws {
+        try self.init(path: path, checkpointing: WALCheckpointer.Settings(), logger: logger)
+    }
+
+    init(path: String, checkpointing: WALCheckpointer.Settings, logger: Logger) throws {
+        let folder = (path as NSString).deletingLastPathComponent
+        if !folder.isEmpty {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        }
+        self.path = path
+        self.logger = logger
+        var configuration = Configuration()
+        configuration.foreignKeysEnabled = true
+        configuration.label = "directory"
+        configuration.prepareDatabase { db in
+            // Commits never copy the write-ahead log into the database file: the checkpointer does.
+            try db.execute(sql: "PRAGMA wal_autocheckpoint = 0")
+        }
+        pool = try DatabasePool(path: path, configuration: configuration)
+        try pool.writeWithoutTransaction { db in
+            // FULL: the write-ahead log is synced at every commit, so a committed change also
+            // survives power loss, not just a crash of the process. Set here, on the writer,
+            // because the pool sets NORMAL when it turns WAL on, after `prepareDatabase` has run.
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+            // The writer touches the indexes of every table; a bigger cache than SQLite's
+            // 2 MiB keeps their upper levels in memory on a large directory. (The readers keep
+            // the default: what they miss comes from the operating system's file cache.)
+            try db.execute(sql: "PRAGMA cache_size = -32768")
+        }
+        try Self.migrator.migrate(pool)
+        checkpointer = try WALCheckpointer(path: path, settings: checkpointing)
+    }
+
+    private static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            // ip and port are NULL while the user is not connected.
+            try db.execute(
+                sql: """
+                    CREATE TABLE user (
+                        name TEXT PRIMARY KEY NOT NULL,
+                        ip TEXT,
+                        port TEXT
+                    );
+                    CREATE TABLE file (
+                        id INTEGER PRIMARY KEY,
+                        owner TEXT NOT NULL REFERENCES user(name) ON DELETE CASCADE,
+                        name TEXT NOT NULL,
+                        description TEXT NOT NULL,
+                        UNIQUE (owner, name)
+                    );
+                    """)
+        }
+        migrator.registerMigration("v2: index of the connected users") { db in
+            // LIST_USERS reads the connected users in name order from this index alone, without
+            // visiting the users that are not connected.
+            try db.execute(sql: "CREATE INDEX user_connected ON user (name, ip, port) WHERE ip IS NOT NULL")
+        }
+        return migrator
+    }
+
+    public func close() async throws {
+        let wasOpen = pending.withLock { pending in
+            defer { pending.closed = true }
+            return !pending.closed
+        }
+        guard wasOpen else { return }
+        // On the writer's queue: the batches already queued are committed and answered first,
+        // and the blocking calls stay off the concurrency pool.
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, any Error>, Never>) in
+            writerQueue.async {
+                continuation.resume(returning: Result { try self.closeOnWriter() })
+            }
+        }
+        try result.get()
+    }
+
+    private func closeOnWriter() throws {
+        let checkpointerClosed = Result { try checkpointer.close() }
+        // After a clean stop the database file alone holds the directory (handy for a copy);
+        // if this fails, the log still holds the rest and the next open replays it.
+        _ = try? pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
+        try pool.close()
+        try checkpointerClosed.get()
+    }
+
+    // MARK: Changes
+
+    public func apply(_ changes: [DirectoryChange]) async -> [P2PProtocol.ResultCode] {
+        guard !changes.isEmpty else { return [] }
+        return await withCheckedContinuation { continuation in
+            enqueue(changes) { continuation.resume(returning: $0) }
+        }
+    }
+
+    /// Queues `changes` for the next group commit; `completion` gets their codes on the
+    /// writer's thread once committed.
+    func enqueue(_ changes: [DirectoryChange], completion: @escaping @Sendable ([ResultCode]) -> Void) {
+        let start = pending.withLock { pending -> Bool? in
+            if pending.closed { return nil }
+            pending.batches.append(PendingBatch(changes: changes, completion: completion))
+            if pending.draining { return false }
+            pending.draining = true
+            return true
+        }
+        switch start {
+        case nil: completion(changes.map(\.operation.otherErrorCode))
+        case true?: writerQueue.async { self.drain() }
+        case false?: break
+        }
+    }
+
+    private func drain() {
+        while true {
+            let batches: [PendingBatch] = pending.withLock { pending in
+                var taken = 0
+                var count = 0
+                while taken < pending.batches.count && count < Self.maxBatch {
+                    count += pending.batches[taken].changes.count
+                    taken += 1
+                }
+                if taken == 0 { pending.draining = false }
+                defer { pending.batches.removeFirst(taken) }
+                return Array(pending.batches.prefix(taken))
+            }
+            if batches.isEmpty { return }
+            let changes = batches.flatMap(\.changes)
+            var codes: [ResultCode]
+            do {
+                codes = try pool.write { db in try changes.map { try Self.decide($0, in: db) } }
+                if codes.contains(.ok) { checkpointer.didCommit() }
+            } catch {
+                // The transaction was rolled back: nothing of these batches is on disk.
+                logger.error("directory write failed, \(changes.count) changes refused: \(error)")
+                codes = changes.map(\.operation.otherErrorCode)
+            }
+            var offset = 0
+            for batch in batches {
+                let count = batch.changes.count
+                batch.completion(Array(codes[offset..<offset + count]))
+                offset += count
+            }
+            if checkpointer.takeRestartRequest() {
+                // Short: the checkpointer has copied nearly all of the log already. Failing
+                // only leaves the log longer.
+                _ = try? pool.writeWithoutTransaction { db in try db.checkpoint(.passive) }
+            }
+        }
+    }
+
+    /// Decides `change` by PROTOCOL.md section 2 and makes it, inside the writer's transaction.
+    /// Each code comes from what a statement did (rows changed) or found, never from a copy
+    /// of the data, so a database shared by several writers could decide it the same way.
+    static func decide(_ change: DirectoryChange, in db: Database) throws -> ResultCode {
+        switch change {
+        case .register(let user):
+            guard DirectoryRules.isValidUserName(user) else { return 2 }
+            try db.cachedStatement(sql: "INSERT INTO user (name) VALUES (?) ON CONFLICT (name) DO NOTHING")
+                .execute(arguments: [user])
+            return db.changesCount == 1 ? .ok : 1
+
+        case .unregister(let user):
+            // Its files go with it (ON DELETE CASCADE).
+            try db.cachedStatement(sql: "DELETE FROM user WHERE name = ?").execute(arguments: [user])
+            return db.changesCount == 1 ? .ok : 1
+
+        case .connect(let user, let ip, let port):
+            guard DirectoryRules.isValidPort(port) else { return try isConnected(user, db) == nil ? 1 : 3 }
+            try db.cachedStatement(sql: "UPDATE user SET ip = ?, port = ? WHERE name = ? AND ip IS NULL")
+                .execute(arguments: [ip, port, user])
+            if db.changesCount == 1 { return .ok }
+            return try isConnected(user, db) == nil ? 1 : 2
+
+        case .disconnect(let user):
+            try db.cachedStatement(sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ? AND ip IS NOT NULL")
+                .execute(arguments: [user])
+            if db.changesCount == 1 { return .ok }
+            return try isConnected(user, db) == nil ? 1 : 2
+
+        case .publish(let user, let fileName, let description):
+            switch try isConnected(user, db) {
+            case nil: return 1
+            case false?: return 2
+            case true?: break
+            }
+            guard DirectoryRules.isValidFileName(fileName) else { return 4 }
+            try db.cachedStatement(
+                sql: "INSERT INTO file (owner, name, description) VALUES (?, ?, ?) ON CONFLICT (owner, name) DO NOTHING"
+            ).execute(arguments: [user, fileName, description])
+            return db.changesCount == 1 ? .ok : 3
+
+        case .delete(let user, let fileName):
+            switch try isConnected(user, db) {
+            case nil: return 1
+            case false?: return 2
+            case true?: break
+            }
+            try db.cachedStatement(sql: "DELETE FROM file WHERE owner = ? AND name = ?")
+                .execute(arguments: [user, fileName])
+            return db.changesCount == 1 ? .ok : 3
+        }
+    }
+
+    /// nil when `user` is not registered, else whether it is connected.
+    private static func isConnected(_ user: String, _ db: Database) throws -> Bool? {
+        try Bool.fetchOne(
+            db.cachedStatement(sql: "SELECT ip IS NOT NULL FROM user WHERE name = ?"), arguments: [user])
+    }
+
+    // MARK: Reads
+
+    public func read(_ queries: [DirectoryQuery]) async -> [Reply] {
+        // LIST_USERS reads every connected user, which on a large directory takes a while:
+        // each one gets a reader connection of its own, so that the short reads that came in
+        // the same batch are not kept waiting behind it.
+        guard queries.count > 1, queries.contains(where: { $0.operation == .listUsers }) else {
+            return await answer(queries)
+        }
+        let groups: [[Int]] =
+            queries.indices.filter { queries[$0].operation == .listUsers }.map { [$0] }
+            + [queries.indices.filter { queries[$0].operation != .listUsers }].filter { !$0.isEmpty }
+        var replies = [Reply](repeating: .status(.ok), count: queries.count)
+        await withTaskGroup(of: ([Int], [Reply]).self) { group in
+            for indices in groups {
+                group.addTask { (indices, await self.answer(indices.map { queries[$0] })) }
+            }
+            for await (indices, answers) in group {
+                for (index, reply) in zip(indices, answers) { replies[index] = reply }
+            }
+        }
+        return replies
+    }
+
+    private func answer(_ queries: [DirectoryQuery]) async -> [Reply] {
+        do {
+            return try await pool.read { db in try queries.map { try Self.answer($0, in: db) } }
+        } catch {
+            logger.error("directory read failed: \(error)")
+            return queries.map { .status($0.operation.otherErrorCode) }
+        }
+    }
+
+    private static func answer(_ query: DirectoryQuery, in db: Database) throws -> Reply {
+        switch query {
+        case .listUsers(let requester):
+            switch try isConnected(requester, db) {
+            case nil: return .status(1)
+            case false?: return .status(2)
+            case true?: break
+            }
+            var users: [ConnectedUser] = []
+            let rows = try Row.fetchCursor(
+                db.cachedStatement(sql: "SELECT name, ip, port FROM user WHERE ip IS NOT NULL ORDER BY name"))
+            while let row = try rows.next() {
+                users.append(ConnectedUser(name: row[0], ip: row[1], port: row[2]))
+            }
+            return .users(users)
+
+        case .listContent(let requester, let owner):
+            switch try isConnected(requester, db) {
+            case nil: return .status(1)
+            case false?: return .status(2)
+            case true?: break
+            }
+            guard try isConnected(owner, db) != nil else { return .status(3) }
+            var files: [PublishedFile] = []
+            let rows = try Row.fetchCursor(
+                db.cachedStatement(sql: "SELECT name, description FROM file WHERE owner = ? ORDER BY id"),
+                arguments: [owner])
+            while let row = try rows.next() {
+                files.append(PublishedFile(name: row[0], description: row[1]))
+            }
+            return .content(files)
+        }
+    }
+
+    public func registeredUsers() async throws -> [String] {
+        try await pool.read { db in try String.fetchAll(db, sql: "SELECT name FROM user ORDER BY name") }
+    }
+
+    /// The writer connection's `PRAGMA synchronous` (2 is FULL: every commit synced).
+    func writerSynchronousMode() throws -> Int {
+        try pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+    }
+}
+
+private struct PendingBatch: Sendable {
+    var changes: [DirectoryChange]
+    var completion: @Sendable ([ResultCode]) -> Void
+}
+
+private struct PendingWrites: ~Copyable {
+    var batches: [PendingBatch] = []
+    var draining = false
+    var closed = false
+}

@@ -1,0 +1,331 @@
+import Foundation
+import P2PProtocol
+import P2PTestSupport
+import Testing
+
+@testable import P2PDirectory
+
+/// A store the rule suite runs on. To hold a new store implementation to the rules of
+/// PROTOCOL.md section 2, add it to ``all``: every case below then runs on it too.
+struct StoreUnderTest: Sendable, CustomTestStringConvertible {
+    let name: String
+    let open: @Sendable (TemporaryDirectory) async throws -> any DirectoryStore
+
+    static let all: [StoreUnderTest] = [
+        StoreUnderTest(name: "in-memory reference") { _ in InMemoryDirectoryStore() },
+        StoreUnderTest(name: "SQLite") { folder in try SQLiteDirectoryStore(dataDirectory: folder.path) },
+    ]
+
+    var testDescription: String { name }
+}
+
+/// One step of a rule case: a change and the code it must get, or a query and its reply.
+enum RuleStep: Sendable {
+    case change(DirectoryChange, ResultCode)
+    case query(DirectoryQuery, Reply)
+}
+
+/// A sequence of steps that every store must answer exactly so.
+struct RuleCase: Sendable, CustomTestStringConvertible {
+    let name: String
+    let steps: [RuleStep]
+    var testDescription: String { name }
+}
+
+private func register(_ user: String) -> RuleStep { .change(.register(user: user), .ok) }
+private func connect(_ user: String, _ ip: String = "10.0.0.1", _ port: String = "4000") -> RuleStep {
+    .change(.connect(user: user, ip: ip, port: port), .ok)
+}
+private func publish(_ user: String, _ file: String, _ description: String = "d") -> RuleStep {
+    .change(.publish(user: user, fileName: file, description: description), .ok)
+}
+
+extension RuleCase {
+    /// Every code of every operation, and the lists they leave behind.
+    static let all: [RuleCase] = [
+        RuleCase(
+            name: "REGISTER: 0 new, 1 taken, 2 empty name",
+            steps: [
+                .change(.register(user: "alice"), 0),
+                .change(.register(user: "alice"), 1),
+                .change(.register(user: ""), 2),
+                .change(.register(user: "Alice"), 0),
+            ]),
+        RuleCase(
+            name: "UNREGISTER: 0 registered, 1 unknown; takes the user's files and address with it",
+            steps: [
+                .change(.unregister(user: "alice"), 1),
+                register("alice"), connect("alice"), publish("alice", "a.txt"), register("bob"), connect("bob"),
+                .change(.unregister(user: "alice"), 0),
+                .change(.unregister(user: "alice"), 1),
+                .query(.listUsers(requester: "bob"), .users([ConnectedUser(name: "bob", ip: "10.0.0.1", port: "4000")])),
+                register("alice"),
+                .query(.listContent(requester: "bob", owner: "alice"), .content([])),
+                .query(.listUsers(requester: "alice"), .status(2)),
+            ]),
+        RuleCase(
+            name: "CONNECT: 0, 1 unknown, 2 already connected, 3 bad port",
+            steps: [
+                .change(.connect(user: "alice", ip: "10.0.0.1", port: "4000"), 1),
+                .change(.connect(user: "alice", ip: "10.0.0.1", port: "0"), 1),
+                register("alice"),
+                .change(.connect(user: "alice", ip: "10.0.0.1", port: "0"), 3),
+                .change(.connect(user: "alice", ip: "10.0.0.1", port: "65536"), 3),
+                .change(.connect(user: "alice", ip: "10.0.0.1", port: "-1"), 3),
+                .change(.connect(user: "alice", ip: "10.0.0.1", port: "40 0"), 3),
+                .change(.connect(user: "alice", ip: "10.0.0.1", port: ""), 3),
+                .change(.connect(user: "alice", ip: "10.0.0.1", port: "１２"), 3),
+                .change(.connect(user: "alice", ip: "10.0.0.1", port: "65535"), 0),
+                .change(.connect(user: "alice", ip: "10.0.0.2", port: "4001"), 2),
+                .change(.connect(user: "alice", ip: "10.0.0.2", port: "0"), 3),
+                .query(
+                    .listUsers(requester: "alice"),
+                    .users([ConnectedUser(name: "alice", ip: "10.0.0.1", port: "65535")])),
+            ]),
+        RuleCase(
+            name: "DISCONNECT: 0, 1 unknown, 2 not connected; files stay",
+            steps: [
+                .change(.disconnect(user: "alice"), 1),
+                register("alice"),
+                .change(.disconnect(user: "alice"), 2),
+                connect("alice"), publish("alice", "kept.txt", "still here"),
+                .change(.disconnect(user: "alice"), 0),
+                .change(.disconnect(user: "alice"), 2),
+                .query(.listUsers(requester: "alice"), .status(2)),
+                connect("alice", "10.0.0.9", "5000"),
+                .query(.listUsers(requester: "alice"), .users([ConnectedUser(name: "alice", ip: "10.0.0.9", port: "5000")])),
+                .query(
+                    .listContent(requester: "alice", owner: "alice"),
+                    .content([PublishedFile(name: "kept.txt", description: "still here")])),
+            ]),
+        RuleCase(
+            name: "PUBLISH: 0, 1 unknown, 2 not connected, 3 already published, 4 bad name",
+            steps: [
+                .change(.publish(user: "alice", fileName: "f", description: "d"), 1),
+                .change(.publish(user: "alice", fileName: "", description: "d"), 1),
+                register("alice"),
+                .change(.publish(user: "alice", fileName: "f", description: "d"), 2),
+                .change(.publish(user: "alice", fileName: "", description: "d"), 2),
+                connect("alice"),
+                .change(.publish(user: "alice", fileName: "", description: "d"), 4),
+                .change(.publish(user: "alice", fileName: "two words", description: "d"), 4),
+                .change(.publish(user: "alice", fileName: "tab\tname", description: "d"), 4),
+                .change(.publish(user: "alice", fileName: "f", description: "first"), 0),
+                .change(.publish(user: "alice", fileName: "f", description: "other"), 3),
+                .change(.publish(user: "alice", fileName: "F", description: ""), 0),
+                .change(.publish(user: "alice", fileName: "naïve-日本.txt", description: "ünïcödé ok"), 0),
+                register("bob"), connect("bob"),
+                .change(.publish(user: "bob", fileName: "f", description: "bob's own"), 0),
+                .query(
+                    .listContent(requester: "bob", owner: "alice"),
+                    .content([
+                        PublishedFile(name: "f", description: "first"), PublishedFile(name: "F", description: ""),
+                        PublishedFile(name: "naïve-日本.txt", description: "ünïcödé ok"),
+                    ])),
+            ]),
+        RuleCase(
+            name: "DELETE: 0, 1 unknown, 2 not connected, 3 not published; publish again goes last",
+            steps: [
+                .change(.delete(user: "alice", fileName: "f"), 1),
+                register("alice"),
+                .change(.delete(user: "alice", fileName: "f"), 2),
+                connect("alice"),
+                .change(.delete(user: "alice", fileName: "f"), 3),
+                publish("alice", "f"), publish("alice", "g"),
+                .change(.delete(user: "alice", fileName: "f"), 0),
+                .change(.delete(user: "alice", fileName: "f"), 3),
+                publish("alice", "f", "again"),
+                .query(
+                    .listContent(requester: "alice", owner: "alice"),
+                    .content([PublishedFile(name: "g", description: "d"), PublishedFile(name: "f", description: "again")])),
+                .change(.disconnect(user: "alice"), 0),
+                .change(.delete(user: "alice", fileName: "f"), 2),
+            ]),
+        RuleCase(
+            name: "LIST_USERS: 0 connected users by name, 1 unknown, 2 not connected",
+            steps: [
+                .query(.listUsers(requester: "alice"), .status(1)),
+                register("zed"), register("alice"), register("bob"), register("Carol"),
+                .query(.listUsers(requester: "alice"), .status(2)),
+                connect("zed", "1.1.1.1", "1"), connect("alice", "2.2.2.2", "2"), connect("Carol", "3.3.3.3", "3"),
+                .query(
+                    .listUsers(requester: "alice"),
+                    .users([
+                        ConnectedUser(name: "Carol", ip: "3.3.3.3", port: "3"),
+                        ConnectedUser(name: "alice", ip: "2.2.2.2", port: "2"),
+                        ConnectedUser(name: "zed", ip: "1.1.1.1", port: "1"),
+                    ])),
+                .query(.listUsers(requester: "bob"), .status(2)),
+            ]),
+        RuleCase(
+            name: "LIST_CONTENT: 0 in publishing order, 1 unknown, 2 not connected, 3 unknown owner",
+            steps: [
+                .query(.listContent(requester: "alice", owner: "bob"), .status(1)),
+                register("alice"),
+                .query(.listContent(requester: "alice", owner: "bob"), .status(2)),
+                .query(.listContent(requester: "alice", owner: "alice"), .status(2)),
+                connect("alice"),
+                .query(.listContent(requester: "alice", owner: "bob"), .status(3)),
+                register("bob"),
+                .query(.listContent(requester: "alice", owner: "bob"), .content([])),
+                connect("bob"), publish("bob", "zeta", "last letter"), publish("bob", "alpha", "first letter"),
+                .change(.disconnect(user: "bob"), 0),
+                .query(
+                    .listContent(requester: "alice", owner: "bob"),
+                    .content([
+                        PublishedFile(name: "zeta", description: "last letter"),
+                        PublishedFile(name: "alpha", description: "first letter"),
+                    ])),
+            ]),
+        RuleCase(
+            name: "names and values are data, never SQL or patterns",
+            steps: [
+                register("'; DROP TABLE user; --"), register("%"), register("_"),
+                .change(.register(user: "a%"), 0),
+                connect("%", "10.0.0.1", "1"),
+                .change(.publish(user: "%", fileName: "x'y", description: "\"quoted\" ' ; -- %"), 0),
+                .query(.listContent(requester: "%", owner: "_"), .content([])),
+                .query(
+                    .listContent(requester: "%", owner: "%"),
+                    .content([PublishedFile(name: "x'y", description: "\"quoted\" ' ; -- %")])),
+                .change(.delete(user: "%", fileName: "x%"), 3),
+                .change(.unregister(user: "_"), 0),
+                .change(.unregister(user: "_"), 1),
+                .query(.listUsers(requester: "%"), .users([ConnectedUser(name: "%", ip: "10.0.0.1", port: "1")])),
+            ]),
+    ]
+}
+
+/// PROTOCOL.md section 2 as sequences of changes and queries, run on every store.
+@Suite struct DirectoryRuleSuite {
+    @Test(arguments: StoreUnderTest.all, RuleCase.all)
+    func rule(_ store: StoreUnderTest, _ rule: RuleCase) async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let directory = try await store.open(folder)
+        for (index, step) in rule.steps.enumerated() {
+            switch step {
+            case .change(let change, let expected):
+                let code = await directory.apply(change)
+                #expect(code == expected, "step \(index): \(change)")
+            case .query(let query, let expected):
+                let reply = await directory.read(query)
+                #expect(reply == expected, "step \(index): \(query)")
+            }
+        }
+        try await directory.close()
+    }
+
+    /// A batch is decided in order, each change seeing the ones before it, exactly as if they
+    /// had come one by one.
+    @Test(arguments: StoreUnderTest.all)
+    func batchIsDecidedInOrder(_ store: StoreUnderTest) async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let directory = try await store.open(folder)
+        let codes = await directory.apply([
+            .register(user: "a"), .connect(user: "a", ip: "1.2.3.4", port: "9"),
+            .publish(user: "a", fileName: "f", description: "d"), .register(user: "a"),
+            .publish(user: "a", fileName: "f", description: "d"), .unregister(user: "a"),
+            .delete(user: "a", fileName: "f"), .register(user: "a"),
+        ])
+        #expect(codes == [0, 0, 0, 1, 3, 0, 1, 0])
+        let replies = await directory.read([.listUsers(requester: "a"), .listContent(requester: "b", owner: "a")])
+        #expect(replies == [.status(2), .status(1)])
+        try await directory.close()
+    }
+
+    /// Many concurrent batches: each name registered exactly once.
+    @Test(arguments: StoreUnderTest.all)
+    func concurrentBatchesOfOneName(_ store: StoreUnderTest) async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let directory = try await store.open(folder)
+        let codes = await withTaskGroup(of: Array<P2PProtocol.ResultCode>.self) { group in
+            for _ in 0..<50 {
+                group.addTask { await directory.apply([.register(user: "same"), .register(user: "same")]) }
+            }
+            return await group.reduce(into: []) { $0 += $1 }
+        }
+        #expect(codes.filter { $0 == .ok }.count == 1)
+        #expect(codes.filter { $0 == 1 }.count == 99)
+        #expect(try await directory.registeredUsers() == ["same"])
+        try await directory.close()
+    }
+
+    /// A store that can no longer make changes durable answers each operation's "other" code.
+    @Test(arguments: StoreUnderTest.all)
+    func closedStoreAnswersOtherCodes(_ store: StoreUnderTest) async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let directory = try await store.open(folder)
+        #expect(await directory.apply(.register(user: "a")) == .ok)
+        try await directory.close()
+        let changes: [DirectoryChange] = [
+            .register(user: "b"), .unregister(user: "a"), .connect(user: "a", ip: "1.1.1.1", port: "1"),
+            .disconnect(user: "a"), .publish(user: "a", fileName: "f", description: ""),
+            .delete(user: "a", fileName: "f"),
+        ]
+        #expect(await directory.apply(changes) == changes.map(\.operation.otherErrorCode))
+        #expect(
+            await directory.read([.listUsers(requester: "a"), .listContent(requester: "a", owner: "a")]) == [
+                .status(3), .status(4),
+            ])
+    }
+
+    /// Random sequences of changes, in random batches, give the same codes and lists on the
+    /// SQLite store as on the in-memory reference.
+    @Test func sqliteAgreesWithTheReferenceOnRandomSequences() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let reference = InMemoryDirectoryStore()
+        let sqlite = try SQLiteDirectoryStore(dataDirectory: folder.path)
+        var random = SplitMix64(seed: 20_261_125)
+        let users = ["a", "b", "c", "Ä", "日本", "b2", ""]
+        let files = ["f", "g", "h.txt", "x y", ""]
+        let ports = ["1", "4000", "65535", "0", "x"]
+        func pick<T>(_ values: [T]) -> T { values[Int(random.next() % UInt64(values.count))] }
+        for round in 0..<300 {
+            var batch: [DirectoryChange] = []
+            for _ in 0..<(1 + Int(random.next() % 8)) {
+                let user = pick(users)
+                switch random.next() % 6 {
+                case 0: batch.append(.register(user: user))
+                case 1: batch.append(.unregister(user: user))
+                case 2: batch.append(.connect(user: user, ip: pick(["10.0.0.1", "10.0.0.2"]), port: pick(ports)))
+                case 3: batch.append(.disconnect(user: user))
+                case 4: batch.append(.publish(user: user, fileName: pick(files), description: "r\(round)"))
+                default: batch.append(.delete(user: user, fileName: pick(files)))
+                }
+            }
+            let expected = await reference.apply(batch)
+            let actual = await sqlite.apply(batch)
+            #expect(actual == expected, "round \(round): \(batch)")
+            var queries: [DirectoryQuery] = users.map { .listUsers(requester: $0) }
+            for requester in users {
+                for owner in users { queries.append(.listContent(requester: requester, owner: owner)) }
+            }
+            let expectedReplies = await reference.read(queries)
+            let actualReplies = await sqlite.read(queries)
+            #expect(actualReplies == expectedReplies, "round \(round)")
+            if actual != expected || actualReplies != expectedReplies { break }
+        }
+        #expect(try await sqlite.registeredUsers() == reference.registeredUsers())
+        try await sqlite.close()
+    }
+}
+
+/// A small seeded generator, so that a failing random sequence can be replayed.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

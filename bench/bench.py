@@ -4,7 +4,10 @@
 The machines are shared and noisy, so each number is given as a ratio against a baseline
 measured in the same run:
   - directory server: against a minimal stateless C server (bench/floor_server.c), the floor
-    cost of one connection per request here, driven by the same load generator;
+    cost of one connection per request here, driven by the same load generator; the floor is
+    measured with 1, 2 and 4 generator threads to show that the generator is not the limit;
+  - large directory: the same server on a directory of 1,000,000 users (100,000 connected) and
+    10,000,000 files, built by bulk insert, against the same server on an empty directory;
   - operation log: the directory server with the log on against the same server with --no-oplog;
   - time service: SOAP against plain GET /time;
   - GET_FILE: against a plain copy of the same bytes through a loopback socket with socat.
@@ -14,10 +17,12 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +32,11 @@ DURATION = float(os.environ.get("BENCH_DURATION", "3"))
 CLIENTS = [1, 16, 64]
 WORKLOADS = ["register", "publish", "list-content", "mixed"]
 FILE_MIB = int(os.environ.get("BENCH_FILE_MIB", "1024"))
+# Generator threads for every directory measurement (the floor is also shown with 1 and 4).
+LOADGEN_THREADS = int(os.environ.get("BENCH_LOADGEN_THREADS", "2"))
+LARGE_USERS = int(os.environ.get("BENCH_LARGE_USERS", "1000000"))
+LARGE_FILES_PER_USER = 10
+LARGE_CONNECTED_EVERY = 10  # every 10th user is connected: 100,000 of 1,000,000
 
 rows = []  # (section, what, value, baseline, ratio)
 
@@ -38,7 +48,7 @@ def log(message):
 def build_tools():
     os.makedirs(TOOLS, exist_ok=True)
     for name in ["floor_server", "loadgen"]:
-        subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-o", os.path.join(TOOLS, name),
+        subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", os.path.join(TOOLS, name),
                         os.path.join(ROOT, "bench", f"{name}.c")], check=True)
 
 
@@ -69,14 +79,17 @@ def stop(process):
             process.wait()
 
 
-def loadgen(port, workload, clients, tag):
+def loadgen(port, workload, clients, tag, threads=None):
     out = subprocess.run([os.path.join(TOOLS, "loadgen"), "--port", str(port), "--workload", workload,
-                          "--clients", str(clients), "--duration", str(DURATION), "--tag", tag],
+                          "--clients", str(clients), "--duration", str(DURATION), "--tag", tag,
+                          "--threads", str(threads or LOADGEN_THREADS)],
                          check=True, capture_output=True, text=True).stdout
-    return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
+    result = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
+    result["note"] = f"load generator: {result['threads']:.0f} threads, {result['cpu_cores']:.2f} cores busy"
+    return result
 
 
-def start_server(data_dir, port, oplog=False):
+def start_server(data_dir, port, oplog=False, wait=True):
     args = [os.path.join(BIN, "p2p-server"), "--host", "127.0.0.1", "-p", str(port), "--data-dir", data_dir]
     if not oplog:
         args.append("--no-oplog")
@@ -84,7 +97,8 @@ def start_server(data_dir, port, oplog=False):
     output = open(os.path.join(os.path.dirname(data_dir), f"server-{port}.out"), "w+")
     process = subprocess.Popen(args, stdout=output, stderr=subprocess.DEVNULL, text=True)
     process.output = output
-    wait_port(port)
+    if wait:
+        wait_port(port)
     return process
 
 
@@ -102,6 +116,13 @@ def directory_benchmark(work):
     port = free_port()
     server = start_server(os.path.join(work, "directory"), port)
     try:
+        # The floor must be the machine's, not the generator's: more generator threads must
+        # not raise it.
+        for threads in (1, 4):
+            result = loadgen(floor_port, "register", 64, f"floort{threads}", threads=threads)
+            rows.append(("directory", f"floor server, 64 clients, {threads} generator threads", result, None))
+            log(f"floor with {threads} generator threads: {result['rps']:.0f} rps, "
+                f"generator {result['cpu_cores']:.2f} cores")
         for clients in CLIENTS:
             base = loadgen(floor_port, "register", clients, f"floor{clients}")
             rows.append(("directory", f"floor server, {clients} clients", base, None))
@@ -113,6 +134,147 @@ def directory_benchmark(work):
     finally:
         stop(server)
         stop(floor)
+
+
+def rss_mib(pid, field="VmRSS"):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class RSSSampler:
+    """Samples a process's resident memory every 50 ms; `peak` is the highest seen (and
+    VmHWM, the kernel's own peak, is read at the end too)."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.running = pid, 0.0, True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while self.running:
+            self.peak = max(self.peak, rss_mib(self.pid), rss_mib(self.pid, "VmHWM"))
+            time.sleep(0.05)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        return self.peak
+
+
+def fill_large_directory(path):
+    """Bulk-inserts the large directory into the schema the server created (not through the
+    protocol: 11 million requests would take longer than the whole benchmark)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = DELETE")  # one big write: no write-ahead log copy
+    db.execute("PRAGMA synchronous = OFF")
+    db.execute("PRAGMA cache_size = -262144")
+    db.execute("BEGIN")
+    db.execute(f"""
+        WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {LARGE_USERS - 1})
+        INSERT INTO user (name, ip, port)
+        SELECT printf('big-u%07d', i),
+               CASE WHEN i % {LARGE_CONNECTED_EVERY} = 0 THEN '127.0.0.1' END,
+               CASE WHEN i % {LARGE_CONNECTED_EVERY} = 0 THEN CAST(1024 + i % 60000 AS TEXT) END
+        FROM n""")
+    db.execute(f"""
+        WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n
+                                WHERE i < {LARGE_USERS * LARGE_FILES_PER_USER - 1})
+        INSERT INTO file (owner, name, description)
+        SELECT printf('big-u%07d', i / {LARGE_FILES_PER_USER}), printf('file%d.txt', i % {LARGE_FILES_PER_USER}),
+               'bench file ' || i
+        FROM n""")
+    db.execute("COMMIT")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.close()
+
+
+def list_users(port, requester):
+    """One LIST_USERS; returns (code, number of users, milliseconds)."""
+    start = time.time()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"LIST_USERS\0" + b"25/11/2026 13:05:09\0" + requester.encode() + b"\0")
+        chunks = []
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    fields = b"".join(chunks).split(b"\0")
+    code = int(fields[0])
+    if code != 0:
+        return code, 0, (time.time() - start) * 1000
+    count = int(fields[1])
+    if len(fields) != 2 + 3 * count + 1:
+        raise RuntimeError(f"LIST_USERS announced {count} users but sent {(len(fields) - 3) / 3:.1f}")
+    return code, count, (time.time() - start) * 1000
+
+
+def large_directory_benchmark(work):
+    empty_dir, large_dir = os.path.join(work, "empty-directory"), os.path.join(work, "large-directory")
+    # The server creates the schema; the rows are then bulk-inserted into it.
+    port = free_port()
+    stop(start_server(large_dir, port))
+    started = time.time()
+    fill_large_directory(os.path.join(large_dir, "directory.sqlite"))
+    size_mb = os.path.getsize(os.path.join(large_dir, "directory.sqlite")) / 1e6
+    log(f"large directory: {LARGE_USERS} users, {LARGE_USERS * LARGE_FILES_PER_USER} files, {size_mb:.0f} MB, "
+        f"built in {time.time() - started:.0f} s")
+    results = {}
+    for name, folder in (("empty", empty_dir), ("large", large_dir)):
+        port = free_port()
+        started = time.time()
+        server = start_server(folder, port, wait=False)
+        sampler = RSSSampler(server.pid)
+        try:
+            wait_port(port, timeout=120)
+            startup = time.time() - started
+            measured = {}
+            for workload in ("register", "publish", "list-content"):
+                measured[workload] = loadgen(port, workload, 64, f"{name}-{workload}")
+            if name == "large":
+                # LIST_USERS of every connected user, again and again, while 64 clients run
+                # LIST_CONTENT: the replies must be whole and the other requests not held up.
+                lists, stop_lists = [], threading.Event()
+
+                def keep_listing():
+                    while not stop_lists.is_set():
+                        lists.append(list_users(port, "big-u0000000"))
+                lister = threading.Thread(target=keep_listing)
+                lister.start()
+                measured["list-content+list-users"] = loadgen(port, "list-content", 64, "large-lu")
+                stop_lists.set()
+                lister.join()
+                measured["list-users"] = lists
+            peak = sampler.stop()
+            results[name] = (startup, peak, measured)
+        finally:
+            sampler.running = False
+            stop(server)
+    (empty_start, empty_peak, empty), (large_start, large_peak, large) = results["empty"], results["large"]
+    rows.append(("large directory", "start until accepting, empty (s)",
+                 {"rps": empty_start, "plain": True, "note": f"peak RSS {empty_peak:.0f} MiB"}, None))
+    rows.append(("large directory", "start until accepting, 1M users / 10M files (s)",
+                 {"rps": large_start, "plain": True, "note": f"peak RSS {large_peak:.0f} MiB (target < 500); "
+                                                              f"database {size_mb:.0f} MB"}, None))
+    for workload in ("register", "publish", "list-content"):
+        rows.append(("large directory", f"{workload}, 64 clients, empty directory", empty[workload], None))
+        rows.append(("large directory", f"{workload}, 64 clients, large directory", large[workload], empty[workload]))
+    lists = large["list-users"]
+    if not lists or any(code != 0 or count < LARGE_USERS // LARGE_CONNECTED_EVERY for code, count, _ in lists):
+        raise RuntimeError(f"LIST_USERS on the large directory answered wrongly: {lists[:3]}")
+    times = sorted(ms for _, _, ms in lists)
+    both = dict(large["list-content+list-users"])
+    both["note"] = (f"while LIST_USERS of {lists[0][1]} users ran {len(lists)} times back to back "
+                    f"(p50 {times[len(times) // 2]:.0f} ms, max {times[-1]:.0f} ms, every reply whole)")
+    rows.append(("large directory", "list-content, 64 clients, with LIST_USERS running", both, large["list-content"]))
+    log(f"large directory: start {large_start:.2f} s (empty {empty_start:.2f} s), peak RSS {large_peak:.0f} MiB; "
+        + ", ".join(f"{w} {large[w]['rps'] / empty[w]['rps']:.2f}" for w in ("register", "publish", "list-content")))
 
 
 def oplog_benchmark(work):
@@ -299,21 +461,24 @@ def print_table():
     print("| section | measurement | throughput | p50 ms | p99 ms | errors | ratio to baseline | notes |")
     print("|---|---|---|---|---|---|---|---|")
     for section, what, result, base in rows:
-        ratio = f"{result['rps'] / base['rps']:.2f}" if base else "baseline"
+        ratio = f"{result['rps'] / base['rps']:.2f}" if base else "" if result.get("plain") else "baseline"
         p50 = f"{result['p50_ms']:.2f}" if "p50_ms" in result else ""
         p99 = f"{result['p99_ms']:.2f}" if "p99_ms" in result else ""
         errors = f"{result['errors']:.0f}" if "errors" in result else ""
-        print(f"| {section} | {what} | {result['rps']:.0f} | {p50} | {p99} | {errors} | {ratio} | "
+        value = f"{result['rps']:.2f}" if result.get("plain") else f"{result['rps']:.0f}"
+        print(f"| {section} | {what} | {value} | {p50} | {p99} | {errors} | {ratio} | "
               f"{result.get('note', '')} |")
 
 
 def main():
-    only = sys.argv[1:] or ["directory", "oplog", "time", "getfile"]
+    only = sys.argv[1:] or ["directory", "large", "oplog", "time", "getfile"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
         if "directory" in only:
             directory_benchmark(work)
+        if "large" in only:
+            large_directory_benchmark(work)
         if "oplog" in only:
             oplog_benchmark(work)
         if "time" in only:

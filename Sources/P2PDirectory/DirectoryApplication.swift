@@ -36,7 +36,7 @@ public final class DirectoryApplication: Service, Sendable {
     ) async throws(DirectoryApplicationError) -> DirectoryApplication {
         let store: any DirectoryStore
         do {
-            store = try location.open(logger: logger)
+            store = try await location.open(logger: logger)
         } catch {
             throw .cannotOpenStore(location, error)
         }

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Logging
+import P2POperationLog
 import P2PProtocol
 import Synchronization
 
@@ -35,6 +36,11 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     /// Runs the transactions; blocking SQLite calls never touch the NIO event loops or the
     /// Swift concurrency pool.
     private let writerQueue = DispatchQueue(label: "p2p.directory.writer", qos: .userInitiated)
+    /// Two reader threads, each taking every batch of queries waiting for it into one read
+    /// transaction: one for LIST_CONTENT, one for LIST_USERS, which reads every connected user
+    /// and so on a large directory takes a while (the short reads never wait behind it).
+    private let contentReader: BatchingWorker<PendingRead>
+    private let usersReader: BatchingWorker<PendingRead>
     private let logger: Logger
 
     /// Opens (creating if needed) `directory.sqlite` in `dataDirectory`.
@@ -75,6 +81,18 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         }
         try Self.migrator.migrate(pool)
         checkpointer = try WALCheckpointer(path: path, settings: checkpointing)
+        let pool = self.pool
+        func reader(_ name: String) -> BatchingWorker<PendingRead> {
+            let worker = BatchingWorker<PendingRead>(name: name, capacity: 100_000, maxBatch: 256, gatherTime: 0) {
+                reads, _ in
+                Self.answer(reads, from: pool, logger: logger)
+                return .processed
+            }
+            worker.start()
+            return worker
+        }
+        contentReader = reader("p2p-directory-reader")
+        usersReader = reader("p2p-directory-users-reader")
     }
 
     private static var migrator: DatabaseMigrator {
@@ -122,6 +140,9 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     }
 
     private func closeOnWriter() throws {
+        // Queued reads are answered before the pool closes.
+        contentReader.stop()
+        usersReader.stop()
         let checkpointerClosed = Result { try checkpointer.close() }
         // After a clean stop the database file alone holds the directory (handy for a copy);
         // if this fails, the log still holds the rest and the next open replays it.
@@ -141,7 +162,14 @@ public final class SQLiteDirectoryStore: DirectoryStore {
 
     /// Queues `changes` for the next group commit; `completion` gets their codes on the
     /// writer's thread once committed.
-    func enqueue(_ changes: [DirectoryChange], completion: @escaping @Sendable ([ResultCode]) -> Void) {
+    public func apply(
+        _ changes: [DirectoryChange], completion: @escaping @Sendable ([P2PProtocol.ResultCode]) -> Void
+    ) {
+        guard !changes.isEmpty else { return completion([]) }
+        enqueue(changes, completion: completion)
+    }
+
+    private func enqueue(_ changes: [DirectoryChange], completion: @escaping @Sendable ([ResultCode]) -> Void) {
         let start = pending.withLock { pending -> Bool? in
             if pending.closed { return nil }
             pending.batches.append(PendingBatch(changes: changes, completion: completion))
@@ -256,33 +284,57 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     // MARK: Reads
 
     public func read(_ queries: [DirectoryQuery]) async -> [Reply] {
-        // LIST_USERS reads every connected user, which on a large directory takes a while:
-        // each one gets a reader connection of its own, so that the short reads that came in
-        // the same batch are not kept waiting behind it.
-        guard queries.count > 1, queries.contains(where: { $0.operation == .listUsers }) else {
-            return await answer(queries)
+        await withCheckedContinuation { continuation in
+            read(queries) { continuation.resume(returning: $0) }
         }
-        let groups: [[Int]] =
-            queries.indices.filter { queries[$0].operation == .listUsers }.map { [$0] }
-            + [queries.indices.filter { queries[$0].operation != .listUsers }].filter { !$0.isEmpty }
-        var replies = [Reply](repeating: .status(.ok), count: queries.count)
-        await withTaskGroup(of: ([Int], [Reply]).self) { group in
-            for indices in groups {
-                group.addTask { (indices, await self.answer(indices.map { queries[$0] })) }
-            }
-            for await (indices, answers) in group {
-                for (index, reply) in zip(indices, answers) { replies[index] = reply }
-            }
-        }
-        return replies
     }
 
-    private func answer(_ queries: [DirectoryQuery]) async -> [Reply] {
+    /// Answers on a reader thread; `completion` runs there.
+    public func read(_ queries: [DirectoryQuery], completion: @escaping @Sendable ([Reply]) -> Void) {
+        guard !queries.isEmpty else { return completion([]) }
+        let users = queries.indices.filter { queries[$0].operation == .listUsers }
+        if users.isEmpty || users.count == queries.count {
+            submit(PendingRead(queries: queries, completion: completion), to: users.isEmpty ? contentReader : usersReader)
+            return
+        }
+        // Both kinds: each reader answers its part, and the last one to finish completes.
+        let content = queries.indices.filter { queries[$0].operation != .listUsers }
+        let replies = Mutex((remaining: 2, replies: [Reply](repeating: .status(.ok), count: queries.count)))
+        for (indices, reader) in [(users, usersReader), (content, contentReader)] {
+            submit(
+                PendingRead(queries: indices.map { queries[$0] }) { answers in
+                    let done = replies.withLock { state -> [Reply]? in
+                        for (index, reply) in zip(indices, answers) { state.replies[index] = reply }
+                        state.remaining -= 1
+                        return state.remaining == 0 ? state.replies : nil
+                    }
+                    if let done { completion(done) }
+                }, to: reader)
+        }
+    }
+
+    private func submit(_ read: PendingRead, to reader: BatchingWorker<PendingRead>) {
+        if !reader.submit(read) {
+            // Closed, or 100,000 reads waiting: refuse rather than wait.
+            read.completion(read.queries.map { .status($0.operation.otherErrorCode) })
+        }
+    }
+
+    /// Answers every read of `reads` in one read transaction; runs on a reader thread.
+    private static func answer(_ reads: [PendingRead], from pool: DatabasePool, logger: Logger) {
+        let queries = reads.flatMap(\.queries)
+        var replies: [Reply]
         do {
-            return try await pool.read { db in try queries.map { try Self.answer($0, in: db) } }
+            replies = try pool.read { db in try queries.map { try Self.answer($0, in: db) } }
         } catch {
             logger.error("directory read failed: \(error)")
-            return queries.map { .status($0.operation.otherErrorCode) }
+            replies = queries.map { .status($0.operation.otherErrorCode) }
+        }
+        var offset = 0
+        for read in reads {
+            let count = read.queries.count
+            read.completion(Array(replies[offset..<offset + count]))
+            offset += count
         }
     }
 
@@ -321,7 +373,15 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     }
 
     public func registeredUsers() async throws -> [String] {
-        try await pool.read { db in try String.fetchAll(db, sql: "SELECT name FROM user ORDER BY name") }
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<[String], any Error>, Never>) in
+            DispatchQueue.global().async {
+                continuation.resume(
+                    returning: Result {
+                        try self.pool.read { db in try String.fetchAll(db, sql: "SELECT name FROM user ORDER BY name") }
+                    })
+            }
+        }
+        return try result.get()
     }
 
     /// The writer connection's `PRAGMA synchronous` (2 is FULL: every commit synced).
@@ -333,6 +393,11 @@ public final class SQLiteDirectoryStore: DirectoryStore {
 private struct PendingBatch: Sendable {
     var changes: [DirectoryChange]
     var completion: @Sendable ([ResultCode]) -> Void
+}
+
+private struct PendingRead: Sendable {
+    var queries: [DirectoryQuery]
+    var completion: @Sendable ([Reply]) -> Void
 }
 
 private struct PendingWrites: ~Copyable {

@@ -53,8 +53,7 @@ final class StoreBatcher: @unchecked Sendable {
             let completions = NIOLoopBound(changeCompletions, eventLoop: loop)
             changes = []
             changeCompletions = []
-            Task {
-                let codes = await store.apply(batch)
+            store.apply(batch) { codes in
                 loop.execute {
                     for (completion, code) in zip(completions.value, codes) { completion(.status(code)) }
                 }
@@ -65,8 +64,7 @@ final class StoreBatcher: @unchecked Sendable {
             let completions = NIOLoopBound(queryCompletions, eventLoop: loop)
             queries = []
             queryCompletions = []
-            Task {
-                let replies = await store.read(batch)
+            store.read(batch) { replies in
                 loop.execute {
                     for (completion, reply) in zip(completions.value, replies) { completion(reply) }
                 }

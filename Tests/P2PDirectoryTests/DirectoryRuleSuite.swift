@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import P2PProtocol
 import P2PTestSupport
 import Testing
@@ -13,7 +14,9 @@ struct StoreUnderTest: Sendable, CustomTestStringConvertible {
 
     static let all: [StoreUnderTest] = [
         StoreUnderTest(name: "in-memory reference") { _ in InMemoryDirectoryStore() },
-        StoreUnderTest(name: "SQLite") { folder in try SQLiteDirectoryStore(dataDirectory: folder.path) },
+        StoreUnderTest(name: "SQLite") { folder in
+            try await DirectoryStoreLocation.sqlite(dataDirectory: folder.path).open(logger: Logger(label: "test"))
+        },
     ]
 
     var testDescription: String { name }
@@ -279,7 +282,7 @@ extension RuleCase {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         let reference = InMemoryDirectoryStore()
-        let sqlite = try SQLiteDirectoryStore(dataDirectory: folder.path)
+        let sqlite = try await DirectoryStoreLocation.sqlite(dataDirectory: folder.path).open(logger: Logger(label: "test"))
         var random = SplitMix64(seed: 20_261_125)
         let users = ["a", "b", "c", "Ä", "日本", "b2", ""]
         let files = ["f", "g", "h.txt", "x y", ""]

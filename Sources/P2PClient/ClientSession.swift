@@ -172,6 +172,12 @@ public actor ClientSession {
         }
         if code == 0 || code == 2 { lastKnownUser = user }
         say(ResultLine.line(.connect, code))
+        if code == 2 {
+            output.diagnostic(
+                "\(user) is still connected from an earlier session; the server takes a dead entry offline "
+                    + "once its peer has failed a few checks (by default within about a minute and a half), "
+                    + "or type DISCONNECT \(user) first")
+        }
     }
 
     private func stopServing() async {

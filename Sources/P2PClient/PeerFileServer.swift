@@ -4,6 +4,9 @@ import NIOPosix
 import P2PNetworkSupport
 import P2PProtocol
 
+/// A connection that ended before sending a byte: the directory server's liveness check.
+struct PeerConnectionWasEmpty: Error {}
+
 struct PeerRequestTimedOut: Error, CustomStringConvertible {
     var description: String { "no complete GET_FILE request within 10 s" }
 }
@@ -77,11 +80,18 @@ public final class PeerFileServer: Sendable {
                     // A peer that never completes its request is dropped after 10 s.
                     request = try await withTimeout(.seconds(10), error: PeerRequestTimedOut()) {
                         var decoder = FileRequestDecoder()
+                        var sawBytes = false
                         for try await var chunk in inbound {
+                            sawBytes = true
                             if let request = try decoder.decode(&chunk) { return request }
                         }
+                        if !sawBytes { throw PeerConnectionWasEmpty() }
                         throw decoder.finish()
                     }
+                } catch is PeerConnectionWasEmpty {
+                    // The directory server checking that this peer is alive: nothing to answer.
+                    logger.debug("empty connection from \(peer)")
+                    return
                 } catch {
                     logger.notice("bad GET_FILE request from \(peer): \(error)")
                     try await Self.finish(channel, code: FileReplyCode.otherError)

@@ -15,21 +15,29 @@ public final class DirectoryApplication: Service, Sendable {
     public let store: any DirectoryStore
     public let server: DirectoryServer
     public let storeLocation: DirectoryStoreLocation
+    /// Checks connected users' peers and expires the dead ones; nil when off.
+    public let peerChecker: PeerChecker?
 
-    private init(store: any DirectoryStore, server: DirectoryServer, storeLocation: DirectoryStoreLocation) {
+    private init(
+        store: any DirectoryStore, server: DirectoryServer, storeLocation: DirectoryStoreLocation,
+        peerChecker: PeerChecker?
+    ) {
         self.store = store
         self.server = server
         self.storeLocation = storeLocation
+        self.peerChecker = peerChecker
     }
 
     /// Opens the store at `location` and binds the listener.
     /// - Parameters:
     ///   - operationLog: receives one record per request; nil for none.
+    ///   - peerChecks: how dead peers are found and expired; nil (or a zero interval) for never.
     ///   - console: receives one line per request (`s> REGISTER FROM alice`).
     public static func build(
         configuration: DirectoryServerConfiguration,
         store location: DirectoryStoreLocation,
         operationLog: (any OperationLogSink)?,
+        peerChecks: PeerCheckSettings? = nil,
         console: @escaping @Sendable (String) -> Void,
         logger: Logger,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
@@ -40,22 +48,44 @@ public final class DirectoryApplication: Service, Sendable {
         } catch {
             throw .cannotOpenStore(location, error)
         }
-        let handler = DirectoryRequestHandler(operationLog: operationLog, console: console)
+        let handler = DirectoryRequestHandler(
+            operationLog: operationLog, ownerCheck: configuration.ownerCheck, console: console)
         do {
             let server = try await DirectoryServer.bind(
                 configuration: configuration, handler: handler, store: store, logger: logger,
                 eventLoopGroup: eventLoopGroup)
-            return DirectoryApplication(store: store, server: server, storeLocation: location)
+            let checker = peerChecks.flatMap { settings in
+                settings.isEnabled
+                    ? PeerChecker(
+                        store: store, settings: settings, operationLog: operationLog, console: console, logger: logger)
+                    : nil
+            }
+            return DirectoryApplication(store: store, server: server, storeLocation: location, peerChecker: checker)
         } catch {
             try? await store.close()
             throw .cannotListen(host: configuration.host, port: configuration.port, error)
         }
     }
 
-    /// Serves until graceful shutdown (or ``DirectoryServer/stop()``), then closes the store.
+    /// Serves (and checks peers) until graceful shutdown (or ``DirectoryServer/stop()``), then
+    /// closes the store.
     public func run() async throws {
+        let served: Result<Void, any Error> = await withTaskGroup(of: Void.self) { group in
+            if let peerChecker {
+                group.addTask { try? await peerChecker.run() }
+            }
+            let served: Result<Void, any Error>
+            do {
+                try await server.run()
+                served = .success(())
+            } catch {
+                served = .failure(error)
+            }
+            group.cancelAll()
+            return served
+        }
         do {
-            try await server.run()
+            try served.get()
         } catch {
             try? await store.close()
             throw error

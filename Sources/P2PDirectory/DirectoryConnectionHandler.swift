@@ -126,24 +126,15 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         let work = handler.accept(request, peerIP: context.remoteAddress?.ipAddress ?? "0.0.0.0")
         // The batcher runs the completion on this channel's event loop.
         batcher.submit(work) { reply in
-            self.send(reply, to: request, context: context)
+            self.send(reply, context: context)
         }
     }
 
-    private func send(_ reply: Reply, to request: Request, context: ChannelHandlerContext) {
+    private func send(_ reply: ByteBuffer, context: ChannelHandlerContext) {
         guard case .serving = state else { return }
         state = .closed
-        var buffer = ByteBuffer()
-        do {
-            try encoder.encode(reply, into: &buffer)
-        } catch {
-            // A stored value that no longer fits the protocol: answer "other" rather than cut it.
-            logger.error("cannot encode reply to \(request.operation.rawValue): \(error)")
-            buffer.clear()
-            encoder.writeCode(request.operation.otherErrorCode, into: &buffer)
-        }
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in
+        context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in
             channel.close(promise: nil)
         }
     }

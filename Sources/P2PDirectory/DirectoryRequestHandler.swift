@@ -13,14 +13,21 @@ public struct DirectoryRequestHandler: Sendable {
     public let operationLog: (any OperationLogSink)?
     /// Receives the console line for each request (`s> REGISTER FROM alice`).
     public let console: @Sendable (String) -> Void
+    /// Whether DISCONNECT, UNREGISTER, PUBLISH and DELETE of a connected user must come from
+    /// the address it connected from.
+    public let ownerCheck: Bool
 
-    public init(operationLog: (any OperationLogSink)?, console: @escaping @Sendable (String) -> Void) {
+    public init(
+        operationLog: (any OperationLogSink)?, ownerCheck: Bool = true, console: @escaping @Sendable (String) -> Void
+    ) {
         self.operationLog = operationLog
+        self.ownerCheck = ownerCheck
         self.console = console
     }
 
-    /// Accepts `request`, which arrived from `peerIP` (only evaluated for CONNECT, which stores
-    /// it), and says what the store must do for it. Every call is logged once.
+    /// Accepts `request`, which arrived from `peerIP` (evaluated only for CONNECT, which stores
+    /// it, and for the changes the owner check applies to), and says what the store must do
+    /// for it. Every call is logged once.
     public func accept(_ request: Request, peerIP: @autoclosure () -> String) -> StoreWork {
         console("s> \(request.operation.rawValue) FROM \(request.user)")
         operationLog?.submit(
@@ -33,15 +40,16 @@ public struct DirectoryRequestHandler: Sendable {
         case .register(let user):
             return .change(.register(user: user))
         case .unregister(let user):
-            return .change(.unregister(user: user))
+            return .change(.unregister(user: user, from: ownerCheck ? peerIP() : nil))
         case .connect(let user, let port):
             return .change(.connect(user: user, ip: peerIP(), port: port))
         case .disconnect(let user):
-            return .change(.disconnect(user: user))
+            return .change(.disconnect(user: user, from: ownerCheck ? peerIP() : nil))
         case .publish(let user, let fileName, let description):
-            return .change(.publish(user: user, fileName: fileName, description: description))
+            return .change(
+                .publish(user: user, fileName: fileName, description: description, from: ownerCheck ? peerIP() : nil))
         case .delete(let user, let fileName):
-            return .change(.delete(user: user, fileName: fileName))
+            return .change(.delete(user: user, fileName: fileName, from: ownerCheck ? peerIP() : nil))
         case .listUsers(let user):
             return .query(.listUsers(requester: user))
         case .listContent(let user, let owner):

@@ -18,6 +18,8 @@ public struct DirectoryServerConfiguration: Sendable {
     public var maxConnections: Int
     /// How long a graceful shutdown waits for requests in flight.
     public var shutdownGracePeriod: TimeAmount
+    /// Whether a connected user can be changed only from the address it connected from.
+    public var ownerCheck: Bool
 
     public init(
         host: String = "0.0.0.0",
@@ -25,7 +27,8 @@ public struct DirectoryServerConfiguration: Sendable {
         codeEncoding: ResultCodeEncoding = .ascii,
         idleTimeout: TimeAmount = .seconds(5),
         maxConnections: Int = 1024,
-        shutdownGracePeriod: TimeAmount = .seconds(10)
+        shutdownGracePeriod: TimeAmount = .seconds(10),
+        ownerCheck: Bool = true
     ) {
         self.host = host
         self.port = port
@@ -33,6 +36,7 @@ public struct DirectoryServerConfiguration: Sendable {
         self.idleTimeout = idleTimeout
         self.maxConnections = maxConnections
         self.shutdownGracePeriod = shutdownGracePeriod
+        self.ownerCheck = ownerCheck
     }
 }
 
@@ -86,7 +90,9 @@ public final class DirectoryServer: Service, Sendable {
         let quiescing = ServerQuiescingHelper(group: eventLoopGroup)
         var batchers: [ObjectIdentifier: StoreBatcher] = [:]
         for loop in eventLoopGroup.makeIterator() {
-            batchers[ObjectIdentifier(loop)] = StoreBatcher(store: store, eventLoop: loop)
+            batchers[ObjectIdentifier(loop)] = StoreBatcher(
+                store: store, eventLoop: loop, encoder: ReplyEncoder(codeEncoding: configuration.codeEncoding),
+                logger: logger)
         }
         let batcherOfLoop = batchers
         let channel = try await ServerBootstrap(group: eventLoopGroup)

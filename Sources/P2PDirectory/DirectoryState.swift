@@ -38,8 +38,10 @@ public struct DirectoryState: Sendable {
             users[user] = UserEntry()
             return .ok
 
-        case .unregister(let user):
-            guard let entry = users.removeValue(forKey: user) else { return 1 }
+        case .unregister(let user, let from):
+            guard let entry = users[user] else { return 1 }
+            guard Self.isOwner(entry, from) else { return 2 }
+            users.removeValue(forKey: user)
             if entry.address != nil { removeConnected(user) }
             return .ok
 
@@ -51,28 +53,45 @@ public struct DirectoryState: Sendable {
             insertConnected(ConnectedUser(name: user, ip: ip, port: port))
             return .ok
 
-        case .disconnect(let user):
+        case .disconnect(let user, let from):
             guard let entry = users[user] else { return 1 }
             guard entry.address != nil else { return 2 }
+            guard Self.isOwner(entry, from) else { return 3 }
             users[user]!.address = nil
             removeConnected(user)
             return .ok
 
-        case .publish(let user, let fileName, let description):
+        case .expire(let user, let ip, let port):
+            guard let entry = users[user] else { return 1 }
+            guard entry.address == Address(ip: ip, port: port) else { return 2 }
+            users[user]!.address = nil
+            removeConnected(user)
+            return .ok
+
+        case .publish(let user, let fileName, let description, let from):
             guard let entry = users[user] else { return 1 }
             guard entry.address != nil else { return 2 }
+            guard Self.isOwner(entry, from) else { return 4 }
             guard DirectoryRules.isValidFileName(fileName) else { return 4 }
             guard !entry.files.contains(where: { $0.name == fileName }) else { return 3 }
             users[user]!.files.append(PublishedFile(name: fileName, description: description))
             return .ok
 
-        case .delete(let user, let fileName):
+        case .delete(let user, let fileName, let from):
             guard let entry = users[user] else { return 1 }
             guard entry.address != nil else { return 2 }
+            guard Self.isOwner(entry, from) else { return 4 }
             guard let index = entry.files.firstIndex(where: { $0.name == fileName }) else { return 3 }
             users[user]!.files.remove(at: index)
             return .ok
         }
+    }
+
+    /// The owner check: a request from `from` may change `entry` unless the user is connected
+    /// from another address (no check when `from` is nil).
+    private static func isOwner(_ entry: UserEntry, _ from: String?) -> Bool {
+        guard let from, let address = entry.address else { return true }
+        return address.ip == from
     }
 
     // MARK: Reads

@@ -28,7 +28,7 @@ public enum DirectoryQuery: Sendable, Hashable {
 /// work runs on threads of its own (as SQLite's does) implements them directly, which spares a
 /// task and two thread hops per batch (at 64 clients, twice the throughput in `make bench`).
 ///
-/// To add a store: implement these four methods, make the server's `--store` option open it
+/// To add a store: implement these five methods, make the server's `--store` option open it
 /// (``DirectoryStoreLocation``), and add it to the list of stores the rule suite runs on.
 public protocol DirectoryStore: Sendable {
     /// Applies `changes` in order and returns their result codes, in the same order, once
@@ -44,6 +44,10 @@ public protocol DirectoryStore: Sendable {
     /// Every registered user's name, sorted (for operators and tests: it grows with the
     /// directory).
     func registeredUsers() async throws -> [String]
+
+    /// Every connected user with its address, sorted by name, whoever asks (for the server's
+    /// own peer checks).
+    func connectedUsers() async throws -> [ConnectedUser]
 
     /// Finishes what is in flight and releases the store. Later calls fail with "other" codes.
     func close() async throws

@@ -31,6 +31,10 @@ public final class InMemoryDirectoryStore: DirectoryStore {
         state.withLock { $0.userNames }
     }
 
+    public func connectedUsers() async throws -> [ConnectedUser] {
+        state.withLock { $0.connectedUsers }
+    }
+
     public func close() async throws {
         closed.store(true, ordering: .relaxed)
     }

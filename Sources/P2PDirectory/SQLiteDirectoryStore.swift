@@ -201,8 +201,17 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             let changes = batches.flatMap(\.changes)
             var codes: [ResultCode]
             do {
-                codes = try pool.write { db in try changes.map { try Self.decide($0, in: db) } }
+                var refusals: [String] = []
+                codes = try pool.write { db in
+                    refusals = []
+                    return try changes.map { change in
+                        try Self.decide(change, in: db) { connectedFrom in
+                            refusals.append(Self.describeRefusal(change, connectedFrom: connectedFrom))
+                        }
+                    }
+                }
                 if codes.contains(.ok) { checkpointer.didCommit() }
+                for refusal in refusals { logger.warning("\(refusal)") }
             } catch {
                 // The transaction was rolled back: nothing of these batches is on disk.
                 logger.error("directory write failed, \(changes.count) changes refused: \(error)")
@@ -225,7 +234,10 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     /// Decides `change` by PROTOCOL.md section 2 and makes it, inside the writer's transaction.
     /// Each code comes from what a statement did (rows changed) or found, never from a copy
     /// of the data, so a database shared by several writers could decide it the same way.
-    static func decide(_ change: DirectoryChange, in db: Database) throws -> ResultCode {
+    /// A change refused by the owner check is reported to `refused` with both addresses.
+    static func decide(
+        _ change: DirectoryChange, in db: Database, refused: (_ connectedFrom: String) -> Void = { _ in }
+    ) throws -> ResultCode {
         switch change {
         case .register(let user):
             guard DirectoryRules.isValidUserName(user) else { return 2 }
@@ -233,29 +245,55 @@ public final class SQLiteDirectoryStore: DirectoryStore {
                 .execute(arguments: [user])
             return db.changesCount == 1 ? .ok : 1
 
-        case .unregister(let user):
-            // Its files go with it (ON DELETE CASCADE).
-            try db.cachedStatement(sql: "DELETE FROM user WHERE name = ?").execute(arguments: [user])
-            return db.changesCount == 1 ? .ok : 1
+        case .unregister(let user, let from):
+            // Its files go with it (ON DELETE CASCADE). With the owner check, a connected user
+            // goes only when the request comes from the address it connected from.
+            try db.cachedStatement(sql: "DELETE FROM user WHERE name = ?1 AND (?2 IS NULL OR ip IS NULL OR ip = ?2)")
+                .execute(arguments: [user, from])
+            if db.changesCount == 1 { return .ok }
+            switch try presence(of: user, db) {
+            case .unknown: return 1
+            case .offline: return 2
+            case .online(let ip):
+                refused(ip)
+                return 2
+            }
 
         case .connect(let user, let ip, let port):
-            guard DirectoryRules.isValidPort(port) else { return try isConnected(user, db) == nil ? 1 : 3 }
+            guard DirectoryRules.isValidPort(port) else { return try presence(of: user, db) == .unknown ? 1 : 3 }
             try db.cachedStatement(sql: "UPDATE user SET ip = ?, port = ? WHERE name = ? AND ip IS NULL")
                 .execute(arguments: [ip, port, user])
             if db.changesCount == 1 { return .ok }
-            return try isConnected(user, db) == nil ? 1 : 2
+            return try presence(of: user, db) == .unknown ? 1 : 2
 
-        case .disconnect(let user):
-            try db.cachedStatement(sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ? AND ip IS NOT NULL")
-                .execute(arguments: [user])
+        case .disconnect(let user, let from):
+            try db.cachedStatement(
+                sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ?1 AND ip IS NOT NULL AND (?2 IS NULL OR ip = ?2)"
+            ).execute(arguments: [user, from])
             if db.changesCount == 1 { return .ok }
-            return try isConnected(user, db) == nil ? 1 : 2
+            switch try presence(of: user, db) {
+            case .unknown: return 1
+            case .offline: return 2
+            case .online(let ip):
+                refused(ip)
+                return 3
+            }
 
-        case .publish(let user, let fileName, let description):
-            switch try isConnected(user, db) {
-            case nil: return 1
-            case false?: return 2
-            case true?: break
+        case .expire(let user, let ip, let port):
+            try db.cachedStatement(sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ? AND ip = ? AND port = ?")
+                .execute(arguments: [user, ip, port])
+            if db.changesCount == 1 { return .ok }
+            return try presence(of: user, db) == .unknown ? 1 : 2
+
+        case .publish(let user, let fileName, let description, let from):
+            switch try presence(of: user, db) {
+            case .unknown: return 1
+            case .offline: return 2
+            case .online(let ip):
+                if let from, ip != from {
+                    refused(ip)
+                    return 4
+                }
             }
             guard DirectoryRules.isValidFileName(fileName) else { return 4 }
             try db.cachedStatement(
@@ -263,11 +301,15 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             ).execute(arguments: [user, fileName, description])
             return db.changesCount == 1 ? .ok : 3
 
-        case .delete(let user, let fileName):
-            switch try isConnected(user, db) {
-            case nil: return 1
-            case false?: return 2
-            case true?: break
+        case .delete(let user, let fileName, let from):
+            switch try presence(of: user, db) {
+            case .unknown: return 1
+            case .offline: return 2
+            case .online(let ip):
+                if let from, ip != from {
+                    refused(ip)
+                    return 4
+                }
             }
             try db.cachedStatement(sql: "DELETE FROM file WHERE owner = ? AND name = ?")
                 .execute(arguments: [user, fileName])
@@ -275,10 +317,39 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         }
     }
 
+    static func describeRefusal(_ change: DirectoryChange, connectedFrom: String) -> String {
+        let from: String? =
+            switch change {
+            case .unregister(_, let from), .disconnect(_, let from), .publish(_, _, _, let from),
+                .delete(_, _, let from):
+                from
+            default: nil
+            }
+        return "\(change.operation.rawValue) of \(change.user) refused by the owner check: the user is connected from "
+            + "\(connectedFrom), the request came from \(from ?? "?")"
+    }
+
+    /// Whether a user is registered, and connected from which address.
+    enum Presence: Equatable {
+        case unknown
+        case offline
+        case online(ip: String)
+    }
+
+    private static func presence(of user: String, _ db: Database) throws -> Presence {
+        guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT ip FROM user WHERE name = ?"), arguments: [user])
+        else { return .unknown }
+        let ip: String? = row[0]
+        return ip.map { .online(ip: $0) } ?? .offline
+    }
+
     /// nil when `user` is not registered, else whether it is connected.
     private static func isConnected(_ user: String, _ db: Database) throws -> Bool? {
-        try Bool.fetchOne(
-            db.cachedStatement(sql: "SELECT ip IS NOT NULL FROM user WHERE name = ?"), arguments: [user])
+        switch try presence(of: user, db) {
+        case .unknown: return nil
+        case .offline: return false
+        case .online: return true
+        }
     }
 
     // MARK: Reads
@@ -346,13 +417,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             case false?: return .status(2)
             case true?: break
             }
-            var users: [ConnectedUser] = []
-            let rows = try Row.fetchCursor(
-                db.cachedStatement(sql: "SELECT name, ip, port FROM user WHERE ip IS NOT NULL ORDER BY name"))
-            while let row = try rows.next() {
-                users.append(ConnectedUser(name: row[0], ip: row[1], port: row[2]))
-            }
-            return .users(users)
+            return .users(try connectedUsers(db))
 
         case .listContent(let requester, let owner):
             switch try isConnected(requester, db) {
@@ -373,15 +438,31 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     }
 
     public func registeredUsers() async throws -> [String] {
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<[String], any Error>, Never>) in
+        try await readOffThePool { db in try String.fetchAll(db, sql: "SELECT name FROM user ORDER BY name") }
+    }
+
+    public func connectedUsers() async throws -> [ConnectedUser] {
+        try await readOffThePool { db in try Self.connectedUsers(db) }
+    }
+
+    /// One read on a Dispatch thread (it blocks), awaited.
+    private func readOffThePool<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, any Error>, Never>) in
             DispatchQueue.global().async {
-                continuation.resume(
-                    returning: Result {
-                        try self.pool.read { db in try String.fetchAll(db, sql: "SELECT name FROM user ORDER BY name") }
-                    })
+                continuation.resume(returning: Result { try self.pool.read(body) })
             }
         }
         return try result.get()
+    }
+
+    private static func connectedUsers(_ db: Database) throws -> [ConnectedUser] {
+        var users: [ConnectedUser] = []
+        let rows = try Row.fetchCursor(
+            db.cachedStatement(sql: "SELECT name, ip, port FROM user WHERE ip IS NOT NULL ORDER BY name"))
+        while let row = try rows.next() {
+            users.append(ConnectedUser(name: row[0], ip: row[1], port: row[2]))
+        }
+        return users
     }
 
     /// The writer connection's `PRAGMA synchronous` (2 is FULL: every commit synced).

@@ -10,6 +10,11 @@ import ServiceLifecycle
 
 extension ResultCodeEncoding: ExpressibleByArgument {}
 
+/// An option that is on or off.
+enum Switch: String, ExpressibleByArgument, CaseIterable {
+    case on, off
+}
+
 struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "p2p-server",
@@ -52,6 +57,24 @@ struct ServerCommand: AsyncParsableCommand {
             """)
     var threads: Int?
 
+    @Option(
+        help: """
+            on: DISCONNECT, UNREGISTER, PUBLISH and DELETE of a connected user are accepted only \
+            from the IP address it connected from; off: from anywhere (for networks where a \
+            client's address changes).
+            """)
+    var ownerCheck: Switch = .on
+
+    @Option(
+        help: """
+            Seconds between two checks of every connected user's peer address (a TCP connection \
+            opened and closed at once); 0 turns the checks off.
+            """)
+    var peerCheckInterval: Double = 30
+
+    @Option(help: "Checks in a row a peer must fail before its user goes offline.")
+    var peerCheckFailures: Int = 3
+
     @Option(help: "Host of rpcbind and the operation-log server (default: $LOG_RPC_IP, else localhost).")
     var rpcHost: String?
 
@@ -63,6 +86,8 @@ struct ServerCommand: AsyncParsableCommand {
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
         if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be 1-256") }
+        guard peerCheckInterval >= 0 else { throw ValidationError("--peer-check-interval must be 0 or more") }
+        guard peerCheckFailures >= 1 else { throw ValidationError("--peer-check-failures must be at least 1") }
         if let store {
             do {
                 _ = try DirectoryStoreLocation(parsing: store)
@@ -108,12 +133,16 @@ struct ServerCommand: AsyncParsableCommand {
             port: port,
             codeEncoding: resultEncoding,
             idleTimeout: .milliseconds(Int64(idleTimeout * 1000)),
-            maxConnections: maxConnections)
+            maxConnections: maxConnections,
+            ownerCheck: ownerCheck == .on)
 
         let application: DirectoryApplication
         do {
             application = try await DirectoryApplication.build(
                 configuration: configuration, store: try storeLocation, operationLog: operationLog,
+                peerChecks: PeerCheckSettings(
+                    interval: .milliseconds(Int64(peerCheckInterval * 1000)), failuresToExpire: peerCheckFailures,
+                    timeout: min(.seconds(2), .milliseconds(Int64(peerCheckInterval * 1000)))),
                 console: console.write, logger: logger)
         } catch {
             console.close()

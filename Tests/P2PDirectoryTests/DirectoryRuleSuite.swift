@@ -181,6 +181,53 @@ extension RuleCase {
                     ])),
             ]),
         RuleCase(
+            name: "owner check: a connected user is changed only from the address it connected from",
+            steps: [
+                register("alice"), register("bob"), connect("alice", "10.0.0.1"),
+                .change(.publish(user: "alice", fileName: "f", description: "d", from: "10.0.0.2"), 4),
+                .change(.publish(user: "alice", fileName: "f", description: "d", from: "10.0.0.1"), 0),
+                .change(.publish(user: "alice", fileName: "g", description: "no check"), 0),
+                .change(.publish(user: "alice", fileName: "", description: "d", from: "10.0.0.2"), 4),
+                .change(.delete(user: "alice", fileName: "f", from: "10.0.0.2"), 4),
+                .change(.delete(user: "alice", fileName: "nothing", from: "10.0.0.2"), 4),
+                .change(.disconnect(user: "alice", from: "10.0.0.2"), 3),
+                .change(.unregister(user: "alice", from: "10.0.0.2"), 2),
+                .change(.connect(user: "bob", ip: "10.0.0.2", port: "5000"), 0),
+                .query(
+                    .listUsers(requester: "bob"),
+                    .users([
+                        ConnectedUser(name: "alice", ip: "10.0.0.1", port: "4000"),
+                        ConnectedUser(name: "bob", ip: "10.0.0.2", port: "5000"),
+                    ])),
+                .query(
+                    .listContent(requester: "bob", owner: "alice"),
+                    .content([PublishedFile(name: "f", description: "d"), PublishedFile(name: "g", description: "no check")])),
+                .change(.delete(user: "alice", fileName: "f", from: "10.0.0.1"), 0),
+                .change(.disconnect(user: "alice", from: "10.0.0.1"), 0),
+                // Not connected: no address to check against.
+                .change(.publish(user: "alice", fileName: "h", description: "d", from: "10.0.0.2"), 2),
+                .change(.disconnect(user: "alice", from: "10.0.0.2"), 2),
+                .change(.unregister(user: "alice", from: "10.0.0.2"), 0),
+                .change(.unregister(user: "alice", from: "10.0.0.2"), 1),
+                .change(.disconnect(user: "nobody", from: "10.0.0.2"), 1),
+                .change(.unregister(user: "bob", from: "10.0.0.2"), 0),
+            ]),
+        RuleCase(
+            name: "expire: only a user still connected at that exact address goes offline; files stay",
+            steps: [
+                .change(.expire(user: "a", ip: "1.1.1.1", port: "4000"), 1),
+                register("a"),
+                .change(.expire(user: "a", ip: "1.1.1.1", port: "4000"), 2),
+                connect("a", "1.1.1.1", "4000"), publish("a", "f"),
+                .change(.expire(user: "a", ip: "1.1.1.1", port: "4001"), 2),
+                .change(.expire(user: "a", ip: "2.2.2.2", port: "4000"), 2),
+                .change(.expire(user: "a", ip: "1.1.1.1", port: "4000"), 0),
+                .change(.expire(user: "a", ip: "1.1.1.1", port: "4000"), 2),
+                .query(.listUsers(requester: "a"), .status(2)),
+                connect("a", "1.1.1.1", "4002"),
+                .query(.listContent(requester: "a", owner: "a"), .content([PublishedFile(name: "f", description: "d")])),
+            ]),
+        RuleCase(
             name: "names and values are data, never SQL or patterns",
             steps: [
                 register("'; DROP TABLE user; --"), register("%"), register("_"),
@@ -287,18 +334,22 @@ extension RuleCase {
         let users = ["a", "b", "c", "Ä", "日本", "b2", ""]
         let files = ["f", "g", "h.txt", "x y", ""]
         let ports = ["1", "4000", "65535", "0", "x"]
+        let addresses: [String?] = ["10.0.0.1", "10.0.0.2", nil]
         func pick<T>(_ values: [T]) -> T { values[Int(random.next() % UInt64(values.count))] }
         for round in 0..<300 {
             var batch: [DirectoryChange] = []
             for _ in 0..<(1 + Int(random.next() % 8)) {
                 let user = pick(users)
-                switch random.next() % 6 {
+                switch random.next() % 7 {
                 case 0: batch.append(.register(user: user))
-                case 1: batch.append(.unregister(user: user))
+                case 1: batch.append(.unregister(user: user, from: pick(addresses)))
                 case 2: batch.append(.connect(user: user, ip: pick(["10.0.0.1", "10.0.0.2"]), port: pick(ports)))
-                case 3: batch.append(.disconnect(user: user))
-                case 4: batch.append(.publish(user: user, fileName: pick(files), description: "r\(round)"))
-                default: batch.append(.delete(user: user, fileName: pick(files)))
+                case 3: batch.append(.disconnect(user: user, from: pick(addresses)))
+                case 4:
+                    batch.append(
+                        .publish(user: user, fileName: pick(files), description: "r\(round)", from: pick(addresses)))
+                case 5: batch.append(.delete(user: user, fileName: pick(files), from: pick(addresses)))
+                default: batch.append(.expire(user: user, ip: pick(["10.0.0.1", "10.0.0.2"]), port: pick(ports)))
                 }
             }
             let expected = await reference.apply(batch)

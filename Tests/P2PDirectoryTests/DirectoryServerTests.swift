@@ -195,4 +195,46 @@ import Testing
             #expect(try await s.store.registeredUsers() == ["same"])
         }
     }
+
+    /// A connected user is changed only from the address it connected from; another machine
+    /// (here 127.0.0.2) gets each operation's "other" code and changes nothing.
+    @Test func ownerCheckRefusesChangesFromAnotherAddress() async throws {
+        try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
+            _ = try await s.send(.register(user: "bob"))
+            _ = try await s.send(.register(user: "alice"))
+            #expect(try await s.send(.connect(user: "bob", port: "5000")) == .status(0))
+            _ = try await s.send(.connect(user: "alice", port: "6000"), from: "127.0.0.2")
+            #expect(try await s.send(.publish(user: "bob", fileName: "f", description: "d")) == .status(0))
+            let other = "127.0.0.2"
+            #expect(try await s.send(.disconnect(user: "bob"), from: other) == .status(3))
+            #expect(try await s.send(.unregister(user: "bob"), from: other) == .status(2))
+            #expect(try await s.send(.publish(user: "bob", fileName: "g", description: "x"), from: other) == .status(4))
+            #expect(try await s.send(.delete(user: "bob", fileName: "f"), from: other) == .status(4))
+            #expect(
+                try await s.send(.listUsers(user: "alice"), from: other)
+                    == .users([
+                        ConnectedUser(name: "alice", ip: "127.0.0.2", port: "6000"),
+                        ConnectedUser(name: "bob", ip: "127.0.0.1", port: "5000"),
+                    ]))
+            #expect(
+                try await s.send(.listContent(user: "alice", owner: "bob"), from: other)
+                    == .content([PublishedFile(name: "f", description: "d")]))
+            // From its own address everything works.
+            #expect(try await s.send(.delete(user: "bob", fileName: "f")) == .status(0))
+            #expect(try await s.send(.disconnect(user: "bob")) == .status(0))
+            // Not connected: no address, so no check.
+            #expect(try await s.send(.unregister(user: "bob"), from: other) == .status(0))
+        }
+    }
+
+    @Test func ownerCheckOffAcceptsChangesFromAnywhere() async throws {
+        try await DirectoryHarness.with(.init(host: "127.0.0.1", port: 0, ownerCheck: false)) {
+            (s: DirectoryHarness) async throws in
+            _ = try await s.send(.register(user: "bob"))
+            _ = try await s.send(.connect(user: "bob", port: "5000"))
+            #expect(try await s.send(.publish(user: "bob", fileName: "g", description: "x"), from: "127.0.0.2") == .status(0))
+            #expect(try await s.send(.delete(user: "bob", fileName: "g"), from: "127.0.0.2") == .status(0))
+            #expect(try await s.send(.disconnect(user: "bob"), from: "127.0.0.2") == .status(0))
+        }
+    }
 }

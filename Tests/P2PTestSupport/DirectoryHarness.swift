@@ -41,6 +41,7 @@ public final class DirectoryHarness: Sendable {
         dataDirectory: String,
         store: DirectoryStoreLocation? = nil,
         configuration: DirectoryServerConfiguration = .init(host: "127.0.0.1", port: 0),
+        peerChecks: PeerCheckSettings? = nil,
         operationLog: RecordingOperationLog = RecordingOperationLog()
     ) async throws {
         self.dataDirectory = dataDirectory
@@ -49,7 +50,7 @@ public final class DirectoryHarness: Sendable {
         logger.logLevel = ProcessInfo.processInfo.environment["P2P_TEST_LOG"] != nil ? .debug : .critical
         let application = try await DirectoryApplication.build(
             configuration: configuration, store: store ?? .sqlite(dataDirectory: dataDirectory),
-            operationLog: operationLog, console: { _ in }, logger: logger)
+            operationLog: operationLog, peerChecks: peerChecks, console: { _ in }, logger: logger)
         self.application = application
         task = Task { try await application.run() }
     }
@@ -80,8 +81,11 @@ public final class DirectoryHarness: Sendable {
         try await task.value
     }
 
-    /// A request stamped with a fixed date-time.
-    public func send(_ command: Request.Command, dateTime: String = "25/11/2026 13:05:09") async throws -> Reply {
-        try await RawConnection.send(Request(dateTime: dateTime, command: command), to: address)
+    /// A request stamped with a fixed date-time, sent from `sourceIP` (any port) when given.
+    public func send(
+        _ command: Request.Command, dateTime: String = "25/11/2026 13:05:09", from sourceIP: String? = nil
+    ) async throws -> Reply {
+        let source = try sourceIP.map { try SocketAddress(ipAddress: $0, port: 0) }
+        return try await RawConnection.send(Request(dateTime: dateTime, command: command), to: address, from: source)
     }
 }

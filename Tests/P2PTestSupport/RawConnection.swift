@@ -5,14 +5,18 @@ import P2PProtocol
 /// Talks to a server with raw bytes, as a third-party client would.
 public enum RawConnection {
     /// Connects, sends `bytes` (optionally in chunks of `chunkSize`), half-closes if asked, and
-    /// returns everything the server sent until it closed.
+    /// returns everything the server sent until it closed. `source` binds the local end (to
+    /// talk from another loopback address such as 127.0.0.2).
     public static func exchange(
         _ bytes: [UInt8],
         with address: SocketAddress,
+        from source: SocketAddress? = nil,
         chunkSize: Int? = nil,
         halfClose: Bool = false
     ) async throws -> [UInt8] {
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        if let source { bootstrap = bootstrap.bind(to: source) }
+        let channel = try await bootstrap
             .channelOption(.allowRemoteHalfClosure, value: true)
             .connect(to: address) { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -45,10 +49,13 @@ public enum RawConnection {
     }
 
     /// Sends a request and decodes the reply.
-    public static func send(_ request: Request, to address: SocketAddress) async throws -> Reply {
+    public static func send(_ request: Request, to address: SocketAddress, from source: SocketAddress? = nil)
+        async throws -> Reply
+    {
         var buffer = ByteBuffer()
         try RequestEncoder.encode(request, into: &buffer)
-        var received = ByteBuffer(bytes: try await exchange(Array(buffer.readableBytesView), with: address))
+        var received = ByteBuffer(
+            bytes: try await exchange(Array(buffer.readableBytesView), with: address, from: source))
         var decoder = ReplyDecoder(operation: request.operation)
         guard let reply = try decoder.decode(&received) else { throw decoder.finish() }
         return reply

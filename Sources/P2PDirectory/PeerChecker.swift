@@ -1,0 +1,162 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import P2POperationLog
+import P2PProtocol
+import ServiceLifecycle
+
+/// How the server checks that connected users' peers are still there.
+public struct PeerCheckSettings: Sendable {
+    /// Time between two rounds; zero turns the checks off.
+    public var interval: Duration
+    /// Rounds in a row a peer must fail (refuse, or not answer within `timeout`) before its
+    /// user goes offline.
+    public var failuresToExpire: Int
+    /// How long one connection attempt may take.
+    public var timeout: Duration
+    /// Connection attempts in flight at once.
+    public var concurrency: Int
+
+    public init(
+        interval: Duration = .seconds(30), failuresToExpire: Int = 3, timeout: Duration = .seconds(2),
+        concurrency: Int = 256
+    ) {
+        self.interval = interval
+        self.failuresToExpire = failuresToExpire
+        self.timeout = timeout
+        self.concurrency = concurrency
+    }
+
+    public var isEnabled: Bool { interval > .zero }
+}
+
+/// Takes dead peers out of the directory. Every ``PeerCheckSettings/interval`` it opens a TCP
+/// connection to each connected user's recorded address and port and closes it at once
+/// without sending anything (to a peer, a connection that ends before a request, which every
+/// peer of the protocol must survive). A user whose peer failed
+/// ``PeerCheckSettings/failuresToExpire`` rounds in a row goes offline as with DISCONNECT
+/// (``DirectoryChange/expire(user:ip:port:)``, which leaves a user that reconnected meanwhile
+/// alone), with a console line and an `EXPIRE` operation record stamped with the server's time.
+///
+/// The checks run on an event loop of their own, never on the ones serving requests, with at
+/// most ``PeerCheckSettings/concurrency`` attempts at once; a request never waits for them.
+public final class PeerChecker: Service, Sendable {
+    public let settings: PeerCheckSettings
+    private let store: any DirectoryStore
+    private let operationLog: (any OperationLogSink)?
+    private let console: @Sendable (String) -> Void
+    private let logger: Logger
+
+    public init(
+        store: any DirectoryStore,
+        settings: PeerCheckSettings,
+        operationLog: (any OperationLogSink)?,
+        console: @escaping @Sendable (String) -> Void,
+        logger: Logger
+    ) {
+        self.store = store
+        self.settings = settings
+        self.operationLog = operationLog
+        self.console = console
+        self.logger = logger
+    }
+
+    /// What one round found.
+    public struct Round: Sendable, Hashable {
+        public var checked = 0
+        public var failed = 0
+        public var expired: [String] = []
+    }
+
+    public func run() async throws {
+        guard settings.isEnabled else { return }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        await cancelWhenGracefulShutdown { await self.checkUntilCancelled(group: group) }
+        try? await group.shutdownGracefully()
+    }
+
+    private func checkUntilCancelled(group: any EventLoopGroup) async {
+        var failures: [ConnectedUser: Int] = [:]
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: settings.interval)
+            } catch {
+                return
+            }
+            let round = await self.round(failures: &failures, group: group)
+            if round.failed > 0 {
+                logger.debug("peer check: \(round.checked) checked, \(round.failed) failed, \(round.expired.count) expired")
+            }
+        }
+    }
+
+    /// Checks every connected user once; `failures` carries the failures in a row from one
+    /// round to the next (by user and address: a user that reconnected starts again at 0).
+    public func round(failures: inout [ConnectedUser: Int], group: any EventLoopGroup) async -> Round {
+        let users: [ConnectedUser]
+        do {
+            users = try await store.connectedUsers()
+        } catch {
+            logger.warning("peer check: cannot read the connected users: \(error)")
+            return Round()
+        }
+        var result = Round()
+        result.checked = users.count
+        var failed: [ConnectedUser] = []
+        await withTaskGroup(of: (ConnectedUser, Bool).self) { tasks in
+            var pending = users.makeIterator()
+            var inFlight = 0
+            while inFlight < settings.concurrency, let user = pending.next() {
+                tasks.addTask { (user, await self.answers(user, group: group)) }
+                inFlight += 1
+            }
+            for await (user, alive) in tasks {
+                if !alive { failed.append(user) }
+                if let user = pending.next() {
+                    tasks.addTask { (user, await self.answers(user, group: group)) }
+                }
+            }
+        }
+        result.failed = failed.count
+        var next: [ConnectedUser: Int] = [:]
+        var due: [(user: ConnectedUser, failures: Int)] = []
+        for user in failed {
+            let count = failures[user, default: 0] + 1
+            if count >= settings.failuresToExpire {
+                due.append((user, count))
+            } else {
+                next[user] = count
+            }
+        }
+        // One batch: the store commits all of a round's expiries at once.
+        let codes = await store.apply(due.map { .expire(user: $0.user.name, ip: $0.user.ip, port: $0.user.port) })
+        let dateTime = DateTimeFormat.string(from: Date())
+        for ((user, count), code) in zip(due, codes) where code == .ok {
+            result.expired.append(user.name)
+            console("s> EXPIRE \(user.name): its peer \(user.ip):\(user.port) did not answer \(count) checks in a row")
+            operationLog?.submit(OperationRecord(user: user.name, operation: "EXPIRE", dateTime: dateTime))
+        }
+        failures = next
+        return result
+    }
+
+    /// Whether a TCP connection to the user's peer opens within the timeout; it is closed at
+    /// once, without a byte sent.
+    private func answers(_ user: ConnectedUser, group: any EventLoopGroup) async -> Bool {
+        guard let port = Int(user.port), let address = try? SocketAddress(ipAddress: user.ip, port: port) else {
+            return false
+        }
+        do {
+            let channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.nanoseconds(Int64(settings.timeout.components.seconds) * 1_000_000_000
+                    + settings.timeout.components.attoseconds / 1_000_000_000))
+                .connect(to: address)
+                .get()
+            try? await channel.close()
+            return true
+        } catch {
+            return false
+        }
+    }
+}

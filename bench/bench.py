@@ -89,14 +89,17 @@ def loadgen(port, workload, clients, tag, threads=None):
     return result
 
 
-def start_server(data_dir, port, oplog=False, wait=True):
-    args = [os.path.join(BIN, "p2p-server"), "--host", "127.0.0.1", "-p", str(port), "--data-dir", data_dir]
+def start_server(data_dir, port, oplog=False, wait=True, extra=()):
+    args = [os.path.join(BIN, "p2p-server"), "--host", "127.0.0.1", "-p", str(port), "--data-dir", data_dir,
+            "--peer-check-interval", "0", *extra]
     if not oplog:
         args.append("--no-oplog")
-    # stdout to a file: a pipe nobody reads would fill up.
+    # stdout and stderr to files: a pipe nobody reads would fill up.
     output = open(os.path.join(os.path.dirname(data_dir), f"server-{port}.out"), "w+")
-    process = subprocess.Popen(args, stdout=output, stderr=subprocess.DEVNULL, text=True)
+    errors = open(os.path.join(os.path.dirname(data_dir), f"server-{port}.err"), "w+")
+    process = subprocess.Popen(args, stdout=output, stderr=errors, text=True)
     process.output = output
+    process.errors = errors
     if wait:
         wait_port(port)
     return process
@@ -275,6 +278,36 @@ def large_directory_benchmark(work):
     rows.append(("large directory", "list-content, 64 clients, with LIST_USERS running", both, large["list-content"]))
     log(f"large directory: start {large_start:.2f} s (empty {empty_start:.2f} s), peak RSS {large_peak:.0f} MiB; "
         + ", ".join(f"{w} {large[w]['rps'] / empty[w]['rps']:.2f}" for w in ("register", "publish", "list-content")))
+    peer_check_benchmark(large_dir, large)
+
+
+def peer_check_benchmark(large_dir, without):
+    """The same large directory with peer checks at the default interval (30 s): the first
+    round starts 30 s after start and is spread over the next 24 s; requests are measured
+    during it. The 100,000 connected users point at ports where nothing listens, so every check
+    fails (the failure count is set too high for any to expire during the run)."""
+    port = free_port()
+    started = time.time()
+    server = start_server(large_dir, port, extra=["--peer-check-interval", "30", "--peer-check-failures", "1000000"])
+    try:
+        time.sleep(max(0.0, started + 31 - time.time()))
+        measured = {w: loadgen(port, w, 64, f"pc-{w}") for w in ("register", "list-content")}
+        deadline = time.time() + 60
+        while time.time() < deadline and "peers checked in" not in open(server.errors.name).read():
+            time.sleep(0.2)
+    finally:
+        stop(server)
+    rounds = re.findall(r"peer check: (\d+) peers checked in (\d+) ms", open(server.errors.name).read())
+    if not rounds:
+        raise RuntimeError("no peer-check round finished")
+    note = f"measured during a round: {int(rounds[0][0])} peers checked in {int(rounds[0][1]) / 1000:.1f} s"
+    for workload in ("register", "list-content"):
+        result = dict(measured[workload])
+        result["note"] = note
+        rows.append(("peer checks", f"{workload}, 64 clients, large directory, checks running", result,
+                     without[workload]))
+    log(f"peer checks: {note}; " + ", ".join(
+        f"{w} {measured[w]['rps'] / without[w]['rps']:.2f}" for w in ("register", "list-content")))
 
 
 def oplog_benchmark(work):

@@ -40,7 +40,10 @@ public struct PeerCheckSettings: Sendable {
 /// alone), with a console line and an `EXPIRE` operation record stamped with the server's time.
 ///
 /// The checks run on an event loop of their own, never on the ones serving requests, with at
-/// most ``PeerCheckSettings/concurrency`` attempts at once; a request never waits for them.
+/// most ``PeerCheckSettings/concurrency`` attempts at once, and are spread evenly over 80% of
+/// the interval rather than fired at once: a check costs about what a request does (a TCP
+/// connection), so 100,000 users checked back to back would halve the server's throughput on
+/// two cores, and spread over 30 s they cost a few percent. A request never waits for them.
 public final class PeerChecker: Service, Sendable {
     public let settings: PeerCheckSettings
     private let store: any DirectoryStore
@@ -84,9 +87,17 @@ public final class PeerChecker: Service, Sendable {
             } catch {
                 return
             }
+            let start = ContinuousClock.now
             let round = await self.round(failures: &failures, group: group)
+            let took = ContinuousClock.now - start
+            let milliseconds = took.components.seconds * 1000 + took.components.attoseconds / 1_000_000_000_000_000
+            let summary =
+                "peer check: \(round.checked) peers checked in \(milliseconds) ms, "
+                + "\(round.failed) failed, \(round.expired.count) expired"
             if round.failed > 0 {
-                logger.debug("peer check: \(round.checked) checked, \(round.failed) failed, \(round.expired.count) expired")
+                logger.info("\(summary)")
+            } else {
+                logger.debug("\(summary)")
             }
         }
     }
@@ -104,20 +115,31 @@ public final class PeerChecker: Service, Sendable {
         var result = Round()
         result.checked = users.count
         var failed: [ConnectedUser] = []
+        // Checks start in slices every 10 ms, so that the round lasts about 80% of the interval.
+        let slice = Duration.milliseconds(10)
+        let slices = max(1, Int((settings.interval * 0.8) / slice))
+        let perSlice = max(1, (users.count + slices - 1) / slices)
+        let start = ContinuousClock.now
         await withTaskGroup(of: (ConnectedUser, Bool).self) { tasks in
-            var pending = users.makeIterator()
             var inFlight = 0
-            while inFlight < settings.concurrency, let user = pending.next() {
+            for (index, user) in users.enumerated() {
+                // Shutting down: the round is dropped (nothing is expired on half a round).
+                if Task.isCancelled { break }
+                if index > 0 && index % perSlice == 0 {
+                    try? await Task.sleep(until: start + slice * (index / perSlice), clock: .continuous)
+                }
+                if inFlight == settings.concurrency, let (done, alive) = await tasks.next() {
+                    inFlight -= 1
+                    if !alive { failed.append(done) }
+                }
                 tasks.addTask { (user, await self.answers(user, group: group)) }
                 inFlight += 1
             }
-            for await (user, alive) in tasks {
-                if !alive { failed.append(user) }
-                if let user = pending.next() {
-                    tasks.addTask { (user, await self.answers(user, group: group)) }
-                }
+            for await (user, alive) in tasks where !alive {
+                failed.append(user)
             }
         }
+        if Task.isCancelled { return result }
         result.failed = failed.count
         var next: [ConnectedUser: Int] = [:]
         var due: [(user: ConnectedUser, failures: Int)] = []

@@ -75,16 +75,29 @@ final class StoreBatcher: @unchecked Sendable {
             }
         }
         if !queries.isEmpty {
-            let batch = queries
-            let completions = NIOLoopBound(queryCompletions, eventLoop: loop)
+            // LIST_USERS apart: on a large directory it takes a while, and the short reads of
+            // the same pass must not wait for it.
+            var users: [(DirectoryQuery, Completion)] = []
+            var others: [(DirectoryQuery, Completion)] = []
+            for (query, completion) in zip(queries, queryCompletions) {
+                if query.operation == .listUsers {
+                    users.append((query, completion))
+                } else {
+                    others.append((query, completion))
+                }
+            }
             queries = []
             queryCompletions = []
-            store.read(batch) { answers in
-                let replies = zip(batch, answers).map { query, reply in
-                    Self.encode(reply, of: query.operation, with: encoder, logger: logger)
-                }
-                loop.execute {
-                    for (completion, reply) in zip(completions.value, replies) { completion(reply) }
+            for group in [others, users] where !group.isEmpty {
+                let batch = group.map(\.0)
+                let completions = NIOLoopBound(group.map(\.1), eventLoop: loop)
+                store.read(batch) { answers in
+                    let replies = zip(batch, answers).map { query, reply in
+                        Self.encode(reply, of: query.operation, with: encoder, logger: logger)
+                    }
+                    loop.execute {
+                        for (completion, reply) in zip(completions.value, replies) { completion(reply) }
+                    }
                 }
             }
         }

@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// A bounded queue that one dedicated thread drains in batches: the shape shared by the
 /// operation-log sender and the server's console writer, whose work (an RPC call, a write to
 /// stdout) blocks and so must stay off the event loops and the Swift concurrency pool.
@@ -30,6 +34,7 @@ public final class BatchingWorker<Element: Sendable>: @unchecked Sendable {
     public let gatherTime: Double
 
     private let name: String
+    private let niceness: Int32
     private let process: ([Element], _ droppedSinceLastBatch: Int) -> Outcome
     private let onExit: () -> Void
 
@@ -60,16 +65,20 @@ public final class BatchingWorker<Element: Sendable>: @unchecked Sendable {
     /// - Parameters:
     ///   - process: called on the worker's thread with each batch, in order, and the number of
     ///     elements dropped since the last call.
+    ///   - niceness: the thread's scheduling niceness (Linux: per thread), 0 for the process's;
+    ///     positive for work that must yield the cores to request serving.
     ///   - onExit: called on the worker's thread when it stops.
     public init(
         name: String,
         capacity: Int,
         maxBatch: Int = .max,
         gatherTime: Double,
+        niceness: Int32 = 0,
         process: @escaping ([Element], _ droppedSinceLastBatch: Int) -> Outcome,
         onExit: @escaping () -> Void = {}
     ) {
         self.name = name
+        self.niceness = niceness
         self.capacity = capacity
         self.maxBatch = maxBatch
         self.gatherTime = gatherTime
@@ -139,6 +148,13 @@ public final class BatchingWorker<Element: Sendable>: @unchecked Sendable {
     }
 
     private func run() {
+        #if os(Linux)
+            if niceness != 0 {
+                // On Linux niceness belongs to each thread, and `who` 0 is the calling thread
+                // (setpriority(2), NOTES).
+                _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, niceness)
+            }
+        #endif
         defer {
             onExit()
             condition.lock()

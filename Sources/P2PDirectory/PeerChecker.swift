@@ -1,10 +1,9 @@
 import Foundation
 import Logging
-import NIOCore
-import NIOPosix
 import P2POperationLog
 import P2PProtocol
 import ServiceLifecycle
+import Synchronization
 
 /// How the server checks that connected users' peers are still there.
 public struct PeerCheckSettings: Sendable {
@@ -39,7 +38,8 @@ public struct PeerCheckSettings: Sendable {
 /// (``DirectoryChange/expire(user:ip:port:)``, which leaves a user that reconnected meanwhile
 /// alone), with a console line and an `EXPIRE` operation record stamped with the server's time.
 ///
-/// The checks run on an event loop of their own, never on the ones serving requests, with at
+/// The checks run on a thread of their own (``PeerProbe``: plain sockets and `poll`), never on
+/// the event loops serving requests, with at
 /// most ``PeerCheckSettings/concurrency`` attempts at once, and are spread evenly over 80% of
 /// the interval rather than fired at once: a check costs about what a request does (a TCP
 /// connection), so 100,000 users checked back to back would halve the server's throughput on
@@ -74,12 +74,10 @@ public final class PeerChecker: Service, Sendable {
 
     public func run() async throws {
         guard settings.isEnabled else { return }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        await cancelWhenGracefulShutdown { await self.checkUntilCancelled(group: group) }
-        try? await group.shutdownGracefully()
+        await cancelWhenGracefulShutdown { await self.checkUntilCancelled() }
     }
 
-    private func checkUntilCancelled(group: any EventLoopGroup) async {
+    private func checkUntilCancelled() async {
         var failures: [ConnectedUser: Int] = [:]
         while !Task.isCancelled {
             do {
@@ -88,7 +86,7 @@ public final class PeerChecker: Service, Sendable {
                 return
             }
             let start = ContinuousClock.now
-            let round = await self.round(failures: &failures, group: group)
+            let round = await self.round(failures: &failures)
             let took = ContinuousClock.now - start
             let milliseconds = took.components.seconds * 1000 + took.components.attoseconds / 1_000_000_000_000_000
             let summary =
@@ -104,7 +102,7 @@ public final class PeerChecker: Service, Sendable {
 
     /// Checks every connected user once; `failures` carries the failures in a row from one
     /// round to the next (by user and address: a user that reconnected starts again at 0).
-    public func round(failures: inout [ConnectedUser: Int], group: any EventLoopGroup) async -> Round {
+    public func round(failures: inout [ConnectedUser: Int]) async -> Round {
         let users: [ConnectedUser]
         do {
             users = try await store.connectedUsers()
@@ -114,31 +112,19 @@ public final class PeerChecker: Service, Sendable {
         }
         var result = Round()
         result.checked = users.count
-        var failed: [ConnectedUser] = []
         // Checks start in slices every 10 ms, so that the round lasts about 80% of the interval.
         let slice = Duration.milliseconds(10)
         let slices = max(1, Int((settings.interval * 0.8) / slice))
         let perSlice = max(1, (users.count + slices - 1) / slices)
-        let start = ContinuousClock.now
-        await withTaskGroup(of: (ConnectedUser, Bool).self) { tasks in
-            var inFlight = 0
-            for (index, user) in users.enumerated() {
-                // Shutting down: the round is dropped (nothing is expired on half a round).
-                if Task.isCancelled { break }
-                if index > 0 && index % perSlice == 0 {
-                    try? await Task.sleep(until: start + slice * (index / perSlice), clock: .continuous)
-                }
-                if inFlight == settings.concurrency, let (done, alive) = await tasks.next() {
-                    inFlight -= 1
-                    if !alive { failed.append(done) }
-                }
-                tasks.addTask { (user, await self.answers(user, group: group)) }
-                inFlight += 1
-            }
-            for await (user, alive) in tasks where !alive {
-                failed.append(user)
-            }
+        let cancelled = CancellationFlag()
+        let answered = await withTaskCancellationHandler {
+            await PeerProbe.run(
+                users.map { PeerProbe.Target(ip: $0.ip, port: $0.port) }, timeout: settings.timeout,
+                concurrency: settings.concurrency, slice: slice, perSlice: perSlice, shouldStop: cancelled.isSet)
+        } onCancel: {
+            cancelled.set()
         }
+        let failed = zip(users, answered).filter { !$0.1 }.map(\.0)
         if Task.isCancelled { return result }
         result.failed = failed.count
         var next: [ConnectedUser: Int] = [:]
@@ -163,22 +149,13 @@ public final class PeerChecker: Service, Sendable {
         return result
     }
 
-    /// Whether a TCP connection to the user's peer opens within the timeout; it is closed at
-    /// once, without a byte sent.
-    private func answers(_ user: ConnectedUser, group: any EventLoopGroup) async -> Bool {
-        guard let port = Int(user.port), let address = try? SocketAddress(ipAddress: user.ip, port: port) else {
-            return false
-        }
-        do {
-            let channel = try await ClientBootstrap(group: group)
-                .connectTimeout(.nanoseconds(Int64(settings.timeout.components.seconds) * 1_000_000_000
-                    + settings.timeout.components.attoseconds / 1_000_000_000))
-                .connect(to: address)
-                .get()
-            try? await channel.close()
-            return true
-        } catch {
-            return false
-        }
-    }
+}
+
+/// Set once, read from another thread.
+private final class CancellationFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+
+    func set() { flag.store(true, ordering: .relaxed) }
+
+    @Sendable func isSet() -> Bool { flag.load(ordering: .relaxed) }
 }

@@ -180,7 +180,11 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PClientTests",
-            dependencies: ["P2PClient", "P2PDirectory", "P2PProtocol", "P2PTestSupport"]
+            dependencies: [
+                "P2PClient", "P2PDirectory", "P2PProtocol", "P2PTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

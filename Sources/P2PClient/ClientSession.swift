@@ -124,6 +124,13 @@ public actor ClientSession {
         case .getFile(let user, let remoteName, let localName):
             say(await getFile(from: user, remoteName: remoteName, localName: localName))
 
+        case .search(let query):
+            let reply = await request(.search(user: actingUser, query: query), extension: true)
+            say(ResultLine.line(.search, reply?.code))
+            if case .hits(let hits)? = reply {
+                for hit in hits { output.line("\(hit.owner) \(hit.name) \"\(hit.description)\"") }
+            }
+
         case .quit:
             await shutdown()
             return false
@@ -232,12 +239,20 @@ public actor ClientSession {
 
     /// Sends a request stamped with the time service's date-time; nil (with the reason on
     /// stderr) when the server cannot be reached or answers nonsense.
-    private func request(_ command: Request.Command) async -> Reply? {
+    /// For an `extension` operation, a server that closes without answering or answers
+    /// something unreadable is said not to know it (a third-party server does not).
+    private func request(_ command: Request.Command, extension: Bool = false) async -> Reply? {
         let request = Request(dateTime: await dateTime(), command: command)
         do {
             return try await directory.send(request)
         } catch {
-            output.diagnostic("\(request.operation.rawValue): \(error)")
+            if `extension`, case .invalidReply(let reason) = error {
+                output.diagnostic(
+                    "\(request.operation.rawValue): the directory server does not support it "
+                        + "(an extension of this system's own servers; \(reason))")
+            } else {
+                output.diagnostic("\(request.operation.rawValue): \(error)")
+            }
             return nil
         }
     }

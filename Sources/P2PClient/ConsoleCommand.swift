@@ -9,6 +9,8 @@ public enum ConsoleCommand: Equatable, Sendable {
     case listUsers
     case listContent(user: String)
     case getFile(user: String, remoteName: String, localName: String)
+    /// Extension: search every user's files (our servers only).
+    case search(query: String)
     case quit
 
     /// What was wrong with a typed line; `description` is the usage line to print.
@@ -39,6 +41,7 @@ public enum ConsoleCommand: Equatable, Sendable {
         ("LIST_USERS", "LIST_USERS"),
         ("LIST_CONTENT", "LIST_CONTENT <userName>"),
         ("GET_FILE", "GET_FILE <userName> <remoteFileName> <localFileName>"),
+        ("SEARCH", "SEARCH <words...>"),
         ("QUIT", "QUIT"),
     ]
 
@@ -73,6 +76,9 @@ public enum ConsoleCommand: Equatable, Sendable {
         case "LIST_USERS", "QUIT":
             guard arguments.isEmpty else { throw usage() }
             return name == "QUIT" ? .quit : .listUsers
+        case "SEARCH":
+            guard !arguments.isEmpty else { throw usage() }
+            return .search(query: arguments.joined(separator: " "))
         case "GET_FILE":
             guard arguments.count == 3 else { throw usage() }
             return .getFile(user: arguments[0], remoteName: arguments[1], localName: arguments[2])

@@ -14,9 +14,9 @@ public enum ResultLine {
         case (.connect, 2): return "USER ALREADY CONNECTED"
         case (.disconnect, 1): return "DISCONNECT FAIL / USER DOES NOT EXIST"
         case (.disconnect, 2): return "DISCONNECT FAIL / USER NOT CONNECTED"
-        case (.publish, 1), (.delete, 1), (.listUsers, 1), (.listContent, 1):
+        case (.publish, 1), (.delete, 1), (.listUsers, 1), (.listContent, 1), (.search, 1):
             return "\(name) FAIL, USER DOES NOT EXIST"
-        case (.publish, 2), (.delete, 2), (.listUsers, 2), (.listContent, 2):
+        case (.publish, 2), (.delete, 2), (.listUsers, 2), (.listContent, 2), (.search, 2):
             return "\(name) FAIL, USER NOT CONNECTED"
         case (.publish, 3): return "PUBLISH FAIL, CONTENT ALREADY PUBLISHED"
         case (.delete, 3): return "DELETE FAIL, CONTENT NOT PUBLISHED"

@@ -54,6 +54,8 @@ public struct DirectoryRequestHandler: Sendable {
             return .query(.listUsers(requester: user))
         case .listContent(let user, let owner):
             return .query(.listContent(requester: user, owner: owner))
+        case .search(let user, let query):
+            return .query(.search(requester: user, query: query))
         }
     }
 }

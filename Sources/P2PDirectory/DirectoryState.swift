@@ -1,3 +1,4 @@
+import Foundation
 import P2PProtocol
 
 /// The whole directory as plain values, and the rules of PROTOCOL.md section 2 that decide
@@ -15,12 +16,19 @@ public struct DirectoryState: Sendable {
         /// nil while the user is not connected.
         var address: Address?
         /// In the order they were published.
-        var files: [PublishedFile] = []
+        var files: [StoredFile] = []
+    }
+
+    struct StoredFile: Sendable {
+        var file: PublishedFile
+        /// Publishing order across all users.
+        var sequence: Int
     }
 
     private(set) var users: [String: UserEntry] = [:]
     /// The connected users sorted by name (in byte order), kept up to date so LIST_USERS never scans everyone.
     private(set) var connectedUsers: [ConnectedUser] = []
+    private var nextSequence = 0
 
     public init() {}
 
@@ -73,15 +81,17 @@ public struct DirectoryState: Sendable {
             guard entry.address != nil else { return 2 }
             guard Self.isOwner(entry, from) else { return 4 }
             guard DirectoryRules.isValidFileName(fileName) else { return 4 }
-            guard !entry.files.contains(where: { $0.name == fileName }) else { return 3 }
-            users[user]!.files.append(PublishedFile(name: fileName, description: description))
+            guard !entry.files.contains(where: { $0.file.name == fileName }) else { return 3 }
+            users[user]!.files.append(
+                StoredFile(file: PublishedFile(name: fileName, description: description), sequence: nextSequence))
+            nextSequence += 1
             return .ok
 
         case .delete(let user, let fileName, let from):
             guard let entry = users[user] else { return 1 }
             guard entry.address != nil else { return 2 }
             guard Self.isOwner(entry, from) else { return 4 }
-            guard let index = entry.files.firstIndex(where: { $0.name == fileName }) else { return 3 }
+            guard let index = entry.files.firstIndex(where: { $0.file.name == fileName }) else { return 3 }
             users[user]!.files.remove(at: index)
             return .ok
         }
@@ -109,7 +119,29 @@ public struct DirectoryState: Sendable {
         guard let entry = users[requester] else { return .status(1) }
         guard entry.address != nil else { return .status(2) }
         guard let ownerEntry = users[owner] else { return .status(3) }
-        return .content(ownerEntry.files)
+        return .content(ownerEntry.files.map(\.file))
+    }
+
+    /// SEARCH: 1 requester unknown, 2 requester not connected, 3 empty query, else the files
+    /// matching every word, online owners first, then in publishing order, at most
+    /// ``DirectoryRules/maxSearchHits``. A scan of everything: the reference, not the fast way.
+    func search(requester: String, query: String) -> Reply {
+        guard let entry = users[requester] else { return .status(1) }
+        guard entry.address != nil else { return .status(2) }
+        let words = DirectoryRules.searchWords(query)
+        guard !words.isEmpty else { return .status(3) }
+        var found: [(online: Bool, sequence: Int, hit: SearchHit)] = []
+        for (owner, entry) in users {
+            for stored in entry.files {
+                let tokens = DirectoryRules.searchWords(stored.file.name) + DirectoryRules.searchWords(stored.file.description)
+                guard words.allSatisfy({ word in tokens.contains { $0.hasPrefix(word) } }) else { continue }
+                found.append(
+                    (entry.address != nil, stored.sequence,
+                     SearchHit(owner: owner, name: stored.file.name, description: stored.file.description)))
+            }
+        }
+        found.sort { ($0.online ? 0 : 1, $0.sequence) < ($1.online ? 0 : 1, $1.sequence) }
+        return .hits(found.prefix(DirectoryRules.maxSearchHits).map(\.hit))
     }
 
     /// Every registered user's name, in byte order.
@@ -152,6 +184,35 @@ public enum DirectoryRules {
             let value = Int(text)
         else { return false }
         return (1...65535).contains(value)
+    }
+
+    /// The most hits a SEARCH answers with.
+    public static let maxSearchHits = 100
+
+    /// The words of a search query or of a file's name or description: runs of letters and
+    /// digits (anything else separates, so `lecture-notes.pdf` is `lecture`, `notes`, `pdf`),
+    /// lower-cased and without diacritics, as SQLite's FTS5 `unicode61` tokenizer folds them.
+    public static func searchWords(_ text: String) -> [String] {
+        var words: [String] = []
+        var current = String.UnicodeScalarView()
+        func flush() {
+            if !current.isEmpty {
+                words.append(String(current).folding(options: [.caseInsensitive, .diacriticInsensitive], locale: nil))
+                current = String.UnicodeScalarView()
+            }
+        }
+        for scalar in text.unicodeScalars {
+            if scalar.properties.isAlphabetic || scalar.properties.numericType != nil {
+                current.append(scalar)
+            } else if scalar.properties.generalCategory == .nonspacingMark, !current.isEmpty {
+                // A combining accent belongs to its letter (and goes with the folding).
+                current.append(scalar)
+            } else {
+                flush()
+            }
+        }
+        flush()
+        return words
     }
 
     /// File names are one word (the console splits on spaces) and not empty.

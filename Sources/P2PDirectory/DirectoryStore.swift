@@ -4,11 +4,16 @@ import P2PProtocol
 public enum DirectoryQuery: Sendable, Hashable {
     case listUsers(requester: String)
     case listContent(requester: String, owner: String)
+    /// Extension: the files whose name or description match every word of `query`
+    /// (``DirectoryRules/searchWords(_:)``), online owners first, at most
+    /// ``DirectoryRules/maxSearchHits``. Codes as LIST_USERS; an empty query is 3.
+    case search(requester: String, query: String)
 
     public var operation: DirectoryOperation {
         switch self {
         case .listUsers: return .listUsers
         case .listContent: return .listContent
+        case .search: return .search
         }
     }
 }

@@ -96,7 +96,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         // A LIST_USERS of a large directory keeps a core busy for a while: it gives way to
         // the event loops and the other threads (in `make bench`, LIST_CONTENT's p99 while
         // LIST_USERS of 100,000 users ran back to back went from about 73 ms to ~).
-        usersReader = reader("p2p-directory-users-reader", niceness: 10)
+        usersReader = reader("p2p-directory-users-reader", niceness: 0)
     }
 
     private static var migrator: DatabaseMigrator {
@@ -123,6 +123,26 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             // LIST_USERS reads the connected users in name order from this index alone, without
             // visiting the users that are not connected.
             try db.execute(sql: "CREATE INDEX user_connected ON user (name, ip, port) WHERE ip IS NOT NULL")
+        }
+        migrator.registerMigration("v3: search index") { db in
+            // SEARCH: a full-text index of the file names and descriptions (FTS5; the words are
+            // runs of letters and digits, case and diacritics folded, as
+            // `DirectoryRules.searchWords`), kept up to date by triggers and filled from what is
+            // already there.
+            try db.execute(
+                sql: """
+                    CREATE VIRTUAL TABLE file_search USING fts5(
+                        name, description, content = 'file', content_rowid = 'id',
+                        tokenize = 'unicode61 remove_diacritics 2');
+                    CREATE TRIGGER file_search_insert AFTER INSERT ON file BEGIN
+                        INSERT INTO file_search (rowid, name, description) VALUES (new.id, new.name, new.description);
+                    END;
+                    CREATE TRIGGER file_search_delete AFTER DELETE ON file BEGIN
+                        INSERT INTO file_search (file_search, rowid, name, description)
+                        VALUES ('delete', old.id, old.name, old.description);
+                    END;
+                    INSERT INTO file_search (file_search) VALUES ('rebuild');
+                    """)
         }
         return migrator
     }
@@ -438,7 +458,41 @@ public final class SQLiteDirectoryStore: DirectoryStore {
                 files.append(PublishedFile(name: row[0], description: row[1]))
             }
             return .content(files)
+
+        case .search(let requester, let query):
+            switch try isConnected(requester, db) {
+            case nil: return .status(1)
+            case false?: return .status(2)
+            case true?: break
+            }
+            guard !DirectoryRules.searchWords(query).isEmpty else { return .status(3) }
+            return .hits(try search(query, in: db))
         }
+    }
+
+    /// SEARCH through the full-text index: the online owners' hits first, then the others',
+    /// each in publishing order (the index answers in rowid order, which is publishing order,
+    /// so neither query sorts and each stops at its limit).
+    private static func search(_ query: String, in db: Database) throws -> [SearchHit] {
+        let words = DirectoryRules.searchWords(query)
+        // Each word is a quoted prefix term: the text is never read as FTS5 syntax.
+        let match = words.map { "\"\($0.replacingOccurrences(of: "\"", with: "\"\""))\"*" }.joined(separator: " AND ")
+        var hits: [SearchHit] = []
+        for online in [true, false] where hits.count < DirectoryRules.maxSearchHits {
+            let sql = """
+                SELECT f.owner, f.name, f.description FROM file_search
+                JOIN file f ON f.id = file_search.rowid
+                JOIN user u ON u.name = f.owner
+                WHERE file_search MATCH ?1 AND \(online ? "u.ip IS NOT NULL" : "u.ip IS NULL")
+                ORDER BY file_search.rowid LIMIT ?2
+                """
+            let rows = try Row.fetchCursor(
+                db.cachedStatement(sql: sql), arguments: [match, DirectoryRules.maxSearchHits - hits.count])
+            while let row = try rows.next() {
+                hits.append(SearchHit(owner: row[0], name: row[1], description: row[2]))
+            }
+        }
+        return hits
     }
 
     public func registeredUsers() async throws -> [String] {

@@ -1,4 +1,5 @@
-/// The eight operations a client can ask of the directory server.
+/// The operations a client can ask of the directory server: the eight of PROTOCOL.md, and
+/// SEARCH, our extension (docs/PROTOCOL.md), which third-party servers do not know.
 ///
 /// On the wire an operation is its upper-case name as the first NUL-terminated field.
 public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
@@ -10,12 +11,17 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     case delete = "DELETE"
     case listUsers = "LIST_USERS"
     case listContent = "LIST_CONTENT"
+    /// Extension: files whose name or description match every word of a query.
+    case search = "SEARCH"
+
+    /// Whether the operation is one of ours that the third-party programs do not speak.
+    public var isExtension: Bool { self == .search }
 
     /// How many fields follow the operation name, the date-time included.
     public var argumentCount: Int {
         switch self {
         case .register, .unregister, .disconnect, .listUsers: return 2
-        case .connect, .delete, .listContent: return 3
+        case .connect, .delete, .listContent, .search: return 3
         case .publish: return 4
         }
     }
@@ -24,13 +30,13 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     public var otherErrorCode: ResultCode {
         switch self {
         case .register, .unregister: return 2
-        case .connect, .disconnect, .listUsers: return 3
+        case .connect, .disconnect, .listUsers, .search: return 3
         case .publish, .delete, .listContent: return 4
         }
     }
 
     /// Whether a successful reply carries a list after the code.
     public var repliesWithList: Bool {
-        self == .listUsers || self == .listContent
+        self == .listUsers || self == .listContent || self == .search
     }
 }

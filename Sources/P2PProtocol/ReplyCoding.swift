@@ -19,6 +19,9 @@ public struct ReplyEncoder: Sendable {
         case .content(let files):
             try buffer.writeFields([String(files.count)])
             for file in files { try buffer.writeFields([file.name, file.description]) }
+        case .hits(let hits):
+            try buffer.writeFields([String(hits.count)])
+            for hit in hits { try buffer.writeFields([hit.owner, hit.name, hit.description]) }
         }
     }
 
@@ -114,12 +117,18 @@ public struct ReplyDecoder: Sendable {
             }
             count = value
         }
-        let perEntry = operation == .listUsers ? 3 : 2
+        let perEntry = operation == .listContent ? 2 : 3
         let needed = count! * perEntry
         while fields.count < needed, let field = try reader.readField(from: &buffer) {
             fields.append(field)
         }
         guard fields.count == needed else { return nil }
+        if operation == .search {
+            return .hits(
+                stride(from: 0, to: needed, by: 3).map {
+                    SearchHit(owner: fields[$0], name: fields[$0 + 1], description: fields[$0 + 2])
+                })
+        }
         if operation == .listUsers {
             return .users(
                 stride(from: 0, to: needed, by: 3).map {

@@ -23,6 +23,8 @@ public struct Request: Sendable, Hashable {
         case delete(user: String, fileName: String)
         case listUsers(user: String)
         case listContent(user: String, owner: String)
+        /// Extension (docs/PROTOCOL.md): the requesting user and the query text.
+        case search(user: String, query: String)
     }
 
     public var operation: DirectoryOperation {
@@ -35,6 +37,7 @@ public struct Request: Sendable, Hashable {
         case .delete: return .delete
         case .listUsers: return .listUsers
         case .listContent: return .listContent
+        case .search: return .search
         }
     }
 
@@ -42,7 +45,8 @@ public struct Request: Sendable, Hashable {
     public var user: String {
         switch command {
         case .register(let user), .unregister(let user), .connect(let user, _), .disconnect(let user),
-            .publish(let user, _, _), .delete(let user, _), .listUsers(let user), .listContent(let user, _):
+            .publish(let user, _, _), .delete(let user, _), .listUsers(let user), .listContent(let user, _),
+            .search(let user, _):
             return user
         }
     }
@@ -69,6 +73,8 @@ public struct Request: Sendable, Hashable {
             fields += [user, fileName]
         case .listContent(let user, let owner):
             fields += [user, owner]
+        case .search(let user, let query):
+            fields += [user, query]
         }
         return fields
     }
@@ -89,6 +95,7 @@ public struct Request: Sendable, Hashable {
         case .delete: command = .delete(user: a[0], fileName: a[1])
         case .listUsers: command = .listUsers(user: a[0])
         case .listContent: command = .listContent(user: a[0], owner: a[1])
+        case .search: command = .search(user: a[0], query: a[1])
         }
         self.init(dateTime: dateTime, command: command)
     }

@@ -17,6 +17,8 @@ import Testing
             try ConsoleCommand.parse("GET_FILE bob a.txt b.txt")
                 == .getFile(user: "bob", remoteName: "a.txt", localName: "b.txt"))
         #expect(try ConsoleCommand.parse("QUIT") == .quit)
+        #expect(try ConsoleCommand.parse("SEARCH lecture  notes") == .search(query: "lecture notes"))
+        #expect(throws: ConsoleCommand.ParseError.usage("SEARCH <words...>")) { try ConsoleCommand.parse("SEARCH") }
     }
 
     @Test func publishKeepsTheWholeDescription() throws {
@@ -51,6 +53,10 @@ import Testing
         #expect(ResultLine.line(.listContent, 3) == "LIST_CONTENT FAIL, REMOTE USER DOES NOT EXIST")
         #expect(ResultLine.line(.listContent, 4) == "LIST_CONTENT FAIL")
         #expect(ResultLine.line(.delete, 3) == "DELETE FAIL, CONTENT NOT PUBLISHED")
+        #expect(ResultLine.line(.search, 0) == "SEARCH OK")
+        #expect(ResultLine.line(.search, 1) == "SEARCH FAIL, USER DOES NOT EXIST")
+        #expect(ResultLine.line(.search, 2) == "SEARCH FAIL, USER NOT CONNECTED")
+        #expect(ResultLine.line(.search, 3) == "SEARCH FAIL")
     }
 }
 

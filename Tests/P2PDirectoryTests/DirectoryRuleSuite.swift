@@ -228,6 +228,72 @@ extension RuleCase {
                 .query(.listContent(requester: "a", owner: "a"), .content([PublishedFile(name: "f", description: "d")])),
             ]),
         RuleCase(
+            name: "SEARCH: 1 unknown, 2 not connected, 3 empty query; word prefixes, every word, any case",
+            steps: [
+                .query(.search(requester: "alice", query: "x"), .status(1)),
+                register("alice"),
+                .query(.search(requester: "alice", query: "x"), .status(2)),
+                connect("alice"),
+                .query(.search(requester: "alice", query: ""), .status(3)),
+                .query(.search(requester: "alice", query: " -- *. "), .status(3)),
+                .query(.search(requester: "alice", query: "lect"), .hits([])),
+                publish("alice", "lecture-notes.pdf", "Week 1 of Algebra"),
+                publish("alice", "holiday_photos.zip", "beach and MOUNTAINS"),
+                publish("alice", "naïve-bayes.txt", "Über classifier"),
+                .query(
+                    .search(requester: "alice", query: "lect"),
+                    .hits([SearchHit(owner: "alice", name: "lecture-notes.pdf", description: "Week 1 of Algebra")])),
+                .query(
+                    .search(requester: "alice", query: "NOTES alg"),
+                    .hits([SearchHit(owner: "alice", name: "lecture-notes.pdf", description: "Week 1 of Algebra")])),
+                .query(.search(requester: "alice", query: "notes beach"), .hits([])),
+                .query(.search(requester: "alice", query: "ecture"), .hits([])),
+                .query(
+                    .search(requester: "alice", query: "mount photo"),
+                    .hits([SearchHit(owner: "alice", name: "holiday_photos.zip", description: "beach and MOUNTAINS")])),
+                .query(
+                    .search(requester: "alice", query: "NAÏ über"),
+                    .hits([SearchHit(owner: "alice", name: "naïve-bayes.txt", description: "Über classifier")])),
+                .query(
+                    .search(requester: "alice", query: "naive uber"),
+                    .hits([SearchHit(owner: "alice", name: "naïve-bayes.txt", description: "Über classifier")])),
+                // FTS syntax in a query is only text.
+                .query(.search(requester: "alice", query: "lect OR beach"), .hits([])),
+                .query(.search(requester: "alice", query: "\"lect\" NEAR(x) *"), .hits([])),
+                .query(
+                    .search(requester: "alice", query: "\"lect"),
+                    .hits([SearchHit(owner: "alice", name: "lecture-notes.pdf", description: "Week 1 of Algebra")])),
+                .change(.delete(user: "alice", fileName: "lecture-notes.pdf"), 0),
+                .query(.search(requester: "alice", query: "lect"), .hits([])),
+            ]),
+        RuleCase(
+            name: "SEARCH: online owners first, each in publishing order; files of unregistered users gone",
+            steps: [
+                register("me"), connect("me"), register("off"), connect("off"), register("on"), connect("on"),
+                register("gone"), connect("gone"),
+                publish("off", "song-1.mp3"), publish("on", "song-2.mp3"), publish("gone", "song-3.mp3"),
+                publish("off", "song-4.mp3"), publish("on", "song-5.mp3"),
+                .change(.disconnect(user: "off"), 0),
+                .change(.unregister(user: "gone"), 0),
+                .query(
+                    .search(requester: "me", query: "song"),
+                    .hits([
+                        SearchHit(owner: "on", name: "song-2.mp3", description: "d"),
+                        SearchHit(owner: "on", name: "song-5.mp3", description: "d"),
+                        SearchHit(owner: "off", name: "song-1.mp3", description: "d"),
+                        SearchHit(owner: "off", name: "song-4.mp3", description: "d"),
+                    ])),
+            ]),
+        RuleCase(
+            name: "SEARCH: at most 100 hits",
+            steps: [register("me"), connect("me")]
+                + (0..<130).map { publish("me", "file\($0).txt", "many") }
+                + [
+                    .query(
+                        .search(requester: "me", query: "many"),
+                        .hits((0..<100).map { SearchHit(owner: "me", name: "file\($0).txt", description: "many") }))
+                ]),
+        RuleCase(
             name: "names and values are data, never SQL or patterns",
             steps: [
                 register("'; DROP TABLE user; --"), register("%"), register("_"),
@@ -356,6 +422,7 @@ extension RuleCase {
             let actual = await sqlite.apply(batch)
             #expect(actual == expected, "round \(round): \(batch)")
             var queries: [DirectoryQuery] = users.map { .listUsers(requester: $0) }
+            queries += ["f", "r1", "g h", "txt"].map { .search(requester: "a", query: $0) }
             for requester in users {
                 for owner in users { queries.append(.listContent(requester: requester, owner: owner)) }
             }

@@ -20,6 +20,15 @@ import Testing
         (.listContent, .content([])),
         (.listContent, .content([PublishedFile(name: "a.txt", description: "with spaces here")])),
         (.listContent, .status(3)),
+        (.search, .status(3)),
+        (.search, .hits([])),
+        (
+            .search,
+            .hits([
+                SearchHit(owner: "alice", name: "lecture-notes.pdf", description: "week 1"),
+                SearchHit(owner: "bob", name: "naïve.txt", description: ""),
+            ])
+        ),
     ]
 
     @Test(arguments: ResultCodeEncoding.allCases)

@@ -14,6 +14,7 @@ let sampleRequests: [Request] = [
     .init(dateTime: dateTime, command: .delete(user: "alice", fileName: "notes.txt")),
     .init(dateTime: dateTime, command: .listUsers(user: "alice")),
     .init(dateTime: dateTime, command: .listContent(user: "alice", owner: "bob")),
+    .init(dateTime: dateTime, command: .search(user: "bob", query: "lect naïve  notes")),
 ]
 
 func encoded(_ request: Request) throws -> ByteBuffer {
@@ -133,7 +134,7 @@ func wire(_ fields: [String]) -> ByteBuffer {
     @Test func otherErrorCodesFollowTheSpec() {
         let expected: [DirectoryOperation: UInt8] = [
             .register: 2, .unregister: 2, .connect: 3, .disconnect: 3,
-            .publish: 4, .delete: 4, .listUsers: 3, .listContent: 4,
+            .publish: 4, .delete: 4, .listUsers: 3, .listContent: 4, .search: 3,
         ]
         for operation in DirectoryOperation.allCases {
             #expect(operation.otherErrorCode.rawValue == expected[operation])

@@ -12,6 +12,8 @@
  *      publish     a new file per request, for a connected user per client
  *      list-content LIST_CONTENT of a user with 10 files
  *      mixed       40% LIST_CONTENT, 20% LIST_USERS, 20% PUBLISH, 20% REGISTER
+ *      mixed-rw    50% LIST_CONTENT, 25% PUBLISH, 25% REGISTER (for a large directory, where a
+ *                  LIST_USERS of every connected user would be most of the work)
  * Output: workload=W clients=N threads=T requests=R rps=X p50_ms=A p99_ms=B errors=E cpu_cores=C
  * A request counts as an error when the connection fails or the result code is not 0.
  */
@@ -33,7 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum workload { REGISTER, PUBLISH, LIST_CONTENT, MIXED };
+enum workload { REGISTER, PUBLISH, LIST_CONTENT, MIXED, MIXED_RW };
 
 struct client {
     int fd;
@@ -76,7 +78,9 @@ static size_t fields(char *buffer, int count, ...) {
 static void build_request(struct client *c) {
     char user[128], name[160];
     snprintf(user, sizeof user, "%s-c%d", tag, c->index);
-    long kind = workload == MIXED ? c->sequence % 5 : -1;
+    /* kind 0 REGISTER, 1 PUBLISH, 2 LIST_USERS, 3 and 4 LIST_CONTENT. mixed cycles through all
+       five; mixed-rw through REGISTER, PUBLISH and LIST_CONTENT twice. */
+    long kind = workload == MIXED ? c->sequence % 5 : workload == MIXED_RW ? (c->sequence % 4 == 2 ? 3 : c->sequence % 4) : -1;
     if (workload == REGISTER || kind == 0) {
         snprintf(name, sizeof name, "%s-%ld", user, c->sequence);
         c->length = fields(c->request, 3, "REGISTER", date_time, name);
@@ -233,6 +237,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(workload_name, "publish")) workload = PUBLISH;
     else if (!strcmp(workload_name, "list-content")) workload = LIST_CONTENT;
     else if (!strcmp(workload_name, "mixed")) workload = MIXED;
+    else if (!strcmp(workload_name, "mixed-rw")) workload = MIXED_RW;
     else { fprintf(stderr, "loadgen: unknown workload %s\n", workload_name); return 2; }
     if (threads > clients) threads = clients;
     if (port <= 0 || clients <= 0 || duration <= 0 || threads <= 0) {

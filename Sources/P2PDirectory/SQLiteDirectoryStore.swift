@@ -36,11 +36,14 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     /// Runs the transactions; blocking SQLite calls never touch the NIO event loops or the
     /// Swift concurrency pool.
     private let writerQueue = DispatchQueue(label: "p2p.directory.writer", qos: .userInitiated)
-    /// Two reader threads, each taking every batch of queries waiting for it into one read
+    /// Reader threads, each taking every batch of queries waiting for it into one read
     /// transaction: one for LIST_CONTENT, one for LIST_USERS, which reads every connected user
     /// and so on a large directory takes a while (the short reads never wait behind it).
     private let contentReader: BatchingWorker<PendingRead>
     private let usersReader: BatchingWorker<PendingRead>
+    /// SEARCH has a reader of its own too: a query whose words are very common reads long
+    /// lists from the index.
+    private let searchReader: BatchingWorker<PendingRead>
     private let logger: Logger
 
     /// Opens (creating if needed) `directory.sqlite` in `dataDirectory`.
@@ -97,6 +100,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         // the event loops and the other threads (in `make bench`, LIST_CONTENT's p99 while
         // LIST_USERS of 100,000 users ran back to back went from about 73 ms to ~).
         usersReader = reader("p2p-directory-users-reader", niceness: 0)
+        searchReader = reader("p2p-directory-search-reader", niceness: 0)
     }
 
     private static var migrator: DatabaseMigrator {
@@ -128,12 +132,14 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             // SEARCH: a full-text index of the file names and descriptions (FTS5; the words are
             // runs of letters and digits, case and diacritics folded, as
             // `DirectoryRules.searchWords`), kept up to date by triggers and filled from what is
-            // already there.
+            // already there. `detail = none`: the index keeps which files hold a word, not
+            // where, which is all an AND of prefixes needs, and makes it several times
+            // smaller and cheaper to update than the default.
             try db.execute(
                 sql: """
                     CREATE VIRTUAL TABLE file_search USING fts5(
                         name, description, content = 'file', content_rowid = 'id',
-                        tokenize = 'unicode61 remove_diacritics 2');
+                        tokenize = 'unicode61 remove_diacritics 2', detail = 'none', columnsize = 0);
                     CREATE TRIGGER file_search_insert AFTER INSERT ON file BEGIN
                         INSERT INTO file_search (rowid, name, description) VALUES (new.id, new.name, new.description);
                     END;
@@ -167,6 +173,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         // Queued reads are answered before the pool closes.
         contentReader.stop()
         usersReader.stop()
+        searchReader.stop()
         let checkpointerClosed = Result { try checkpointer.close() }
         // After a clean stop the database file alone holds the directory (handy for a copy);
         // if this fails, the log still holds the rest and the next open replays it.
@@ -384,18 +391,20 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         }
     }
 
-    /// Answers on a reader thread; `completion` runs there.
+    /// Answers on the reader threads (LIST_CONTENT, LIST_USERS and SEARCH each on its own);
+    /// `completion` runs on the last to finish.
     public func read(_ queries: [DirectoryQuery], completion: @escaping @Sendable ([Reply]) -> Void) {
         guard !queries.isEmpty else { return completion([]) }
-        let users = queries.indices.filter { queries[$0].operation == .listUsers }
-        if users.isEmpty || users.count == queries.count {
-            submit(PendingRead(queries: queries, completion: completion), to: users.isEmpty ? contentReader : usersReader)
+        let parts = [(DirectoryOperation.listContent, contentReader), (.listUsers, usersReader), (.search, searchReader)]
+            .map { operation, reader in (queries.indices.filter { queries[$0].operation == operation }, reader) }
+            .filter { !$0.0.isEmpty }
+        if parts.count == 1 {
+            submit(PendingRead(queries: queries, completion: completion), to: parts[0].1)
             return
         }
-        // Both kinds: each reader answers its part, and the last one to finish completes.
-        let content = queries.indices.filter { queries[$0].operation != .listUsers }
-        let replies = Mutex((remaining: 2, replies: [Reply](repeating: .status(.ok), count: queries.count)))
-        for (indices, reader) in [(users, usersReader), (content, contentReader)] {
+        // Several kinds: each reader answers its part, and the last one to finish completes.
+        let replies = Mutex((remaining: parts.count, replies: [Reply](repeating: .status(.ok), count: queries.count)))
+        for (indices, reader) in parts {
             submit(
                 PendingRead(queries: indices.map { queries[$0] }) { answers in
                     let done = replies.withLock { state -> [Reply]? in
@@ -472,7 +481,9 @@ public final class SQLiteDirectoryStore: DirectoryStore {
 
     /// SEARCH through the full-text index: the online owners' hits first, then the others',
     /// each in publishing order (the index answers in rowid order, which is publishing order,
-    /// so neither query sorts and each stops at its limit).
+    /// so neither query sorts and each stops at its limit). CROSS JOIN keeps the index as the
+    /// outer loop: otherwise SQLite may start from the 100,000 connected users and probe the
+    /// index for each of their files.
     private static func search(_ query: String, in db: Database) throws -> [SearchHit] {
         let words = DirectoryRules.searchWords(query)
         // Each word is a quoted prefix term: the text is never read as FTS5 syntax.
@@ -481,8 +492,8 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         for online in [true, false] where hits.count < DirectoryRules.maxSearchHits {
             let sql = """
                 SELECT f.owner, f.name, f.description FROM file_search
-                JOIN file f ON f.id = file_search.rowid
-                JOIN user u ON u.name = f.owner
+                CROSS JOIN file f ON f.id = file_search.rowid
+                CROSS JOIN user u ON u.name = f.owner
                 WHERE file_search MATCH ?1 AND \(online ? "u.ip IS NOT NULL" : "u.ip IS NULL")
                 ORDER BY file_search.rowid LIMIT ?2
                 """

@@ -75,20 +75,15 @@ final class StoreBatcher: @unchecked Sendable {
             }
         }
         if !queries.isEmpty {
-            // LIST_USERS apart: on a large directory it takes a while, and the short reads of
-            // the same pass must not wait for it.
-            var users: [(DirectoryQuery, Completion)] = []
-            var others: [(DirectoryQuery, Completion)] = []
+            // LIST_USERS and SEARCH apart: on a large directory they can take a while, and the
+            // short reads of the same pass must not wait for them.
+            var groups: [DirectoryOperation: [(DirectoryQuery, Completion)]] = [:]
             for (query, completion) in zip(queries, queryCompletions) {
-                if query.operation == .listUsers {
-                    users.append((query, completion))
-                } else {
-                    others.append((query, completion))
-                }
+                groups[query.operation, default: []].append((query, completion))
             }
             queries = []
             queryCompletions = []
-            for group in [others, users] where !group.isEmpty {
+            for group in groups.values {
                 let batch = group.map(\.0)
                 let completions = NIOLoopBound(group.map(\.1), eventLoop: loop)
                 store.read(batch) { answers in

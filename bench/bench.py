@@ -209,44 +209,38 @@ def fill_large_directory(path):
     db.close()
 
 
-def list_users(port, requester):
-    """One LIST_USERS; returns (code, number of users, milliseconds)."""
+def request_fields(port, *fields):
+    """Sends one request; returns the reply's fields and the milliseconds it took."""
     start = time.time()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(b"LIST_USERS\0" + b"25/11/2026 13:05:09\0" + requester.encode() + b"\0")
+        s.sendall(b"".join(field.encode() + b"\0" for field in fields))
         chunks = []
         while True:
             chunk = s.recv(1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
-    fields = b"".join(chunks).split(b"\0")
-    code = int(fields[0])
+    return b"".join(chunks).split(b"\0"), (time.time() - start) * 1000
+
+
+def list_reply(port, what, *fields):
+    """A list request (3 fields an entry); returns (code, entries, milliseconds)."""
+    reply, ms = request_fields(port, *fields)
+    code = int(reply[0])
     if code != 0:
-        return code, 0, (time.time() - start) * 1000
-    count = int(fields[1])
-    if len(fields) != 2 + 3 * count + 1:
-        raise RuntimeError(f"LIST_USERS announced {count} users but sent {(len(fields) - 3) / 3:.1f}")
-    return code, count, (time.time() - start) * 1000
+        return code, 0, ms
+    count = int(reply[1])
+    if len(reply) != 2 + 3 * count + 1:
+        raise RuntimeError(f"{what} announced {count} entries but sent {(len(reply) - 3) / 3:.1f}")
+    return code, count, ms
+
+
+def list_users(port, requester):
+    return list_reply(port, "LIST_USERS", "LIST_USERS", "25/11/2026 13:05:09", requester)
 
 
 def search(port, requester, query):
-    """One SEARCH; returns (code, hits, milliseconds)."""
-    start = time.time()
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(b"SEARCH\0" + b"25/11/2026 13:05:09\0" + requester.encode() + b"\0" + query.encode() + b"\0")
-        chunks = []
-        while True:
-            chunk = s.recv(1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    fields = b"".join(chunks).split(b"\0")
-    code = int(fields[0])
-    count = int(fields[1]) if code == 0 else 0
-    if code == 0 and len(fields) != 2 + 3 * count + 1:
-        raise RuntimeError(f"SEARCH announced {count} hits but sent {(len(fields) - 3) / 3:.1f}")
-    return code, count, (time.time() - start) * 1000
+    return list_reply(port, "SEARCH", "SEARCH", "25/11/2026 13:05:09", requester, query)
 
 
 def large_directory_benchmark(work):

@@ -134,12 +134,16 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             // `DirectoryRules.searchWords`), kept up to date by triggers and filled from what is
             // already there. `detail = none`: the index keeps which files hold a word, not
             // where, which is all an AND of prefixes needs, and makes it several times
-            // smaller and cheaper to update than the default.
+            // smaller and cheaper to update than the default. `prefix = '2 3'`: words of 2
+            // and 3 letters are indexed as such too, so that a short prefix, which matches many
+            // words, is read as one list instead of the merge of all of them (at 3 million
+            // files, `txt w42` took 0.56 s without, under 10 ms with).
             try db.execute(
                 sql: """
                     CREATE VIRTUAL TABLE file_search USING fts5(
                         name, description, content = 'file', content_rowid = 'id',
-                        tokenize = 'unicode61 remove_diacritics 2', detail = 'none', columnsize = 0);
+                        tokenize = 'unicode61 remove_diacritics 2', detail = 'none', columnsize = 0,
+                        prefix = '2 3');
                     CREATE TRIGGER file_search_insert AFTER INSERT ON file BEGIN
                         INSERT INTO file_search (rowid, name, description) VALUES (new.id, new.name, new.description);
                     END;
@@ -282,13 +286,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             try db.cachedStatement(sql: "DELETE FROM user WHERE name = ?1 AND (?2 IS NULL OR ip IS NULL OR ip = ?2)")
                 .execute(arguments: [user, from])
             if db.changesCount == 1 { return .ok }
-            switch try presence(of: user, db) {
-            case .unknown: return 1
-            case .offline: return 2
-            case .online(let ip):
-                refused(ip)
-                return 2
-            }
+            return try codeForNoChange(of: user, db, whenOnline: 2, refused: refused)
 
         case .connect(let user, let ip, let port):
             guard DirectoryRules.isValidPort(port) else { return try presence(of: user, db) == .unknown ? 1 : 3 }
@@ -302,13 +300,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
                 sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ?1 AND ip IS NOT NULL AND (?2 IS NULL OR ip = ?2)"
             ).execute(arguments: [user, from])
             if db.changesCount == 1 { return .ok }
-            switch try presence(of: user, db) {
-            case .unknown: return 1
-            case .offline: return 2
-            case .online(let ip):
-                refused(ip)
-                return 3
-            }
+            return try codeForNoChange(of: user, db, whenOnline: 3, refused: refused)
 
         case .expire(let user, let ip, let port):
             try db.cachedStatement(sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ? AND ip = ? AND port = ?")
@@ -317,15 +309,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             return try presence(of: user, db) == .unknown ? 1 : 2
 
         case .publish(let user, let fileName, let description, let from):
-            switch try presence(of: user, db) {
-            case .unknown: return 1
-            case .offline: return 2
-            case .online(let ip):
-                if let from, ip != from {
-                    refused(ip)
-                    return 4
-                }
-            }
+            if let code = try ownerGate(user, from: from, db, refused: refused) { return code }
             guard DirectoryRules.isValidFileName(fileName) else { return 4 }
             try db.cachedStatement(
                 sql: "INSERT INTO file (owner, name, description) VALUES (?, ?, ?) ON CONFLICT (owner, name) DO NOTHING"
@@ -333,15 +317,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             return db.changesCount == 1 ? .ok : 3
 
         case .delete(let user, let fileName, let from):
-            switch try presence(of: user, db) {
-            case .unknown: return 1
-            case .offline: return 2
-            case .online(let ip):
-                if let from, ip != from {
-                    refused(ip)
-                    return 4
-                }
-            }
+            if let code = try ownerGate(user, from: from, db, refused: refused) { return code }
             try db.cachedStatement(sql: "DELETE FROM file WHERE owner = ? AND name = ?")
                 .execute(arguments: [user, fileName])
             return db.changesCount == 1 ? .ok : 3
@@ -358,6 +334,35 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             }
         return "\(change.operation.rawValue) of \(change.user) refused by the owner check: the user is connected from "
             + "\(connectedFrom), the request came from \(from ?? "?")"
+    }
+
+    /// After a conditional change of `user` changed nothing: 1 not registered, 2 not connected,
+    /// `whenOnline` connected (the owner check refused it).
+    private static func codeForNoChange(
+        of user: String, _ db: Database, whenOnline: ResultCode, refused: (String) -> Void
+    ) throws -> ResultCode {
+        switch try presence(of: user, db) {
+        case .unknown: return 1
+        case .offline: return 2
+        case .online(let ip):
+            refused(ip)
+            return whenOnline
+        }
+    }
+
+    /// PUBLISH and DELETE: nil when `user` is connected and the request may change it, else its
+    /// code (1 not registered, 2 not connected, 4 connected from another address than `from`).
+    private static func ownerGate(
+        _ user: String, from: String?, _ db: Database, refused: (String) -> Void
+    ) throws -> ResultCode? {
+        switch try presence(of: user, db) {
+        case .unknown: return 1
+        case .offline: return 2
+        case .online(let ip):
+            guard let from, ip != from else { return nil }
+            refused(ip)
+            return 4
+        }
     }
 
     /// Whether a user is registered, and connected from which address.

@@ -122,14 +122,30 @@ public struct DirectoryState: Sendable {
         return .content(ownerEntry.files.map(\.file))
     }
 
+    var overview: DirectoryOverview {
+        DirectoryOverview(
+            users: users.count, connectedUsers: connectedUsers.count,
+            files: users.values.reduce(0) { $0 + $1.files.count })
+    }
+
+    func files(of owner: String) -> [PublishedFile]? {
+        users[owner]?.files.map(\.file)
+    }
+
     /// SEARCH: 1 requester unknown, 2 requester not connected, 3 empty query, else the files
     /// matching every word, online owners first, then in publishing order, at most
     /// ``DirectoryRules/maxSearchHits``. A scan of everything: the reference, not the fast way.
     func search(requester: String, query: String) -> Reply {
         guard let entry = users[requester] else { return .status(1) }
         guard entry.address != nil else { return .status(2) }
+        guard !DirectoryRules.searchWords(query).isEmpty else { return .status(3) }
+        return .hits(search(query))
+    }
+
+    /// The hits for `query`, whoever asks (none for a query without words).
+    func search(_ query: String) -> [SearchHit] {
         let words = DirectoryRules.searchWords(query)
-        guard !words.isEmpty else { return .status(3) }
+        guard !words.isEmpty else { return [] }
         var found: [(online: Bool, sequence: Int, hit: SearchHit)] = []
         for (owner, entry) in users {
             for stored in entry.files {
@@ -141,7 +157,7 @@ public struct DirectoryState: Sendable {
             }
         }
         found.sort { ($0.online ? 0 : 1, $0.sequence) < ($1.online ? 0 : 1, $1.sequence) }
-        return .hits(found.prefix(DirectoryRules.maxSearchHits).map(\.hit))
+        return found.prefix(DirectoryRules.maxSearchHits).map(\.hit)
     }
 
     /// Every registered user's name, in byte order.

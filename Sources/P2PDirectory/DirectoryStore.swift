@@ -33,7 +33,7 @@ public enum DirectoryQuery: Sendable, Hashable {
 /// work runs on threads of its own (as SQLite's does) implements them directly, which spares a
 /// task and two thread hops per batch (at 64 clients, twice the throughput in `make bench`).
 ///
-/// To add a store: implement these five methods, make the server's `--store` option open it
+/// To add a store: implement these methods, make the server's `--store` option open it
 /// (``DirectoryStoreLocation``), and add it to the list of stores the rule suite runs on.
 public protocol DirectoryStore: Sendable {
     /// Applies `changes` in order and returns their result codes, in the same order, once
@@ -51,8 +51,19 @@ public protocol DirectoryStore: Sendable {
     func registeredUsers() async throws -> [String]
 
     /// Every connected user with its address, sorted by name, whoever asks (for the server's
-    /// own peer checks).
+    /// own peer checks and its web page).
     func connectedUsers() async throws -> [ConnectedUser]
+
+    /// How many users, connected users and files there are (for the web page).
+    func overview() async throws -> DirectoryOverview
+
+    /// `owner`'s files in publishing order, whoever asks; nil when there is no such user (for
+    /// the web page).
+    func files(of owner: String) async throws -> [PublishedFile]?
+
+    /// SEARCH whoever asks: the hits for `query`, as ``DirectoryQuery/search(requester:query:)``
+    /// gives them to a connected user (for the web page).
+    func search(_ query: String) async throws -> [SearchHit]
 
     /// Finishes what is in flight and releases the store. Later calls fail with "other" codes.
     func close() async throws
@@ -64,6 +75,19 @@ public protocol DirectoryStore: Sendable {
     /// ``read(_:)-(Array<DirectoryQuery>)``, calling `completion` (on any thread) instead of
     /// returning. Has a default.
     func read(_ queries: [DirectoryQuery], completion: @escaping @Sendable ([Reply]) -> Void)
+}
+
+/// The size of the directory.
+public struct DirectoryOverview: Sendable, Hashable {
+    public var users: Int
+    public var connectedUsers: Int
+    public var files: Int
+
+    public init(users: Int, connectedUsers: Int, files: Int) {
+        self.users = users
+        self.connectedUsers = connectedUsers
+        self.files = files
+    }
 }
 
 extension DirectoryStore {

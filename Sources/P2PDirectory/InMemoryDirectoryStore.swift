@@ -36,6 +36,18 @@ public final class InMemoryDirectoryStore: DirectoryStore {
         state.withLock { $0.connectedUsers }
     }
 
+    public func overview() async throws -> DirectoryOverview {
+        state.withLock { $0.overview }
+    }
+
+    public func files(of owner: String) async throws -> [PublishedFile]? {
+        state.withLock { $0.files(of: owner) }
+    }
+
+    public func search(_ query: String) async throws -> [SearchHit] {
+        state.withLock { $0.search(query) }
+    }
+
     public func close() async throws {
         closed.store(true, ordering: .relaxed)
     }

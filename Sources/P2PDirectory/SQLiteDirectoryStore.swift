@@ -464,14 +464,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             case true?: break
             }
             guard try isConnected(owner, db) != nil else { return .status(3) }
-            var files: [PublishedFile] = []
-            let rows = try Row.fetchCursor(
-                db.cachedStatement(sql: "SELECT name, description FROM file WHERE owner = ? ORDER BY id"),
-                arguments: [owner])
-            while let row = try rows.next() {
-                files.append(PublishedFile(name: row[0], description: row[1]))
-            }
-            return .content(files)
+            return .content(try files(of: owner, db))
 
         case .search(let requester, let query):
             switch try isConnected(requester, db) {
@@ -517,6 +510,42 @@ public final class SQLiteDirectoryStore: DirectoryStore {
 
     public func connectedUsers() async throws -> [ConnectedUser] {
         try await readOffThePool { db in try Self.connectedUsers(db) }
+    }
+
+    public func overview() async throws -> DirectoryOverview {
+        try await readOffThePool { db in
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT (SELECT count(*) FROM user), (SELECT count(*) FROM user WHERE ip IS NOT NULL),
+                        (SELECT count(*) FROM file)
+                    """)!
+            return DirectoryOverview(users: row[0], connectedUsers: row[1], files: row[2])
+        }
+    }
+
+    public func files(of owner: String) async throws -> [PublishedFile]? {
+        try await readOffThePool { db in
+            guard try Self.isConnected(owner, db) != nil else { return nil }
+            return try Self.files(of: owner, db)
+        }
+    }
+
+    public func search(_ query: String) async throws -> [SearchHit] {
+        try await readOffThePool { db in
+            DirectoryRules.searchWords(query).isEmpty ? [] : try Self.search(query, in: db)
+        }
+    }
+
+    private static func files(of owner: String, _ db: Database) throws -> [PublishedFile] {
+        var files: [PublishedFile] = []
+        let rows = try Row.fetchCursor(
+            db.cachedStatement(sql: "SELECT name, description FROM file WHERE owner = ? ORDER BY id"),
+            arguments: [owner])
+        while let row = try rows.next() {
+            files.append(PublishedFile(name: row[0], description: row[1]))
+        }
+        return files
     }
 
     /// One read on a Dispatch thread (it blocks), awaited.

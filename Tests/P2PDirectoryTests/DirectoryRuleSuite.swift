@@ -369,6 +369,41 @@ extension RuleCase {
         try await directory.close()
     }
 
+    /// The reads whoever asks (the peer checks and the web page): the same answers as the
+    /// protocol's reads give a connected user.
+    @Test(arguments: StoreUnderTest.all)
+    func readsForTheServerItself(_ store: StoreUnderTest) async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let directory = try await store.open(folder)
+        _ = await directory.apply([
+            .register(user: "b"), .register(user: "a"), .register(user: "offline"),
+            .connect(user: "b", ip: "1.1.1.1", port: "1"), .connect(user: "a", ip: "2.2.2.2", port: "2"),
+            .publish(user: "b", fileName: "song-2.mp3", description: "<b>loud</b>"),
+            .publish(user: "b", fileName: "notes.txt", description: "lecture"),
+            .publish(user: "a", fileName: "song-1.mp3", description: "quiet"),
+        ])
+        #expect(try await directory.overview() == DirectoryOverview(users: 3, connectedUsers: 2, files: 3))
+        #expect(
+            try await directory.connectedUsers() == [
+                ConnectedUser(name: "a", ip: "2.2.2.2", port: "2"), ConnectedUser(name: "b", ip: "1.1.1.1", port: "1"),
+            ])
+        #expect(
+            try await directory.files(of: "b") == [
+                PublishedFile(name: "song-2.mp3", description: "<b>loud</b>"),
+                PublishedFile(name: "notes.txt", description: "lecture"),
+            ])
+        #expect(try await directory.files(of: "offline") == [])
+        #expect(try await directory.files(of: "nobody") == nil)
+        #expect(
+            try await directory.search("SONG") == [
+                SearchHit(owner: "b", name: "song-2.mp3", description: "<b>loud</b>"),
+                SearchHit(owner: "a", name: "song-1.mp3", description: "quiet"),
+            ])
+        #expect(try await directory.search("--") == [])
+        try await directory.close()
+    }
+
     /// A store that can no longer make changes durable answers each operation's "other" code.
     @Test(arguments: StoreUnderTest.all)
     func closedStoreAnswersOtherCodes(_ store: StoreUnderTest) async throws {

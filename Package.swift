@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // The wire protocol: message types, decoders, encoders and limits. No I/O.
@@ -59,8 +61,20 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The directory server's read-only web side: the page, /metrics (Prometheus), /health.
+        .target(
+            name: "P2PDirectoryWeb",
+            dependencies: [
+                "P2PDirectory",
+                "P2PProtocol",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Small helpers for the clients' network calls: timeouts, readable connection errors.
@@ -112,6 +126,10 @@ let package = Package(
             name: "p2p-server",
             dependencies: [
                 "P2PDirectory",
+                "P2PDirectoryWeb",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 "P2POperationLog",
                 "P2PRPCOperationLog",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -154,6 +172,10 @@ let package = Package(
             name: "P2PDirectoryTests",
             dependencies: [
                 "P2PDirectory",
+                "P2PDirectoryWeb",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
                 "P2PProtocol",
                 "P2POperationLog",
                 "P2PTestSupport",

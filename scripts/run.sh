@@ -3,12 +3,13 @@
 # operation-log server, the time service and the directory server, each program's output
 # prefixed with its name. Ctrl+C stops them all and leaves nothing behind.
 #
-# Environment: P2P_PORT (4242), TIME_PORT (8000), DATA_DIR (./storage), BUILD (release).
+# Environment: P2P_PORT (4242), TIME_PORT (8000), WEB_PORT (8080), DATA_DIR (./storage), BUILD (release).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 P2P_PORT=${P2P_PORT:-4242}
 TIME_PORT=${TIME_PORT:-8000}
+WEB_PORT=${WEB_PORT:-8080}
 DATA_DIR=${DATA_DIR:-./storage}
 BIN=.build/${BUILD:-release}
 
@@ -50,9 +51,9 @@ stop() {
 trap 'stop; exit 0' INT TERM
 trap stop EXIT
 
-for port in "$P2P_PORT" "$TIME_PORT"; do
+for port in "$P2P_PORT" "$TIME_PORT" "$WEB_PORT"; do
     if port_in_use "$port"; then
-        fail "port $port is already in use (another p2p-server or p2p-time?); free it or set P2P_PORT/TIME_PORT"
+        fail "port $port is already in use (another p2p-server or p2p-time?); free it or set P2P_PORT/TIME_PORT/WEB_PORT"
     fi
 done
 for program in "$BIN/p2p-server" "$BIN/p2p-time" rpc/p2p-oplog; do
@@ -75,7 +76,7 @@ wait_for "the operation-log server" rpcinfo -t localhost 536871065 1 >/dev/null
 pids+=($!)
 wait_for "the time service" port_in_use "$TIME_PORT"
 
-"$BIN/p2p-server" -p "$P2P_PORT" --data-dir "$DATA_DIR" > >(sed -u 's/^/server | /') 2>&1 &
+"$BIN/p2p-server" -p "$P2P_PORT" --data-dir "$DATA_DIR" --http-port "$WEB_PORT" > >(sed -u 's/^/server | /') 2>&1 &
 pids+=($!)
 wait_for "the directory server" port_in_use "$P2P_PORT"
 
@@ -84,6 +85,7 @@ cat <<EOF2
   The P2P system is up:
     directory server   p2p-server   0.0.0.0:$P2P_PORT   (data in $DATA_DIR/directory.sqlite)
     time service       p2p-time     http://127.0.0.1:$TIME_PORT   (WSDL: /?wsdl, plain: /time)
+    directory web page p2p-server   http://127.0.0.1:$WEB_PORT/   (metrics: /metrics, health: /health)
     operation log      p2p-oplog    ONC-RPC program 0x20000099 v1, via rpcbind
   Start a client in another terminal:
     $BIN/p2p-client -s localhost -p $P2P_PORT

@@ -32,19 +32,21 @@ public final class DirectoryApplication: Service, Sendable {
     /// - Parameters:
     ///   - operationLog: receives one record per request; nil for none.
     ///   - peerChecks: how dead peers are found and expired; nil (or a zero interval) for never.
+    ///   - metrics: where the server's metrics go (none by default).
     ///   - console: receives one line per request (`s> REGISTER FROM alice`).
     public static func build(
         configuration: DirectoryServerConfiguration,
         store location: DirectoryStoreLocation,
         operationLog: (any OperationLogSink)?,
         peerChecks: PeerCheckSettings? = nil,
+        metrics: DirectoryMetrics = .none,
         console: @escaping @Sendable (String) -> Void,
         logger: Logger,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws(DirectoryApplicationError) -> DirectoryApplication {
         let store: any DirectoryStore
         do {
-            store = try await location.open(logger: logger)
+            store = try await location.open(logger: logger, metrics: metrics)
         } catch {
             throw .cannotOpenStore(location, error)
         }
@@ -52,7 +54,7 @@ public final class DirectoryApplication: Service, Sendable {
             operationLog: operationLog, ownerCheck: configuration.ownerCheck, console: console)
         do {
             let server = try await DirectoryServer.bind(
-                configuration: configuration, handler: handler, store: store, logger: logger,
+                configuration: configuration, handler: handler, store: store, metrics: metrics, logger: logger,
                 eventLoopGroup: eventLoopGroup)
             let checker = peerChecks.flatMap { settings in
                 settings.isEnabled

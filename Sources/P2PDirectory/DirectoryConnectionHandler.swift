@@ -39,6 +39,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private let encoder: ReplyEncoder
     private let requestTimeout: TimeAmount
     private let connections: ConnectionCounter
+    private let metrics: DirectoryMetrics
     private let logger: Logger
     private var decoder = RequestDecoder()
     private var state = State.reading
@@ -51,6 +52,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         encoder: ReplyEncoder,
         requestTimeout: TimeAmount,
         connections: ConnectionCounter,
+        metrics: DirectoryMetrics,
         logger: Logger
     ) {
         self.handler = handler
@@ -58,6 +60,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         self.encoder = encoder
         self.requestTimeout = requestTimeout
         self.connections = connections
+        self.metrics = metrics
         self.logger = logger
     }
 
@@ -124,8 +127,10 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         deadline?.cancel()
         deadline = nil
         let work = handler.accept(request, peerIP: context.remoteAddress?.ipAddress ?? "0.0.0.0")
+        let start = NIODeadline.now()
         // The batcher runs the completion on this channel's event loop.
-        batcher.submit(work) { reply in
+        batcher.submit(work) { reply, code in
+            self.metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
             self.send(reply, context: context)
         }
     }

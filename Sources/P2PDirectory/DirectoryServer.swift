@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import NIOCore
@@ -83,10 +84,11 @@ public final class DirectoryServer: Service, Sendable {
         configuration: DirectoryServerConfiguration,
         handler: DirectoryRequestHandler,
         store: any DirectoryStore,
+        metrics: DirectoryMetrics = .none,
         logger: Logger,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> DirectoryServer {
-        let connections = ConnectionCounter()
+        let connections = ConnectionCounter(gauge: metrics.openConnections)
         let quiescing = ServerQuiescingHelper(group: eventLoopGroup)
         var batchers: [ObjectIdentifier: StoreBatcher] = [:]
         for loop in eventLoopGroup.makeIterator() {
@@ -133,6 +135,7 @@ public final class DirectoryServer: Service, Sendable {
                                 encoder: ReplyEncoder(codeEncoding: configuration.codeEncoding),
                                 requestTimeout: configuration.idleTimeout,
                                 connections: connections,
+                                metrics: metrics,
                                 logger: logger))
                     } catch {
                         connections.close()
@@ -182,21 +185,28 @@ public final class DirectoryServer: Service, Sendable {
     }
 }
 
-/// Counts open connections against the limit.
+/// Counts open connections against the limit, and reports the count to a gauge.
 final class ConnectionCounter: Sendable {
     private let value = Atomic<Int>(0)
+    private let gauge: Gauge
+
+    init(gauge: Gauge) {
+        self.gauge = gauge
+    }
 
     /// Takes a slot; false (taking nothing) when all `limit` slots are in use.
     func open(limit: Int) -> Bool {
-        if value.add(1, ordering: .relaxed).newValue > limit {
+        let count = value.add(1, ordering: .relaxed).newValue
+        if count > limit {
             value.subtract(1, ordering: .relaxed)
             return false
         }
+        gauge.record(count)
         return true
     }
 
     func close() {
-        value.subtract(1, ordering: .relaxed)
+        gauge.record(value.subtract(1, ordering: .relaxed).newValue)
     }
 }
 

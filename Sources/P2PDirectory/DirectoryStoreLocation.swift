@@ -41,12 +41,13 @@ public enum DirectoryStoreLocation: Sendable, Hashable, CustomStringConvertible 
 
     /// Opens the store, creating it if it does not exist yet. Opening blocks on disk (SQLite
     /// syncs its migrations), so it runs on a Dispatch thread, not in the concurrency pool.
-    public func open(logger: Logger) async throws -> any DirectoryStore {
+    public func open(logger: Logger, metrics: DirectoryMetrics = .none) async throws -> any DirectoryStore {
         switch self {
         case .sqlite(let path):
             return try await withCheckedThrowingContinuation { continuation in
                 DispatchQueue.global().async {
-                    continuation.resume(with: Result { try SQLiteDirectoryStore(path: path, logger: logger) })
+                    continuation.resume(
+                        with: Result { try SQLiteDirectoryStore(path: path, logger: logger, metrics: metrics) })
                 }
             }
         }

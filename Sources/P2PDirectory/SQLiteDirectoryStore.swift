@@ -45,6 +45,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     /// lists from the index.
     private let searchReader: BatchingWorker<PendingRead>
     private let logger: Logger
+    private let metrics: DirectoryMetrics
 
     /// Opens (creating if needed) `directory.sqlite` in `dataDirectory`.
     public convenience init(dataDirectory: String, logger: Logger = Logger(label: "p2p.directory.sqlite")) throws {
@@ -53,17 +54,22 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     }
 
     /// Opens (creating it and its folder if needed) the database file at `path`.
-    public convenience init(path: String, logger: Logger = Logger(label: "p2p.directory.sqlite")) throws {
-        try self.init(path: path, checkpointing: WALCheckpointer.Settings(), logger: logger)
+    public convenience init(
+        path: String, logger: Logger = Logger(label: "p2p.directory.sqlite"), metrics: DirectoryMetrics = .none
+    ) throws {
+        try self.init(path: path, checkpointing: WALCheckpointer.Settings(), logger: logger, metrics: metrics)
     }
 
-    init(path: String, checkpointing: WALCheckpointer.Settings, logger: Logger) throws {
+    init(
+        path: String, checkpointing: WALCheckpointer.Settings, logger: Logger, metrics: DirectoryMetrics = .none
+    ) throws {
         let folder = (path as NSString).deletingLastPathComponent
         if !folder.isEmpty {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         }
         self.path = path
         self.logger = logger
+        self.metrics = metrics
         var configuration = Configuration()
         configuration.foreignKeysEnabled = true
         configuration.label = "directory"
@@ -245,7 +251,11 @@ public final class SQLiteDirectoryStore: DirectoryStore {
                         }
                     }
                 }
-                if codes.contains(.ok) { checkpointer.didCommit() }
+                if codes.contains(.ok) {
+                    checkpointer.didCommit()
+                    metrics.commits.increment()
+                    metrics.changesPerCommit.record(changes.count)
+                }
                 for refusal in refusals { logger.warning("\(refusal)") }
             } catch {
                 // The transaction was rolled back: nothing of these batches is on disk.

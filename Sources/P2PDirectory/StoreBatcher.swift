@@ -15,8 +15,8 @@ import P2PProtocol
 ///
 /// Confined to its event loop: every method runs on it.
 final class StoreBatcher: @unchecked Sendable {
-    /// Gets the encoded reply.
-    typealias Completion = (ByteBuffer) -> Void
+    /// Gets the encoded reply and its result code.
+    typealias Completion = (ByteBuffer, ResultCode) -> Void
 
     let eventLoop: any EventLoop
     private let store: any DirectoryStore
@@ -67,10 +67,10 @@ final class StoreBatcher: @unchecked Sendable {
                 let replies = codes.map { code in
                     var buffer = ByteBuffer()
                     encoder.writeCode(code, into: &buffer)
-                    return buffer
+                    return (buffer, code)
                 }
                 loop.execute {
-                    for (completion, reply) in zip(completions.value, replies) { completion(reply) }
+                    for (completion, reply) in zip(completions.value, replies) { completion(reply.0, reply.1) }
                 }
             }
         }
@@ -91,7 +91,7 @@ final class StoreBatcher: @unchecked Sendable {
                         Self.encode(reply, of: query.operation, with: encoder, logger: logger)
                     }
                     loop.execute {
-                        for (completion, reply) in zip(completions.value, replies) { completion(reply) }
+                        for (completion, reply) in zip(completions.value, replies) { completion(reply.0, reply.1) }
                     }
                 }
             }
@@ -100,16 +100,17 @@ final class StoreBatcher: @unchecked Sendable {
 
     private static func encode(
         _ reply: Reply, of operation: DirectoryOperation, with encoder: ReplyEncoder, logger: Logger
-    ) -> ByteBuffer {
+    ) -> (ByteBuffer, ResultCode) {
         var buffer = ByteBuffer()
         do {
             try encoder.encode(reply, into: &buffer)
+            return (buffer, reply.code)
         } catch {
             // A stored value that no longer fits the protocol: answer "other" rather than cut it.
             logger.error("cannot encode reply to \(operation.rawValue): \(error)")
             buffer.clear()
             encoder.writeCode(operation.otherErrorCode, into: &buffer)
+            return (buffer, operation.otherErrorCode)
         }
-        return buffer
     }
 }

@@ -58,6 +58,8 @@ public final class BatchingWorker<Element: Sendable>: @unchecked Sendable {
         public var batches = 0
         /// Elements dropped because the queue was full.
         public var dropped = 0
+        /// Batches that failed and were tried again.
+        public var retries = 0
         /// Elements waiting.
         public var pending = 0
     }
@@ -194,6 +196,7 @@ public final class BatchingWorker<Element: Sendable>: @unchecked Sendable {
                 gather()
             case .retry(let delay):
                 condition.lock()
+                counters.retries += 1
                 if stopping {
                     condition.unlock()
                     return

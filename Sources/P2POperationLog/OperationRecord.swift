@@ -37,6 +37,8 @@ public struct OperationLogStatistics: Sendable, Hashable, CustomStringConvertibl
     public var pending: Int = 0
     /// RPC calls made (a call may carry many records).
     public var calls: Int = 0
+    /// Calls that failed and were made again (their records stayed queued).
+    public var retries: Int = 0
 
     public init() {}
 

@@ -98,6 +98,7 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
         result.calls = counters.batches
         result.dropped = counters.dropped
         result.pending = counters.pending
+        result.retries = counters.retries
         return result
     }
 

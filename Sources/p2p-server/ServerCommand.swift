@@ -2,9 +2,13 @@ import ArgumentParser
 import Foundation
 import Logging
 import NIOCore
+import CoreMetrics
+import Hummingbird
 import P2PDirectory
+import P2PDirectoryWeb
 import P2POperationLog
 import P2PRPCOperationLog
+import Prometheus
 import P2PProtocol
 import ServiceLifecycle
 
@@ -75,6 +79,12 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Checks in a row a peer must fail before its user goes offline.")
     var peerCheckFailures: Int = 3
 
+    @Option(help: "Port of the read-only web page, /metrics and /health (none when not given).")
+    var httpPort: Int?
+
+    @Option(help: "Address the web page listens on.")
+    var httpHost: String = "127.0.0.1"
+
     @Option(help: "Host of rpcbind and the operation-log server (default: $LOG_RPC_IP, else localhost).")
     var rpcHost: String?
 
@@ -86,6 +96,7 @@ struct ServerCommand: AsyncParsableCommand {
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
         if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be 1-256") }
+        if let httpPort, !(0...65535).contains(httpPort) { throw ValidationError("--http-port must be 0-65535") }
         guard peerCheckInterval >= 0 else { throw ValidationError("--peer-check-interval must be 0 or more") }
         guard peerCheckFailures >= 1 else { throw ValidationError("--peer-check-failures must be at least 1") }
         if let store {
@@ -136,6 +147,11 @@ struct ServerCommand: AsyncParsableCommand {
             maxConnections: maxConnections,
             ownerCheck: ownerCheck == .on)
 
+        // Metrics go to Prometheus' registry when the web side is on, nowhere otherwise.
+        let registry = PrometheusCollectorRegistry()
+        let factory = PrometheusMetricsFactory(registry: registry)
+        let metrics = httpPort == nil ? DirectoryMetrics.none : DirectoryMetrics(factory: factory)
+
         let application: DirectoryApplication
         do {
             application = try await DirectoryApplication.build(
@@ -143,7 +159,7 @@ struct ServerCommand: AsyncParsableCommand {
                 peerChecks: PeerCheckSettings(
                     interval: .milliseconds(Int64(peerCheckInterval * 1000)), failuresToExpire: peerCheckFailures,
                     timeout: min(.seconds(2), .milliseconds(Int64(peerCheckInterval * 1000)))),
-                console: console.write, logger: logger)
+                metrics: metrics, console: console.write, logger: logger)
         } catch {
             console.close()
             FileHandle.standardError.write(Data("p2p-server: \(error)\n".utf8))
@@ -157,11 +173,38 @@ struct ServerCommand: AsyncParsableCommand {
             say("s> operation log: rpc://\(operationLog.host)")
         }
 
-        // Services stop in reverse order: the listener and the store first, then the log drains
-        // what is left.
+        // Services stop in reverse order: the web side, the listener and the store first, then
+        // the log drains what is left.
         var services: [any Service] = []
         if let operationLog { services.append(operationLog) }
         services.append(application)
+        if let httpPort {
+            let oplogGauges = operationLog.map { log in
+                (
+                    log,
+                    queued: Gauge(label: "p2p_oplog_queued_records", factory: factory),
+                    delivered: Gauge(label: "p2p_oplog_delivered_records", factory: factory),
+                    retried: Gauge(label: "p2p_oplog_retried_calls", factory: factory),
+                    dropped: Gauge(label: "p2p_oplog_dropped_records", factory: factory)
+                )
+            }
+            let web = buildDirectoryWebApplication(
+                DirectoryWebConfiguration(host: httpHost, port: httpPort), store: application.store,
+                registry: registry,
+                beforeScrape: {
+                    guard let gauges = oplogGauges else { return }
+                    let statistics = gauges.0.currentStatistics
+                    gauges.queued.record(statistics.pending)
+                    gauges.delivered.record(statistics.delivered)
+                    gauges.retried.record(statistics.retries)
+                    gauges.dropped.record(statistics.dropped)
+                },
+                logger: Logger(label: "p2p-server.web"),
+                onServerRunning: { channel in
+                    say("s> web page: http://\(httpHost):\(channel.localAddress?.port ?? httpPort)/")
+                })
+            services.append(web)
+        }
         let group = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },

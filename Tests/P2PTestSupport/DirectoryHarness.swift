@@ -42,6 +42,7 @@ public final class DirectoryHarness: Sendable {
         store: DirectoryStoreLocation? = nil,
         configuration: DirectoryServerConfiguration = .init(host: "127.0.0.1", port: 0),
         peerChecks: PeerCheckSettings? = nil,
+        metrics: DirectoryMetrics = .none,
         operationLog: RecordingOperationLog = RecordingOperationLog()
     ) async throws {
         self.dataDirectory = dataDirectory
@@ -50,7 +51,7 @@ public final class DirectoryHarness: Sendable {
         logger.logLevel = ProcessInfo.processInfo.environment["P2P_TEST_LOG"] != nil ? .debug : .critical
         let application = try await DirectoryApplication.build(
             configuration: configuration, store: store ?? .sqlite(dataDirectory: dataDirectory),
-            operationLog: operationLog, peerChecks: peerChecks, console: { _ in }, logger: logger)
+            operationLog: operationLog, peerChecks: peerChecks, metrics: metrics, console: { _ in }, logger: logger)
         self.application = application
         task = Task { try await application.run() }
     }

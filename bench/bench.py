@@ -6,6 +6,7 @@ measured in the same run:
   - directory server: against a minimal stateless C server (bench/floor_server.c), the floor
     cost of one connection per request here, driven by the same load generator; the floor is
     measured with 1, 2 and 4 generator threads to show that the generator is not the limit;
+  - web page: the directory while its page and /metrics are read, against the same server idle;
   - large directory: the same server on a directory of 1,000,000 users (100,000 connected) and
     10,000,000 files, built by bulk insert, against the same server on an empty directory;
   - operation log: the directory server with the log on against the same server with --no-oplog;
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, ".build", "release")
@@ -379,6 +381,57 @@ def peer_check_benchmark(large_dir):
         f"{w} {during[w]['rps'] / after[w]['rps']:.2f}" for w in workloads))
 
 
+def web_benchmark(work):
+    """The directory's throughput while its web side is in use: a /metrics scrape every second
+    and 16 people reading the front page (each a page a second), against the same server with
+    the web side idle; two rounds each, interleaved, averaged."""
+    port, web_port = free_port(), free_port()
+    server = start_server(os.path.join(work, "web-directory"), port, extra=["--http-port", str(web_port)])
+    wait_port(web_port)
+    workloads = ("register", "list-content")
+    idle = {w: [] for w in workloads}
+    busy = {w: [] for w in workloads}
+    pages = []
+    try:
+        for round_ in range(2):
+            for w in workloads:
+                idle[w].append(loadgen(port, w, 64, f"web-idle{round_}-{w}"))
+            for w in workloads:
+                stop_reading = threading.Event()
+                fetched = []
+
+                def read_every_second(path):
+                    # A person reading: one page a second (or /metrics, for the scraper).
+                    while not stop_reading.is_set():
+                        started = time.time()
+                        urllib.request.urlopen(f"http://127.0.0.1:{web_port}{path}", timeout=5).read()
+                        fetched.append(path)
+                        stop_reading.wait(max(0.0, 1.0 - (time.time() - started)))
+                readers = [threading.Thread(target=read_every_second, args=(path,))
+                           for path in ["/metrics"] + ["/"] * 16]
+                for reader in readers:
+                    reader.start()
+                busy[w].append(loadgen(port, w, 64, f"web-busy{round_}-{w}"))
+                stop_reading.set()
+                for reader in readers:
+                    reader.join()
+                pages.append(len(fetched))
+    finally:
+        stop(server)
+
+    def mean(runs):
+        return {"rps": statistics.mean(r["rps"] for r in runs), "p50_ms": statistics.mean(r["p50_ms"] for r in runs),
+                "p99_ms": max(r["p99_ms"] for r in runs), "errors": sum(r["errors"] for r in runs)}
+    for w in workloads:
+        rows.append(("web page", f"{w}, 64 clients, web side idle", mean(idle[w]), None))
+        result = mean(busy[w])
+        result["note"] = (f"with /metrics scraped every second and 16 readers of the page, each a page a second "
+                          f"({statistics.mean(pages):.0f} pages and scrapes per run)")
+        rows.append(("web page", f"{w}, 64 clients, web side busy", result, mean(idle[w])))
+    log("web page: " + ", ".join(f"{w} {mean(busy[w])['rps'] / mean(idle[w])['rps']:.2f}" for w in workloads)
+        + f"; {statistics.mean(pages):.0f} pages and scrapes per run")
+
+
 def oplog_benchmark(work):
     oplog = subprocess.Popen([os.path.join(ROOT, "rpc", "p2p-oplog")], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -573,7 +626,7 @@ def print_table():
 
 
 def main():
-    only = sys.argv[1:] or ["directory", "large", "oplog", "time", "getfile"]
+    only = sys.argv[1:] or ["directory", "large", "web", "oplog", "time", "getfile"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -581,6 +634,8 @@ def main():
             directory_benchmark(work)
         if "large" in only:
             large_directory_benchmark(work)
+        if "web" in only:
+            web_benchmark(work)
         if "oplog" in only:
             oplog_benchmark(work)
         if "time" in only:

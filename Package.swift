@@ -33,6 +33,12 @@ let package = Package(
             pkgConfig: "libtirpc",
             providers: [.apt(["libtirpc-dev"])]
         ),
+        // Line editing for the client's prompt (Debian's libedit).
+        .systemLibrary(
+            name: "CLibEdit",
+            pkgConfig: "libedit",
+            providers: [.apt(["libedit-dev"])]
+        ),
         // rpcgen's client stubs and XDR routines for rpc/operations.x, plus a small shim.
         .target(
             name: "COperationLog",
@@ -143,6 +149,7 @@ let package = Package(
             name: "p2p-client",
             dependencies: [
                 "P2PClient",
+                "CLibEdit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -2,7 +2,7 @@
 # Installs everything the P2P system needs on a Debian machine (run as root, or with sudo
 # available). Idempotent and quiet when all is there:
 #   system packages: a C compiler, rpcbind, rpcgen and libtirpc for the operation log, pkg-config,
-#   SQLite headers, socat, wrk and ss (iproute2) for the benchmarks, pkill (procps), chromium
+#   SQLite headers, libedit (line editing at the client prompt), socat, wrk and ss (iproute2) for the benchmarks, pkill (procps), chromium
 #   for the test that loads the directory's web page in a real browser;
 #   .venv/: a Python virtual environment with zeep, for the SOAP interop test.
 # Run alone (./setup.sh) it also builds the system in release mode.
@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 
 say() { printf 'setup: %s\n' "$*"; }
 
-packages=(gcc libc6-dev make rpcbind rpcsvc-proto libtirpc-dev pkg-config libsqlite3-dev socat wrk python3 procps iproute2
+packages=(gcc libc6-dev make rpcbind rpcsvc-proto libtirpc-dev pkg-config libsqlite3-dev libedit-dev socat wrk python3 procps iproute2
     chromium)
 missing=()
 for p in "${packages[@]}"; do

@@ -41,6 +41,9 @@ public actor ClientSession {
     private var lastKnownUser: String?
     private var peerServer: PeerFileServer?
     private var timeServiceFailing = false
+    /// How many commands failed (a result line other than OK, or a line that is no command):
+    /// a scripted run exits 1 when any did.
+    public private(set) var failures = 0
 
     public init(
         directory: DirectoryClient,
@@ -69,6 +72,7 @@ public actor ClientSession {
         } catch .empty {
             return true
         } catch {
+            failures += 1
             say(error.description)
             return true
         }
@@ -81,12 +85,12 @@ public actor ClientSession {
         case .register(let user):
             let code = await request(.register(user: user))?.code
             if code == 0 || code == 1 { lastKnownUser = user }
-            say(ResultLine.line(.register, code))
+            report(.register, code)
 
         case .unregister(let user):
             let code = await request(.unregister(user: user))?.code
             if code == 0, user == connectedUser { await stopServing() }
-            say(ResultLine.line(.unregister, code))
+            report(.unregister, code)
 
         case .connect(let user):
             await connect(user)
@@ -95,41 +99,53 @@ public actor ClientSession {
             let code = await request(.disconnect(user: user))?.code
             // Serving stops even when the server says no: the user asked to go offline.
             if user == connectedUser { await stopServing() }
-            say(ResultLine.line(.disconnect, code))
+            report(.disconnect, code)
 
         case .publish(let fileName, let description):
             let code = await request(.publish(user: actingUser, fileName: fileName, description: description))?.code
             if code == 0 { folder.publish(fileName) }
-            say(ResultLine.line(.publish, code))
+            report(.publish, code)
+            if code == 0, let opened = folder.open(fileName) {
+                close(opened.descriptor)
+            } else if code == 0 {
+                output.diagnostic(
+                    "PUBLISH: \(fileName) is not a file in the shared folder \(folder.root); "
+                        + "peers asking for it get FILE NOT EXIST until it is")
+            }
 
         case .delete(let fileName):
             let code = await request(.delete(user: actingUser, fileName: fileName))?.code
             if code == 0 { folder.unpublish(fileName) }
-            say(ResultLine.line(.delete, code))
+            report(.delete, code)
 
         case .listUsers:
             let reply = await request(.listUsers(user: actingUser))
-            say(ResultLine.line(.listUsers, reply?.code))
+            report(.listUsers, reply?.code)
             if case .users(let users)? = reply {
                 for user in users { output.line("\(user.name) \(user.ip) \(user.port)") }
             }
 
         case .listContent(let owner):
             let reply = await request(.listContent(user: actingUser, owner: owner))
-            say(ResultLine.line(.listContent, reply?.code))
+            report(.listContent, reply?.code)
             if case .content(let files)? = reply {
                 for file in files { output.line("\(file.name) \"\(file.description)\"") }
             }
 
         case .getFile(let user, let remoteName, let localName):
-            say(await getFile(from: user, remoteName: remoteName, localName: localName))
+            let line = await getFile(from: user, remoteName: remoteName, localName: localName)
+            if line != ResultLine.getFileOK { failures += 1 }
+            say(line)
 
         case .search(let query):
             let reply = await request(.search(user: actingUser, query: query), extension: true)
-            say(ResultLine.line(.search, reply?.code))
+            report(.search, reply?.code)
             if case .hits(let hits)? = reply {
                 for hit in hits { output.line("\(hit.owner) \(hit.name) \"\(hit.description)\"") }
             }
+
+        case .help:
+            for line in ConsoleCommand.helpLines { output.line(line) }
 
         case .quit:
             await shutdown()
@@ -138,12 +154,30 @@ public actor ClientSession {
         return true
     }
 
-    /// Disconnects the connected user (as DISCONNECT would) and stops serving; for QUIT, end
-    /// of input and signals.
+    /// What QUIT, end of input and Ctrl+C do: a download in progress is abandoned (its partial
+    /// file removed), and the connected user is disconnected as DISCONNECT would, printing
+    /// DISCONNECT's result line as the reference clients do.
     public func shutdown() async {
+        if FileDownloader.discardUnfinished() > 0 {
+            output.diagnostic("GET_FILE interrupted; the partial file was removed")
+        }
         guard let user = connectedUser else { return }
-        _ = await request(.disconnect(user: user))
+        let code = await request(.disconnect(user: user))?.code
         await stopServing()
+        report(.disconnect, code)
+    }
+
+    /// Says at start, in one line, when the directory server does not accept connections
+    /// (the shell goes on: it may come up later). Returns whether it did.
+    @discardableResult
+    public func checkServerReachable() async -> Bool {
+        do {
+            try await directory.probe()
+            return true
+        } catch {
+            output.diagnostic("\(error); commands will fail until it answers")
+            return false
+        }
     }
 
     // MARK: Commands
@@ -166,7 +200,7 @@ public actor ClientSession {
             server = try await PeerFileServer.start(folder: folder, logger: logger)
         } catch {
             output.diagnostic("cannot open a listening socket for peers: \(error)")
-            say(ResultLine.line(.connect, nil))
+            report(.connect, nil)
             return
         }
         let code = await request(.connect(user: user, port: String(server.port)))?.code
@@ -178,7 +212,12 @@ public actor ClientSession {
             await server.stop()
         }
         if code == 0 || code == 2 { lastKnownUser = user }
-        say(ResultLine.line(.connect, code))
+        report(.connect, code)
+        if code == 0 {
+            output.diagnostic(
+                "sharing \(folder.root) with other peers: they may download any regular file in it "
+                    + "(--share-dir chooses another folder)")
+        }
         if code == 2 {
             output.diagnostic(
                 "\(user) is still connected from an earlier session; the server takes a dead entry offline "
@@ -198,7 +237,9 @@ public actor ClientSession {
         let reply = await request(.listUsers(user: actingUser))
         guard case .users(let users)? = reply else {
             if let reply {
-                output.diagnostic("GET_FILE: cannot look the owner up: \(ResultLine.line(.listUsers, reply.code))")
+                output.diagnostic(
+                    "GET_FILE: cannot look the owner up: \(ResultLine.line(.listUsers, reply.code))"
+                        + (actingUser.isEmpty ? " (no user is registered or connected in this client)" : ""))
             }
             return ResultLine.getFileFail
         }
@@ -236,6 +277,20 @@ public actor ClientSession {
     private func say(_ line: String) {
         output.line(Self.prompt + line)
     }
+
+    /// Prints the result line of `operation` answered `code`, counting a failure.
+    private func report(_ operation: DirectoryOperation, _ code: ResultCode?) {
+        if code != 0 { failures += 1 }
+        say(ResultLine.line(operation, code))
+        // The spec's empty user name makes the server answer USER DOES NOT EXIST even when users
+        // exist; say why.
+        if code == 1, actingUser.isEmpty, Self.actsForAUser.contains(operation) {
+            output.diagnostic(
+                "no user is registered or connected in this client: REGISTER and CONNECT one first")
+        }
+    }
+
+    private static let actsForAUser: Set<DirectoryOperation> = [.publish, .delete, .listUsers, .listContent, .search]
 
     /// Sends a request stamped with the time service's date-time; nil (with the reason on
     /// stderr) when the server cannot be reached or answers nonsense.

@@ -1,4 +1,5 @@
-/// A command typed at the `c> ` prompt (PROTOCOL.md section 5). Names are case-sensitive.
+/// A command typed at the `c> ` prompt (PROTOCOL.md section 5). Names are accepted in any
+/// case (`register alice`); the result lines stay exactly as the spec writes them.
 public enum ConsoleCommand: Equatable, Sendable {
     case register(user: String)
     case unregister(user: String)
@@ -12,6 +13,8 @@ public enum ConsoleCommand: Equatable, Sendable {
     /// Extension: search every user's files (our servers only).
     case search(query: String)
     case quit
+    /// `help`, `HELP`, `?`: the commands with their arguments (this client only; nothing is sent).
+    case help
 
     /// What was wrong with a typed line; `description` is the usage line to print.
     public enum ParseError: Error, Equatable, CustomStringConvertible {
@@ -23,11 +26,21 @@ public enum ConsoleCommand: Equatable, Sendable {
             switch self {
             case .empty: return ""
             case .unknown(let name):
-                return "unknown command \(name.prefix(40)); commands: "
-                    + ConsoleCommand.usages.map(\.1).joined(separator: " | ")
+                return "unknown command \(name.prefix(40)); type help for the commands"
             case .usage(let usage): return "usage: \(usage)"
             }
         }
+    }
+
+    /// Every command name, as typed at the prompt and completed with Tab.
+    public static var names: [String] { usages.map(\.0) }
+
+    /// What `help` prints: one command with its arguments per line.
+    public static var helpLines: [String] {
+        let width = usages.map(\.1.count).max() ?? 0
+        return usages.map { name, usage in
+            usage.padding(toLength: width + 2, withPad: " ", startingAt: 0) + (summaries[name] ?? "")
+        } + ["Command names may be typed in any case. End of input (Ctrl+D) or Ctrl+C acts like QUIT."]
     }
 
     /// Each command's name and usage.
@@ -43,13 +56,30 @@ public enum ConsoleCommand: Equatable, Sendable {
         ("GET_FILE", "GET_FILE <userName> <remoteFileName> <localFileName>"),
         ("SEARCH", "SEARCH <words...>"),
         ("QUIT", "QUIT"),
+        ("HELP", "HELP"),
+    ]
+
+    static let summaries: [String: String] = [
+        "REGISTER": "create a user in the directory",
+        "UNREGISTER": "remove a user and everything it published",
+        "CONNECT": "go online as this user and serve the shared folder to peers",
+        "DISCONNECT": "go offline",
+        "PUBLISH": "list a file of the shared folder, with a description",
+        "DELETE": "withdraw a published file",
+        "LIST_USERS": "the users online, with their addresses",
+        "LIST_CONTENT": "the files a user published",
+        "GET_FILE": "download a file from a user's peer",
+        "SEARCH": "find files of every user by words of their names or descriptions",
+        "QUIT": "disconnect and leave (also end of input)",
+        "HELP": "this list (also ?)",
     ]
 
     /// Parses one line: words separated by spaces or tabs; a PUBLISH description is the rest
     /// of the line and may contain spaces.
     public static func parse(_ line: String) throws(ParseError) -> ConsoleCommand {
         let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
-        guard let name = words.first else { throw .empty }
+        guard let typed = words.first else { throw .empty }
+        let name = typed.uppercased()
         let arguments = Array(words.dropFirst())
         func usage() -> ParseError { .usage(usages.first { $0.0 == name }!.1) }
         switch name {
@@ -67,7 +97,7 @@ public enum ConsoleCommand: Equatable, Sendable {
         case "PUBLISH":
             guard arguments.count >= 2 else { throw usage() }
             // The description keeps its inner spacing: everything after the file name.
-            let afterName = line.drop(while: { $0 == " " || $0 == "\t" }).dropFirst(name.count)
+            let afterName = line.drop(while: { $0 == " " || $0 == "\t" }).dropFirst(typed.count)
                 .drop(while: { $0 == " " || $0 == "\t" }).dropFirst(arguments[0].count)
                 .drop(while: { $0 == " " || $0 == "\t" })
             var description = String(afterName)
@@ -82,8 +112,10 @@ public enum ConsoleCommand: Equatable, Sendable {
         case "GET_FILE":
             guard arguments.count == 3 else { throw usage() }
             return .getFile(user: arguments[0], remoteName: arguments[1], localName: arguments[2])
+        case "HELP", "?", "-H", "--HELP":
+            return .help
         default:
-            throw .unknown(name)
+            throw .unknown(typed)
         }
     }
 }

@@ -56,6 +56,19 @@ public struct DirectoryClient: Sendable {
         }
     }
 
+    /// Opens a connection to the server and closes it without sending anything; throws
+    /// `.unreachable` when none can be opened.
+    public func probe() async throws(DirectoryClientError) {
+        do {
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(3))
+                .connect(host: host, port: port).get()
+            try await channel.close()
+        } catch {
+            throw .unreachable("\(host):\(port): \(shortDescription(of: error))")
+        }
+    }
+
     private func exchange(_ bytes: ByteBuffer, operation: DirectoryOperation) async throws -> Reply {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(3))

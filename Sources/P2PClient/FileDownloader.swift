@@ -51,6 +51,20 @@ public struct FileDownloader: Sendable {
         self.idleTimeout = idleTimeout
     }
 
+    /// The temporary files of downloads in progress in this process.
+    private static let unfinished = Mutex<Set<String>>([])
+
+    /// Removes the temporary file of every download still in progress; for a client that is
+    /// about to exit (QUIT, Ctrl+C) in the middle of a GET_FILE. Returns how many it removed.
+    @discardableResult
+    public static func discardUnfinished() -> Int {
+        unfinished.withLock { paths in
+            for path in paths { unlink(path) }
+            defer { paths.removeAll() }
+            return paths.count
+        }
+    }
+
     /// Fetches `remoteName` from the peer at `host`:`port` into `localPath`; returns the size.
     @discardableResult
     public func download(
@@ -65,6 +79,8 @@ public struct FileDownloader: Sendable {
         let temporary = "\(directory)/.\(url.lastPathComponent).part-\(UInt32.random(in: 0...UInt32.max))"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { throw .localFile("\(temporary): \(String(cString: strerror(errno)))") }
+        Self.unfinished.withLock { _ = $0.insert(temporary) }
+        defer { Self.unfinished.withLock { _ = $0.remove(temporary) } }
         let file = LocalFile(descriptor: descriptor)
         do {
             let size = try await receive(remoteName, host: host, port: port, into: file, progress: progress)

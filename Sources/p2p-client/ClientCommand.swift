@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import P2PClient
 import P2PTimeClient
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -17,17 +18,18 @@ struct ClientCommand: AsyncParsableCommand {
         commandName: "p2p-client",
         abstract: "The P2P file-sharing client: a shell (c> ) for the directory server that also serves your files.",
         discussion: """
-            Commands: REGISTER <user>, UNREGISTER <user>, CONNECT <user>, DISCONNECT <user>, \
-            PUBLISH <file> <description>, DELETE <file>, LIST_USERS, LIST_CONTENT <user>, \
-            GET_FILE <user> <remote file> <local file>, QUIT. Reads commands from stdin; \
-            without a terminal it runs them in order and exits at end of input.
+            Type `help` at the prompt for the commands. On a terminal the prompt has line editing, \
+            history (Up, Ctrl+R) and Tab completion. Without a terminal it runs the lines of stdin \
+            in order and exits at end of input: 0 when every command succeeded, 1 when any failed.
             """)
 
-    @Option(name: .shortAndLong, help: "Directory server, by name or IP.")
-    var server: String
+    // Optional for the parser, required by `validate()`: so that a mistyped option is named
+    // first rather than drowned in the full help.
+    @Option(name: .shortAndLong, help: "Directory server, by name or IP (required).")
+    var server: String?
 
-    @Option(name: .shortAndLong, help: "Directory server port (1024-65535).")
-    var port: Int
+    @Option(name: .shortAndLong, help: "Directory server port, 1024-65535 (required).")
+    var port: Int?
 
     @Option(help: "Time service URL.")
     var timeService = "http://localhost:8000"
@@ -38,10 +40,15 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "Folder whose files peers may download (default: the current folder).")
     var shareDir: String?
 
+    @Option(help: "Where the prompt keeps its history on a terminal; empty for none (default: ~/.p2p_client_history).")
+    var historyFile: String?
+
     @Flag(help: "Log each file served to peers on stderr.")
     var verbose = false
 
     func validate() throws {
+        guard server != nil else { throw ValidationError("Missing expected argument '--server <server>'") }
+        guard let port else { throw ValidationError("Missing expected argument '--port <port>'") }
         guard (1024...65535).contains(port) else { throw ValidationError("--port must be 1024-65535") }
         do {
             _ = try TimeServiceClient(url: timeService)
@@ -51,6 +58,7 @@ struct ClientCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        guard let server, let port else { return }
         // Writing to a peer that went away must fail the write, not kill the client.
         signal(SIGPIPE, SIG_IGN)
         LoggingSystem.bootstrap { label in
@@ -80,39 +88,76 @@ struct ClientCommand: AsyncParsableCommand {
             folder: folder,
             output: output,
             logger: Logger(label: "p2p-client"))
+        // Line editing only when a person types at a terminal and sees the prompt; piped input
+        // keeps the plain behaviour exactly.
+        let editor = interactive && isatty(STDOUT_FILENO) == 1 ? LineEditor(historyFile: historyPath) : nil
+        let terminal = TerminalSettings()
 
-        // Ctrl+C or SIGTERM: disconnect first, like QUIT.
-        let signals = [Int32(SIGINT), Int32(SIGTERM)].map { (number: Int32) -> any DispatchSourceSignal in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                Task {
-                    await session.shutdown()
-                    writeOut(interactive ? "\n" : "")
-                    Glibc.exit(0)
-                }
+        // Ctrl+C, SIGTERM, SIGHUP: as QUIT (a second one ends the client at once).
+        let signalled = Atomic<Bool>(false)
+        TerminationSignals.install { number in
+            if number == SIGCONT {
+                editor?.redrawIfReading()
+                return
             }
-            source.resume()
-            return source
+            guard !signalled.exchange(true, ordering: .acquiringAndReleasing) else {
+                FileDownloader.discardUnfinished()
+                terminal.restore()
+                Glibc.exit(130)
+            }
+            Task {
+                if interactive { writeOut("\n") }
+                await session.shutdown()
+                terminal.restore()
+                Glibc.exit(await exitStatus(session, interactive: interactive))
+            }
         }
-        defer { for source in signals { source.cancel() } }
 
-        let reader = LineReader()
+        if interactive { await session.checkServerReachable() }
+        let reader = LineReader(editor: editor)
         while let line = await reader.next(prompt: interactive ? ClientSession.prompt : nil) {
-            guard await session.execute(line: line) else { return }
+            guard await session.execute(line: line) else {
+                throw ExitCode(await exitStatus(session, interactive: interactive))
+            }
         }
         // End of input acts like QUIT.
-        await session.shutdown()
         if interactive { writeOut("\n") }
+        await session.shutdown()
+        throw ExitCode(await exitStatus(session, interactive: interactive))
+    }
+
+    /// `--history-file`, or ~/.p2p_client_history; nil for none.
+    private var historyPath: String? {
+        if let historyFile { return historyFile.isEmpty ? nil : historyFile }
+        guard let home = ProcessInfo.processInfo.environment["HOME"], !home.isEmpty else { return nil }
+        return home + "/.p2p_client_history"
     }
 }
 
+/// A scripted run (stdin not a terminal) exits 1 when any command failed, so that scripts can
+/// check it; an interactive one exits 0.
+private func exitStatus(_ session: ClientSession, interactive: Bool) async -> Int32 {
+    interactive ? 0 : (await session.failures > 0 ? 1 : 0)
+}
+
 /// Reads stdin one line at a time on its own thread (a blocking read must not hold a
-/// concurrency thread), printing the prompt just before each read.
+/// concurrency thread), through the line editor on a terminal, else printing the prompt just
+/// before each plain read.
 final class LineReader: Sendable {
+    private let editor: LineEditor?
+
+    init(editor: LineEditor?) {
+        self.editor = editor
+    }
+
     func next(prompt: String?) async -> String? {
-        await withCheckedContinuation { continuation in
+        let editor = self.editor
+        return await withCheckedContinuation { continuation in
             Thread.detachNewThread {
+                if let editor {
+                    continuation.resume(returning: editor.readLine(prompt: prompt ?? ""))
+                    return
+                }
                 if let prompt { writeOut(prompt) }
                 continuation.resume(returning: readLine(strippingNewline: true))
             }

@@ -135,9 +135,9 @@ import Testing
     @Test(arguments: singleClientCases)
     func singleClient(_ testCase: Case) async throws {
         try await Environment.with(serverDown: testCase.serverDown) { environment in
-            let lines = try await environment.run(testCase.commands)
-            #expect(lines.last == testCase.lastLine, "all output: \(lines)")
-            #expect(lines.count == testCase.commands.count, "one result line per command: \(lines)")
+            let (results, farewell) = splitFarewell(try await environment.run(testCase.commands), testCase)
+            #expect(results.last == testCase.lastLine, "all output: \(results + farewell)")
+            #expect(results.count == testCase.commands.count, "one result line per command: \(results)")
         }
     }
 
@@ -145,9 +145,20 @@ import Testing
     @Test(arguments: singleClientCases.filter { !$0.serverDown })
     func singleClientWithRawByteCodes(_ testCase: Case) async throws {
         try await Environment.with(serverArguments: ["--no-oplog", "--result-encoding", "byte"]) { environment in
-            let lines = try await environment.run(testCase.commands)
-            #expect(lines.last == testCase.lastLine, "all output: \(lines)")
+            let (results, _) = splitFarewell(try await environment.run(testCase.commands), testCase)
+            #expect(results.last == testCase.lastLine, "all output: \(results)")
         }
+    }
+
+    /// The result lines of a case's commands, and what end of input printed after them: the
+    /// DISCONNECT line when a user was still connected (as QUIT does), else nothing.
+    func splitFarewell(_ lines: [String], _ testCase: Case) -> (results: [String], farewell: [String]) {
+        let results = Array(lines.prefix(testCase.commands.count))
+        let farewell = Array(lines.dropFirst(testCase.commands.count))
+        let stillConnected =
+            results.contains("c> CONNECT OK") && !testCase.commands.contains { $0.hasPrefix("DISCONNECT") }
+        #expect(farewell == (stillConnected ? ["c> DISCONNECT OK"] : []), "after the commands: \(farewell)")
+        return (results, farewell)
     }
 
     @Test func case21ListUsersShowsBothClients() async throws {
@@ -158,7 +169,8 @@ import Testing
             let lines = try await environment.run(["REGISTER user2", "CONNECT user2", "LIST_USERS"], in: "second")
             _ = try await first.finish()
             let list = try #require(lines.firstIndex(of: "c> LIST_USERS OK"), "output: \(lines)")
-            let users = lines[(list + 1)...].map { $0.split(separator: " ").map(String.init) }
+            #expect(lines.last == "c> DISCONNECT OK", "end of input disconnects user2")
+            let users = lines[(list + 1)..<(lines.count - 1)].map { $0.split(separator: " ").map(String.init) }
             #expect(users.count == 2)
             #expect(users.map { $0[0] } == ["user1", "user2"])
             for user in users {
@@ -175,7 +187,9 @@ import Testing
                 "LIST_CONTENT user1",
             ])
             #expect(
-                Array(lines.suffix(3)) == ["c> LIST_CONTENT OK", #"file1 "description1""#, #"file2 "description2""#])
+                Array(lines.suffix(4)) == [
+                    "c> LIST_CONTENT OK", #"file1 "description1""#, #"file2 "description2""#, "c> DISCONNECT OK",
+                ])
         }
     }
 
@@ -197,7 +211,7 @@ import Testing
             let secondFolder = try environment.clientFolder("second")
             #expect(lines.contains("c> GET_FILE OK"), "output: \(lines)")
             #expect(try Data(contentsOf: URL(fileURLWithPath: "\(secondFolder)/copy.txt")) == authors)
-            #expect(lines.last == "c> GET_FILE FAIL / FILE NOT EXIST")
+            #expect(lines.suffix(2) == ["c> GET_FILE FAIL / FILE NOT EXIST", "c> DISCONNECT OK"])
             // Nothing is left behind for the failed one, not even a temporary file.
             #expect(try FileManager.default.contentsOfDirectory(atPath: secondFolder) == ["copy.txt"])
         }

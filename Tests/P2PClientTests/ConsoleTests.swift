@@ -38,9 +38,22 @@ import Testing
         #expect(throws: ConsoleCommand.ParseError.usage("LIST_USERS")) { try ConsoleCommand.parse("LIST_USERS x") }
     }
 
-    @Test func commandsAreCaseSensitive() {
-        #expect(throws: ConsoleCommand.ParseError.unknown("register")) { try ConsoleCommand.parse("register alice") }
+    @Test func commandNamesAreAcceptedInAnyCase() throws {
+        #expect(try ConsoleCommand.parse("register alice") == .register(user: "alice"))
+        #expect(try ConsoleCommand.parse("List_Users") == .listUsers)
+        #expect(
+            try ConsoleCommand.parse("publish Notes.txt My Notes") == .publish(fileName: "Notes.txt", description: "My Notes"),
+            "arguments keep their case")
+        #expect(throws: ConsoleCommand.ParseError.unknown("registre")) { try ConsoleCommand.parse("registre alice") }
         #expect(throws: ConsoleCommand.ParseError.empty) { try ConsoleCommand.parse("   ") }
+    }
+
+    @Test func helpInItsUsualSpellings() throws {
+        for spelling in ["help", "HELP", "?", "--help", "Help"] {
+            #expect(try ConsoleCommand.parse(spelling) == .help)
+        }
+        #expect(ConsoleCommand.helpLines.count > ConsoleCommand.names.count - 1)
+        #expect(ConsoleCommand.ParseError.unknown("FOO").description == "unknown command FOO; type help for the commands")
     }
 
     @Test func resultLinesFollowTheSpec() {
@@ -106,6 +119,6 @@ import Testing
             ["CONNECT alice"], serverPort: server.port, timeURL: time.url, directory: folder.path)
         await server.stop()
         await time.stop()
-        #expect(lines == ["c> CONNECT OK"])
+        #expect(lines == ["c> CONNECT OK", "c> DISCONNECT OK"], "end of input disconnects, as QUIT")
     }
 }

@@ -22,6 +22,7 @@ import Testing
             output == [
                 "c> REGISTER OK", "c> CONNECT OK", "c> PUBLISH OK", "c> PUBLISH OK", "c> SEARCH OK",
                 #"alice lecture-notes.pdf "week one of algebra""#, "c> SEARCH OK", "c> SEARCH FAIL",
+                "c> DISCONNECT OK",
             ])
         await server.stop()
         await time.stop()

@@ -139,7 +139,7 @@ extension LogServerSuites {
                 #expect(try await bob.run("LIST_CONTENT alice") == "c> LIST_CONTENT OK")
                 let bobLines = try await bob.finish()
                 _ = try await alice.finish()
-                #expect(Array(bobLines.suffix(2)) == [#"a.txt "first""#, #"b.txt "second""#])
+                #expect(Array(bobLines.suffix(3)) == [#"a.txt "first""#, #"b.txt "second""#, "c> DISCONNECT OK"])
             }
         }
 

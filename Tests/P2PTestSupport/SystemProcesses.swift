@@ -83,13 +83,20 @@ public final class ClientProcess: Sendable {
     }
 
     /// Closes stdin (end of input acts as QUIT) and returns everything it printed on stdout.
+    /// Exit status 1 (some command failed) is the client's normal way to end a script in which
+    /// a command failed; anything else is an error.
     public func finish() async throws -> [String] {
+        try await finishWithStatus().lines
+    }
+
+    /// As `finish`, with the exit status (0: every command succeeded, 1: one failed).
+    public func finishWithStatus() async throws -> (lines: [String], status: Int32) {
         process.closeInput()
         let status = try await process.waitForExit(timeout: 30)
-        guard status == 0 else {
+        guard status == 0 || status == 1 else {
             throw SetupError("p2p-client exited with \(status); stderr: \(process.stderrLines.suffix(5))")
         }
-        return process.stdoutLines
+        return (process.stdoutLines, status)
     }
 
     /// Runs a whole script in one client and returns its output.

@@ -11,11 +11,14 @@ public struct TimeServiceConfiguration: Sendable {
     public var port: Int
     /// The largest request body accepted; a SOAP call is a few hundred bytes.
     public var maxBodySize: Int
+    /// One log line per request (method, path, status, time taken).
+    public var accessLog: Bool
 
-    public init(host: String = "127.0.0.1", port: Int = 8000, maxBodySize: Int = 64 * 1024) {
+    public init(host: String = "127.0.0.1", port: Int = 8000, maxBodySize: Int = 64 * 1024, accessLog: Bool = false) {
         self.host = host
         self.port = port
         self.maxBodySize = maxBodySize
+        self.accessLog = accessLog
     }
 }
 
@@ -32,7 +35,7 @@ public func buildApplication(
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let router = Router()
-    router.add(middleware: AccessLogMiddleware(logger: logger))
+    if configuration.accessLog { router.add(middleware: AccessLogMiddleware(logger: logger)) }
     TimeController(clock: clock, maxBodySize: configuration.maxBodySize).register(on: router)
     return Application(
         router: router,

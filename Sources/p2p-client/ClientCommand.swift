@@ -46,7 +46,15 @@ struct ClientCommand: AsyncParsableCommand {
     @Flag(help: "Log each file served to peers on stderr.")
     var verbose = false
 
+    /// Whatever is not an option of ours, kept so that `validate()` can name it before
+    /// complaining about anything else.
+    @Argument(parsing: .allUnrecognized, help: .hidden)
+    var unrecognized: [String] = []
+
     func validate() throws {
+        if let first = unrecognized.first {
+            throw ValidationError(first.hasPrefix("-") ? "Unknown option '\(first)'" : "Unexpected argument '\(first)'")
+        }
         guard server != nil else { throw ValidationError("Missing expected argument '--server <server>'") }
         guard let port else { throw ValidationError("Missing expected argument '--port <port>'") }
         guard (1024...65535).contains(port) else { throw ValidationError("--port must be 1024-65535") }

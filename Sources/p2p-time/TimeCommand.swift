@@ -1,7 +1,12 @@
 import ArgumentParser
 import Hummingbird
 import Logging
+import NIOCore
 import P2PTimeServer
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 @main
 struct TimeCommand: AsyncParsableCommand {
@@ -16,6 +21,9 @@ struct TimeCommand: AsyncParsableCommand {
     @Option(name: .shortAndLong, help: "TCP port to listen on.")
     var port = 8000
 
+    @Flag(help: "Log one line per request: method, path, status and time taken.")
+    var accessLog = false
+
     func run() async throws {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardOutput(label: label)
@@ -23,8 +31,15 @@ struct TimeCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "p2p-time")
-        let app = buildApplication(TimeServiceConfiguration(host: host, port: port), logger: logger)
+        let app = buildApplication(
+            TimeServiceConfiguration(host: host, port: port, accessLog: accessLog), logger: logger)
         // runService handles SIGINT/SIGTERM with a graceful shutdown.
-        try await app.runService()
+        do {
+            try await app.runService()
+        } catch let error as IOError {
+            // NIO names the system call; a person wants the address.
+            logger.error("cannot listen on \(host):\(port): \(String(cString: strerror(error.errnoCode)))")
+            throw ExitCode.failure
+        }
     }
 }

@@ -25,7 +25,7 @@ extension LogServerSuites {
                 timePort = try unusedPort()
                 logFile = folder.file("oplog.txt")
                 oplog = Locked(try await OperationLogServer(logFile: logFile))
-                time = Locked(try await TimeProcess(port: timePort))
+                time = Locked(try await TimeProcess(port: timePort, arguments: ["--access-log"]))
                 server = Locked(nil)
                 try await startServer()
             }

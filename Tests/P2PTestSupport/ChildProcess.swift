@@ -84,7 +84,7 @@ public final class ChildProcess: Sendable {
         posix_spawn_file_actions_adddup2(&actions, stdinPipe[0], 0)
         posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, stderrPipe[1], 2)
-        if let directory { gnuAddChdir(&actions, directory) }
+        if let directory { _ = gnuAddChdir(&actions, directory) }
 
         // Signals start with default handling and unblocked in the child.
         var attributes = posix_spawnattr_t()

@@ -33,8 +33,8 @@ public final class TimeProcess: Sendable {
     public let process: ChildProcess
     public let port: Int
 
-    public init(port requestedPort: Int = 0) async throws {
-        process = try ChildProcess(builtProduct("p2p-time"), ["--port", String(requestedPort)])
+    public init(port requestedPort: Int = 0, arguments: [String] = []) async throws {
+        process = try ChildProcess(builtProduct("p2p-time"), ["--port", String(requestedPort)] + arguments)
         let line = try await process.waitForLine { $0.contains("listening on") }
         guard let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) })
         else { throw SetupError("cannot read the port from \(line)") }

@@ -3,7 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := all
 
 SWIFT ?= swift
+# Builds go through scripts/swift.sh: a fixed environment, so that make's variables
+# (TIME_PORT=..., MAKEFLAGS) do not make SwiftPM rebuild everything.
+SWIFT_BUILD = SWIFT=$(SWIFT) scripts/swift.sh build
 CONFIG ?= debug
+PREFIX ?= /usr/local
+PROGRAMS := p2p-server p2p-client p2p-time
 TIRPC_CFLAGS = $(shell pkg-config --cflags libtirpc)
 TIRPC_LIBS = $(shell pkg-config --libs libtirpc)
 CFLAGS ?= -O2 -g
@@ -14,7 +19,7 @@ GENERATED := $(GENERATED_DIR)/include/operations.h $(GENERATED_DIR)/operations_c
 	$(GENERATED_DIR)/operations_xdr.c rpc/operations_svc.c
 SETUP_STAMP := .build/.setup-done
 
-.PHONY: all setup build release oplog rpcgen check-rpcgen test bench run clean
+.PHONY: all setup build release oplog rpcgen check-rpcgen test bench run install uninstall clean
 
 all: build oplog
 
@@ -26,10 +31,10 @@ $(SETUP_STAMP): setup.sh
 setup: $(SETUP_STAMP)
 
 build: $(SETUP_STAMP)
-	$(SWIFT) build -c $(CONFIG)
+	$(SWIFT_BUILD) -c $(CONFIG)
 
 release: $(SETUP_STAMP)
-	$(SWIFT) build -c release
+	$(SWIFT_BUILD) -c release
 
 # ---- operation-log server (C) -------------------------------------------------------------
 oplog: rpc/p2p-oplog
@@ -63,7 +68,7 @@ check-rpcgen: | $(SETUP_STAMP)
 # Tests that need rpcbind get it from scripts/with-rpcbind.sh, which stops it again if it
 # started it.
 test: $(SETUP_STAMP) check-rpcgen oplog
-	$(SWIFT) build --build-tests
+	$(SWIFT_BUILD) --build-tests
 	scripts/check-oplog-without-rpcbind.sh
 	# The multi-GiB transfers run alone, after the rest, so their load does not skew the
 	# timing of the others.
@@ -73,12 +78,22 @@ test: $(SETUP_STAMP) check-rpcgen oplog
 	$(SWIFT) test --skip-build --filter LargeTransferTests
 
 bench: $(SETUP_STAMP) oplog
-	$(SWIFT) build -c release
+	$(SWIFT_BUILD) -c release
 	scripts/with-rpcbind.sh python3 bench/bench.py
 
 run: $(SETUP_STAMP) oplog
-	$(SWIFT) build -c release
+	$(SWIFT_BUILD) -c release
 	scripts/run.sh
+
+# The four programs on PATH (PREFIX=/usr/local by default; DESTDIR for packaging). The Swift
+# programs use the Swift runtime of the toolchain that built them.
+install: release oplog
+	install -d "$(DESTDIR)$(PREFIX)/bin"
+	install -m 755 $(addprefix .build/release/,$(PROGRAMS)) rpc/p2p-oplog "$(DESTDIR)$(PREFIX)/bin/"
+	@echo "installed $(PROGRAMS) p2p-oplog in $(DESTDIR)$(PREFIX)/bin"
+
+uninstall:
+	rm -f $(addprefix "$(DESTDIR)$(PREFIX)/bin/",$(PROGRAMS) p2p-oplog)
 
 clean:
 	rm -rf .build rpc/*.o rpc/p2p-oplog

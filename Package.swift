@@ -194,6 +194,7 @@ let package = Package(
             name: "P2POperationLogTests",
             dependencies: [
                 "P2POperationLog", "P2PRPCOperationLog", "P2PDirectory", "P2PProtocol", "P2PTestSupport",
+                "COperationLog",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

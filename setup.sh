@@ -2,8 +2,9 @@
 # Installs everything the P2P system needs on a Debian machine (run as root, or with sudo
 # available). Idempotent and quiet when all is there:
 #   system packages: a C compiler, rpcbind, rpcgen and libtirpc for the operation log, pkg-config,
-#   SQLite headers, libedit (line editing at the client prompt), socat, wrk and ss (iproute2) for the benchmarks, pkill (procps), chromium
-#   for the test that loads the directory's web page in a real browser;
+#   SQLite headers, libedit (line editing at the client prompt), socat, wrk and ss (iproute2) for
+#   the benchmarks, pkill (procps), chromium for the test that loads the directory's web page in
+#   a real browser, tmux for the tests that type at the client's prompt in a real terminal;
 #   .venv/: a Python virtual environment with zeep, for the SOAP interop test.
 # Run alone (./setup.sh) it also builds the system in release mode.
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$(dirname "$0")"
 say() { printf 'setup: %s\n' "$*"; }
 
 packages=(gcc libc6-dev make rpcbind rpcsvc-proto libtirpc-dev pkg-config libsqlite3-dev libedit-dev socat wrk python3 procps iproute2
-    chromium)
+    chromium tmux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -40,6 +41,6 @@ fi
 if [ -z "${MAKELEVEL:-}" ]; then
     say "building (release)"
     make -s oplog
-    swift build -c release
+    scripts/swift.sh build -c release
     say "done: 'make run' starts the system"
 fi

@@ -70,3 +70,58 @@ operation_log_prog_1(struct svc_req *rqstp, register SVCXPRT *transp)
 
 	return;
 }
+
+void
+operation_log_prog_2(struct svc_req *rqstp, register SVCXPRT *transp)
+{
+	union {
+		operation_result print_result_2_arg;
+		operation_result_batch print_results_2_arg;
+	} argument;
+	union {
+		int print_result_2_res;
+		int print_results_2_res;
+	} result;
+	bool_t retval;
+	xdrproc_t _xdr_argument, _xdr_result;
+	bool_t (*local)(char *, void *, struct svc_req *);
+
+	switch (rqstp->rq_proc) {
+	case NULLPROC:
+		(void) svc_sendreply (transp, (xdrproc_t) xdr_void, (char *)NULL);
+		return;
+
+	case PRINT_RESULT:
+		_xdr_argument = (xdrproc_t) xdr_operation_result;
+		_xdr_result = (xdrproc_t) xdr_int;
+		local = (bool_t (*) (char *, void *,  struct svc_req *))print_result_2_svc;
+		break;
+
+	case PRINT_RESULTS:
+		_xdr_argument = (xdrproc_t) xdr_operation_result_batch;
+		_xdr_result = (xdrproc_t) xdr_int;
+		local = (bool_t (*) (char *, void *,  struct svc_req *))print_results_2_svc;
+		break;
+
+	default:
+		svcerr_noproc (transp);
+		return;
+	}
+	memset ((char *)&argument, 0, sizeof (argument));
+	if (!svc_getargs (transp, (xdrproc_t) _xdr_argument, (caddr_t) &argument)) {
+		svcerr_decode (transp);
+		return;
+	}
+	retval = (bool_t) (*local)((char *)&argument, (void *)&result, rqstp);
+	if (retval > 0 && !svc_sendreply(transp, (xdrproc_t) _xdr_result, (char *)&result)) {
+		svcerr_systemerr (transp);
+	}
+	if (!svc_freeargs (transp, (xdrproc_t) _xdr_argument, (caddr_t) &argument)) {
+		fprintf (stderr, "%s", "unable to free arguments");
+		exit (1);
+	}
+	if (!operation_log_prog_2_freeresult (transp, _xdr_result, (caddr_t) &result))
+		fprintf (stderr, "%s", "unable to free results");
+
+	return;
+}

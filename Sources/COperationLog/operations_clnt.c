@@ -26,3 +26,21 @@ print_operations_1(operation_batch *argp, int *clnt_res, CLIENT *clnt)
 		(xdrproc_t) xdr_int, (caddr_t) clnt_res,
 		TIMEOUT));
 }
+
+enum clnt_stat 
+print_result_2(operation_result *argp, int *clnt_res, CLIENT *clnt)
+{
+	return (clnt_call(clnt, PRINT_RESULT,
+		(xdrproc_t) xdr_operation_result, (caddr_t) argp,
+		(xdrproc_t) xdr_int, (caddr_t) clnt_res,
+		TIMEOUT));
+}
+
+enum clnt_stat 
+print_results_2(operation_result_batch *argp, int *clnt_res, CLIENT *clnt)
+{
+	return (clnt_call(clnt, PRINT_RESULTS,
+		(xdrproc_t) xdr_operation_result_batch, (caddr_t) argp,
+		(xdrproc_t) xdr_int, (caddr_t) clnt_res,
+		TIMEOUT));
+}

@@ -31,3 +31,26 @@ xdr_operation_batch (XDR *xdrs, operation_batch *objp)
 		 return FALSE;
 	return TRUE;
 }
+
+bool_t
+xdr_operation_result (XDR *xdrs, operation_result *objp)
+{
+	register int32_t *buf;
+
+	 if (!xdr_operation_record (xdrs, &objp->record))
+		 return FALSE;
+	 if (!xdr_int (xdrs, &objp->result))
+		 return FALSE;
+	return TRUE;
+}
+
+bool_t
+xdr_operation_result_batch (XDR *xdrs, operation_result_batch *objp)
+{
+	register int32_t *buf;
+
+	 if (!xdr_array (xdrs, (char **)&objp->operation_result_batch_val, (u_int *) &objp->operation_result_batch_len, ~0,
+		sizeof (operation_result), (xdrproc_t) xdr_operation_result))
+		 return FALSE;
+	return TRUE;
+}

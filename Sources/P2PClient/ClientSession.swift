@@ -255,8 +255,11 @@ public actor ClientSession {
                 let elapsed = ContinuousClock.now - started
                 guard elapsed > .seconds(1) else { return }
                 let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                // No total: GET_FILE's reply has no length (PROTOCOL.md section 4).
+                let elapsedText = String(format: "%d:%02d", Int(seconds) / 60, Int(seconds) % 60)
                 show(
-                    "GET_FILE \(remoteName): \(formatBytes(Double(bytes))) (\(formatBytes(Double(bytes) / seconds))/s)")
+                    "GET_FILE \(remoteName): \(formatBytes(Double(bytes))) in \(elapsedText) "
+                        + "(\(formatBytes(Double(bytes) / seconds))/s)")
             }
         }
         defer { progressOutput?(nil) }

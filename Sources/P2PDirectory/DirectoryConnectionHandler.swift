@@ -130,6 +130,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         let start = NIODeadline.now()
         // The batcher runs the completion on this channel's event loop.
         batcher.submit(work) { reply, code in
+            self.handler.served(request, code: code)
             self.metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
             self.send(reply, context: context)
         }

@@ -25,17 +25,23 @@ public struct DirectoryRequestHandler: Sendable {
         self.console = console
     }
 
-    /// Accepts `request`, which arrived from `peerIP` (evaluated only for CONNECT, which stores
-    /// it, and for the changes the owner check applies to), and says what the store must do
-    /// for it. Every call is logged once.
-    public func accept(_ request: Request, peerIP: @autoclosure () -> String) -> StoreWork {
-        console("s> \(request.operation.rawValue) FROM \(request.user)")
+    /// Records in the operation log that `request` was answered `code`; once per request,
+    /// when its reply is ready.
+    public func served(_ request: Request, code: P2PProtocol.ResultCode) {
         operationLog?.submit(
             OperationRecord(
                 user: request.user,
                 operation: request.operation.rawValue,
                 fileName: request.fileName ?? "",
-                dateTime: request.dateTime))
+                dateTime: request.dateTime,
+                result: Int32(code.rawValue)))
+    }
+
+    /// Accepts `request`, which arrived from `peerIP` (evaluated only for CONNECT, which stores
+    /// it, and for the changes the owner check applies to), and says what the store must do
+    /// for it. Prints the console line; `served` logs the operation once answered.
+    public func accept(_ request: Request, peerIP: @autoclosure () -> String) -> StoreWork {
+        console("s> \(request.operation.rawValue) FROM \(request.user)")
         switch request.command {
         case .register(let user):
             return .change(.register(user: user))

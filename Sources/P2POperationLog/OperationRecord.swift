@@ -7,12 +7,17 @@ public struct OperationRecord: Sendable, Hashable {
     public var fileName: String
     /// The date-time that came in the request.
     public var dateTime: String
+    /// The result code the server answered (0 success; the operation's codes otherwise), or
+    /// nil when there is none (EXPIRE, which no client asked for). Sent with version 2 of the
+    /// RPC program; the printed line leaves it out unless the log server is asked to show it.
+    public var result: Int32?
 
-    public init(user: String, operation: String, fileName: String = "", dateTime: String) {
+    public init(user: String, operation: String, fileName: String = "", dateTime: String, result: Int32? = nil) {
         self.user = user
         self.operation = operation
         self.fileName = fileName
         self.dateTime = dateTime
+        self.result = result
     }
 
     /// The line the log server prints for this record.

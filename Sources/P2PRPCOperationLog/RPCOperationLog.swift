@@ -12,9 +12,9 @@ import ServiceLifecycle
 ///
 /// ``submit(_:)`` only appends to a bounded in-memory queue; one dedicated thread makes the
 /// RPC calls, which block, so neither the NIO event loops nor the Swift concurrency pool ever
-/// wait for the log server. Records are sent in order, up to ``maxBatch`` per
-/// `PRINT_OPERATIONS` call, over one reused TCP client handle. When the log server is down
-/// or restarts, the thread recreates the handle with exponential backoff and sends what the
+/// wait for the log server. Records are sent in order, up to ``maxBatch`` per `PRINT_RESULTS`
+/// call (version 2, with result codes; `PRINT_OPERATIONS` of version 1 to an older log
+/// server), over one reused TCP client handle. When the log server is down or restarts, the thread recreates the handle with exponential backoff and sends what the
 /// queue still holds; records that do not fit in the queue meanwhile are dropped and counted.
 /// A call that timed out may have been printed, so after an outage a record can be printed
 /// twice, never out of order. Under load the thread lets records gather for ``gatherTime``
@@ -34,6 +34,9 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
 
     // Only touched on the worker's thread.
     private var client: UnsafeMutablePointer<CLIENT>?
+    /// The program version `client` speaks: 2 (with result codes) unless the log server only
+    /// has version 1.
+    private var clientVersion = UInt32(OPERATION_LOG_VERS_2)
     private var backoff = 0.05
     private var outage = false
 
@@ -113,9 +116,14 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
         }
         var error = [CChar](repeating: 0, count: 512)
         if client == nil {
-            client = oplog_client_create(host, callTimeoutMilliseconds, &error, error.count)
+            // Version 2 first; a log server from before it has only version 1.
+            for version in [UInt32(OPERATION_LOG_VERS_2), UInt32(OPERATION_LOG_VERS)] {
+                client = oplog_client_create(host, version, callTimeoutMilliseconds, &error, error.count)
+                clientVersion = version
+                if client != nil { break }
+            }
         }
-        if let handle = client, Self.send(batch, handle, &error) {
+        if let handle = client, Self.send(batch, handle, version: clientVersion, &error) {
             if outage {
                 logger.notice("operation log server at \(host) is back")
                 outage = false
@@ -140,10 +148,10 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
     }
 
     /// One call carrying `batch`; false (with the reason in `error`) when it failed.
-    private static func send(_ batch: [OperationRecord], _ client: UnsafeMutablePointer<CLIENT>, _ error: inout [CChar])
-        -> Bool
-    {
-        let records = UnsafeMutablePointer<operation_record>.allocate(capacity: batch.count)
+    private static func send(
+        _ batch: [OperationRecord], _ client: UnsafeMutablePointer<CLIENT>, version: UInt32, _ error: inout [CChar]
+    ) -> Bool {
+        let records = UnsafeMutablePointer<operation_result>.allocate(capacity: batch.count)
         var strings: [UnsafeMutablePointer<CChar>] = []
         strings.reserveCapacity(batch.count * 4)
         func copy(_ text: String) -> UnsafeMutablePointer<CChar> {
@@ -152,16 +160,18 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
             return pointer
         }
         for (index, record) in batch.enumerated() {
-            records[index] = operation_record(
-                user: copy(record.user),
-                operation: copy(record.operation),
-                file_name: copy(record.fileName),
-                date_time: copy(record.dateTime))
+            records[index] = operation_result(
+                record: operation_record(
+                    user: copy(record.user),
+                    operation: copy(record.operation),
+                    file_name: copy(record.fileName),
+                    date_time: copy(record.dateTime)),
+                result: record.result ?? -1)
         }
         defer {
             for string in strings { free(string) }
             records.deallocate()
         }
-        return oplog_client_send(client, records, UInt32(batch.count), &error, error.count) == 0
+        return oplog_client_send(client, version, records, UInt32(batch.count), &error, error.count) == 0
     }
 }

@@ -6,6 +6,7 @@ import P2PRPCOperationLog
 import P2PProtocol
 import P2PTestSupport
 import Testing
+import COperationLog
 
 /// Everything that runs the real log server. Serialized: there is one rpcbind registration for
 /// the program, so only one log server can run at a time.
@@ -49,30 +50,118 @@ extension LogServerSuites {
             #expect(!(await OperationLogServer.isRegistered()), "it unregisters from rpcbind when stopped")
         }
 
-        @Test func everyDirectoryRequestYieldsOneLineInOrder() async throws {
+        @Test func showResultAddsTheResultCodeForEitherVersion() async throws {
             let folder = try TemporaryDirectory()
             defer { folder.remove() }
-            let server = try await OperationLogServer(logFile: folder.file("oplog.txt"))
+            let server = try await OperationLogServer(logFile: folder.file("oplog.txt"), arguments: ["--show-result"])
+            let log = RPCOperationLog(host: "localhost", logger: logger)
+            log.start()
+            log.submit(
+                OperationRecord(
+                    user: "alice", operation: "PUBLISH", fileName: "a.txt", dateTime: "25/11/2026 13:05:09", result: 0))
+            log.submit(
+                OperationRecord(
+                    user: "alice", operation: "PUBLISH", fileName: "a.txt", dateTime: "25/11/2026 13:05:10", result: 3))
+            try await waitUntil("2 lines") { server.lines.count >= 2 }
+            _ = await log.shutdown()
+            // A server from before version 2 sends version 1 records, without results.
+            var error = [CChar](repeating: 0, count: 256)
+            let client = try #require(oplog_client_create("localhost", UInt32(OPERATION_LOG_VERS), 2000, &error, 256))
+            defer { oplog_client_destroy(client) }
+            let sent = "bob".withCString { user in
+                "REGISTER".withCString { operation in
+                    "".withCString { file in
+                        "25/11/2026 13:05:11".withCString { dateTime in
+                            var record = operation_result(
+                                record: operation_record(
+                                    user: UnsafeMutablePointer(mutating: user),
+                                    operation: UnsafeMutablePointer(mutating: operation),
+                                    file_name: UnsafeMutablePointer(mutating: file),
+                                    date_time: UnsafeMutablePointer(mutating: dateTime)),
+                                result: 0)
+                            return oplog_client_send(client, UInt32(OPERATION_LOG_VERS), &record, 1, &error, 256)
+                        }
+                    }
+                }
+            }
+            #expect(sent == 0)
+            try await waitUntil("3 lines") { server.lines.count >= 3 }
+            await server.stop()
+            #expect(
+                server.lines == [
+                    "alice PUBLISH a.txt 25/11/2026 13:05:09 -> 0",
+                    "alice PUBLISH a.txt 25/11/2026 13:05:10 -> 3",
+                    "bob REGISTER 25/11/2026 13:05:11 -> ?",
+                ])
+        }
+
+        @Test func aSecondLogServerRefusesWhileTheFirstAnswers() async throws {
+            let folder = try TemporaryDirectory()
+            defer { folder.remove() }
+            let first = try await OperationLogServer(logFile: folder.file("first.txt"))
+            let second = try ChildProcess(OperationLogServer.binary, ["--log-file", folder.file("second.txt")])
+            let status = try await second.waitForExit()
+            #expect(status != 0)
+            #expect(
+                second.stderrLines.contains { $0.contains("already registered and answering") }, "\(second.stderrLines)")
+            // The first one is still registered and still prints.
+            #expect(await OperationLogServer.isRegistered())
+            let log = RPCOperationLog(host: "localhost", logger: logger)
+            log.start()
+            log.submit(OperationRecord(user: "carol", operation: "REGISTER", dateTime: "25/11/2026 13:05:09"))
+            try await waitUntil("the first server prints it") { first.lines == ["carol REGISTER 25/11/2026 13:05:09"] }
+            _ = await log.shutdown()
+            await first.stop()
+        }
+
+        @Test func aStaleRegistrationIsTakenOver() async throws {
+            let folder = try TemporaryDirectory()
+            defer { folder.remove() }
+            let killed = try await OperationLogServer(logFile: folder.file("killed.txt"))
+            await killed.kill()
+            #expect(await OperationLogServer.hasRegistration(), "kill -9 leaves the registration behind")
+            let next = try await OperationLogServer(logFile: folder.file("next.txt"))
+            let log = RPCOperationLog(host: "localhost", logger: logger)
+            log.start()
+            log.submit(OperationRecord(user: "dave", operation: "REGISTER", dateTime: "25/11/2026 13:05:09"))
+            try await waitUntil("the new server prints it") { next.lines == ["dave REGISTER 25/11/2026 13:05:09"] }
+            _ = await log.shutdown()
+            await next.stop()
+        }
+
+        @Test func logFileWithoutAPathIsNamed() async throws {
+            let process = try ChildProcess(OperationLogServer.binary, ["--log-file"])
+            #expect(try await process.waitForExit() == 2)
+            #expect(process.stderrLines.first == "p2p-oplog: --log-file needs a path")
+        }
+
+        /// Also with `--show-result`: the result code each request was answered travels with it.
+        @Test(arguments: [false, true])
+        func everyDirectoryRequestYieldsOneLineInOrder(showResult: Bool) async throws {
+            let folder = try TemporaryDirectory()
+            defer { folder.remove() }
+            let server = try await OperationLogServer(
+                logFile: folder.file("oplog.txt"), arguments: showResult ? ["--show-result"] : [])
             let log = RPCOperationLog(host: "localhost", logger: logger)
             log.start()
             let directory = try await DirectoryHarness(
                 dataDirectory: folder.file("data"), operationLog: RecordingOperationLog(forwardingTo: log))
-            let steps: [(Request.Command, String)] = [
-                (.register(user: "alice"), "alice REGISTER"),
-                (.register(user: "alice"), "alice REGISTER"),
-                (.connect(user: "alice", port: "4000"), "alice CONNECT"),
-                (.publish(user: "alice", fileName: "a.txt", description: "first file"), "alice PUBLISH a.txt"),
-                (.listUsers(user: "alice"), "alice LIST_USERS"),
-                (.listContent(user: "alice", owner: "bob"), "alice LIST_CONTENT"),
-                (.delete(user: "alice", fileName: "a.txt"), "alice DELETE a.txt"),
-                (.disconnect(user: "alice"), "alice DISCONNECT"),
-                (.unregister(user: "alice"), "alice UNREGISTER"),
+            let steps: [(Request.Command, String, Int)] = [
+                (.register(user: "alice"), "alice REGISTER", 0),
+                (.register(user: "alice"), "alice REGISTER", 1),
+                (.connect(user: "alice", port: "4000"), "alice CONNECT", 0),
+                (.publish(user: "alice", fileName: "a.txt", description: "first file"), "alice PUBLISH a.txt", 0),
+                (.listUsers(user: "alice"), "alice LIST_USERS", 0),
+                (.listContent(user: "alice", owner: "bob"), "alice LIST_CONTENT", 3),
+                (.delete(user: "alice", fileName: "a.txt"), "alice DELETE a.txt", 0),
+                (.disconnect(user: "alice"), "alice DISCONNECT", 0),
+                (.unregister(user: "alice"), "alice UNREGISTER", 0),
             ]
             var expected: [String] = []
-            for (index, (command, prefix)) in steps.enumerated() {
+            for (index, (command, prefix, code)) in steps.enumerated() {
                 let dateTime = String(format: "25/11/2026 13:06:%02d", index)
                 _ = try await directory.send(command, dateTime: dateTime)
-                expected.append("\(prefix) \(dateTime)")
+                expected.append("\(prefix) \(dateTime)" + (showResult ? " -> \(code)" : ""))
             }
             try await waitUntil("\(expected.count) lines") { server.lines.count >= expected.count }
             #expect(server.lines == expected)

@@ -7,7 +7,7 @@ public final class OperationLogServer: Sendable {
     public let process: ChildProcess
 
     /// Starts the server writing to `logFile` and waits until rpcbind knows it.
-    public init(logFile: String) async throws {
+    public init(logFile: String, arguments: [String] = []) async throws {
         let binary = "\(packageRoot)/rpc/p2p-oplog"
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw SetupError("\(binary) is missing: run 'make oplog' (make test does)")
@@ -16,7 +16,7 @@ public final class OperationLogServer: Sendable {
             throw SetupError("rpcbind is not running: start it with 'rpcbind' (make test does)")
         }
         self.logFile = logFile
-        process = try ChildProcess(binary, ["--log-file", logFile])
+        process = try ChildProcess(binary, ["--log-file", logFile] + arguments)
         try await waitUntil("p2p-oplog to register with rpcbind") { await Self.isRegistered() }
     }
 
@@ -39,6 +39,16 @@ public final class OperationLogServer: Sendable {
     public static func isRegistered() async -> Bool {
         await ChildProcess.run("/usr/bin/rpcinfo", ["-t", "localhost", "536871065", "1"]) == 0
     }
+
+    /// Whether rpcbind holds a registration of the program (answering or not).
+    public static func hasRegistration() async -> Bool {
+        guard let listing = try? ChildProcess("/usr/bin/rpcinfo", ["-p", "localhost"]) else { return false }
+        _ = try? await listing.waitForExit()
+        return listing.stdoutLines.contains { $0.contains("536871065") }
+    }
+
+    /// `rpc/p2p-oplog`, for starting more than one.
+    public static var binary: String { "\(packageRoot)/rpc/p2p-oplog" }
 
     public static func rpcbindIsRunning() async -> Bool {
         await ChildProcess.run("/usr/bin/rpcinfo", ["-p", "localhost"]) == 0

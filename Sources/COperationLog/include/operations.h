@@ -29,6 +29,17 @@ typedef struct {
 	operation_record *operation_batch_val;
 } operation_batch;
 
+struct operation_result {
+	operation_record record;
+	int result;
+};
+typedef struct operation_result operation_result;
+
+typedef struct {
+	u_int operation_result_batch_len;
+	operation_result *operation_result_batch_val;
+} operation_result_batch;
+
 #define OPERATION_LOG_PROG 0x20000099
 #define OPERATION_LOG_VERS 1
 
@@ -50,16 +61,40 @@ extern  enum clnt_stat print_operations_1();
 extern  bool_t print_operations_1_svc();
 extern int operation_log_prog_1_freeresult ();
 #endif /* K&R C */
+#define OPERATION_LOG_VERS_2 2
+
+#if defined(__STDC__) || defined(__cplusplus)
+#define PRINT_RESULT 1
+extern  enum clnt_stat print_result_2(operation_result *, int *, CLIENT *);
+extern  bool_t print_result_2_svc(operation_result *, int *, struct svc_req *);
+#define PRINT_RESULTS 2
+extern  enum clnt_stat print_results_2(operation_result_batch *, int *, CLIENT *);
+extern  bool_t print_results_2_svc(operation_result_batch *, int *, struct svc_req *);
+extern int operation_log_prog_2_freeresult (SVCXPRT *, xdrproc_t, caddr_t);
+
+#else /* K&R C */
+#define PRINT_RESULT 1
+extern  enum clnt_stat print_result_2();
+extern  bool_t print_result_2_svc();
+#define PRINT_RESULTS 2
+extern  enum clnt_stat print_results_2();
+extern  bool_t print_results_2_svc();
+extern int operation_log_prog_2_freeresult ();
+#endif /* K&R C */
 
 /* the xdr functions */
 
 #if defined(__STDC__) || defined(__cplusplus)
 extern  bool_t xdr_operation_record (XDR *, operation_record*);
 extern  bool_t xdr_operation_batch (XDR *, operation_batch*);
+extern  bool_t xdr_operation_result (XDR *, operation_result*);
+extern  bool_t xdr_operation_result_batch (XDR *, operation_result_batch*);
 
 #else /* K&R C */
 extern bool_t xdr_operation_record ();
 extern bool_t xdr_operation_batch ();
+extern bool_t xdr_operation_result ();
+extern bool_t xdr_operation_result_batch ();
 
 #endif /* K&R C */
 

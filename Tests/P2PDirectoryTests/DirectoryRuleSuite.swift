@@ -285,6 +285,36 @@ extension RuleCase {
                     ])),
             ]),
         RuleCase(
+            name: "SEARCH: a prefix of more than 3 letters finds every word it starts, however many",
+            steps: [
+                register("me"), connect("me"),
+                publish("me", "lecture-1.pdf", "week one"), publish("me", "lecturer.txt", "notes"),
+                publish("me", "lect.txt", "lectern"), publish("me", "other.txt", "LECTURES Über"),
+                .query(
+                    .search(requester: "me", query: "lecture"),
+                    .hits([
+                        SearchHit(owner: "me", name: "lecture-1.pdf", description: "week one"),
+                        SearchHit(owner: "me", name: "lecturer.txt", description: "notes"),
+                        SearchHit(owner: "me", name: "other.txt", description: "LECTURES Über"),
+                    ])),
+                .query(.search(requester: "me", query: "lecturers"), .hits([])),
+                .query(
+                    .search(requester: "me", query: "uber lectu"),
+                    .hits([SearchHit(owner: "me", name: "other.txt", description: "LECTURES Über")])),
+            ]
+                // 300 words starting with "zqxywvu" (longer than the prefix lists): more than the expansion takes.
+                + (0..<300).map { publish("me", "zqxywvu\($0).bin", "d") }
+                + [
+                    .query(
+                        .search(requester: "me", query: "ZQXYWVU"),
+                        .hits((0..<100).map { SearchHit(owner: "me", name: "zqxywvu\($0).bin", description: "d") })),
+                    .query(
+                        .search(requester: "me", query: "zqxywvu29"),
+                        .hits(
+                            ([29] + Array(290..<300)).map { SearchHit(owner: "me", name: "zqxywvu\($0).bin", description: "d") }
+                        )),
+                ]),
+        RuleCase(
             name: "SEARCH: at most 100 hits",
             steps: [register("me"), connect("me")]
                 + (0..<130).map { publish("me", "file\($0).txt", "many") }
@@ -457,7 +487,7 @@ extension RuleCase {
             let actual = await sqlite.apply(batch)
             #expect(actual == expected, "round \(round): \(batch)")
             var queries: [DirectoryQuery] = users.map { .listUsers(requester: $0) }
-            queries += ["f", "r1", "g h", "txt"].map { .search(requester: "a", query: $0) }
+            queries += ["f", "r1", "g h", "txt", "r100", "r25 txt", "r2999", "r1234567", "r123456"].map { .search(requester: "a", query: $0) }
             for requester in users {
                 for owner in users { queries.append(.listContent(requester: requester, owner: owner)) }
             }

@@ -27,6 +27,8 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     }
 
     private enum State {
+        /// `--proxy-protocol`: the load balancer's header comes first (bytes so far).
+        case awaitingProxyHeader(ByteBuffer)
         case reading
         case serving
         /// Reply sent after bad input: waiting for the client to close.
@@ -45,12 +47,15 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private var state = State.reading
     private var deadline: Scheduled<Void>?
     private var receivedBytes = false
+    /// The client's address from the PROXY protocol header, standing for the connection's.
+    private var proxiedIP: String?
 
     init(
         handler: DirectoryRequestHandler,
         batcher: StoreBatcher,
         encoder: ReplyEncoder,
         requestTimeout: TimeAmount,
+        expectsProxyHeader: Bool = false,
         connections: ConnectionCounter,
         metrics: DirectoryMetrics,
         logger: Logger
@@ -59,6 +64,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         self.batcher = batcher
         self.encoder = encoder
         self.requestTimeout = requestTimeout
+        if expectsProxyHeader { state = .awaitingProxyHeader(ByteBuffer()) }
         self.connections = connections
         self.metrics = metrics
         self.logger = logger
@@ -81,8 +87,27 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .reading = state else { return }
         var bytes = unwrapInboundIn(data)
+        if case .awaitingProxyHeader(var header) = state {
+            receivedBytes = true
+            header.writeBuffer(&bytes)
+            var decoder = ProxyHeaderDecoder()
+            do {
+                guard let proxy = try decoder.decode(&header) else {
+                    state = .awaitingProxyHeader(header)
+                    return
+                }
+                proxiedIP = proxy.source?.ip
+                state = .reading
+                // What follows the header is the request.
+                bytes = header
+                guard bytes.readableBytes > 0 else { return }
+            } catch {
+                refuseWithoutProxyHeader(error, context: context)
+                return
+            }
+        }
+        guard case .reading = state else { return }
         receivedBytes = true
         do {
             guard let request = try decoder.decode(&bytes) else { return }
@@ -95,13 +120,17 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             // Shutting down: a connection that has not started a request will not get to.
-            if case .reading = state, !receivedBytes { close(context) }
+            switch state {
+            case .reading, .awaitingProxyHeader: if !receivedBytes { close(context) }
+            case .serving, .draining, .closed: break
+            }
             return
         }
         guard let event = event as? ChannelEvent, case .inputClosed = event else {
             return context.fireUserInboundEventTriggered(event)
         }
         switch state {
+        case .awaitingProxyHeader: refuseWithoutProxyHeader(ProxyHeaderError.missing, context: context)
         case .reading: reject(decoder.finish(), context: context)
         case .draining: close(context)
         case .serving, .closed: break
@@ -110,6 +139,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         switch state {
+        case .awaitingProxyHeader: refuseWithoutProxyHeader(error, context: context)
         case .reading: reject(error, context: context)
         case .draining: close(context)
         case .serving, .closed: break
@@ -126,7 +156,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         // The whole request is here: the deadline no longer applies.
         deadline?.cancel()
         deadline = nil
-        let work = handler.accept(request, peerIP: context.remoteAddress?.ipAddress ?? "0.0.0.0")
+        let work = handler.accept(request, peerIP: self.proxiedIP ?? context.remoteAddress?.ipAddress ?? "0.0.0.0")
         let start = NIODeadline.now()
         // The batcher runs the completion on this channel's event loop.
         batcher.submit(work) { reply, code in
@@ -165,8 +195,21 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         if error is TimedOut { close(context) }
     }
 
+    /// `--proxy-protocol` and the connection did not start with a valid header: nothing of it
+    /// is read as a request (it may come from someone bypassing the balancer); closed with a
+    /// log line. A connection that closes without a byte is the balancer's health check.
+    private func refuseWithoutProxyHeader(_ error: any Error, context: ChannelHandlerContext) {
+        let peer = context.remoteAddress?.ipAddress ?? "?"
+        if receivedBytes {
+            logger.warning("closing connection from \(peer): \(error) (the server expects one: --proxy-protocol)")
+        } else {
+            logger.debug("empty connection from \(peer)")
+        }
+        close(context)
+    }
+
     private func close(_ context: ChannelHandlerContext) {
-        guard state != .closed else { return }
+        if case .closed = state { return }
         state = .closed
         context.close(promise: nil)
     }

@@ -21,6 +21,10 @@ public struct DirectoryServerConfiguration: Sendable {
     public var shutdownGracePeriod: TimeAmount
     /// Whether a connected user can be changed only from the address it connected from.
     public var ownerCheck: Bool
+    /// Whether every connection starts with a PROXY protocol header (v1 or v2) from a load
+    /// balancer, whose client address then stands for the connection's (CONNECT records it,
+    /// the owner check compares it). A connection without a valid one is closed.
+    public var proxyProtocol: Bool
 
     public init(
         host: String = "0.0.0.0",
@@ -29,7 +33,8 @@ public struct DirectoryServerConfiguration: Sendable {
         idleTimeout: TimeAmount = .seconds(5),
         maxConnections: Int = 1024,
         shutdownGracePeriod: TimeAmount = .seconds(10),
-        ownerCheck: Bool = true
+        ownerCheck: Bool = true,
+        proxyProtocol: Bool = false
     ) {
         self.host = host
         self.port = port
@@ -38,6 +43,7 @@ public struct DirectoryServerConfiguration: Sendable {
         self.maxConnections = maxConnections
         self.shutdownGracePeriod = shutdownGracePeriod
         self.ownerCheck = ownerCheck
+        self.proxyProtocol = proxyProtocol
     }
 }
 
@@ -134,6 +140,7 @@ public final class DirectoryServer: Service, Sendable {
                                 batcher: batcher,
                                 encoder: ReplyEncoder(codeEncoding: configuration.codeEncoding),
                                 requestTimeout: configuration.idleTimeout,
+                                expectsProxyHeader: configuration.proxyProtocol,
                                 connections: connections,
                                 metrics: metrics,
                                 logger: logger))

@@ -69,6 +69,14 @@ struct ServerCommand: AsyncParsableCommand {
             """)
     var ownerCheck: Switch = .on
 
+    @Flag(
+        help: """
+            Behind a TCP load balancer (HAProxy send-proxy or send-proxy-v2): every connection \
+            starts with a PROXY protocol header (v1 or v2) whose client address stands for the \
+            connection's; a connection without a valid one is closed with a log line.
+            """)
+    var proxyProtocol = false
+
     @Option(
         help: """
             Seconds between two checks of every connected user's peer address (a TCP connection \
@@ -145,7 +153,8 @@ struct ServerCommand: AsyncParsableCommand {
             codeEncoding: resultEncoding,
             idleTimeout: .milliseconds(Int64(idleTimeout * 1000)),
             maxConnections: maxConnections,
-            ownerCheck: ownerCheck == .on)
+            ownerCheck: ownerCheck == .on,
+            proxyProtocol: proxyProtocol)
 
         // Metrics go to Prometheus' registry when the web side is on, nowhere otherwise.
         let registry = PrometheusCollectorRegistry()

@@ -102,9 +102,11 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             return worker
         }
         contentReader = reader("p2p-directory-reader", niceness: 0)
-        // A LIST_USERS of a large directory keeps a core busy for a while: it gives way to
-        // the event loops and the other threads (in `make bench`, LIST_CONTENT's p99 while
-        // LIST_USERS of 100,000 users ran back to back went from about 73 ms to ~).
+        // A LIST_USERS of a large directory (and a SEARCH) keeps a thread busy for a while: on
+        // threads of their own they do not hold up the short reads behind them (in
+        // `make bench`, LIST_CONTENT's p99 while LIST_USERS of 100,000 users ran back to back
+        // went from 73-128 ms to 16-18 ms). A lower priority for them was tried and dropped:
+        // the LIST_USERS starved.
         usersReader = reader("p2p-directory-users-reader", niceness: 0)
         searchReader = reader("p2p-directory-search-reader", niceness: 0)
     }

@@ -133,7 +133,7 @@ public func unusedPort() throws -> Int {
 
 /// A TCP socket bound to 127.0.0.1 on a port the system chooses, listening with `backlog`
 /// when one is given: its descriptor and port.
-private func loopbackSocket(listening backlog: Int32?) throws -> (descriptor: Int32, port: Int) {
+public func loopbackSocket(listening backlog: Int32?) throws -> (descriptor: Int32, port: Int) {
     let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)

@@ -6,8 +6,10 @@ import Foundation
 
 /// A program running in a real terminal, as a person runs it: a private tmux server (its own
 /// socket in a temporary folder) with one window, driven by keys and read back from the screen
-/// as tmux renders it. The window stays after the program exits, so that its last screen and
-/// exit status can be read; `close()` stops the tmux server.
+/// as tmux renders it. The program runs under `sh`, which prints its exit status on the screen
+/// (tmux itself was seen to miss the exit of a pane's program now and then: a zombie it never
+/// reaped); the window stays after that, so that the last screen can be read. `close()` stops
+/// the tmux server.
 public final class TerminalSession: Sendable {
     private let socket: String
     private let folder: TemporaryDirectory
@@ -24,9 +26,12 @@ public final class TerminalSession: Sendable {
         try "set -g remain-on-exit on\nset -g history-limit 5000\n".write(
             toFile: configuration, atomically: true, encoding: .utf8)
         let variables = environment.sorted { $0.key < $1.key }.flatMap { ["-e", "\($0.key)=\($0.value)"] }
+        // `trap true INT`: Ctrl+C reaches the program (handlers are reset on exec) while sh
+        // survives it to print the status.
+        let wrapped = "trap true INT; \(command); echo \"\(Self.exitMarker)$?]\""
         let status = try await tmux(
             ["-f", configuration, "new-session", "-d", "-s", Self.target, "-x", String(width), "-y", String(height),
-             "-c", directory] + variables + [command])
+             "-c", directory] + variables + [wrapped])
         guard status.code == 0 else { throw SetupError("tmux new-session failed: \(status.output)") }
     }
 
@@ -87,24 +92,16 @@ public final class TerminalSession: Sendable {
         }
     }
 
-    /// The pid of the program in the window.
-    public func programPID() async throws -> pid_t {
-        let result = try await tmux(["display-message", "-p", "-t", Self.target, "#{pane_pid}"])
-        guard let pid = result.output.first.flatMap({ pid_t($0) }) else { throw SetupError("no pane pid") }
-        return pid
-    }
+    /// What `sh` prints before the program's exit status.
+    static let exitMarker = "[program exited "
 
     /// Waits for the program to exit and returns its exit status.
     public func waitForExit(timeout: Double = 20) async throws -> Int32 {
-        var status: Int32?
-        let screen = (try? await screen()) ?? []
-        try await waitUntil("the program in the terminal to exit (screen: \(screen))", timeout: timeout) {
-            let result = try await tmux(["display-message", "-p", "-t", Self.target, "#{pane_dead}:#{pane_dead_status}"])
-            let parts = (result.output.first ?? "").split(separator: ":")
-            if parts.count == 2, parts[0] == "1" { status = Int32(parts[1]) }
-            return status != nil
+        let screen = try await waitForScreen("the program in the terminal to exit", timeout: timeout) { screen in
+            screen.contains { $0.hasPrefix(Self.exitMarker) }
         }
-        return status ?? -1
+        let line = screen.last { $0.hasPrefix(Self.exitMarker) } ?? ""
+        return Int32(line.dropFirst(Self.exitMarker.count).dropLast()) ?? -1
     }
 
     /// Stops the tmux server and whatever still runs in it.

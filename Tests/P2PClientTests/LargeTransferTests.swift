@@ -61,7 +61,7 @@ import Testing
             let lines = try await ClientProcess.run(
                 ["REGISTER user2", "CONNECT user2", "GET_FILE user1 big.bin copy.bin"],
                 serverPort: serverPort, timeURL: timeURL, directory: folder.file("second"))
-            #expect(lines.last == "c> GET_FILE OK")
+            #expect(lines.suffix(2) == ["c> GET_FILE OK", "c> DISCONNECT OK"], "end of input disconnects")
             let original = try await Self.sha256(folder.file("first/big.bin"))
             #expect(original.count == 64)
             #expect(try await Self.sha256(folder.file("second/copy.bin")) == original)
@@ -118,7 +118,7 @@ import Testing
             first.process.signal(SIGKILL)
             try await second.waitFor("c> GET_FILE FAIL", timeout: 60)
             let lines = try await second.finish()
-            #expect(lines.last == "c> GET_FILE FAIL")
+            #expect(lines.suffix(2) == ["c> GET_FILE FAIL", "c> DISCONNECT OK"], "end of input disconnects")
             #expect(try FileManager.default.contentsOfDirectory(atPath: folder.file("second")).isEmpty)
         }
     }

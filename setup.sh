@@ -4,7 +4,8 @@
 #   system packages: a C compiler, rpcbind, rpcgen and libtirpc for the operation log, pkg-config,
 #   SQLite headers, libedit (line editing at the client prompt), socat, wrk and ss (iproute2) for
 #   the benchmarks, pkill (procps), chromium for the test that loads the directory's web page in
-#   a real browser, tmux for the tests that type at the client's prompt in a real terminal;
+#   a real browser, tmux for the tests that type at the client's prompt in a real terminal,
+#   haproxy for the test of the directory behind a load balancer;
 #   .venv/: a Python virtual environment with zeep, for the SOAP interop test.
 # Run alone (./setup.sh) it also builds the system in release mode.
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "$0")"
 say() { printf 'setup: %s\n' "$*"; }
 
 packages=(gcc libc6-dev make rpcbind rpcsvc-proto libtirpc-dev pkg-config libsqlite3-dev libedit-dev socat wrk python3 procps iproute2
-    chromium tmux)
+    chromium tmux haproxy)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -120,3 +120,31 @@ import Testing
         }
     }
 }
+
+/// Through a real HAProxy: the directory sees the client's address, not HAProxy's.
+@Suite struct BehindHAProxyTests {
+    @Test(arguments: ["send-proxy", "send-proxy-v2"])
+    func clientsAddressesGoThroughTheBalancer(_ proxy: String) async throws {
+        try await DirectoryHarness.with(ProxyProtocolTests.behindBalancer) { server in
+            let balancer = try await HAProxyProcess(backends: [server.address.port!], proxy: proxy)
+            defer { Task { await balancer.stop() } }
+            let front = try SocketAddress(ipAddress: "127.0.0.1", port: balancer.port)
+            let alice = try SocketAddress(ipAddress: "127.0.0.2", port: 0)
+            let other = try SocketAddress(ipAddress: "127.0.0.3", port: 0)
+            func send(_ command: Request.Command, from source: SocketAddress) async throws -> Reply {
+                try await RawConnection.send(Request(dateTime: "26/11/2026 10:00:00", command: command), to: front, from: source)
+            }
+            #expect(try await send(.register(user: "alice"), from: alice) == .status(0))
+            #expect(try await send(.connect(user: "alice", port: "5000"), from: alice) == .status(0))
+            #expect(
+                try await send(.listUsers(user: "alice"), from: other)
+                    == .users([ConnectedUser(name: "alice", ip: "127.0.0.2", port: "5000")]))
+            // The owner check sees through the balancer too.
+            #expect(
+                try await send(.disconnect(user: "alice"), from: other)
+                    == .status(DirectoryOperation.disconnect.otherErrorCode))
+            #expect(try await send(.disconnect(user: "alice"), from: alice) == .status(0))
+            await balancer.stop()
+        }
+    }
+}

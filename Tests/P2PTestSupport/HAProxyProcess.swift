@@ -1,0 +1,70 @@
+import Foundation
+
+/// Debian's HAProxy in TCP mode in front of directory servers, as `make run-cluster` will run
+/// it: a private configuration in a temporary folder, in the foreground, stopped by `stop()`.
+public final class HAProxyProcess: Sendable {
+    public let process: ChildProcess
+    /// Where clients connect (127.0.0.1).
+    public let port: Int
+    private let folder: TemporaryDirectory
+
+    /// Balances over `backends` (ports on 127.0.0.1), each sent the client's address with
+    /// `proxy` (`send-proxy` for v1, `send-proxy-v2`), with HAProxy's TCP health checks.
+    public init(backends: [Int], proxy: String = "send-proxy-v2") async throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else {
+            throw SetupError("/usr/sbin/haproxy is missing: run ./setup.sh (make test does)")
+        }
+        folder = try TemporaryDirectory()
+        port = try unusedPort()
+        let servers = backends.enumerated().map { index, backend in
+            "    server s\(index) 127.0.0.1:\(backend) \(proxy) check inter 500ms"
+        }
+        let configuration = """
+            global
+                maxconn 1024
+            defaults
+                mode tcp
+                timeout connect 2s
+                timeout client 10s
+                timeout server 10s
+            frontend directory
+                bind 127.0.0.1:\(port)
+                default_backend servers
+            backend servers
+                balance roundrobin
+            \(servers.joined(separator: "\n"))
+
+            """
+        let path = folder.file("haproxy.cfg")
+        try configuration.write(toFile: path, atomically: true, encoding: .utf8)
+        // -db: stay in the foreground, logs on stderr.
+        process = try ChildProcess("/usr/sbin/haproxy", ["-db", "-f", path])
+        let port = self.port
+        try await waitUntil("haproxy listening on \(port)") {
+            guard process.isRunning else {
+                throw SetupError("haproxy exited: \(process.stderrLines.suffix(5))")
+            }
+            return isListening(port)
+        }
+    }
+
+    public func stop() async {
+        await process.stop()
+        folder.remove()
+    }
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+private func isListening(_ port: Int) -> Bool {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(descriptor) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+        }
+    }
+}

@@ -81,9 +81,9 @@ def stop(process):
             process.wait()
 
 
-def loadgen(port, workload, clients, tag, threads=None):
+def loadgen(port, workload, clients, tag, threads=None, duration=None):
     out = subprocess.run([os.path.join(TOOLS, "loadgen"), "--port", str(port), "--workload", workload,
-                          "--clients", str(clients), "--duration", str(DURATION), "--tag", tag,
+                          "--clients", str(clients), "--duration", str(duration or DURATION), "--tag", tag,
                           "--threads", str(threads or LOADGEN_THREADS)],
                          check=True, capture_output=True, text=True).stdout
     result = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
@@ -384,7 +384,7 @@ def peer_check_benchmark(large_dir):
 def web_benchmark(work):
     """The directory's throughput while its web side is in use: a /metrics scrape every second
     and 16 people reading the front page (each a page a second), against the same server with
-    the web side idle; two rounds each, interleaved, averaged."""
+    the web side idle; four pairs of runs (idle, then busy), averaged."""
     port, web_port = free_port(), free_port()
     server = start_server(os.path.join(work, "web-directory"), port, extra=["--http-port", str(web_port)])
     wait_port(web_port)
@@ -396,25 +396,32 @@ def web_benchmark(work):
         # Each busy run right after an idle run of the same workload (idle, busy, idle, busy):
         # a run leaves the directory bigger and its write-ahead log longer, so the runs
         # compared must follow the same history.
+        # A difference of a few percent between two runs of 3 s is within this machine's noise
+        # (seen: 0.82 one run, 0.98 the next, for the same code): four pairs of 5 s runs.
+        duration = max(DURATION, 5)
         for w in workloads:
-            for round_ in range(2):
-                idle[w].append(loadgen(port, w, 64, f"web-idle{round_}-{w}"))
+            for round_ in range(4):
+                idle[w].append(loadgen(port, w, 64, f"web-idle{round_}-{w}", duration=duration))
                 stop_reading = threading.Event()
                 fetched = []
 
-                def read_every_second(path):
-                    # A person reading: one page a second (or /metrics, for the scraper).
+                def read_every_second(path, offset):
+                    # A person reading: one page a second (or /metrics, for the scraper). People
+                    # do not arrive in step: each starts at its own moment within the first second.
+                    stop_reading.wait(offset)
                     while not stop_reading.is_set():
                         started = time.time()
                         urllib.request.urlopen(f"http://127.0.0.1:{web_port}{path}", timeout=5).read()
                         fetched.append(path)
                         stop_reading.wait(max(0.0, 1.0 - (time.time() - started)))
-                readers = [threading.Thread(target=read_every_second, args=(path,))
-                           for path in ["/metrics"] + ["/"] * 16]
+                readers = [threading.Thread(target=read_every_second, args=(path, index / 17))
+                           for index, path in enumerate(["/metrics"] + ["/"] * 16)]
                 cpu_before = time.process_time()
                 for reader in readers:
                     reader.start()
-                busy[w].append(loadgen(port, w, 64, f"web-busy{round_}-{w}"))
+                # Measured once all readers are reading (the steady state, not their arrival).
+                time.sleep(1.0)
+                busy[w].append(loadgen(port, w, 64, f"web-busy{round_}-{w}", duration=duration))
                 stop_reading.set()
                 for reader in readers:
                     reader.join()

@@ -168,15 +168,12 @@ public actor ClientSession {
     }
 
     /// Says at start, in one line, when the directory server does not accept connections
-    /// (the shell goes on: it may come up later). Returns whether it did.
-    @discardableResult
-    public func checkServerReachable() async -> Bool {
+    /// (the shell goes on: it may come up later).
+    public func checkServerReachable() async {
         do {
             try await directory.probe()
-            return true
         } catch {
             output.diagnostic("\(error); commands will fail until it answers")
-            return false
         }
     }
 

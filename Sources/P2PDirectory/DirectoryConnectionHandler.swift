@@ -91,9 +91,8 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         if case .awaitingProxyHeader(var header) = state {
             receivedBytes = true
             header.writeBuffer(&bytes)
-            var decoder = ProxyHeaderDecoder()
             do {
-                guard let proxy = try decoder.decode(&header) else {
+                guard let proxy = try ProxyHeaderDecoder().decode(&header) else {
                     state = .awaitingProxyHeader(header)
                     return
                 }

@@ -46,7 +46,8 @@ public enum ProxyHeaderError: Error, Equatable, CustomStringConvertible {
 
 /// Reads a PROXY protocol header from the start of a connection, as bytes arrive: nil until
 /// the header is complete, then the header, with the buffer's reader index just after it
-/// (what follows is the client's own bytes). No I/O.
+/// (what follows is the client's own bytes). Keeps no state between calls: the caller keeps
+/// the bytes until the header is whole. No I/O.
 public struct ProxyHeaderDecoder: Sendable {
     /// `PROXY ` : the start of a v1 header.
     static let v1Signature: [UInt8] = Array("PROXY ".utf8)
@@ -59,7 +60,7 @@ public struct ProxyHeaderDecoder: Sendable {
 
     public init() {}
 
-    public mutating func decode(_ buffer: inout ByteBuffer) throws(ProxyHeaderError) -> ProxyHeader? {
+    public func decode(_ buffer: inout ByteBuffer) throws(ProxyHeaderError) -> ProxyHeader? {
         let available = buffer.readableBytesView
         guard let first = available.first else { return nil }
         if first == Self.v1Signature[0] {

@@ -5,7 +5,7 @@ import Testing
 @Suite struct ProxyHeaderTests {
     /// Decodes `bytes` fed `step` bytes at a time: the header, and what follows it.
     func decode(_ bytes: [UInt8], step: Int? = nil) throws(ProxyHeaderError) -> (ProxyHeader, [UInt8])? {
-        var decoder = ProxyHeaderDecoder()
+        let decoder = ProxyHeaderDecoder()
         var buffer = ByteBuffer()
         var offset = 0
         let chunk = step ?? bytes.count

@@ -117,18 +117,29 @@ public func unusedPort() throws -> Int {
     for _ in 0..<200 {
         let candidate = Int.random(in: 20_000..<32_000)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(candidate).bigEndian
-        let length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-        }
+        let bound = withLoopbackAddress(port: candidate) { bind(fd, $0, $1) }
         close(fd)
         if bound == 0 { return candidate }
     }
     throw SetupError("no free port found")
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+public func isListening(_ port: Int) -> Bool {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(descriptor) }
+    return withLoopbackAddress(port: port) { connect(descriptor, $0, $1) } == 0
+}
+
+/// Calls `body` with the socket address 127.0.0.1:`port` and its length.
+func withLoopbackAddress<R>(port: Int, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
 }
 
 /// A TCP socket bound to 127.0.0.1 on a port the system chooses, listening with `backlog`

@@ -6,10 +6,12 @@ import Logging
 ///
 /// - `sqlite:PATH`, or a plain `PATH`: the embedded SQLite store in the database file PATH
 ///   (created with its folder if missing). The default is `<data-dir>/directory.sqlite`.
-/// - Any other `SCHEME://...` is refused with the list of supported stores; `postgres://` is
-///   where a shared PostgreSQL store goes.
+/// - `postgres://USER:PASSWORD@HOST:PORT/DB` (or `postgresql://`): the shared PostgreSQL
+///   store (``PostgresStoreURL``), which several servers can use at once.
+/// - Any other `SCHEME://...` is refused with the list of supported stores.
 public enum DirectoryStoreLocation: Sendable, Hashable, CustomStringConvertible {
     case sqlite(path: String)
+    case postgres(PostgresStoreURL)
 
     /// The default: the SQLite file in `dataDirectory`.
     public static func sqlite(dataDirectory: String) -> DirectoryStoreLocation {
@@ -27,6 +29,11 @@ public enum DirectoryStoreLocation: Sendable, Hashable, CustomStringConvertible 
             return
         }
         if let range = text.range(of: "://") {
+            let scheme = text[..<range.lowerBound].lowercased()
+            if scheme == "postgres" || scheme == "postgresql" {
+                self = .postgres(try PostgresStoreURL(parsing: text))
+                return
+            }
             throw .unsupportedScheme(String(text[..<range.lowerBound]))
         }
         guard !text.isEmpty else { throw .emptyPath(text) }
@@ -36,11 +43,13 @@ public enum DirectoryStoreLocation: Sendable, Hashable, CustomStringConvertible 
     public var description: String {
         switch self {
         case .sqlite(let path): return "sqlite:\(path)"
+        case .postgres(let url): return url.description
         }
     }
 
-    /// Opens the store, creating it if it does not exist yet. Opening blocks on disk (SQLite
-    /// syncs its migrations), so it runs on a Dispatch thread, not in the concurrency pool.
+    /// Opens the store, creating (or migrating) its schema if needed. Opening SQLite blocks on
+    /// disk (it syncs its migrations), so it runs on a Dispatch thread, not in the concurrency
+    /// pool.
     public func open(logger: Logger, metrics: DirectoryMetrics = .none) async throws -> any DirectoryStore {
         switch self {
         case .sqlite(let path):
@@ -50,6 +59,8 @@ public enum DirectoryStoreLocation: Sendable, Hashable, CustomStringConvertible 
                         with: Result { try SQLiteDirectoryStore(path: path, logger: logger, metrics: metrics) })
                 }
             }
+        case .postgres(let url):
+            return try await PostgresDirectoryStore.open(url, logger: logger, metrics: metrics)
         }
     }
 }
@@ -58,13 +69,18 @@ public enum DirectoryStoreLocation: Sendable, Hashable, CustomStringConvertible 
 public enum DirectoryStoreLocationError: Error, Hashable, CustomStringConvertible {
     case emptyPath(String)
     case unsupportedScheme(String)
+    case malformedURL(String, String)
 
     public var description: String {
         switch self {
         case .emptyPath(let text):
             return "'\(text)' names no database file"
         case .unsupportedScheme(let scheme):
-            return "'\(scheme)://' stores are not supported by this server (supported: sqlite:PATH or a file path)"
+            return "'\(scheme)://' stores are not supported by this server "
+                + "(supported: sqlite:PATH, a file path, postgres://USER:PASSWORD@HOST:PORT/DB)"
+        case .malformedURL(_, let problem):
+            // The text itself is not repeated: it may hold a password.
+            return "not a PostgreSQL URL: \(problem)"
         }
     }
 }

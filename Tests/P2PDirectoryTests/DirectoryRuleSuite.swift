@@ -17,6 +17,11 @@ struct StoreUnderTest: Sendable, CustomTestStringConvertible {
         StoreUnderTest(name: "SQLite") { folder in
             try await DirectoryStoreLocation.sqlite(dataDirectory: folder.path).open(logger: Logger(label: "test"))
         },
+        // A fresh database on the test process's private PostgreSQL server.
+        StoreUnderTest(name: "PostgreSQL") { _ in
+            try await DirectoryStoreLocation.postgres(PostgresServer.shared().newDatabase())
+                .open(logger: Logger(label: "test"))
+        },
     ]
 
     var testDescription: String { name }

@@ -1,0 +1,744 @@
+import Foundation
+import Logging
+import P2PProtocol
+import PostgresNIO
+import Synchronization
+
+/// The shared directory store: PostgreSQL through postgres-nio, for several directory servers
+/// on one database (`p2p-server --store postgres://...`).
+///
+/// Nothing is cached: every request reads or changes the database, so a change one server
+/// answered 0 is seen by the next request to any server. Each batch of changes is one
+/// transaction (READ COMMITTED) and is answered only after COMMIT returned, with
+/// `synchronous_commit = on` (set when connecting). A change is decided from its user's row,
+/// locked (`SELECT ... FOR UPDATE`) for the rest of the transaction, so changes of one user
+/// sent to different servers at the same moment are decided one after the other exactly as on
+/// one server; REGISTER of one name is decided by the primary key (`ON CONFLICT DO NOTHING`).
+/// A batch about several users locks their rows in name order first, so that two batches
+/// never wait for each other in a cycle.
+///
+/// Only SQL that the PostgreSQL-compatible distributed databases also accept: no
+/// LISTEN/NOTIFY, no advisory locks, no functions of our own. A transaction that fails with a
+/// serialization failure (40001, what they report under contention) or a deadlock (40P01) is
+/// run again, a few times.
+///
+/// When the database does not answer (stopped, unreachable), each request gets its
+/// operation's "other" code after at most ``Settings/timeout``; the store logs the outage once
+/// and its return once, and serves again as soon as a connection can be made.
+public final class PostgresDirectoryStore: DirectoryStore {
+    public struct Settings: Sendable {
+        /// The longest a request waits for the database before it gets its error code (below
+        /// the server's idle timeout, so a client always hears back).
+        public var timeout: Duration = .seconds(2)
+        /// The longest opening (connecting and migrating) may take.
+        public var openTimeout: Duration = .seconds(15)
+        /// Connections to PostgreSQL this server keeps at most.
+        public var maximumConnections = 20
+
+        public init() {}
+    }
+
+    /// The most times a transaction is tried when it fails with 40001 or 40P01.
+    static let maxAttempts = 8
+
+    public let url: PostgresStoreURL
+    private let client: PostgresClient
+    /// Runs the client's connection pool for the store's lifetime; cancelled by ``close()``.
+    private let runner: Task<Void, Never>
+    private let settings: Settings
+    private let logger: Logger
+    private let metrics: DirectoryMetrics
+    private let state = Mutex(State())
+
+    private struct State {
+        var closed = false
+        /// Whether the last operation failed (the outage has been logged).
+        var failing = false
+    }
+
+    private init(url: PostgresStoreURL, settings: Settings, logger: Logger, metrics: DirectoryMetrics) {
+        self.url = url
+        self.settings = settings
+        self.logger = logger
+        self.metrics = metrics
+        var configuration = PostgresClient.Configuration(
+            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database,
+            tls: {
+                switch url.tlsMode {
+                case .disable: return .disable
+                case .prefer: return .prefer(.makeClientConfiguration())
+                case .require: return .require(.makeClientConfiguration())
+                }
+            }())
+        configuration.options.additionalStartupParameters = [
+            // Whatever the database's default: a change is answered only once it is durable.
+            ("synchronous_commit", "on"),
+            ("application_name", "p2p-server"),
+        ]
+        configuration.options.connectTimeout = settings.timeout
+        configuration.options.maximumConnections = settings.maximumConnections
+        let client = PostgresClient(configuration: configuration)
+        self.client = client
+        runner = Task { await client.run() }
+    }
+
+    /// Connects to the database at `url` and creates or migrates the directory's tables.
+    public static func open(
+        _ url: PostgresStoreURL, settings: Settings = Settings(), logger: Logger, metrics: DirectoryMetrics = .none
+    ) async throws(PostgresStoreError) -> PostgresDirectoryStore {
+        let store = PostgresDirectoryStore(url: url, settings: settings, logger: logger, metrics: metrics)
+        do {
+            try await withDeadline(settings.openTimeout) { try await store.migrate() }
+        } catch {
+            try? await store.close()
+            throw .cannotOpen(url, Self.describe(error))
+        }
+        return store
+    }
+
+    public func close() async throws {
+        let wasOpen = state.withLock { state in
+            defer { state.closed = true }
+            return !state.closed
+        }
+        guard wasOpen else { return }
+        runner.cancel()
+        await runner.value
+    }
+
+    private var isClosed: Bool { state.withLock { $0.closed } }
+
+    // MARK: Schema
+
+    /// The schema, one step per version, applied in order and recorded in
+    /// `directory_schema`. A step is never changed once released: a new version is added.
+    static let migrations: [(version: Int, name: String, statements: [String])] = [
+        (
+            1, "directory tables",
+            [
+                // COLLATE "C": names compare and sort by their bytes, as in SQLite, whatever
+                // the database's locale. ip and port are NULL while the user is not connected.
+                """
+                CREATE TABLE directory_user (
+                    name TEXT COLLATE "C" PRIMARY KEY,
+                    ip TEXT,
+                    port TEXT
+                )
+                """,
+                // LIST_USERS reads the connected users from this index without visiting the others.
+                "CREATE INDEX directory_user_connected ON directory_user (name) WHERE ip IS NOT NULL",
+                // id orders a user's files by publishing.
+                """
+                CREATE TABLE directory_file (
+                    id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+                    owner TEXT COLLATE "C" NOT NULL REFERENCES directory_user (name) ON DELETE CASCADE,
+                    name TEXT COLLATE "C" NOT NULL,
+                    description TEXT NOT NULL,
+                    UNIQUE (owner, name)
+                )
+                """,
+                // SEARCH: every word of a file's name and description (DirectoryRules.searchWords,
+                // folded as the query's words are), so that a prefix is a range of this index.
+                // Plain tables and a B-tree, which every PostgreSQL-compatible database has.
+                """
+                CREATE TABLE directory_file_word (
+                    word TEXT COLLATE "C" NOT NULL,
+                    file_id BIGINT NOT NULL REFERENCES directory_file (id) ON DELETE CASCADE,
+                    PRIMARY KEY (word, file_id)
+                )
+                """,
+                "CREATE INDEX directory_file_word_file ON directory_file_word (file_id)",
+            ]
+        )
+    ]
+
+    /// Applies the migrations this database has not had. Several servers starting at once
+    /// each claim a version by inserting its row first: the others wait for that transaction
+    /// and find the version applied.
+    private func migrate() async throws {
+        for attempt in 1...Self.maxAttempts {
+            do {
+                try await client.query(
+                    """
+                    CREATE TABLE IF NOT EXISTS directory_schema (
+                        version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())
+                    """, logger: logger)
+                break
+            } catch where attempt < Self.maxAttempts && Self.isConcurrentCreation(error) {
+                // Another server created it at the same moment.
+                try await Task.sleep(for: .milliseconds(20 * attempt))
+            }
+        }
+        for migration in Self.migrations {
+            try await transaction { connection in
+                let claimed = try await Self.count(
+                    connection,
+                    """
+                    INSERT INTO directory_schema (version, name) VALUES (\(migration.version), \(migration.name))
+                    ON CONFLICT (version) DO NOTHING RETURNING 1
+                    """, logger: self.logger)
+                guard claimed == 1 else { return }
+                for statement in migration.statements {
+                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
+                }
+                self.logger.info("directory schema: applied version \(migration.version) (\(migration.name))")
+            }
+        }
+        let newest = try await client.query("SELECT max(version) FROM directory_schema", logger: logger)
+            .decode(Int?.self).first(where: { _ in true }) ?? nil
+        if let newest, newest > Self.migrations.last!.version {
+            throw PostgresStoreError.newerSchema(newest, known: Self.migrations.last!.version)
+        }
+    }
+
+    // MARK: Changes
+
+    public func apply(_ changes: [DirectoryChange]) async -> [P2PProtocol.ResultCode] {
+        guard !changes.isEmpty else { return [] }
+        guard !isClosed else { return changes.map(\.operation.otherErrorCode) }
+        do {
+            var refusals: [String] = []
+            let codes = try await Self.withDeadline(settings.timeout) {
+                try await self.transaction { connection in
+                    try await self.decide(changes, on: connection)
+                }
+            }
+            succeeded()
+            refusals = codes.refusals
+            if codes.codes.contains(.ok) {
+                metrics.commits.increment()
+                metrics.changesPerCommit.record(changes.count)
+            }
+            for refusal in refusals { logger.warning("\(refusal)") }
+            return codes.codes
+        } catch {
+            failed(error, doing: "\(changes.count) changes refused")
+            return changes.map(\.operation.otherErrorCode)
+        }
+    }
+
+    /// Decides `changes` in order inside the open transaction on `connection`.
+    private func decide(
+        _ changes: [DirectoryChange], on connection: PostgresConnection
+    ) async throws -> (codes: [ResultCode], refusals: [String]) {
+        let users = Set(changes.map(\.user))
+        if users.count > 1 {
+            // Lock order: by name, in every transaction.
+            try await connection.query(
+                "SELECT name FROM directory_user WHERE name = ANY(\(users.sorted())) ORDER BY name FOR UPDATE",
+                logger: logger)
+        }
+        var codes: [ResultCode] = []
+        var refusals: [String] = []
+        for change in changes {
+            codes.append(
+                try await decide(change, on: connection) { connectedFrom in
+                    refusals.append(SQLiteDirectoryStore.describeRefusal(change, connectedFrom: connectedFrom))
+                })
+        }
+        return (codes, refusals)
+    }
+
+    /// Decides one change by PROTOCOL.md section 2 from its user's row, locked until the
+    /// transaction ends, and makes it.
+    private func decide(
+        _ change: DirectoryChange, on connection: PostgresConnection, refused: (_ connectedFrom: String) -> Void
+    ) async throws -> ResultCode {
+        switch change {
+        case .register(let user):
+            guard DirectoryRules.isValidUserName(user) else { return 2 }
+            let inserted = try await Self.count(
+                connection, "INSERT INTO directory_user (name) VALUES (\(user)) ON CONFLICT (name) DO NOTHING RETURNING 1",
+                logger: logger)
+            return inserted == 1 ? .ok : 1
+
+        case .unregister(let user, let from):
+            guard let row = try await lockedRow(of: user, connection) else { return 1 }
+            if let ip = row.ip, let from, ip != from {
+                refused(ip)
+                return 2
+            }
+            // Its files and their words go with it (ON DELETE CASCADE).
+            try await connection.query("DELETE FROM directory_user WHERE name = \(user)", logger: logger)
+            return .ok
+
+        case .connect(let user, let ip, let port):
+            guard let row = try await lockedRow(of: user, connection) else { return 1 }
+            guard DirectoryRules.isValidPort(port) else { return 3 }
+            guard row.ip == nil else { return 2 }
+            try await connection.query(
+                "UPDATE directory_user SET ip = \(ip), port = \(port) WHERE name = \(user)", logger: logger)
+            return .ok
+
+        case .disconnect(let user, let from):
+            guard let row = try await lockedRow(of: user, connection) else { return 1 }
+            guard let ip = row.ip else { return 2 }
+            if let from, ip != from {
+                refused(ip)
+                return 3
+            }
+            try await connection.query(
+                "UPDATE directory_user SET ip = NULL, port = NULL WHERE name = \(user)", logger: logger)
+            return .ok
+
+        case .expire(let user, let ip, let port):
+            guard let row = try await lockedRow(of: user, connection) else { return 1 }
+            guard row.ip == ip, row.port == port else { return 2 }
+            try await connection.query(
+                "UPDATE directory_user SET ip = NULL, port = NULL WHERE name = \(user)", logger: logger)
+            return .ok
+
+        case .publish(let user, let fileName, let description, let from):
+            if let code = try await ownerGate(user, from: from, connection, refused: refused) { return code }
+            guard DirectoryRules.isValidFileName(fileName) else { return 4 }
+            let words = Array(Set(DirectoryRules.searchWords(fileName) + DirectoryRules.searchWords(description)))
+            let inserted = try await Self.count(
+                connection,
+                """
+                WITH f AS (
+                    INSERT INTO directory_file (owner, name, description) VALUES (\(user), \(fileName), \(description))
+                    ON CONFLICT (owner, name) DO NOTHING RETURNING id),
+                w AS (
+                    INSERT INTO directory_file_word (word, file_id)
+                    SELECT words.word, f.id FROM f CROSS JOIN unnest(\(words)::text[]) AS words (word))
+                SELECT 1 FROM f
+                """, logger: logger)
+            return inserted == 1 ? .ok : 3
+
+        case .delete(let user, let fileName, let from):
+            if let code = try await ownerGate(user, from: from, connection, refused: refused) { return code }
+            let deleted = try await Self.count(
+                connection, "DELETE FROM directory_file WHERE owner = \(user) AND name = \(fileName) RETURNING 1",
+                logger: logger)
+            return deleted == 1 ? .ok : 3
+        }
+    }
+
+    /// PUBLISH and DELETE: nil when `user` is connected and the request may change it, else
+    /// its code (1 not registered, 2 not connected, 4 connected from another address).
+    private func ownerGate(
+        _ user: String, from: String?, _ connection: PostgresConnection, refused: (String) -> Void
+    ) async throws -> ResultCode? {
+        guard let row = try await lockedRow(of: user, connection) else { return 1 }
+        guard let ip = row.ip else { return 2 }
+        guard let from, ip != from else { return nil }
+        refused(ip)
+        return 4
+    }
+
+    /// `user`'s address, locked until the transaction ends; nil when there is no such user.
+    private func lockedRow(
+        of user: String, _ connection: PostgresConnection
+    ) async throws -> (ip: String?, port: String?)? {
+        let rows = try await connection.query(
+            "SELECT ip, port FROM directory_user WHERE name = \(user) FOR UPDATE", logger: logger)
+        for try await (ip, port) in rows.decode((String?, String?).self) { return (ip, port) }
+        return nil
+    }
+
+    // MARK: Reads
+
+    public func read(_ queries: [DirectoryQuery]) async -> [Reply] {
+        guard !queries.isEmpty else { return [] }
+        guard !isClosed else { return queries.map { .status($0.operation.otherErrorCode) } }
+        do {
+            let replies = try await Self.withDeadline(settings.timeout) {
+                try await self.client.withConnection { connection in
+                    var replies: [Reply] = []
+                    for query in queries { replies.append(try await self.answer(query, on: connection)) }
+                    return replies
+                }
+            }
+            succeeded()
+            return replies
+        } catch {
+            failed(error, doing: "\(queries.count) reads refused")
+            return queries.map { .status($0.operation.otherErrorCode) }
+        }
+    }
+
+    private func answer(_ query: DirectoryQuery, on connection: PostgresConnection) async throws -> Reply {
+        let requester: String
+        switch query {
+        case .listUsers(let user), .listContent(let user, _), .search(let user, _): requester = user
+        }
+        switch try await presence(of: requester, connection) {
+        case nil: return .status(1)
+        case false?: return .status(2)
+        case true?: break
+        }
+        switch query {
+        case .listUsers:
+            return .users(try await connectedUsers(connection))
+        case .listContent(_, let owner):
+            guard try await presence(of: owner, connection) != nil else { return .status(3) }
+            return .content(try await files(of: owner, connection))
+        case .search(_, let text):
+            guard !DirectoryRules.searchWords(text).isEmpty else { return .status(3) }
+            return .hits(try await search(text, connection))
+        }
+    }
+
+    /// nil when `user` is not registered, else whether it is connected.
+    private func presence(of user: String, _ connection: PostgresConnection) async throws -> Bool? {
+        let rows = try await connection.query("SELECT ip FROM directory_user WHERE name = \(user)", logger: logger)
+        for try await ip in rows.decode(String?.self) { return ip != nil }
+        return nil
+    }
+
+    private func connectedUsers(_ connection: PostgresConnection) async throws -> [ConnectedUser] {
+        let rows = try await connection.query(
+            "SELECT name, ip, port FROM directory_user WHERE ip IS NOT NULL ORDER BY name", logger: logger)
+        var users: [ConnectedUser] = []
+        for try await (name, ip, port) in rows.decode((String, String, String).self) {
+            users.append(ConnectedUser(name: name, ip: ip, port: port))
+        }
+        return users
+    }
+
+    private func files(of owner: String, _ connection: PostgresConnection) async throws -> [PublishedFile] {
+        let rows = try await connection.query(
+            "SELECT name, description FROM directory_file WHERE owner = \(owner) ORDER BY id", logger: logger)
+        var files: [PublishedFile] = []
+        for try await (name, description) in rows.decode((String, String).self) {
+            files.append(PublishedFile(name: name, description: description))
+        }
+        return files
+    }
+
+    /// SEARCH: each word of the query is a range of the word index (its prefix up to the
+    /// prefix followed by U+10FFFF, which sorts after every continuation in byte order); the
+    /// online owners' hits come first, each group in publishing order.
+    private func search(_ text: String, _ connection: PostgresConnection) async throws -> [SearchHit] {
+        var bindings = PostgresBindings()
+        var conditions: [String] = []
+        for word in Set(DirectoryRules.searchWords(text)).sorted() {
+            bindings.append(word)
+            bindings.append(word + "\u{10FFFF}")
+            conditions.append(
+                "f.id IN (SELECT file_id FROM directory_file_word WHERE word >= $\(bindings.count - 1) "
+                    + "AND word < $\(bindings.count))")
+        }
+        bindings.append(DirectoryRules.maxSearchHits)
+        let sql = """
+            SELECT f.owner, f.name, f.description FROM directory_file f JOIN directory_user u ON u.name = f.owner
+            WHERE \(conditions.joined(separator: " AND "))
+            ORDER BY u.ip IS NULL, f.id LIMIT $\(bindings.count)
+            """
+        let rows = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger)
+        var hits: [SearchHit] = []
+        for try await (owner, name, description) in rows.decode((String, String, String).self) {
+            hits.append(SearchHit(owner: owner, name: name, description: description))
+        }
+        return hits
+    }
+
+    // MARK: Reads for the server itself
+
+    public func registeredUsers() async throws -> [String] {
+        try await serverRead { connection in
+            var names: [String] = []
+            for try await name in try await connection.query(
+                "SELECT name FROM directory_user ORDER BY name", logger: self.logger
+            ).decode(String.self) {
+                names.append(name)
+            }
+            return names
+        }
+    }
+
+    public func connectedUsers() async throws -> [ConnectedUser] {
+        try await serverRead { connection in try await self.connectedUsers(connection) }
+    }
+
+    public func overview() async throws -> DirectoryOverview {
+        try await serverRead { connection in
+            let rows = try await connection.query(
+                """
+                SELECT (SELECT count(*) FROM directory_user), (SELECT count(*) FROM directory_user WHERE ip IS NOT NULL),
+                    (SELECT count(*) FROM directory_file)
+                """, logger: self.logger)
+            for try await (users, connected, files) in rows.decode((Int, Int, Int).self) {
+                return DirectoryOverview(users: users, connectedUsers: connected, files: files)
+            }
+            return DirectoryOverview(users: 0, connectedUsers: 0, files: 0)
+        }
+    }
+
+    public func files(of owner: String) async throws -> [PublishedFile]? {
+        try await serverRead { connection in
+            guard try await self.presence(of: owner, connection) != nil else { return nil }
+            return try await self.files(of: owner, connection)
+        }
+    }
+
+    public func search(_ query: String) async throws -> [SearchHit] {
+        try await serverRead { connection in
+            DirectoryRules.searchWords(query).isEmpty ? [] : try await self.search(query, connection)
+        }
+    }
+
+    private func serverRead<T: Sendable>(
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        guard !isClosed else { throw PostgresStoreError.closed }
+        do {
+            let value = try await Self.withDeadline(settings.timeout) {
+                try await self.client.withConnection { connection in try await body(connection) }
+            }
+            succeeded()
+            return value
+        } catch {
+            failed(error, doing: "a read failed")
+            throw PostgresStoreError.unavailable(Self.describe(error))
+        }
+    }
+
+    // MARK: Copying a directory in
+
+    /// Everything of a directory, for `p2p-server copy-directory`: its users with their
+    /// addresses, and its files in publishing order.
+    public struct Contents: Sendable {
+        public var users: [(name: String, ip: String?, port: String?)]
+        public var files: [(owner: String, name: String, description: String)]
+
+        public init(
+            users: [(name: String, ip: String?, port: String?)],
+            files: [(owner: String, name: String, description: String)]
+        ) {
+            self.users = users
+            self.files = files
+        }
+    }
+
+    /// Writes `contents` into this (empty) directory in one transaction; with `replacing`, what
+    /// is there is deleted first. Throws ``PostgresStoreError/notEmpty(users:)`` when the
+    /// directory holds users and `replacing` is false: nothing is changed then.
+    public func load(_ contents: Contents, replacing: Bool) async throws {
+        try await transaction { connection in
+            if replacing {
+                try await connection.query("DELETE FROM directory_user", logger: self.logger)
+            } else {
+                let rows = try await connection.query("SELECT count(*) FROM directory_user", logger: self.logger)
+                for try await users in rows.decode(Int.self) where users > 0 {
+                    throw PostgresStoreError.notEmpty(users: users)
+                }
+            }
+            // In slices, as arrays: one statement per slice rather than one per row.
+            let slice = 5_000
+            for start in stride(from: 0, to: contents.users.count, by: slice) {
+                let part = contents.users[start..<min(start + slice, contents.users.count)]
+                try await connection.query(
+                    """
+                    INSERT INTO directory_user (name, ip, port)
+                    SELECT name, nullif(ip, ''), nullif(port, '')
+                    FROM unnest(\(part.map(\.name))::text[], \(part.map { $0.ip ?? "" })::text[],
+                        \(part.map { $0.port ?? "" })::text[]) AS rows (name, ip, port)
+                    """, logger: self.logger)
+            }
+            for start in stride(from: 0, to: contents.files.count, by: slice) {
+                let part = Array(contents.files[start..<min(start + slice, contents.files.count)])
+                // Ids come back in the order of the rows inserted (WITH ORDINALITY keeps it).
+                let rows = try await connection.query(
+                    """
+                    INSERT INTO directory_file (owner, name, description)
+                    SELECT owner, name, description
+                    FROM unnest(\(part.map(\.owner))::text[], \(part.map(\.name))::text[], \(part.map(\.description))::text[])
+                        WITH ORDINALITY AS rows (owner, name, description, position)
+                    ORDER BY position
+                    RETURNING id
+                    """, logger: self.logger)
+                var ids: [Int64] = []
+                for try await id in rows.decode(Int64.self) { ids.append(id) }
+                ids.sort()
+                var wordIDs: [Int64] = []
+                var words: [String] = []
+                for (file, id) in zip(part, ids) {
+                    for word in Set(DirectoryRules.searchWords(file.name) + DirectoryRules.searchWords(file.description)) {
+                        wordIDs.append(id)
+                        words.append(word)
+                    }
+                }
+                try await connection.query(
+                    """
+                    INSERT INTO directory_file_word (word, file_id) SELECT * FROM unnest(\(words)::text[], \(wordIDs)::bigint[])
+                    """, logger: self.logger)
+            }
+        }
+    }
+
+    // MARK: Transactions, deadlines, outages
+
+    /// Runs `body` in a transaction on one connection, again (up to ``maxAttempts`` times) when
+    /// it fails with a serialization failure or a deadlock. An error in `body` rolls back.
+    private func transaction<T>(
+        _ body: (PostgresConnection) async throws -> sending T
+    ) async throws -> sending T {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                return try await client.withConnection { connection in
+                    try await connection.query("BEGIN", logger: logger)
+                    do {
+                        let value = try await body(connection)
+                        try await connection.query("COMMIT", logger: logger)
+                        return value
+                    } catch {
+                        _ = try? await connection.query("ROLLBACK", logger: logger)
+                        throw error
+                    }
+                }
+            } catch where attempt < Self.maxAttempts && Self.isRetryable(error) {
+                // A little random, so that the transactions that collided do not collide again.
+                try await Task.sleep(for: .milliseconds(Int.random(in: 1...(2 << min(attempt, 6)))))
+            }
+        }
+    }
+
+    /// Runs `body`, giving up after `timeout`: the caller gets ``PostgresStoreError/timedOut``
+    /// and `body`'s task is cancelled and left to end by itself (a database that stopped
+    /// answering may never answer a query already sent, so nothing waits for it).
+    static func withDeadline<T: Sendable>(
+        _ timeout: Duration, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let race = DeadlineRace<T>()
+        return try await withCheckedThrowingContinuation { continuation in
+            race.start(
+                continuation,
+                work: Task {
+                    do {
+                        race.finish(.success(try await body()))
+                    } catch {
+                        race.finish(.failure(error))
+                    }
+                },
+                timer: Task {
+                    try? await Task.sleep(for: timeout)
+                    if !Task.isCancelled { race.finish(.failure(PostgresStoreError.timedOut)) }
+                })
+        }
+    }
+
+    private func succeeded() {
+        let wasFailing = state.withLock { state in
+            defer { state.failing = false }
+            return state.failing
+        }
+        if wasFailing { logger.notice("PostgreSQL at \(url) answers again") }
+    }
+
+    private func failed(_ error: any Error, doing what: String) {
+        let wasFailing = state.withLock { state in
+            defer { state.failing = true }
+            return state.failing
+        }
+        guard !wasFailing else { return }
+        logger.error(
+            "PostgreSQL at \(url) failed (\(what)): \(Self.describe(error)); requests get their error codes until it answers"
+        )
+    }
+
+    static func sqlState(of error: any Error) -> String? {
+        if let error = error as? PSQLError { return error.serverInfo?[.sqlState] }
+        return nil
+    }
+
+    /// Serialization failure and deadlock: the transaction did nothing and can run again.
+    static func isRetryable(_ error: any Error) -> Bool {
+        ["40001", "40P01"].contains(sqlState(of: error))
+    }
+
+    /// Two servers creating one table at the same moment: one of them gets a unique violation
+    /// on the system catalog, or finds the table there.
+    static func isConcurrentCreation(_ error: any Error) -> Bool {
+        ["23505", "42P07"].contains(sqlState(of: error))
+    }
+
+    /// A readable line for an error (postgres-nio's own description hides everything).
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? PSQLError {
+            if let info = error.serverInfo {
+                return "\(info[.message] ?? "error") (SQLSTATE \(info[.sqlState] ?? "?"))"
+            }
+            if let underlying = error.underlying { return "\(error.code): \(underlying)" }
+            return "\(error.code)"
+        }
+        return "\(error)"
+    }
+
+    /// Runs `sql` and returns how many rows it gave back.
+    private static func count(_ connection: PostgresConnection, _ sql: PostgresQuery, logger: Logger) async throws -> Int {
+        var count = 0
+        for try await _ in try await connection.query(sql, logger: logger) { count += 1 }
+        return count
+    }
+}
+
+/// The first of a piece of work and its timer to finish resumes the caller; the other is
+/// cancelled.
+private final class DeadlineRace<T: Sendable>: Sendable {
+    private struct Parts {
+        var continuation: CheckedContinuation<T, any Error>?
+        var result: Result<T, any Error>?
+        var work: Task<Void, Never>?
+        var timer: Task<Void, Never>?
+    }
+    private let parts = Mutex(Parts())
+
+    func start(_ continuation: CheckedContinuation<T, any Error>, work: Task<Void, Never>, timer: Task<Void, Never>) {
+        let early = parts.withLock { parts -> Result<T, any Error>? in
+            parts.work = work
+            parts.timer = timer
+            if let result = parts.result { return result }
+            parts.continuation = continuation
+            return nil
+        }
+        if let early {
+            work.cancel()
+            timer.cancel()
+            continuation.resume(with: early)
+        }
+    }
+
+    func finish(_ result: Result<T, any Error>) {
+        let taken = parts.withLock { parts -> (CheckedContinuation<T, any Error>?, Task<Void, Never>?, Task<Void, Never>?)? in
+            guard parts.result == nil else { return nil }
+            parts.result = result
+            defer { parts.continuation = nil }
+            return (parts.continuation, parts.work, parts.timer)
+        }
+        guard let (continuation, work, timer) = taken else { return }
+        work?.cancel()
+        timer?.cancel()
+        continuation?.resume(with: result)
+    }
+}
+
+/// Why the PostgreSQL store could not do something.
+public enum PostgresStoreError: Error, CustomStringConvertible {
+    case cannotOpen(PostgresStoreURL, String)
+    case newerSchema(Int, known: Int)
+    case notEmpty(users: Int)
+    case unavailable(String)
+    case timedOut
+    case closed
+
+    public var description: String {
+        switch self {
+        case .cannotOpen(let url, let reason):
+            return "cannot use PostgreSQL at \(url): \(reason)"
+        case .newerSchema(let version, let known):
+            return "the database's directory schema is version \(version), newer than this server's \(known): "
+                + "upgrade the server"
+        case .notEmpty(let users):
+            return "the target directory is not empty (\(users) users); add --replace to overwrite it"
+        case .unavailable(let reason):
+            return "PostgreSQL does not answer: \(reason)"
+        case .timedOut:
+            return "PostgreSQL did not answer in time"
+        case .closed:
+            return "the store is closed"
+        }
+    }
+}

@@ -1,0 +1,68 @@
+import Foundation
+
+/// Where a shared PostgreSQL directory lives: `postgres://USER:PASSWORD@HOST:PORT/DB` (or
+/// `postgresql://`), as libpq spells it. The password may be empty or missing (trust or peer
+/// authentication); user name and password are percent-decoded. One query item is read:
+/// `sslmode=disable|prefer|require` (default `prefer`: TLS when the server offers it).
+public struct PostgresStoreURL: Sendable, Hashable, CustomStringConvertible {
+    public enum TLSMode: String, Sendable, Hashable {
+        case disable, prefer, require
+    }
+
+    public var host: String
+    public var port: Int
+    public var user: String
+    public var password: String?
+    public var database: String
+    public var tlsMode: TLSMode
+
+    public init(
+        host: String, port: Int = 5432, user: String, password: String? = nil, database: String,
+        tlsMode: TLSMode = .prefer
+    ) {
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.database = database
+        self.tlsMode = tlsMode
+    }
+
+    /// Parses a `postgres://` URL.
+    public init(parsing text: String) throws(DirectoryStoreLocationError) {
+        guard let components = URLComponents(string: text),
+            let scheme = components.scheme?.lowercased(), scheme == "postgres" || scheme == "postgresql"
+        else { throw .malformedURL(text, "expected postgres://USER:PASSWORD@HOST:PORT/DB") }
+        guard let host = components.host, !host.isEmpty else { throw .malformedURL(text, "no host") }
+        guard let user = components.percentEncodedUser?.removingPercentEncoding, !user.isEmpty else {
+            throw .malformedURL(text, "no user name")
+        }
+        if let port = components.port, !(1...65535).contains(port) {
+            throw .malformedURL(text, "port must be 1-65535")
+        }
+        let database = String(components.path.drop(while: { $0 == "/" }))
+        guard !database.isEmpty, !database.contains("/") else { throw .malformedURL(text, "no database name") }
+        var tlsMode = TLSMode.prefer
+        for item in components.queryItems ?? [] {
+            guard item.name == "sslmode" else { throw .malformedURL(text, "unknown parameter '\(item.name)'") }
+            guard let mode = item.value.flatMap(TLSMode.init(rawValue:)) else {
+                throw .malformedURL(text, "sslmode must be disable, prefer or require")
+            }
+            tlsMode = mode
+        }
+        self.init(
+            // [::1] comes back with its brackets.
+            host: host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host,
+            port: components.port ?? 5432, user: user,
+            password: components.percentEncodedPassword?.removingPercentEncoding, database: database,
+            tlsMode: tlsMode)
+    }
+
+    /// The URL without its password (for logs and messages).
+    public var description: String {
+        let shownHost = host.contains(":") ? "[\(host)]" : host
+        let secret = password == nil ? "" : ":***"
+        let query = tlsMode == .prefer ? "" : "?sslmode=\(tlsMode.rawValue)"
+        return "postgres://\(user)\(secret)@\(shownHost):\(port)/\(database)\(query)"
+    }
+}

@@ -496,25 +496,10 @@ public final class PostgresDirectoryStore: DirectoryStore {
 
     // MARK: Copying a directory in
 
-    /// Everything of a directory, for `p2p-server copy-directory`: its users with their
-    /// addresses, and its files in publishing order.
-    public struct Contents: Sendable {
-        public var users: [(name: String, ip: String?, port: String?)]
-        public var files: [(owner: String, name: String, description: String)]
-
-        public init(
-            users: [(name: String, ip: String?, port: String?)],
-            files: [(owner: String, name: String, description: String)]
-        ) {
-            self.users = users
-            self.files = files
-        }
-    }
-
     /// Writes `contents` into this (empty) directory in one transaction; with `replacing`, what
     /// is there is deleted first. Throws ``PostgresStoreError/notEmpty(users:)`` when the
     /// directory holds users and `replacing` is false: nothing is changed then.
-    public func load(_ contents: Contents, replacing: Bool) async throws {
+    public func load(_ contents: DirectoryContents, replacing: Bool) async throws {
         try await transaction { connection in
             if replacing {
                 try await connection.query("DELETE FROM directory_user", logger: self.logger)

@@ -58,6 +58,16 @@ public struct PostgresStoreURL: Sendable, Hashable, CustomStringConvertible {
             tlsMode: tlsMode)
     }
 
+    /// The URL with its password, as `--store` takes it (for starting servers on it).
+    public var connectionString: String {
+        let allowed = CharacterSet.urlUserAllowed.subtracting(CharacterSet(charactersIn: ":@/"))
+        func encoded(_ text: String) -> String { text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text }
+        let shownHost = host.contains(":") ? "[\(host)]" : host
+        let secret = password.map { ":" + encoded($0) } ?? ""
+        let query = tlsMode == .prefer ? "" : "?sslmode=\(tlsMode.rawValue)"
+        return "postgres://\(encoded(user))\(secret)@\(shownHost):\(port)/\(database)\(query)"
+    }
+
     /// The URL without its password (for logs and messages).
     public var description: String {
         let shownHost = host.contains(":") ? "[\(host)]" : host

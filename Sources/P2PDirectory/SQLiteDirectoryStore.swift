@@ -603,6 +603,23 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         }
     }
 
+    /// Every user and file, read in one transaction (for `p2p-server copy-directory`).
+    public func contents() async throws -> DirectoryContents {
+        try await readOffThePool { db in
+            var users: [DirectoryContents.User] = []
+            let userRows = try Row.fetchCursor(db, sql: "SELECT name, ip, port FROM user ORDER BY name")
+            while let row = try userRows.next() {
+                users.append(DirectoryContents.User(name: row[0], ip: row[1], port: row[2]))
+            }
+            var files: [DirectoryContents.File] = []
+            let fileRows = try Row.fetchCursor(db, sql: "SELECT owner, name, description FROM file ORDER BY id")
+            while let row = try fileRows.next() {
+                files.append(DirectoryContents.File(owner: row[0], name: row[1], description: row[2]))
+            }
+            return DirectoryContents(users: users, files: files)
+        }
+    }
+
     private static func files(of owner: String, _ db: Database) throws -> [PublishedFile] {
         var files: [PublishedFile] = []
         let rows = try Row.fetchCursor(

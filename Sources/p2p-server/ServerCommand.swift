@@ -19,10 +19,23 @@ enum Switch: String, ExpressibleByArgument, CaseIterable {
     case on, off
 }
 
+/// `p2p-server`: serves the directory (the default), or copies one into PostgreSQL.
 struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "p2p-server",
         abstract: "The directory server of the P2P file-sharing system.",
+        discussion: """
+            'p2p-server [OPTIONS]' serves the directory; 'p2p-server help serve' lists its options \
+            (port, store, owner check, web page, ...).
+            """,
+        subcommands: [ServeCommand.self, CopyDirectoryCommand.self],
+        defaultSubcommand: ServeCommand.self)
+}
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve the directory (what p2p-server does when no subcommand is named).",
         discussion: """
             Keeps who is registered, who is connected at which address and which files each user \
             publishes, by default in <data-dir>/directory.sqlite (see --store). Sends one record \
@@ -41,7 +54,8 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(
         help: """
             Where the directory is kept: sqlite:PATH (or just PATH), a SQLite database file \
-            (default: <data-dir>/directory.sqlite).
+            (default: <data-dir>/directory.sqlite), or postgres://USER:PASSWORD@HOST:PORT/DB, a \
+            PostgreSQL database that several servers can share (default: $P2P_STORE if set).
             """)
     var store: String?
 
@@ -107,19 +121,24 @@ struct ServerCommand: AsyncParsableCommand {
         if let httpPort, !(0...65535).contains(httpPort) { throw ValidationError("--http-port must be 0-65535") }
         guard peerCheckInterval >= 0 else { throw ValidationError("--peer-check-interval must be 0 or more") }
         guard peerCheckFailures >= 1 else { throw ValidationError("--peer-check-failures must be at least 1") }
-        if let store {
+        if let store = storeText {
             do {
                 _ = try DirectoryStoreLocation(parsing: store)
             } catch {
-                throw ValidationError("--store: \(error)")
+                throw ValidationError("\(store == self.store ? "--store" : "$P2P_STORE"): \(error)")
             }
         }
     }
 
-    /// `--store`, else the SQLite file in `--data-dir`.
+    /// `--store`, else `$P2P_STORE` when set and not empty.
+    private var storeText: String? {
+        store ?? ProcessInfo.processInfo.environment["P2P_STORE"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// `--store` or `$P2P_STORE`, else the SQLite file in `--data-dir`.
     var storeLocation: DirectoryStoreLocation {
         get throws {
-            if let store { return try DirectoryStoreLocation(parsing: store) }
+            if let store = storeText { return try DirectoryStoreLocation(parsing: store) }
             return .sqlite(dataDirectory: dataDir)
         }
     }

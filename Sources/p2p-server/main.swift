@@ -1,8 +1,19 @@
+import ArgumentParser
+import Foundation
 import NIOCore
 import NIOPosix
 
 do {
-    let command = try ServerCommand.parse()
+    var parsed = try ServerCommand.parseAsRoot()
+    guard let command = parsed as? ServeCommand else {
+        // copy-directory, --help, --version: nothing that needs the event loops set up.
+        if let copy = parsed as? CopyDirectoryCommand {
+            try await copy.run()
+        } else {
+            try parsed.run()
+        }
+        exit(0)
+    }
     // The event loops are NIO's singleton group; its size must be chosen before first use.
     NIOSingletons.groupLoopCountSuggestion = command.eventLoopCount
     // Run Swift concurrency on NIO's event loops: a connection's task then continues on the

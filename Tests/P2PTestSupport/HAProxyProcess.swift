@@ -24,6 +24,9 @@ public final class HAProxyProcess: Sendable {
                 maxconn 1024
             defaults
                 mode tcp
+                # A connection refused by a server that died goes to another one.
+                retries 3
+                option redispatch 1
                 timeout connect 2s
                 timeout client 10s
                 timeout server 10s

@@ -1,0 +1,247 @@
+import Foundation
+import NIOCore
+import P2PDirectory
+import P2PProtocol
+import P2PTestSupport
+import Testing
+
+/// Three `p2p-server` processes on one PostgreSQL database behave like one server.
+@Suite struct SeveralServersTests {
+    /// Starts `count` servers on a fresh database of the shared test PostgreSQL.
+    static func servers(
+        _ count: Int, on url: PostgresStoreURL? = nil, extraArguments: [String] = []
+    ) async throws -> (url: PostgresStoreURL, servers: [ServerProcess], folder: TemporaryDirectory) {
+        let folder = try TemporaryDirectory()
+        var database = url
+        if database == nil { database = try await PostgresServer.shared().newDatabase() }
+        var servers: [ServerProcess] = []
+        for index in 0..<count {
+            servers.append(
+                try await ServerProcess(
+                    dataDirectory: folder.file("unused-\(index)"),
+                    arguments: ["--no-oplog", "--peer-check-interval", "0", "--store", database!.connectionString]
+                        + extraArguments))
+        }
+        return (database!, servers, folder)
+    }
+
+    static func send(_ command: Request.Command, to port: Int, from source: String? = nil) async throws -> Reply {
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: port)
+        let sourceAddress = try source.map { try SocketAddress(ipAddress: $0, port: 0) }
+        return try await RawConnection.send(
+            Request(dateTime: "26/11/2026 10:00:00", command: command), to: address, from: sourceAddress)
+    }
+
+    @Test func aChangeAnsweredByOneIsSeenByTheNextRequestToAnother() async throws {
+        let (_, servers, folder) = try await Self.servers(3)
+        defer { folder.remove() }
+        let ports = servers.map(\.port)
+        #expect(try await Self.send(.register(user: "alice"), to: ports[0]) == .status(0))
+        #expect(try await Self.send(.register(user: "alice"), to: ports[1]) == .status(1))
+        #expect(try await Self.send(.connect(user: "alice", port: "5000"), to: ports[1]) == .status(0))
+        #expect(try await Self.send(.register(user: "bob"), to: ports[2]) == .status(0))
+        #expect(try await Self.send(.connect(user: "bob", port: "6000"), to: ports[0]) == .status(0))
+        #expect(
+            try await Self.send(.publish(user: "alice", fileName: "notes.txt", description: "week 1"), to: ports[2])
+                == .status(0))
+        #expect(
+            try await Self.send(.listUsers(user: "bob"), to: ports[0])
+                == .users([
+                    ConnectedUser(name: "alice", ip: "127.0.0.1", port: "5000"),
+                    ConnectedUser(name: "bob", ip: "127.0.0.1", port: "6000"),
+                ]))
+        #expect(
+            try await Self.send(.listContent(user: "bob", owner: "alice"), to: ports[1])
+                == .content([PublishedFile(name: "notes.txt", description: "week 1")]))
+        #expect(try await Self.send(.search(user: "bob", query: "WEE"), to: ports[2])
+            == .hits([SearchHit(owner: "alice", name: "notes.txt", description: "week 1")]))
+        #expect(try await Self.send(.unregister(user: "alice"), to: ports[2]) == .status(0))
+        #expect(try await Self.send(.listContent(user: "bob", owner: "alice"), to: ports[0]) == .status(3))
+        #expect(try await Self.send(.register(user: "alice"), to: ports[1]) == .status(0))
+        for server in servers { await server.stop() }
+    }
+
+    /// 200 requests about one name, sent at once and spread over the servers: decided exactly
+    /// as one server decides them, one after the other.
+    @Test func conflictingRequestsSpreadOverServersResolveAsOnOne() async throws {
+        let (_, servers, folder) = try await Self.servers(3)
+        defer { folder.remove() }
+        let ports = servers.map(\.port)
+        func all(_ command: Request.Command) async throws -> [Reply] {
+            try await withThrowingTaskGroup(of: Reply.self) { group in
+                for index in 0..<200 {
+                    group.addTask { try await Self.send(command, to: ports[index % ports.count]) }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+        }
+        let registers = try await all(.register(user: "same"))
+        #expect(registers.filter { $0 == .status(0) }.count == 1)
+        #expect(registers.filter { $0 == .status(1) }.count == 199)
+
+        let connects = try await all(.connect(user: "same", port: "7000"))
+        #expect(connects.filter { $0 == .status(0) }.count == 1)
+        #expect(connects.filter { $0 == .status(2) }.count == 199)
+
+        let publishes = try await all(.publish(user: "same", fileName: "one.txt", description: "d"))
+        #expect(publishes.filter { $0 == .status(0) }.count == 1)
+        #expect(publishes.filter { $0 == .status(3) }.count == 199)
+        #expect(
+            try await Self.send(.listContent(user: "same", owner: "same"), to: ports[0])
+                == .content([PublishedFile(name: "one.txt", description: "d")]))
+        for server in servers { await server.stop() }
+    }
+
+    /// `kill -9` of a server in the middle of a stream of REGISTERs: everything it answered 0
+    /// is in the database.
+    @Test func everyRegisterAnsweredBeforeKillMinusNineIsKept() async throws {
+        let (url, servers, folder) = try await Self.servers(1)
+        defer { folder.remove() }
+        let server = servers[0]
+        let answered = Locked<[String]>([])
+        let senders = 8
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for sender in 0..<senders {
+                group.addTask {
+                    for index in 0... {
+                        let name = "user-\(sender)-\(index)"
+                        guard let reply = try? await Self.send(.register(user: name), to: server.port) else { return }
+                        if reply == .status(0) { answered.withLock { $0.append(name) } }
+                    }
+                }
+            }
+            try await waitUntil("200 REGISTERs answered", timeout: 60) { answered.withLock { $0.count } >= 200 }
+            server.process.signal(SIGKILL)
+            try await group.waitForAll()
+        }
+        _ = try await server.process.waitForExit()
+        let stored = Set(try await PostgresServer.shared().psql("SELECT name FROM directory_user", database: url.database))
+        let acknowledged = answered.withLock { $0 }
+        #expect(acknowledged.count >= 200)
+        #expect(acknowledged.filter { !stored.contains($0) } == [])
+    }
+
+    /// PostgreSQL stopped under running servers: requests get their error codes promptly, the
+    /// servers stay up and say so once, and serve again when PostgreSQL is back.
+    @Test func postgresStoppedAndStartedAgain() async throws {
+        let postgres = try await PostgresServer.start()
+        defer { Task { await postgres.remove() } }
+        let url = try await postgres.newDatabase()
+        let (_, servers, folder) = try await Self.servers(2, on: url)
+        defer { folder.remove() }
+        #expect(try await Self.send(.register(user: "alice"), to: servers[0].port) == .status(0))
+        #expect(try await Self.send(.connect(user: "alice", port: "5000"), to: servers[1].port) == .status(0))
+
+        await postgres.stop()
+        for server in servers {
+            for command: Request.Command in [
+                .register(user: "bob"), .listUsers(user: "alice"), .publish(user: "alice", fileName: "f", description: ""),
+                .register(user: "carol"),
+            ] {
+                let start = ContinuousClock.now
+                let reply = try await Self.send(command, to: server.port)
+                // Before the server's idle timeout (5 s): the client hears back.
+                #expect(ContinuousClock.now - start < .seconds(4), "\(command)")
+                let operation = Request(dateTime: "", command: command).operation
+                #expect(reply == .status(operation.otherErrorCode), "\(command)")
+            }
+            #expect(server.process.isRunning)
+            let outages = server.process.stderrLines.filter { $0.contains("requests get their error codes") }
+            #expect(outages.count == 1, "\(server.process.stderrLines.suffix(10))")
+        }
+
+        try await postgres.restart()
+        for server in servers {
+            try await waitUntil("the server to serve again", timeout: 60) {
+                try await Self.send(.listUsers(user: "alice"), to: server.port)
+                    == .users([ConnectedUser(name: "alice", ip: "127.0.0.1", port: "5000")])
+            }
+            #expect(server.process.stderrLines.contains { $0.contains("answers again") })
+        }
+        #expect(try await Self.send(.register(user: "bob"), to: servers[0].port) == .status(0))
+        #expect(try await Self.send(.register(user: "bob"), to: servers[1].port) == .status(1))
+        for server in servers { await server.stop() }
+    }
+
+    /// Three servers behind a real HAProxy with the PROXY protocol: the directory records the
+    /// client's address, and with one server killed the clients keep getting answers.
+    @Test func behindHAProxyOneServerMayDie() async throws {
+        let (_, servers, folder) = try await Self.servers(3, extraArguments: ["--proxy-protocol"])
+        defer { folder.remove() }
+        let balancer = try await HAProxyProcess(backends: servers.map(\.port))
+        defer { Task { await balancer.stop() } }
+        #expect(try await Self.send(.register(user: "alice"), to: balancer.port, from: "127.0.0.2") == .status(0))
+        #expect(
+            try await Self.send(.connect(user: "alice", port: "5000"), to: balancer.port, from: "127.0.0.2") == .status(0))
+        for _ in 0..<3 {
+            #expect(
+                try await Self.send(.listUsers(user: "alice"), to: balancer.port, from: "127.0.0.3")
+                    == .users([ConnectedUser(name: "alice", ip: "127.0.0.2", port: "5000")]))
+        }
+        servers[1].process.signal(SIGKILL)
+        _ = try await servers[1].process.waitForExit()
+        for index in 0..<30 {
+            #expect(
+                try await Self.send(.register(user: "user-\(index)"), to: balancer.port, from: "127.0.0.3")
+                    == .status(0))
+        }
+        await balancer.stop()
+        for server in servers { await server.stop() }
+    }
+
+    /// `p2p-server copy-directory`: a SQLite directory copied into PostgreSQL lists the same
+    /// users, addresses and files; a target that holds users is left alone without --replace.
+    @Test func copyDirectoryFromSQLite() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let sqlite = try SQLiteDirectoryStore(dataDirectory: folder.path)
+        let changes: [DirectoryChange] = [
+            .register(user: "alice"), .register(user: "bob"), .register(user: "zoë"),
+            .connect(user: "alice", ip: "10.0.0.1", port: "5000"), .connect(user: "zoë", ip: "10.0.0.3", port: "7000"),
+            .publish(user: "alice", fileName: "b.txt", description: "second <b>"),
+            .publish(user: "alice", fileName: "a.txt", description: "first"),
+            .publish(user: "zoë", fileName: "naïve.pdf", description: "Ünïcode"),
+        ]
+        #expect(await sqlite.apply(changes).allSatisfy { $0 == .ok })
+        try await sqlite.close()
+        let url = try await PostgresServer.shared().newDatabase()
+
+        func copy(_ extra: [String] = []) async throws -> (status: Int32, output: [String], errors: [String]) {
+            let run = try ChildProcess(
+                builtProduct("p2p-server"),
+                ["copy-directory", "--from", folder.path, "--to", url.connectionString] + extra)
+            let status = try await run.waitForExit(timeout: 60)
+            return (status, run.stdoutLines, run.stderrLines)
+        }
+        let first = try await copy()
+        #expect(first.status == 0, "\(first.errors)")
+        #expect(first.output.contains { $0.hasPrefix("copied 3 users (2 connected) and 3 files") })
+
+        let copied = try await PostgresDirectoryStore.open(url, logger: .init(label: "test"))
+        #expect(try await copied.registeredUsers() == ["alice", "bob", "zoë"])
+        #expect(
+            try await copied.connectedUsers() == [
+                ConnectedUser(name: "alice", ip: "10.0.0.1", port: "5000"),
+                ConnectedUser(name: "zoë", ip: "10.0.0.3", port: "7000"),
+            ])
+        #expect(
+            try await copied.files(of: "alice") == [
+                PublishedFile(name: "b.txt", description: "second <b>"), PublishedFile(name: "a.txt", description: "first"),
+            ])
+        #expect(try await copied.files(of: "bob") == [])
+        #expect(try await copied.search("unico") == [SearchHit(owner: "zoë", name: "naïve.pdf", description: "Ünïcode")])
+        // The copy is a working directory: the rules go on from there.
+        #expect(await copied.apply(.register(user: "alice")) == 1)
+        #expect(await copied.apply(.register(user: "dave")) == .ok)
+
+        let refused = try await copy()
+        #expect(refused.status == 1)
+        #expect(refused.errors.contains { $0.contains("not empty") && $0.contains("--replace") })
+        #expect(try await copied.registeredUsers() == ["alice", "bob", "dave", "zoë"])
+
+        let replaced = try await copy(["--replace"])
+        #expect(replaced.status == 0, "\(replaced.errors)")
+        #expect(try await copied.registeredUsers() == ["alice", "bob", "zoë"])
+        try await copied.close()
+    }
+}

@@ -19,7 +19,7 @@ GENERATED := $(GENERATED_DIR)/include/operations.h $(GENERATED_DIR)/operations_c
 	$(GENERATED_DIR)/operations_xdr.c rpc/operations_svc.c
 SETUP_STAMP := .build/.setup-done
 
-.PHONY: all setup build release oplog rpcgen check-rpcgen test bench run install uninstall clean
+.PHONY: all setup build release oplog rpcgen check-rpcgen test bench run run-cluster install uninstall clean
 
 all: build oplog
 
@@ -84,6 +84,11 @@ bench: $(SETUP_STAMP) oplog
 run: $(SETUP_STAMP) oplog
 	$(SWIFT_BUILD) -c release
 	scripts/run.sh
+
+# Several directory servers: PostgreSQL, three servers on it and HAProxy on 4242.
+run-cluster: $(SETUP_STAMP) oplog
+	$(SWIFT_BUILD) -c release
+	scripts/run.sh --cluster
 
 # The four programs on PATH (PREFIX=/usr/local by default; DESTDIR for packaging). The Swift
 # programs use the Swift runtime of the toolchain that built them.

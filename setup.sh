@@ -5,7 +5,8 @@
 #   SQLite headers, libedit (line editing at the client prompt), socat, wrk and ss (iproute2) for
 #   the benchmarks, pkill (procps), chromium for the test that loads the directory's web page in
 #   a real browser, tmux for the tests that type at the client's prompt in a real terminal,
-#   haproxy for the test of the directory behind a load balancer;
+#   haproxy and PostgreSQL (server, psql, pgbench) for several directory servers on one
+#   database (`make run-cluster`, their tests and benchmark: each starts a private instance);
 #   .venv/: a Python virtual environment with zeep, for the SOAP interop test.
 # Run alone (./setup.sh) it also builds the system in release mode.
 set -euo pipefail
@@ -14,7 +15,7 @@ cd "$(dirname "$0")"
 say() { printf 'setup: %s\n' "$*"; }
 
 packages=(gcc libc6-dev make rpcbind rpcsvc-proto libtirpc-dev pkg-config libsqlite3-dev libedit-dev socat wrk python3 procps iproute2
-    chromium tmux haproxy)
+    chromium tmux haproxy postgresql postgresql-client)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

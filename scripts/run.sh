@@ -4,14 +4,26 @@
 # prefixed with its name. Ctrl+C stops them all, showing each program's last lines, and leaves
 # nothing behind (exit status 0 on a clean stop).
 #
-# Environment: P2P_PORT (4242), TIME_PORT (8000), WEB_PORT (8080), DATA_DIR (./storage), BUILD (release).
+# `make run-cluster` (--cluster): the same with several directory servers instead of one: a
+# private PostgreSQL (its data in $CLUSTER_DIR, run as the postgres system user when we are
+# root: PostgreSQL refuses root), three p2p-server on it (on 127.0.0.1, ports P2P_PORT+1..3,
+# web pages WEB_PORT..WEB_PORT+2) and HAProxy on P2P_PORT in front of them (TCP, health checks,
+# the PROXY protocol so that the servers see the clients' addresses).
+#
+# Environment: P2P_PORT (4242), TIME_PORT (8000), WEB_PORT (8080), DATA_DIR (./storage),
+# BUILD (release); with --cluster also PG_PORT (55432), CLUSTER_DIR (.build/cluster), SERVERS (3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+CLUSTER=0
+if [ "${1:-}" = "--cluster" ]; then CLUSTER=1; fi
 P2P_PORT=${P2P_PORT:-4242}
 TIME_PORT=${TIME_PORT:-8000}
 WEB_PORT=${WEB_PORT:-8080}
 DATA_DIR=${DATA_DIR:-./storage}
+PG_PORT=${PG_PORT:-55432}
+CLUSTER_DIR=${CLUSTER_DIR:-.build/cluster}
+SERVERS=${SERVERS:-3}
 BIN=$(pwd)/.build/${BUILD:-release}
 
 say() { printf '\033[1mrun\033[0m | %s\n' "$*"; }
@@ -30,6 +42,9 @@ wait_for() {
 }
 
 pids=()
+# The signal that stops each program (PostgreSQL: SIGINT, its fast shutdown; SIGTERM would
+# wait for the servers' sessions to end).
+stop_signals=()
 started_rpcbind=0
 stopping=0
 stop() {
@@ -40,7 +55,7 @@ stop() {
         # Reverse order, one at a time: the directory server first, so that it can still
         # deliver its last log records.
         for (( i=${#pids[@]}-1; i>=0; i-- )); do
-            kill -TERM "${pids[$i]}" 2>/dev/null
+            kill -"${stop_signals[$i]}" "${pids[$i]}" 2>/dev/null
             wait "${pids[$i]}" 2>/dev/null
         done
     fi
@@ -64,12 +79,21 @@ prefix() { trap '' INT; exec sed -u "s/^/$1 | /"; }
 oplog_registered() { rpcinfo -t localhost 536871065 1 >/dev/null 2>&1; }
 rpcbind_answers() { rpcinfo -p localhost >/dev/null 2>&1; }
 
-for port in "$P2P_PORT" "$TIME_PORT" "$WEB_PORT"; do
+ports=("$P2P_PORT" "$TIME_PORT" "$WEB_PORT")
+programs=("$BIN/p2p-server" "$BIN/p2p-time" rpc/p2p-oplog)
+if [ "$CLUSTER" -eq 1 ]; then
+    ports=("$P2P_PORT" "$TIME_PORT" "$PG_PORT")
+    for i in $(seq 1 "$SERVERS"); do ports+=($((P2P_PORT + i)) $((WEB_PORT + i - 1))); done
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$pg_bin" ] || fail "PostgreSQL is not installed: run ./setup.sh"
+    programs+=("$pg_bin/postgres" /usr/sbin/haproxy)
+fi
+for port in "${ports[@]}"; do
     if port_in_use "$port"; then
-        fail "port $port is already in use (another p2p-server or p2p-time?); free it or set P2P_PORT/TIME_PORT/WEB_PORT"
+        fail "port $port is already in use (another p2p-server, p2p-time, PostgreSQL?); free it or set P2P_PORT/TIME_PORT/WEB_PORT/PG_PORT"
     fi
 done
-for program in "$BIN/p2p-server" "$BIN/p2p-time" rpc/p2p-oplog; do
+for program in "${programs[@]}"; do
     [ -x "$program" ] || fail "$program is missing: run 'make run' (it builds everything)"
 done
 
@@ -82,27 +106,102 @@ fi
 
 # Each program's lines get its name in front; $! stays the program's own pid.
 rpc/p2p-oplog > >(prefix "oplog ") 2>&1 &
-pids+=($!)
+pids+=($!) stop_signals+=(TERM)
 wait_for "the operation-log server" oplog_registered
 
 # No access log: a line per request would fill the pane (p2p-time --access-log turns it on).
 "$BIN/p2p-time" --port "$TIME_PORT" > >(prefix "time  ") 2>&1 &
-pids+=($!)
+pids+=($!) stop_signals+=(TERM)
 wait_for "the time service" port_in_use "$TIME_PORT"
 
-"$BIN/p2p-server" -p "$P2P_PORT" --data-dir "$DATA_DIR" --http-port "$WEB_PORT" > >(prefix "server") 2>&1 &
-pids+=($!)
-wait_for "the directory server" port_in_use "$P2P_PORT"
+# PostgreSQL's programs run as the postgres system user when we are root. A command prefix,
+# not a function: setpriv execs, so `$!` of a background start is the postmaster itself (a
+# function would run in a subshell, which ignores SIGINT).
+as_postgres=()
+if [ "$(id -u)" -eq 0 ]; then as_postgres=(setpriv --reuid=postgres --regid=postgres --init-groups --); fi
+pg_ready() { "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U p2p -d postgres; }
+psql_cluster() { psql -X -q -A -t -h 127.0.0.1 -p "$PG_PORT" -U p2p "$@"; }
+
+if [ "$CLUSTER" -eq 0 ]; then
+    "$BIN/p2p-server" -p "$P2P_PORT" --data-dir "$DATA_DIR" --http-port "$WEB_PORT" > >(prefix "server") 2>&1 &
+    pids+=($!) stop_signals+=(TERM)
+    wait_for "the directory server" port_in_use "$P2P_PORT"
+else
+    mkdir -p "$CLUSTER_DIR"
+    cluster_dir=$(cd "$CLUSTER_DIR" && pwd)
+    pg_data="$cluster_dir/postgres"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres: "$cluster_dir"
+        "${as_postgres[@]}" test -w "$cluster_dir" || fail "the postgres user cannot write to $cluster_dir (set CLUSTER_DIR)"
+    fi
+    if [ ! -f "$pg_data/PG_VERSION" ]; then
+        say "creating the PostgreSQL cluster in $pg_data"
+        "${as_postgres[@]}" "$pg_bin/initdb" -D "$pg_data" -U p2p --auth=trust -E UTF8 --locale=C >/dev/null ||
+            fail "initdb failed"
+    fi
+    "${as_postgres[@]}" "$pg_bin/postgres" -D "$pg_data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
+        -c unix_socket_directories="$cluster_dir" > >(prefix "pgsql ") 2>&1 &
+    pids+=($!) stop_signals+=(INT)
+    wait_for PostgreSQL pg_ready
+    if [ "$(psql_cluster -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'directory'")" != 1 ]; then
+        psql_cluster -d postgres -c "CREATE DATABASE directory" || fail "cannot create the database"
+    fi
+    store="postgres://p2p@127.0.0.1:$PG_PORT/directory?sslmode=disable"
+    backends=""
+    for i in $(seq 1 "$SERVERS"); do
+        "$BIN/p2p-server" --host 127.0.0.1 -p $((P2P_PORT + i)) --store "$store" --proxy-protocol \
+            --http-port $((WEB_PORT + i - 1)) > >(prefix "srv$i  ") 2>&1 &
+        pids+=($!) stop_signals+=(TERM)
+        wait_for "directory server $i" port_in_use $((P2P_PORT + i))
+        backends+="    server srv$i 127.0.0.1:$((P2P_PORT + i)) send-proxy-v2 check inter 1s"$'\n'
+    done
+    cat > "$cluster_dir/haproxy.cfg" <<EOF2
+# Written by scripts/run.sh --cluster.
+global
+    maxconn 4096
+defaults
+    mode tcp
+    # A connection refused by a server that died goes to another one.
+    retries 3
+    option redispatch 1
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend directory
+    bind 0.0.0.0:$P2P_PORT
+    default_backend servers
+backend servers
+    balance roundrobin
+$backends
+EOF2
+    /usr/sbin/haproxy -db -f "$cluster_dir/haproxy.cfg" > >(prefix "proxy ") 2>&1 &
+    pids+=($!) stop_signals+=(TERM)
+    wait_for HAProxy port_in_use "$P2P_PORT"
+fi
 
 client="$BIN/p2p-client -s localhost -p $P2P_PORT"
 if [ "$TIME_PORT" != 8000 ]; then client+=" --time-service http://localhost:$TIME_PORT"; fi
 
-cat <<EOF2
+if [ "$CLUSTER" -eq 0 ]; then
+    cat <<EOF2
 
   The P2P system is up:
     directory server   p2p-server   0.0.0.0:$P2P_PORT   (data in $DATA_DIR/directory.sqlite)
+EOF2
+else
+    cat <<EOF2
+
+  The P2P system is up, with $SERVERS directory servers:
+    load balancer      haproxy      0.0.0.0:$P2P_PORT   (round robin, PROXY protocol v2, health checks)
+    directory servers  p2p-server   127.0.0.1:$((P2P_PORT + 1))-$((P2P_PORT + SERVERS))
+    database           PostgreSQL   $store   (data in $pg_data)
+EOF2
+fi
+web_note=""
+if [ "$CLUSTER" -eq 1 ]; then web_note=" (server 1; the others on the next ports)"; fi
+cat <<EOF2
     time service       p2p-time     http://127.0.0.1:$TIME_PORT   (WSDL: /?wsdl, plain: /time)
-    directory web page p2p-server   http://127.0.0.1:$WEB_PORT/   (metrics: /metrics, health: /health)
+    directory web page p2p-server   http://127.0.0.1:$WEB_PORT/$web_note   (metrics: /metrics, health: /health)
     operation log      p2p-oplog    ONC-RPC program 0x20000099 v1 and v2, via rpcbind
   Start a client in another terminal, in the folder whose files it may share:
     $client

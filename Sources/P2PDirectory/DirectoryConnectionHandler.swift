@@ -98,6 +98,8 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
                 }
                 proxiedIP = proxy.source?.ip
                 state = .reading
+                // Nothing of a request yet (a health check ends here).
+                receivedBytes = false
                 // What follows the header is the request.
                 bytes = header
                 guard bytes.readableBytes > 0 else { return }
@@ -179,6 +181,10 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         if case .truncated(nil, 0)? = error as? ProtocolError {
             // Connected and closed without a byte: a port probe, not a request.
             logger.debug("empty connection from \(peer)")
+        } else if !receivedBytes, error is IOError {
+            // Reset before a byte of a request (after a PROXY header, say): a load balancer's
+            // health check, which HAProxy ends with a reset.
+            logger.debug("connection from \(peer) ended before a request: \(error)")
         } else {
             logger.warning("bad request from \(peer): \(error)")
         }

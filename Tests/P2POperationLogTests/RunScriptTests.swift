@@ -37,5 +37,53 @@ extension LogServerSuites {
             }
             #expect(!(await OperationLogServer.isRegistered()), "nothing left running")
         }
+
+        /// `make run-cluster`: PostgreSQL, three servers and HAProxy come up; a client through
+        /// HAProxy is served and listed with its own address; Ctrl+C stops all of it.
+        @Test func clusterComesUpServesAndCtrlCLeavesNothing() async throws {
+            let folder = try TemporaryDirectory()
+            defer { folder.remove() }
+            let ports = (
+                p2p: try unusedPort(), time: try unusedPort(), web: try unusedPort(), postgres: try unusedPort()
+            )
+            let command =
+                "BUILD=debug P2P_PORT=\(ports.p2p) TIME_PORT=\(ports.time) WEB_PORT=\(ports.web) "
+                + "PG_PORT=\(ports.postgres) CLUSTER_DIR=\(folder.file("cluster")) "
+                + "\(packageRoot)/scripts/run.sh --cluster; echo \"run.sh exited $?\""
+            // The three servers listen on the ports after P2P_PORT: they must be free too.
+            try #require((1...3).allSatisfy { !isListening(ports.p2p + $0) }, "ports after \(ports.p2p) in use")
+            try await TerminalSession.with(command, directory: packageRoot) { terminal in
+                let screen = try await terminal.waitForScreen("the cluster up", timeout: 120) { screen in
+                    screen.contains { $0.contains("Ctrl+C stops everything") }
+                }
+                #expect(screen.contains { $0.contains("with 3 directory servers") }, "\(screen)")
+
+                let shared = folder.file("shared")
+                try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
+                let client = try ClientProcess(
+                    serverPort: ports.p2p, timeURL: "http://127.0.0.1:\(ports.time)", directory: shared)
+                #expect(try await client.run("REGISTER alice") == "c> REGISTER OK")
+                #expect(try await client.run("CONNECT alice") == "c> CONNECT OK")
+                // Through HAProxy, each request goes to another server; all see one directory.
+                for _ in 0..<3 {
+                    #expect(try await client.run("LIST_USERS") == "c> LIST_USERS OK")
+                }
+                let output = try await client.finish()
+                var listed = 0
+                for line in output where line.hasPrefix("alice 127.0.0.1 ") { listed += 1 }
+                #expect(listed == 3, "\(output)")
+
+                try await terminal.press("C-c")
+                let end = try await terminal.waitForScreen("run.sh to end", timeout: 60) { screen in
+                    screen.contains { $0.hasPrefix("run.sh exited") }
+                }
+                #expect(end.contains("run.sh exited 0"), "\(end)")
+                #expect(end.contains { $0.contains("database system is shut down") }, "\(end)")
+            }
+            for port in [ports.p2p, ports.p2p + 1, ports.p2p + 2, ports.p2p + 3, ports.postgres, ports.time] {
+                #expect(!isListening(port), "port \(port) still served after Ctrl+C")
+            }
+            #expect(!(await OperationLogServer.isRegistered()), "nothing left running")
+        }
     }
 }

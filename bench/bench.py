@@ -11,7 +11,10 @@ measured in the same run:
     10,000,000 files, built by bulk insert, against the same server on an empty directory;
   - operation log: the directory server with the log on against the same server with --no-oplog;
   - time service: SOAP against plain GET /time;
-  - GET_FILE: against a plain copy of the same bytes through a loopback socket with socat.
+  - GET_FILE: against a plain copy of the same bytes through a loopback socket with socat;
+  - PostgreSQL store: one server on a private PostgreSQL against pgbench running the same SQL
+    statements with as many clients (the database's own floor); three servers behind HAProxy
+    against one server direct, with the CPU each part used.
 """
 import os
 import re
@@ -445,6 +448,172 @@ def web_benchmark(work):
         + f"; {statistics.mean(pages):.0f} pages and scrapes per run, readers' CPU {statistics.mean(readers_cpu):.2f} s per run")
 
 
+def start_postgres(work):
+    """A private PostgreSQL in `work` on a free port (as the postgres user when we are root, since
+    PostgreSQL refuses root), with a database `directory`. Returns (process, port, url)."""
+    bins = sorted((d for d in os.listdir("/usr/lib/postgresql") if d.isdigit()), key=int)
+    pg_bin = f"/usr/lib/postgresql/{bins[-1]}/bin"
+    folder = os.path.join(work, "postgres")
+    os.makedirs(folder)
+    as_postgres = []
+    if os.getuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        os.chmod(work, 0o755)  # mkdtemp's 0700 would keep the postgres user out
+        as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+    data = os.path.join(folder, "data")
+    subprocess.run(as_postgres + [f"{pg_bin}/initdb", "-D", data, "-U", "p2p", "--auth=trust", "-E", "UTF8",
+                                  "--locale=C", "--no-sync"], check=True, stdout=subprocess.DEVNULL)
+    port = free_port()
+    # Enough sessions for 64 pgbench clients and the servers' pools.
+    process = subprocess.Popen(as_postgres + [f"{pg_bin}/postgres", "-D", data, "-p", str(port),
+                                              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={folder}",
+                                              "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
+                               stdout=subprocess.DEVNULL, stderr=open(os.path.join(folder, "log"), "w"))
+    deadline = time.time() + 60
+    while subprocess.run([f"{pg_bin}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:
+        if time.time() > deadline or process.poll() is not None:
+            raise RuntimeError("PostgreSQL did not start")
+        time.sleep(0.1)
+    subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "p2p", "-d", "postgres",
+                    "-c", "CREATE DATABASE directory"], check=True)
+    return process, port, f"postgres://p2p@127.0.0.1:{port}/directory?sslmode=disable"
+
+
+def cpu_seconds(pids):
+    """User + system CPU seconds used so far by the processes `pids` (and their reaped children)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += sum(int(v) for v in fields[11:15]) / tick
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def postgres_pids():
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as comm:
+                    if comm.read().strip() in ("postgres", "postmaster"):
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def pgbench(port, script, clients, threads, tag, work):
+    """pgbench running `script` (SQL, pgbench's variables) with `clients` sessions, the extended
+    protocol as postgres-nio uses it; rate, latency percentiles from its per-transaction log."""
+    path = os.path.join(work, f"{tag}.sql")
+    with open(path, "w") as f:
+        f.write(script)
+    prefix = os.path.join(work, f"pgbench-{tag}")
+    before = os.times()
+    out = subprocess.run(["pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "p2p", "-c", str(clients),
+                          "-j", str(threads), "-T", str(int(max(DURATION, 1))), "-M", "extended", "-f", path,
+                          "-l", f"--log-prefix={prefix}", "directory"],
+                         check=True, capture_output=True, text=True).stdout
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    latencies, errors = [], 0
+    for name in os.listdir(work):
+        if name.startswith(f"pgbench-{tag}."):
+            with open(os.path.join(work, name)) as log_file:
+                for line in log_file:
+                    fields = line.split()
+                    if fields[2] == "failed":
+                        errors += 1
+                    else:
+                        latencies.append(int(fields[2]) / 1000)
+    latencies.sort()
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+    return {"rps": tps, "p50_ms": latencies[len(latencies) // 2], "p99_ms": latencies[int(len(latencies) * 0.99)],
+            "errors": errors, "note": f"pgbench: {threads} threads, {cpu / max(DURATION, 1):.2f} cores busy"}
+
+
+def postgres_benchmark(work):
+    """The PostgreSQL store: one server against pgbench running the same statements (the floor of
+    the database itself), then three servers behind HAProxy against one server direct."""
+    postgres, pg_port, url = start_postgres(work)
+    servers, balancer = [], None
+    try:
+        port = free_port()
+        servers.append(start_server(os.path.join(work, "pg-1"), port, extra=["--store", url]))
+        results = {}
+        for workload in ("register", "list-content"):
+            result = loadgen(port, workload, 64, f"pg{workload}")
+            results[workload] = result
+        # The same SQL as the store runs per request (see PostgresDirectoryStore): REGISTER is one
+        # INSERT in a transaction; LIST_CONTENT reads the requester, the owner and the owner's
+        # files (on the users and files the load generator created above).
+        register_sql = ("\\set n random(1, 1000000000000)\n"
+                        "BEGIN;\n"
+                        "INSERT INTO directory_user (name) VALUES ('pgbench-' || :client_id || '-' || :n) "
+                        "ON CONFLICT (name) DO NOTHING RETURNING 1;\n"
+                        "COMMIT;\n")
+        list_sql = ("\\set c random(0, 63)\n"
+                    "SELECT ip FROM directory_user WHERE name = 'pglist-content-c' || :c;\n"
+                    "SELECT ip FROM directory_user WHERE name = 'pglist-content-owner';\n"
+                    "SELECT name, description FROM directory_file WHERE owner = 'pglist-content-owner' ORDER BY id;\n")
+        # The floor must be the database's, not pgbench's: more pgbench threads must not raise it.
+        for threads in (1, 4):
+            floor = pgbench(pg_port, register_sql, 64, threads, f"register-t{threads}", work)
+            rows.append(("postgres", f"pgbench REGISTER's SQL, 64 clients, {threads} threads", floor, None))
+            log(f"pgbench register with {threads} threads: {floor['rps']:.0f} tps, {floor['note']}")
+        for workload, sql in (("register", register_sql), ("list-content", list_sql)):
+            floor = pgbench(pg_port, sql, 64, 2, workload, work)
+            rows.append(("postgres", f"pgbench, {workload}'s SQL, 64 clients", floor, None))
+            result = results[workload]
+            rows.append(("postgres", f"{workload}, 64 clients, one server", result, floor))
+            log(f"postgres {workload:12} server {result['rps']:.0f} rps vs pgbench {floor['rps']:.0f} tps: "
+                f"{result['rps'] / floor['rps']:.2f}; p99 {result['p99_ms']:.2f} ms, errors {result['errors']:.0f}")
+
+        # Three servers behind HAProxy (PROXY protocol v2) against the one server direct.
+        ports = [free_port() for _ in range(3)]
+        for index, backend in enumerate(ports):
+            servers.append(start_server(os.path.join(work, f"pg-cluster-{index}"), backend,
+                                        extra=["--store", url, "--proxy-protocol"]))
+        front = free_port()
+        config = os.path.join(work, "haproxy.cfg")
+        with open(config, "w") as f:
+            f.write("global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 2s\n"
+                    "    timeout client 30s\n    timeout server 30s\n"
+                    f"frontend directory\n    bind 127.0.0.1:{front}\n    default_backend servers\n"
+                    "backend servers\n    balance roundrobin\n"
+                    + "".join(f"    server s{i} 127.0.0.1:{p} send-proxy-v2 check inter 1s\n"
+                              for i, p in enumerate(ports)))
+        balancer = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", config], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        wait_port(front)
+        for workload in ("register", "list-content"):
+            direct = loadgen(port, workload, 64, f"pgdirect{workload}")
+            rows.append(("postgres", f"{workload}, 64 clients, one server direct", direct, None))
+            watched = {"PostgreSQL": postgres_pids, "servers": lambda: [s.pid for s in servers[1:]],
+                       "HAProxy": lambda: [balancer.pid]}
+            before = {name: cpu_seconds(pids()) for name, pids in watched.items()}
+            started = time.time()
+            result = loadgen(front, workload, 64, f"pgcluster{workload}")
+            elapsed = time.time() - started
+            used = {name: (cpu_seconds(pids()) - before[name]) / elapsed for name, pids in watched.items()}
+            result["note"] = ("cores busy: " + ", ".join(f"{name} {cores:.2f}" for name, cores in used.items())
+                              + f", load generator {result['cpu_cores']:.2f}")
+            rows.append(("postgres", f"{workload}, 64 clients, 3 servers behind HAProxy", result, direct))
+            log(f"postgres {workload:12} 3 servers behind HAProxy {result['rps']:.0f} rps vs one direct "
+                f"{direct['rps']:.0f}: {result['rps'] / direct['rps']:.2f}; {result['note']}")
+    finally:
+        if balancer:
+            stop(balancer)
+        for server in servers:
+            stop(server)
+        postgres.send_signal(signal.SIGINT)
+        postgres.wait(timeout=30)
+
+
 def oplog_benchmark(work):
     oplog = subprocess.Popen([os.path.join(ROOT, "rpc", "p2p-oplog")], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -639,7 +808,7 @@ def print_table():
 
 
 def main():
-    only = sys.argv[1:] or ["directory", "large", "web", "oplog", "time", "getfile"]
+    only = sys.argv[1:] or ["directory", "large", "web", "oplog", "time", "getfile", "postgres"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -655,6 +824,8 @@ def main():
             time_benchmark(work)
         if "getfile" in only:
             get_file_benchmark(work)
+        if "postgres" in only:
+            postgres_benchmark(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table()

@@ -386,6 +386,53 @@ extension RuleCase {
         try await directory.close()
     }
 
+    /// REGISTERs in a row (which a store may make in one statement) get the codes they get one
+    /// by one: a repeat is taken, an empty name is refused, an existing name is taken.
+    @Test(arguments: StoreUnderTest.all)
+    func registersInARow(_ store: StoreUnderTest) async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let directory = try await store.open(folder)
+        #expect(await directory.apply(.register(user: "old")) == .ok)
+        let codes = await directory.apply([
+            .register(user: "x"), .register(user: ""), .register(user: "x"), .register(user: "old"),
+            .register(user: "y"), .unregister(user: "x"), .register(user: "x"), .register(user: "x"),
+        ])
+        #expect(codes == [0, 2, 1, 1, 0, 0, 0, 1])
+        #expect(try await directory.registeredUsers() == ["old", "x", "y"])
+        try await directory.close()
+    }
+
+    /// A batch of reads of every kind, several LIST_CONTENTs among them (which a store may
+    /// answer together): each gets its own answer.
+    @Test(arguments: StoreUnderTest.all)
+    func batchOfReads(_ store: StoreUnderTest) async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let directory = try await store.open(folder)
+        _ = await directory.apply([
+            .register(user: "a"), .register(user: "b"), .register(user: "off"),
+            .connect(user: "a", ip: "1.1.1.1", port: "1"), .connect(user: "b", ip: "2.2.2.2", port: "2"),
+            .publish(user: "b", fileName: "b1", description: "one"), .publish(user: "b", fileName: "b2", description: "two"),
+            .publish(user: "a", fileName: "a1", description: "x"),
+        ])
+        let replies = await directory.read([
+            .listContent(requester: "a", owner: "b"), .listContent(requester: "off", owner: "b"),
+            .listUsers(requester: "b"), .listContent(requester: "nobody", owner: "b"),
+            .listContent(requester: "b", owner: "nobody"), .listContent(requester: "b", owner: "a"),
+            .listContent(requester: "a", owner: "off"), .search(requester: "a", query: "b"),
+        ])
+        #expect(
+            replies == [
+                .content([PublishedFile(name: "b1", description: "one"), PublishedFile(name: "b2", description: "two")]),
+                .status(2),
+                .users([ConnectedUser(name: "a", ip: "1.1.1.1", port: "1"), ConnectedUser(name: "b", ip: "2.2.2.2", port: "2")]),
+                .status(1), .status(3), .content([PublishedFile(name: "a1", description: "x")]), .content([]),
+                .hits([SearchHit(owner: "b", name: "b1", description: "one"), SearchHit(owner: "b", name: "b2", description: "two")]),
+            ])
+        try await directory.close()
+    }
+
     /// Many concurrent batches: each name registered exactly once.
     @Test(arguments: StoreUnderTest.all)
     func concurrentBatchesOfOneName(_ store: StoreUnderTest) async throws {
@@ -459,13 +506,14 @@ extension RuleCase {
             ])
     }
 
-    /// Random sequences of changes, in random batches, give the same codes and lists on the
-    /// SQLite store as on the in-memory reference.
-    @Test func sqliteAgreesWithTheReferenceOnRandomSequences() async throws {
+    /// Random sequences of changes, in random batches, give the same codes and lists on each
+    /// store (SQLite, PostgreSQL) as on the in-memory reference.
+    @Test(arguments: StoreUnderTest.all.filter { $0.name != "in-memory reference" })
+    func storeAgreesWithTheReferenceOnRandomSequences(_ store: StoreUnderTest) async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         let reference = InMemoryDirectoryStore()
-        let sqlite = try await DirectoryStoreLocation.sqlite(dataDirectory: folder.path).open(logger: Logger(label: "test"))
+        let tested = try await store.open(folder)
         var random = SplitMix64(seed: 20_261_125)
         let users = ["a", "b", "c", "Ä", "日本", "b2", ""]
         let files = ["f", "g", "h.txt", "x y", ""]
@@ -489,7 +537,7 @@ extension RuleCase {
                 }
             }
             let expected = await reference.apply(batch)
-            let actual = await sqlite.apply(batch)
+            let actual = await tested.apply(batch)
             #expect(actual == expected, "round \(round): \(batch)")
             var queries: [DirectoryQuery] = users.map { .listUsers(requester: $0) }
             queries += ["f", "r1", "g h", "txt", "r100", "r25 txt", "r2999", "r1234567", "r123456"].map { .search(requester: "a", query: $0) }
@@ -497,12 +545,12 @@ extension RuleCase {
                 for owner in users { queries.append(.listContent(requester: requester, owner: owner)) }
             }
             let expectedReplies = await reference.read(queries)
-            let actualReplies = await sqlite.read(queries)
+            let actualReplies = await tested.read(queries)
             #expect(actualReplies == expectedReplies, "round \(round)")
             if actual != expected || actualReplies != expectedReplies { break }
         }
-        #expect(try await sqlite.registeredUsers() == reference.registeredUsers())
-        try await sqlite.close()
+        #expect(try await tested.registeredUsers() == reference.registeredUsers())
+        try await tested.close()
     }
 }
 

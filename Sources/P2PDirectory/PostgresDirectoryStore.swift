@@ -88,12 +88,33 @@ public final class PostgresDirectoryStore: DirectoryStore {
     ) async throws(PostgresStoreError) -> PostgresDirectoryStore {
         let store = PostgresDirectoryStore(url: url, settings: settings, logger: logger, metrics: metrics)
         do {
-            try await withDeadline(settings.openTimeout) { try await store.migrate() }
+            try await withDeadline(settings.openTimeout) {
+                try await probe(url, settings: settings, logger: logger)
+                try await store.migrate()
+            }
         } catch {
             try? await store.close()
             throw .cannotOpen(url, Self.describe(error))
         }
         return store
+    }
+
+    /// One connection made directly, before anything goes through the pool: a database that
+    /// cannot be reached or refuses us is reported at once, with PostgreSQL's reason (connection
+    /// refused, no such database, authentication failed), where the pool would keep retrying
+    /// until the open timeout and say only that it timed out.
+    private static func probe(_ url: PostgresStoreURL, settings: Settings, logger: Logger) async throws {
+        let tls: PostgresConnection.Configuration.TLS
+        switch url.tlsMode {
+        case .disable: tls = .disable
+        case .prefer: tls = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        case .require: tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        }
+        var configuration = PostgresConnection.Configuration(
+            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: tls)
+        configuration.options.connectTimeout = .milliseconds(Int64(settings.timeout / .milliseconds(1)))
+        let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+        try await connection.close()
     }
 
     public func close() async throws {
@@ -851,8 +872,9 @@ public enum PostgresStoreError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .cannotOpen(let url, let reason):
-            return "cannot use PostgreSQL at \(url): \(reason)"
+        case .cannotOpen(_, let reason):
+            // The URL is said by whoever reports this (it names the store already).
+            return "PostgreSQL: \(reason)"
         case .newerSchema(let version, let known):
             return "the database's directory schema is version \(version), newer than this server's \(known): "
                 + "upgrade the server"

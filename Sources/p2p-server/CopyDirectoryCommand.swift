@@ -61,7 +61,7 @@ struct CopyDirectoryCommand: AsyncParsableCommand {
         do {
             destination = try await PostgresDirectoryStore.open(url, logger: logger)
         } catch {
-            throw failure("\(error)")
+            throw failure("cannot open \(url): \(error)")
         }
         do {
             try await destination.load(contents, replacing: replace)

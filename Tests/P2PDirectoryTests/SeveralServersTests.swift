@@ -189,6 +189,27 @@ import Testing
         for server in servers { await server.stop() }
     }
 
+    /// A database that cannot be used is reported at once, with PostgreSQL's reason, not after
+    /// the open timeout; the password never appears.
+    @Test func unusableDatabaseIsReportedAtOnceWithTheReason() async throws {
+        let postgres = try await PostgresServer.shared()
+        var missing = postgres.url(database: "no_such_directory")
+        missing.password = "s3cret"
+        let closed = try ClosedPort()
+        let refused = PostgresStoreURL(host: "127.0.0.1", port: closed.port, user: "p2p", database: "d", tlsMode: .disable)
+        for (url, reason) in [(missing, "does not exist"), (refused, "refused")] {
+            let start = ContinuousClock.now
+            do {
+                _ = try await PostgresDirectoryStore.open(url, logger: .init(label: "test"))
+                Issue.record("opened \(url)")
+            } catch {
+                #expect("\(error)".contains(reason), "\(error)")
+                #expect(!"\(error)".contains("s3cret"))
+            }
+            #expect(ContinuousClock.now - start < .seconds(5))
+        }
+    }
+
     /// `p2p-server copy-directory`: a SQLite directory copied into PostgreSQL lists the same
     /// users, addresses and files; a target that holds users is left alone without --replace.
     @Test func copyDirectoryFromSQLite() async throws {

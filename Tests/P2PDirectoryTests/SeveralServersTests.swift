@@ -146,8 +146,12 @@ import Testing
                 #expect(reply == .status(operation.otherErrorCode), "\(command)")
             }
             #expect(server.process.isRunning)
-            let outages = server.process.stderrLines.filter { $0.contains("requests get their error codes") }
-            #expect(outages.count == 1, "\(server.process.stderrLines.suffix(10))")
+            func outages() -> Int {
+                server.process.stderrLines.filter { $0.contains("requests get their error codes") }.count
+            }
+            // Logged before the replies; read here through a pipe, maybe a moment after them.
+            try await waitUntil("the server to log the outage") { outages() >= 1 }
+            #expect(outages() == 1, "\(server.process.stderrLines.suffix(10))")
         }
 
         try await postgres.restart()
@@ -156,7 +160,11 @@ import Testing
                 try await Self.send(.listUsers(user: "alice"), to: server.port)
                     == .users([ConnectedUser(name: "alice", ip: "127.0.0.1", port: "5000")])
             }
-            #expect(server.process.stderrLines.contains { $0.contains("answers again") })
+            // Logged before the reply is sent, but read from the server's stderr pipe by another
+            // thread of this process: it may show up here a moment after the reply.
+            try await waitUntil("the server to say PostgreSQL answers again") {
+                server.process.stderrLines.contains { $0.contains("answers again") }
+            }
         }
         #expect(try await Self.send(.register(user: "bob"), to: servers[0].port) == .status(0))
         #expect(try await Self.send(.register(user: "bob"), to: servers[1].port) == .status(1))

@@ -220,20 +220,18 @@ public final class PostgresDirectoryStore: DirectoryStore {
         guard !changes.isEmpty else { return [] }
         guard !isClosed else { return changes.map(\.operation.otherErrorCode) }
         do {
-            var refusals: [String] = []
-            let codes = try await Self.withDeadline(settings.timeout) {
+            let (codes, refusals) = try await Self.withDeadline(settings.timeout) {
                 try await self.transaction { connection in
                     try await self.decide(changes, on: connection)
                 }
             }
             succeeded()
-            refusals = codes.refusals
-            if codes.codes.contains(.ok) {
+            if codes.contains(.ok) {
                 metrics.commits.increment()
                 metrics.changesPerCommit.record(changes.count)
             }
             for refusal in refusals { logger.warning("\(refusal)") }
-            return codes.codes
+            return codes
         } catch {
             failed(error, doing: "\(changes.count) changes refused")
             return changes.map(\.operation.otherErrorCode)
@@ -266,7 +264,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
             let change = changes[index]
             codes.append(
                 try await decide(change, on: connection) { connectedFrom in
-                    refusals.append(SQLiteDirectoryStore.describeRefusal(change, connectedFrom: connectedFrom))
+                    refusals.append(change.ownerCheckRefusal(connectedFrom: connectedFrom))
                 })
             index += 1
         }

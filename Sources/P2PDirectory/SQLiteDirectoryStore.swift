@@ -277,7 +277,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
                     refusals = []
                     return try changes.map { change in
                         try Self.decide(change, in: db) { connectedFrom in
-                            refusals.append(Self.describeRefusal(change, connectedFrom: connectedFrom))
+                            refusals.append(change.ownerCheckRefusal(connectedFrom: connectedFrom))
                         }
                     }
                 }
@@ -362,18 +362,6 @@ public final class SQLiteDirectoryStore: DirectoryStore {
                 .execute(arguments: [user, fileName])
             return db.changesCount == 1 ? .ok : 3
         }
-    }
-
-    static func describeRefusal(_ change: DirectoryChange, connectedFrom: String) -> String {
-        let from: String? =
-            switch change {
-            case .unregister(_, let from), .disconnect(_, let from), .publish(_, _, _, let from),
-                .delete(_, _, let from):
-                from
-            default: nil
-            }
-        return "\(change.operation.rawValue) of \(change.user) refused by the owner check: the user is connected from "
-            + "\(connectedFrom), the request came from \(from ?? "?")"
     }
 
     /// After a conditional change of `user` changed nothing: 1 not registered, 2 not connected,

@@ -1,0 +1,79 @@
+import Foundation
+import Logging
+import P2PProtocol
+import P2PTestSupport
+import Testing
+
+@testable import P2PDirectory
+
+/// The SQLite store's bitmaps of frequent prefixes give the same answers as the index alone:
+/// after files come and go, and when SQLite hands a deleted file's id to a new file.
+@Suite struct SearchBitmapTests {
+    @Test func bitmapsAnswerAsTheReferenceWhileFilesComeAndGo() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        // A prefix of 3 files or more gets a bitmap.
+        let store = try SQLiteDirectoryStore(
+            path: folder.path + "/" + SQLiteDirectoryStore.fileName, checkpointing: .init(),
+            searchBitmaps: .init(threshold: 3), logger: Logger(label: "test"))
+        let reference = InMemoryDirectoryStore()
+        func apply(_ changes: [DirectoryChange]) async {
+            let expected = await reference.apply(changes)
+            #expect(expected.allSatisfy { $0 == .ok }, "\(changes)")
+            #expect(await store.apply(changes) == expected, "\(changes)")
+        }
+        let queries = ["lect notes", "notes lect", "lect", "txt", "notes", "lect txt w2", "nothing"]
+        func expectSameSearches(_ when: String) async {
+            let asked = queries.map { DirectoryQuery.search(requester: "a", query: $0) }
+            let expected = await reference.read(asked)
+            #expect(await store.read(asked) == expected, "\(when)")
+        }
+
+        await apply([.register(user: "a"), .register(user: "b"), .register(user: "c")])
+        await apply([
+            .connect(user: "a", ip: "10.0.0.1", port: "4000"), .connect(user: "b", ip: "10.0.0.2", port: "4000"),
+            .connect(user: "c", ip: "10.0.0.3", port: "4000"),
+        ])
+        // `lect` in 6 files, `notes` in 4: a search for both reads `notes` from the index and
+        // tests `lect` in its bitmap.
+        await apply([
+            .publish(user: "a", fileName: "notes1.txt", description: "lecture w1", from: nil),
+            .publish(user: "b", fileName: "notes2.txt", description: "Lecture w2", from: nil),
+            .publish(user: "c", fileName: "notes3.txt", description: "lectern", from: nil),
+            .publish(user: "a", fileName: "song.mp3", description: "lecture", from: nil),
+            .publish(user: "b", fileName: "talk.ogg", description: "lecture w2", from: nil),
+            .publish(user: "c", fileName: "notes4.txt", description: "lecture w3", from: nil),
+        ])
+        await expectSameSearches("before any bitmap")
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !["lect", "notes", "txt"].allSatisfy(store.searchBitmaps.isReady) {
+            #expect(ContinuousClock.now < deadline, "the bitmaps were not built")
+            if ContinuousClock.now >= deadline { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(!store.searchBitmaps.isReady("w2"), "a prefix of 2 files got a bitmap")
+        await expectSameSearches("with the bitmaps")
+
+        // The newest file goes and a new one gets its id (SQLite reuses the highest): it has
+        // `notes` but not `lect`, whose bitmap has the old file's bit set.
+        await apply([.delete(user: "c", fileName: "notes4.txt", from: nil)])
+        await apply([.publish(user: "c", fileName: "notes5.txt", description: "w3", from: nil)])
+        await apply([.delete(user: "c", fileName: "notes5.txt", from: nil)])
+        await apply([.publish(user: "a", fileName: "notes6.txt", description: "plain", from: nil)])
+        await expectSameSearches("after an id was handed out again")
+        // ... and the other way round: the new file has `lect`, the old one did not.
+        await apply([.delete(user: "a", fileName: "notes6.txt", from: nil)])
+        await apply([.publish(user: "b", fileName: "notes7.txt", description: "lectures", from: nil)])
+        await expectSameSearches("after an id was handed out again with the word")
+
+        // New files are in the bitmaps as soon as PUBLISH is answered; owners going offline
+        // move their hits after the online owners'.
+        await apply([.publish(user: "c", fileName: "more-notes.txt", description: "lect", from: nil)])
+        await expectSameSearches("after a new file")
+        await apply([.disconnect(user: "a", from: nil)])
+        await expectSameSearches("after a disconnect")
+        await apply([.unregister(user: "b", from: nil)])
+        await expectSameSearches("after an unregister")
+        try await store.close()
+    }
+}

@@ -300,23 +300,33 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             var codes: [ResultCode]
             do {
                 var refusals: [String] = []
-                var published: [(id: Int64, name: String, description: String)] = []
+                var committed: [SearchBitmaps.Change] = []
                 codes = try pool.write { db in
                     refusals = []
-                    published = []
-                    return try changes.map { change in
+                    committed = []
+                    var presence: [String: Bool] = [:]
+                    let codes = try changes.map { change in
                         try Self.decide(
                             change, in: db,
                             refused: { refusals.append(change.ownerCheckRefusal(connectedFrom: $0)) },
                             published: { id in
                                 if case .publish(_, let name, let description, _) = change {
-                                    published.append((id, name, description))
+                                    committed.append(.published(id: id, name: name, description: description))
                                 }
-                            })
+                            },
+                            deleted: { committed.append(.deleted(ids: $0)) },
+                            presenceChanged: { user, online in presence[user] = online })
                     }
+                    // The files of the users whose presence changed, as the batch left them.
+                    for (user, online) in presence {
+                        let ids = try Int64.fetchAll(
+                            db.cachedStatement(sql: "SELECT id FROM file WHERE owner = ?"), arguments: [user])
+                        committed.append(.presence(ids: ids, online: online))
+                    }
+                    return codes
                 }
-                // Committed; the bitmaps learn the new files before anyone is answered.
-                searchBitmaps.didPublish(published)
+                // Committed; the search bitmaps learn it before anyone is answered.
+                searchBitmaps.didCommit(committed)
                 if codes.contains(.ok) {
                     checkpointer.didCommit()
                     metrics.commits.increment()
@@ -346,10 +356,12 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     /// Each code comes from what a statement did (rows changed) or found, never from a copy
     /// of the data, so a database shared by several writers could decide it the same way.
     /// A change refused by the owner check is reported to `refused` with both addresses.
-    /// A file published is reported to `published` with its id.
+    /// A file published is reported to `published` with its id, files deleted to `deleted`,
+    /// a user connected or gone offline to `presenceChanged`.
     static func decide(
         _ change: DirectoryChange, in db: Database, refused: (_ connectedFrom: String) -> Void = { _ in },
-        published: (_ id: Int64) -> Void = { _ in }
+        published: (_ id: Int64) -> Void = { _ in }, deleted: (_ ids: [Int64]) -> Void = { _ in },
+        presenceChanged: (_ user: String, _ online: Bool) -> Void = { _, _ in }
     ) throws -> ResultCode {
         switch change {
         case .register(let user):
@@ -361,29 +373,43 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         case .unregister(let user, let from):
             // Its files go with it (ON DELETE CASCADE). With the owner check, a connected user
             // goes only when the request comes from the address it connected from.
+            let files = try Int64.fetchAll(
+                db.cachedStatement(sql: "SELECT id FROM file WHERE owner = ?"), arguments: [user])
             try db.cachedStatement(sql: "DELETE FROM user WHERE name = ?1 AND (?2 IS NULL OR ip IS NULL OR ip = ?2)")
                 .execute(arguments: [user, from])
-            if db.changesCount == 1 { return .ok }
+            if db.changesCount == 1 {
+                deleted(files)
+                return .ok
+            }
             return try codeForNoChange(of: user, db, whenOnline: 2, refused: refused)
 
         case .connect(let user, let ip, let port):
             guard DirectoryRules.isValidPort(port) else { return try presence(of: user, db) == .unknown ? 1 : 3 }
             try db.cachedStatement(sql: "UPDATE user SET ip = ?, port = ? WHERE name = ? AND ip IS NULL")
                 .execute(arguments: [ip, port, user])
-            if db.changesCount == 1 { return .ok }
+            if db.changesCount == 1 {
+                presenceChanged(user, true)
+                return .ok
+            }
             return try presence(of: user, db) == .unknown ? 1 : 2
 
         case .disconnect(let user, let from):
             try db.cachedStatement(
                 sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ?1 AND ip IS NOT NULL AND (?2 IS NULL OR ip = ?2)"
             ).execute(arguments: [user, from])
-            if db.changesCount == 1 { return .ok }
+            if db.changesCount == 1 {
+                presenceChanged(user, false)
+                return .ok
+            }
             return try codeForNoChange(of: user, db, whenOnline: 3, refused: refused)
 
         case .expire(let user, let ip, let port):
             try db.cachedStatement(sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ? AND ip = ? AND port = ?")
                 .execute(arguments: [user, ip, port])
-            if db.changesCount == 1 { return .ok }
+            if db.changesCount == 1 {
+                presenceChanged(user, false)
+                return .ok
+            }
             return try presence(of: user, db) == .unknown ? 1 : 2
 
         case .publish(let user, let fileName, let description, let from):
@@ -398,9 +424,13 @@ public final class SQLiteDirectoryStore: DirectoryStore {
 
         case .delete(let user, let fileName, let from):
             if let code = try ownerGate(user, from: from, db, refused: refused) { return code }
-            try db.cachedStatement(sql: "DELETE FROM file WHERE owner = ? AND name = ?")
-                .execute(arguments: [user, fileName])
-            return db.changesCount == 1 ? .ok : 3
+            guard
+                let id = try Int64.fetchOne(
+                    db.cachedStatement(sql: "DELETE FROM file WHERE owner = ? AND name = ? RETURNING id"),
+                    arguments: [user, fileName])
+            else { return 3 }
+            deleted([id])
+            return .ok
         }
     }
 
@@ -557,7 +587,8 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     static func search(_ query: String, in db: Database, bitmaps: SearchBitmaps?) throws -> [SearchHit] {
         var words: [String] = []
         for word in DirectoryRules.searchWords(query) where !words.contains(word) { words.append(word) }
-        let ready = bitmaps?.bitmaps(for: words) ?? [:]
+        let found = bitmaps?.bitmaps(for: words) ?? SearchBitmaps.Found(prefixes: [:], online: nil)
+        let ready = found.prefixes
         var asked = words.filter { ready[$0] == nil }
         var tested = words.filter { ready[$0] != nil }
         if asked.isEmpty, let fewest = tested.min(by: { ready[$0]!.count < ready[$1]!.count }) {
@@ -565,6 +596,12 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             tested.removeAll { $0 == fewest }
         }
         let match = try asked.map { try matchExpression(forPrefix: $0, in: db) }.joined(separator: " AND ")
+        if let online = found.online {
+            if words.allSatisfy({ ready[$0] != nil }) {
+                return try search(inAll: words.map { ready[$0]! }, online: online, in: db)
+            }
+            return try search(match: match, testing: tested.map { ready[$0]! }, online: online, in: db)
+        }
         if tested.isEmpty {
             return try search(match: match, in: db)
         }
@@ -614,7 +651,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     /// The same, when some words are tested in bitmaps: the ids the index gives for `match`
     /// that every bitmap holds are looked up a few at a time (files and owners' presence in
     /// one statement), until 100 online hits.
-    private static func search(match: String, testing bitmaps: [PrefixBitmap], in db: Database) throws -> [SearchHit] {
+    private static func search(match: String, testing bitmaps: [FileBitmap], in db: Database) throws -> [SearchHit] {
         let limit = DirectoryRules.maxSearchHits
         var online: [SearchHit] = []
         var offline: [SearchHit] = []
@@ -647,6 +684,58 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         }
         if online.count < limit { try lookUp() }
         return online + offline.prefix(limit - online.count)
+    }
+
+    /// The same with the online bitmap: the ids the index gives for `match` that every bitmap
+    /// holds are sorted into online and offline in memory, and only the files answered with
+    /// are looked up.
+    private static func search(
+        match: String, testing bitmaps: [FileBitmap], online: FileBitmap, in db: Database
+    ) throws -> [SearchHit] {
+        let limit = DirectoryRules.maxSearchHits
+        var onlineIds: [Int64] = []
+        var offlineIds: [Int64] = []
+        let ids = try Int64.fetchCursor(
+            db.cachedStatement(sql: "SELECT rowid FROM file_search WHERE file_search MATCH ?1 ORDER BY rowid"),
+            arguments: [match])
+        while onlineIds.count < limit, let id = try ids.next() {
+            guard bitmaps.allSatisfy({ $0.contains(id) }) else { continue }
+            if online.contains(id) {
+                onlineIds.append(id)
+            } else if offlineIds.count < limit {
+                offlineIds.append(id)
+            }
+        }
+        return try files(onlineIds + offlineIds.prefix(limit - onlineIds.count), in: db)
+    }
+
+    /// The same when every word has a bitmap: the index is not read, the ids come from the
+    /// intersection of the bitmaps. (A file deleted after this read began may be missing.)
+    private static func search(inAll bitmaps: [FileBitmap], online: FileBitmap, in db: Database) throws -> [SearchHit] {
+        let limit = DirectoryRules.maxSearchHits
+        var onlineIds: [Int64] = []
+        var offlineIds: [Int64] = []
+        FileBitmap.forEachInAll(bitmaps) { id in
+            if online.contains(id) {
+                onlineIds.append(id)
+            } else if offlineIds.count < limit {
+                offlineIds.append(id)
+            }
+            return onlineIds.count < limit
+        }
+        return try files(onlineIds + offlineIds.prefix(limit - onlineIds.count), in: db)
+    }
+
+    /// The files with these ids, in this order.
+    private static func files(_ ids: [Int64], in db: Database) throws -> [SearchHit] {
+        guard !ids.isEmpty else { return [] }
+        return try Row.fetchAll(
+            db.cachedStatement(
+                sql: """
+                    SELECT f.owner, f.name, f.description
+                    FROM json_each(?1) AS answered CROSS JOIN file f ON f.id = answered.value
+                    """), arguments: ["[" + ids.map(String.init).joined(separator: ",") + "]"]
+        ).map(hit)
     }
 
     private static func hit(_ row: Row) -> SearchHit {

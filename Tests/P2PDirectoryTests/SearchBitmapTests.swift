@@ -46,12 +46,13 @@ import Testing
         ])
         await expectSameSearches("before any bitmap")
         let deadline = ContinuousClock.now + .seconds(20)
-        while !["lect", "notes", "txt"].allSatisfy(store.searchBitmaps.isReady) {
+        let expected: [SearchBitmaps.Subject] = [.prefix("lect"), .prefix("notes"), .prefix("txt"), .online]
+        while !expected.allSatisfy(store.searchBitmaps.isReady) {
             #expect(ContinuousClock.now < deadline, "the bitmaps were not built")
             if ContinuousClock.now >= deadline { return }
             try await Task.sleep(for: .milliseconds(10))
         }
-        #expect(!store.searchBitmaps.isReady("w2"), "a prefix of 2 files got a bitmap")
+        #expect(!store.searchBitmaps.isReady(.prefix("w2")), "a prefix of 2 files got a bitmap")
         await expectSameSearches("with the bitmaps")
 
         // The newest file goes and a new one gets its id (SQLite reuses the highest): it has
@@ -74,6 +75,16 @@ import Testing
         await expectSameSearches("after a disconnect")
         await apply([.unregister(user: "b", from: nil)])
         await expectSameSearches("after an unregister")
+        await apply([.connect(user: "a", ip: "10.0.0.1", port: "4000"), .expire(user: "c", ip: "10.0.0.3", port: "4000")])
+        await expectSameSearches("after a connect and an expiry")
+
+        // More hits than a reply holds, some of their files deleted: the 100 answered are the
+        // first 100 that are still there (deleted files are cleared from the bitmaps).
+        await apply((0..<150).map { .publish(user: "a", fileName: "lecture\($0).txt", description: "notes", from: nil) })
+        await apply((0..<60).map { .delete(user: "a", fileName: "lecture\($0 * 2).txt", from: nil) })
+        await expectSameSearches("after deleting many")
+        await apply([.unregister(user: "a", from: nil)])
+        await expectSameSearches("after the owner of many went")
         try await store.close()
     }
 }

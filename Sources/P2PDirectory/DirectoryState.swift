@@ -209,6 +209,11 @@ public enum DirectoryRules {
     /// digits (anything else separates, so `lecture-notes.pdf` is `lecture`, `notes`, `pdf`),
     /// lower-cased and without diacritics, as SQLite's FTS5 `unicode61` tokenizer folds them.
     public static func searchWords(_ text: String) -> [String] {
+        asciiSearchWords(text) ?? foldedSearchWords(text)
+    }
+
+    /// `searchWords` for any text, through Foundation's folding.
+    static func foldedSearchWords(_ text: String) -> [String] {
         var words: [String] = []
         var current = String.UnicodeScalarView()
         func flush() {
@@ -229,6 +234,31 @@ public enum DirectoryRules {
         }
         flush()
         return words
+    }
+
+    /// `searchWords` of an ASCII text without Foundation's folding: 0.75 us for
+    /// `file1.txt bench file` against 6.7 us (the SQLite store's writer splits every file it
+    /// publishes while searches keep bitmaps). Nil when `text` is not ASCII.
+    private static func asciiSearchWords(_ text: String) -> [String]? {
+        var text = text
+        return text.withUTF8 { bytes -> [String]? in
+            guard bytes.allSatisfy({ $0 < 0x80 }) else { return nil }
+            var words: [String] = []
+            var word: [UInt8] = []
+            for byte in bytes {
+                switch byte {
+                case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"): word.append(byte)
+                case UInt8(ascii: "A")...UInt8(ascii: "Z"): word.append(byte + 32)
+                default:
+                    if !word.isEmpty {
+                        words.append(String(decoding: word, as: UTF8.self))
+                        word.removeAll(keepingCapacity: true)
+                    }
+                }
+            }
+            if !word.isEmpty { words.append(String(decoding: word, as: UTF8.self)) }
+            return words
+        }
     }
 
     /// File names are one word (the console splits on spaces) and not empty.

@@ -11,7 +11,8 @@ import Synchronization
 /// itself, by statements whose row counts give the result code (an insert that a unique key
 /// turns into nothing is "already registered"), the way a shared database decides them, and
 /// every read is a query on an indexed table. Start-up costs the same for ten users and for
-/// ten million files, and memory is SQLite's page caches.
+/// ten million files, and memory is SQLite's page caches, plus the search bitmaps
+/// (``SearchBitmaps``), a cache of the index that searches build as they go.
 ///
 /// Changes go through one writer thread. It takes every batch waiting for it (up to
 /// ``maxBatch`` changes), decides them in order inside one transaction, commits, and only then

@@ -88,3 +88,20 @@ import Testing
         try await store.close()
     }
 }
+
+/// The words of ASCII text are found without Foundation's folding, and must be the same.
+@Suite struct SearchWordsTests {
+    @Test func asciiWordsAreTheFoldedWords() {
+        var texts = ["lecture-notes.pdf", "W42 TXT", "file3.txt", "  a--b__c  ", "", "Z9z0", "x\u{7F}y\ty\nz"]
+        // Every ASCII character between two letters, and alone.
+        for byte in UInt8(0)..<0x80 {
+            let character = String(decoding: [byte], as: UTF8.self)
+            texts += ["ab" + character + "cD", character]
+        }
+        for text in texts {
+            #expect(DirectoryRules.searchWords(text) == DirectoryRules.foldedSearchWords(text), "\(text.debugDescription)")
+        }
+        // Not ASCII: the folding.
+        #expect(DirectoryRules.searchWords("Éte\u{301} Ünïcode-日本") == ["ete", "unicode", "日本"])
+    }
+}

@@ -67,6 +67,10 @@ final class SearchBitmaps: Sendable {
         case presence(ids: [Int64], online: Bool)
     }
 
+    /// The most prefixes remembered as counted (a search of many different words must not
+    /// make the memory grow without end).
+    static let maxAsked = 10_000
+
     /// The longest prefix that gets a bitmap: the longest the index keeps a list for.
     static let longestPrefix = SQLiteDirectoryStore.longestPrefixList
 
@@ -101,7 +105,11 @@ final class SearchBitmaps: Sendable {
                 do {
                     try Self.build(subject, settings: settings, state: shared.state, reader: reader)
                 } catch {
-                    shared.state.withLock { _ = $0.building.removeValue(forKey: subject) }
+                    // Tried again at the next search that needs it.
+                    shared.state.withLock { state in
+                        state.building.removeValue(forKey: subject)
+                        state.asked.removeValue(forKey: subject)
+                    }
                     logger.warning("search bitmap of \(subject) not built: \(error)")
                 }
             }
@@ -141,11 +149,22 @@ final class SearchBitmaps: Sendable {
                     // A prefix is counted once per interval however often it is searched.
                     state.asked[subject] = now
                     toBuild.append(subject)
+                    if state.asked.count > Self.maxAsked {
+                        // Many different prefixes searched: forget those whose interval is over,
+                        // or, if that is not enough, all but the online bitmap's request.
+                        state.asked = state.asked.filter { $0.key == .online || now - $0.value < settings.recheckInterval }
+                        if state.asked.count > Self.maxAsked { state.asked = state.asked.filter { $0.key == .online } }
+                    }
                 }
             }
         }
         for subject in toBuild { builder.submit(subject) }
         return found
+    }
+
+    /// How many prefixes are remembered as counted (for tests).
+    var rememberedCount: Int {
+        shared.state.withLock { $0.asked.count }
     }
 
     /// Whether the bitmap of `subject` is built (for tests).

@@ -89,6 +89,21 @@ import Testing
     }
 }
 
+extension SearchBitmapTests {
+    /// Searches of ever new words do not make the store remember ever more prefixes.
+    @Test func manyDifferentWordsAreNotAllRemembered() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let store = try SQLiteDirectoryStore(
+            path: folder.path + "/" + SQLiteDirectoryStore.fileName, checkpointing: .init(), logger: Logger(label: "test"))
+        for batch in 0..<30 {
+            _ = store.searchBitmaps.bitmaps(for: (0..<1000).map { "w\(batch)x\($0)" })
+            #expect(store.searchBitmaps.rememberedCount <= SearchBitmaps.maxAsked)
+        }
+        try await store.close()
+    }
+}
+
 /// The words of ASCII text are found without Foundation's folding, and must be the same.
 @Suite struct SearchWordsTests {
     @Test func asciiWordsAreTheFoldedWords() {

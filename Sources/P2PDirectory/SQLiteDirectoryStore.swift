@@ -582,31 +582,34 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     /// each in publishing order (the index answers in rowid order, which is publishing order,
     /// so nothing is sorted).
     ///
-    /// The words with a bitmap (frequent prefixes, see `SearchBitmaps`) are tested in their
-    /// bitmaps; the index is asked only for the others, or, when every word has a bitmap, for
-    /// the one of the fewest files.
+    /// With the bitmaps (see `SearchBitmaps`): the index is asked only for the words without
+    /// one, each id it gives is tested in the other words' bitmaps and in the online one; when
+    /// every word has a bitmap, the index is not read at all. Until the online bitmap is built
+    /// (during the first searches), the index and SQL alone.
     static func search(_ query: String, in db: Database, bitmaps: SearchBitmaps?) throws -> [SearchHit] {
         var words: [String] = []
         for word in DirectoryRules.searchWords(query) where !words.contains(word) { words.append(word) }
         let found = bitmaps?.bitmaps(for: words) ?? SearchBitmaps.Found(prefixes: [:], online: nil)
-        let ready = found.prefixes
-        var asked = words.filter { ready[$0] == nil }
-        var tested = words.filter { ready[$0] != nil }
-        if asked.isEmpty, let fewest = tested.min(by: { ready[$0]!.count < ready[$1]!.count }) {
-            asked = [fewest]
-            tested.removeAll { $0 == fewest }
+        func match(_ words: [String]) throws -> String {
+            try words.map { try matchExpression(forPrefix: $0, in: db) }.joined(separator: " AND ")
         }
-        let match = try asked.map { try matchExpression(forPrefix: $0, in: db) }.joined(separator: " AND ")
-        if let online = found.online {
-            if words.allSatisfy({ ready[$0] != nil }) {
-                return try search(inAll: words.map { ready[$0]! }, online: online, in: db)
+        guard let online = found.online else { return try search(match: match(words), in: db) }
+        let tested = words.compactMap { found.prefixes[$0] }
+        let asked = words.filter { found.prefixes[$0] == nil }
+        if asked.isEmpty {
+            // The intersection of the bitmaps. (A file deleted after this read began may be
+            // missing from the answer.)
+            return try search(online: online, in: db) { take in FileBitmap.forEachInAll(tested, take) }
+        }
+        let expression = try match(asked)
+        return try search(online: online, in: db) { take in
+            let ids = try Int64.fetchCursor(
+                db.cachedStatement(sql: "SELECT rowid FROM file_search WHERE file_search MATCH ?1 ORDER BY rowid"),
+                arguments: [expression])
+            while let id = try ids.next() {
+                if tested.allSatisfy({ $0.contains(id) }), !take(id) { return }
             }
-            return try search(match: match, testing: tested.map { ready[$0]! }, online: online, in: db)
         }
-        if tested.isEmpty {
-            return try search(match: match, in: db)
-        }
-        return try search(match: match, testing: tested.map { ready[$0]! }, in: db)
     }
 
     /// One pass over the matches keeps the first 100 online hits and the first 100 others and
@@ -649,74 +652,16 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         return online + offline.prefix(limit - online.count)
     }
 
-    /// The same, when some words are tested in bitmaps: the ids the index gives for `match`
-    /// that every bitmap holds are looked up a few at a time (files and owners' presence in
-    /// one statement), until 100 online hits.
-    private static func search(match: String, testing bitmaps: [FileBitmap], in db: Database) throws -> [SearchHit] {
-        let limit = DirectoryRules.maxSearchHits
-        var online: [SearchHit] = []
-        var offline: [SearchHit] = []
-        var found: [Int64] = []
-        func lookUp() throws {
-            guard !found.isEmpty else { return }
-            let rows = try Row.fetchCursor(
-                db.cachedStatement(
-                    sql: """
-                        SELECT f.owner, f.name, f.description,
-                            EXISTS (SELECT 1 FROM user INDEXED BY user_connected WHERE name = f.owner AND ip IS NOT NULL)
-                        FROM json_each(?1) AS found CROSS JOIN file f ON f.id = found.value
-                        """), arguments: ["[" + found.map(String.init).joined(separator: ",") + "]"])
-            while online.count < limit, let row = try rows.next() {
-                if row[3] as Bool {
-                    online.append(hit(row))
-                } else if offline.count < limit {
-                    offline.append(hit(row))
-                }
-            }
-            found.removeAll(keepingCapacity: true)
-        }
-        let ids = try Int64.fetchCursor(
-            db.cachedStatement(sql: "SELECT rowid FROM file_search WHERE file_search MATCH ?1 ORDER BY rowid"),
-            arguments: [match])
-        while online.count < limit, let id = try ids.next() {
-            guard bitmaps.allSatisfy({ $0.contains(id) }) else { continue }
-            found.append(id)
-            if found.count == 128 { try lookUp() }
-        }
-        if online.count < limit { try lookUp() }
-        return online + offline.prefix(limit - online.count)
-    }
-
-    /// The same with the online bitmap: the ids the index gives for `match` that every bitmap
-    /// holds are sorted into online and offline in memory, and only the files answered with
-    /// are looked up.
+    /// The same with the bitmaps: `candidates` gives the ids of the files that match, in
+    /// increasing order, to its argument until that returns false; they are sorted into online
+    /// and offline in memory, and only the files answered with are looked up.
     private static func search(
-        match: String, testing bitmaps: [FileBitmap], online: FileBitmap, in db: Database
+        online: FileBitmap, in db: Database, candidates: (_ take: (Int64) -> Bool) throws -> Void
     ) throws -> [SearchHit] {
         let limit = DirectoryRules.maxSearchHits
         var onlineIds: [Int64] = []
         var offlineIds: [Int64] = []
-        let ids = try Int64.fetchCursor(
-            db.cachedStatement(sql: "SELECT rowid FROM file_search WHERE file_search MATCH ?1 ORDER BY rowid"),
-            arguments: [match])
-        while onlineIds.count < limit, let id = try ids.next() {
-            guard bitmaps.allSatisfy({ $0.contains(id) }) else { continue }
-            if online.contains(id) {
-                onlineIds.append(id)
-            } else if offlineIds.count < limit {
-                offlineIds.append(id)
-            }
-        }
-        return try files(onlineIds + offlineIds.prefix(limit - onlineIds.count), in: db)
-    }
-
-    /// The same when every word has a bitmap: the index is not read, the ids come from the
-    /// intersection of the bitmaps. (A file deleted after this read began may be missing.)
-    private static func search(inAll bitmaps: [FileBitmap], online: FileBitmap, in db: Database) throws -> [SearchHit] {
-        let limit = DirectoryRules.maxSearchHits
-        var onlineIds: [Int64] = []
-        var offlineIds: [Int64] = []
-        FileBitmap.forEachInAll(bitmaps) { id in
+        try candidates { id in
             if online.contains(id) {
                 onlineIds.append(id)
             } else if offlineIds.count < limit {

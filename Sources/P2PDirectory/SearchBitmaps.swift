@@ -103,7 +103,10 @@ final class SearchBitmaps: Sendable {
         ) { subjects, _ in
             for subject in subjects {
                 do {
-                    try Self.build(subject, settings: settings, state: shared.state, reader: reader)
+                    let started = ContinuousClock.now
+                    if let files = try Self.build(subject, settings: settings, state: shared.state, reader: reader) {
+                        logger.debug("search bitmap of \(subject) built: \(files) files in \(ContinuousClock.now - started)")
+                    }
                 } catch {
                     // Tried again at the next search that needs it.
                     shared.state.withLock { state in
@@ -212,10 +215,10 @@ final class SearchBitmaps: Sendable {
     }
 
     /// On the builder thread: reads the bitmap of `subject`; for a prefix, only when it
-    /// matches at least `threshold` files.
+    /// matches at least `threshold` files. Returns the files in it, nil when not built.
     private static func build(
         _ subject: Subject, settings: Settings, state: borrowing Mutex<State>, reader: any DatabaseReader
-    ) throws {
+    ) throws -> Int? {
         let sql: String
         let arguments: StatementArguments
         switch subject {
@@ -231,7 +234,7 @@ final class SearchBitmaps: Sendable {
                         sql: "SELECT count(*) FROM (SELECT 1 FROM file_search WHERE file_search MATCH ?1 LIMIT ?2)"),
                     arguments: [expression, settings.threshold]) ?? 0
             }
-            guard count >= settings.threshold else { return }
+            guard count >= settings.threshold else { return nil }
             sql = "SELECT rowid FROM file_search WHERE file_search MATCH ?1"
             arguments = [expression]
         }
@@ -240,7 +243,7 @@ final class SearchBitmaps: Sendable {
             state.building[subject] = []
             return true
         }
-        guard started else { return }
+        guard started else { return nil }
         // The read starts after the bitmap was registered as building: what the writer commits
         // from now on is recorded in `building`, what it committed before is in this snapshot.
         var bitmap = FileBitmap()
@@ -257,9 +260,9 @@ final class SearchBitmaps: Sendable {
                 }
             }
         }
-        state.withLock { state in
+        return state.withLock { state -> Int? in
             let committed = state.building.removeValue(forKey: subject) ?? []
-            guard !abandoned, !state.closed else { return }
+            guard !abandoned, !state.closed else { return nil }
             for (id, set) in committed { bitmap.assign(id, set) }
             state.uses += 1
             state.ready[subject] = (bitmap, state.uses)
@@ -269,6 +272,7 @@ final class SearchBitmaps: Sendable {
             {
                 state.ready.removeValue(forKey: oldest)
             }
+            return bitmap.count
         }
     }
 }

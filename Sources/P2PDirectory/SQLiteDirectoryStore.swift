@@ -584,18 +584,22 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     ///
     /// With the bitmaps (see `SearchBitmaps`): the index is asked only for the words without
     /// one, each id it gives is tested in the other words' bitmaps and in the online one; when
-    /// every word has a bitmap, the index is not read at all. Until the online bitmap is built
+    /// every word has a bitmap, the index is not read at all. Until the bitmaps are built
     /// (during the first searches), the index and SQL alone.
     static func search(_ query: String, in db: Database, bitmaps: SearchBitmaps?) throws -> [SearchHit] {
         var words: [String] = []
         for word in DirectoryRules.searchWords(query) where !words.contains(word) { words.append(word) }
-        let found = bitmaps?.bitmaps(for: words) ?? SearchBitmaps.Found(prefixes: [:], online: nil)
+        let found = bitmaps?.bitmaps(for: words) ?? SearchBitmaps.Found()
         func match(_ words: [String]) throws -> String {
             try words.map { try matchExpression(forPrefix: $0, in: db) }.joined(separator: " AND ")
         }
-        guard let online = found.online else { return try search(match: match(words), in: db) }
         let tested = words.compactMap { found.prefixes[$0] }
         let asked = words.filter { found.prefixes[$0] == nil }
+        // A word whose bitmap is being built is frequent: reading its list from the index and
+        // testing the others' bitmaps would cost more than the index's own AND.
+        guard let online = found.online, !asked.contains(where: found.building.contains) else {
+            return try search(match: match(words), in: db)
+        }
         if asked.isEmpty {
             // The intersection of the bitmaps. (A file deleted after this read began may be
             // missing from the answer.)

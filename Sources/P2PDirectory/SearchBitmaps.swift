@@ -53,8 +53,10 @@ final class SearchBitmaps: Sendable {
 
     /// The bitmaps a search uses.
     struct Found: Sendable {
-        var prefixes: [String: FileBitmap]
+        var prefixes: [String: FileBitmap] = [:]
         var online: FileBitmap?
+        /// Words whose bitmap is being built: frequent, so better not read from the index alone.
+        var building: Set<String> = []
     }
 
     /// What the writer committed, in order, for the bitmaps.
@@ -105,7 +107,8 @@ final class SearchBitmaps: Sendable {
                 do {
                     let started = ContinuousClock.now
                     if let files = try Self.build(subject, settings: settings, state: shared.state, reader: reader) {
-                        logger.debug("search bitmap of \(subject) built: \(files) files in \(ContinuousClock.now - started)")
+                        logger.debug(
+                            "search bitmap of \(subject) built: \(files) files in \(ContinuousClock.now - started)")
                     }
                 } catch {
                     // Tried again at the next search that needs it.
@@ -131,7 +134,7 @@ final class SearchBitmaps: Sendable {
     /// the others that could have one are handed to the builder.
     func bitmaps(for words: [String]) -> Found {
         let now = ContinuousClock.now
-        var found = Found(prefixes: [:], online: nil)
+        var found = Found()
         var toBuild: [Subject] = []
         shared.state.withLock { state in
             for subject in words.filter({ $0.unicodeScalars.count <= Self.longestPrefix }).map(Subject.prefix)
@@ -146,8 +149,10 @@ final class SearchBitmaps: Sendable {
                     } else {
                         found.online = entry.bitmap
                     }
-                } else if state.building[subject] == nil,
-                    state.asked[subject].map({ subject != .online && now - $0 >= settings.recheckInterval }) ?? true
+                } else if state.building[subject] != nil {
+                    if case .prefix(let word) = subject { found.building.insert(word) }
+                } else if state.asked[subject].map({ subject != .online && now - $0 >= settings.recheckInterval })
+                    ?? true
                 {
                     // A prefix is counted once per interval however often it is searched.
                     state.asked[subject] = now
@@ -155,7 +160,9 @@ final class SearchBitmaps: Sendable {
                     if state.asked.count > Self.maxAsked {
                         // Many different prefixes searched: forget those whose interval is over,
                         // or, if that is not enough, all but the online bitmap's request.
-                        state.asked = state.asked.filter { $0.key == .online || now - $0.value < settings.recheckInterval }
+                        state.asked = state.asked.filter {
+                            $0.key == .online || now - $0.value < settings.recheckInterval
+                        }
                         if state.asked.count > Self.maxAsked { state.asked = state.asked.filter { $0.key == .online } }
                     }
                 }
@@ -224,7 +231,8 @@ final class SearchBitmaps: Sendable {
         switch subject {
         case .online:
             // The connected users from their index, then each one's files from (owner, name).
-            sql = "SELECT f.id FROM user u INDEXED BY user_connected CROSS JOIN file f ON f.owner = u.name WHERE u.ip IS NOT NULL"
+            sql =
+                "SELECT f.id FROM user u INDEXED BY user_connected CROSS JOIN file f ON f.owner = u.name WHERE u.ip IS NOT NULL"
             arguments = []
         case .prefix(let prefix):
             let expression = SQLiteDirectoryStore.quotedForMatch(prefix) + "*"

@@ -75,12 +75,15 @@ import Testing
         await expectSameSearches("after a disconnect")
         await apply([.unregister(user: "b", from: nil)])
         await expectSameSearches("after an unregister")
-        await apply([.connect(user: "a", ip: "10.0.0.1", port: "4000"), .expire(user: "c", ip: "10.0.0.3", port: "4000")])
+        await apply([
+            .connect(user: "a", ip: "10.0.0.1", port: "4000"), .expire(user: "c", ip: "10.0.0.3", port: "4000"),
+        ])
         await expectSameSearches("after a connect and an expiry")
 
         // More hits than a reply holds, some of their files deleted: the 100 answered are the
         // first 100 that are still there (deleted files are cleared from the bitmaps).
-        await apply((0..<150).map { .publish(user: "a", fileName: "lecture\($0).txt", description: "notes", from: nil) })
+        await apply(
+            (0..<150).map { .publish(user: "a", fileName: "lecture\($0).txt", description: "notes", from: nil) })
         await apply((0..<60).map { .delete(user: "a", fileName: "lecture\($0 * 2).txt", from: nil) })
         await expectSameSearches("after deleting many")
         await apply([.unregister(user: "a", from: nil)])
@@ -95,7 +98,8 @@ extension SearchBitmapTests {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         let store = try SQLiteDirectoryStore(
-            path: folder.path + "/" + SQLiteDirectoryStore.fileName, checkpointing: .init(), logger: Logger(label: "test"))
+            path: folder.path + "/" + SQLiteDirectoryStore.fileName, checkpointing: .init(),
+            logger: Logger(label: "test"))
         for batch in 0..<30 {
             _ = store.searchBitmaps.bitmaps(for: (0..<1000).map { "w\(batch)x\($0)" })
             #expect(store.searchBitmaps.rememberedCount <= SearchBitmaps.maxAsked)
@@ -114,7 +118,8 @@ extension SearchBitmapTests {
             texts += ["ab" + character + "cD", character]
         }
         for text in texts {
-            #expect(DirectoryRules.searchWords(text) == DirectoryRules.foldedSearchWords(text), "\(text.debugDescription)")
+            #expect(
+                DirectoryRules.searchWords(text) == DirectoryRules.foldedSearchWords(text), "\(text.debugDescription)")
         }
         // Not ASCII: the folding.
         #expect(DirectoryRules.searchWords("Éte\u{301} Ünïcode-日本") == ["ete", "unicode", "日本"])

@@ -226,6 +226,8 @@ final class SearchBitmaps: Sendable {
     private static func build(
         _ subject: Subject, settings: Settings, state: borrowing Mutex<State>, reader: any DatabaseReader
     ) throws -> Int? {
+        // Closing: what is still queued is dropped.
+        guard !state.withLock({ $0.closed }) else { return nil }
         let sql: String
         let arguments: StatementArguments
         switch subject {

@@ -189,33 +189,35 @@ final class SearchBitmaps: Sendable {
         // holding it.
         let subjects = shared.state.withLock { Array($0.ready.keys) + Array($0.building.keys) }
         guard !subjects.isEmpty else { return }
-        var assignments: [(Subject, id: Int64, set: Bool)] = []
-        for change in changes {
-            switch change {
-            case .published(let id, let name, let description):
-                let words = DirectoryRules.searchWords(name) + DirectoryRules.searchWords(description)
-                for subject in subjects {
-                    switch subject {
-                    case .online: assignments.append((subject, id, true))
-                    case .prefix(let prefix): assignments.append((subject, id, words.contains { $0.hasPrefix(prefix) }))
-                    }
+        // Outside the lock: which of the prefixes each published file holds.
+        let holdings: [[Bool]] = changes.map { change in
+            guard case .published(_, let name, let description) = change else { return [] }
+            let words = DirectoryRules.searchWords(name) + DirectoryRules.searchWords(description)
+            return subjects.map { subject in
+                switch subject {
+                case .online: true
+                case .prefix(let prefix): words.contains { $0.hasPrefix(prefix) }
                 }
-            case .deleted(let ids):
-                for subject in subjects {
-                    for id in ids { assignments.append((subject, id, false)) }
-                }
-            case .presence(let ids, let online) where subjects.contains(.online):
-                for id in ids { assignments.append((.online, id, online)) }
-            case .presence:
-                break
             }
         }
         shared.state.withLock { state in
-            for (subject, id, set) in assignments {
+            func assign(_ subject: Subject, _ id: Int64, _ set: Bool) {
                 if state.ready[subject] != nil {
                     state.ready[subject]!.bitmap.assign(id, set)
                 } else if state.building[subject] != nil {
                     state.building[subject]!.append((id, set))
+                }
+            }
+            for (change, holds) in zip(changes, holdings) {
+                switch change {
+                case .published(let id, _, _):
+                    for (subject, set) in zip(subjects, holds) { assign(subject, id, set) }
+                case .deleted(let ids):
+                    for subject in subjects {
+                        for id in ids { assign(subject, id, false) }
+                    }
+                case .presence(let ids, let online):
+                    for id in ids { assign(.online, id, online) }
                 }
             }
         }

@@ -29,8 +29,9 @@ import Synchronization
 /// starts after a PUBLISH or CONNECT was answered sees it. (A search running at the same time
 /// as a change may see the change in the index and not yet in a bitmap, or the other way
 /// round: as if it had run just before or just after.) At most `capacity` prefix bitmaps are
-/// kept (about 1.25 MB each at 10 million files); the least recently used goes first. A
-/// prefix found below the threshold is counted again after `recheckInterval`.
+/// kept, in at most `memoryBudget` bytes (a bitmap takes one bit per id up to the highest:
+/// about 1.25 MB at 10 million files); the least recently used goes first. A prefix found
+/// below the threshold is counted again after `recheckInterval`.
 final class SearchBitmaps: Sendable {
     struct Settings: Sendable {
         /// The fewest files a prefix must match to get a bitmap. (At 10 million files the index
@@ -39,6 +40,9 @@ final class SearchBitmaps: Sendable {
         var threshold = 10_000
         /// The most prefix bitmaps kept.
         var capacity = 32
+        /// The most memory the prefix bitmaps take together (the online bitmap aside); the
+        /// newest is kept even if it alone takes more.
+        var memoryBudget = 64 << 20
         /// How long a prefix found below the threshold is left alone.
         var recheckInterval: Duration = .seconds(60)
     }
@@ -278,11 +282,13 @@ final class SearchBitmaps: Sendable {
             for (id, set) in committed { bitmap.assign(id, set) }
             state.uses += 1
             state.ready[subject] = (bitmap, state.uses)
-            let prefixes = state.ready.filter { $0.key != .online }
-            if prefixes.count > settings.capacity,
-                let oldest = prefixes.min(by: { $0.value.lastUse < $1.value.lastUse })?.key
-            {
+            var prefixes = state.ready.filter { $0.key != .online && $0.key != subject }
+                .sorted { $0.value.lastUse < $1.value.lastUse }.map { ($0.key, $0.value.bitmap.bytes) }
+            var bytes = prefixes.reduce(bitmap.bytes) { $0 + $1.1 }
+            while !prefixes.isEmpty, prefixes.count + 1 > settings.capacity || bytes > settings.memoryBudget {
+                let (oldest, size) = prefixes.removeFirst()
                 state.ready.removeValue(forKey: oldest)
+                bytes -= size
             }
             return bitmap.count
         }
@@ -297,6 +303,11 @@ struct FileBitmap: Sendable {
     private var chunks: [[UInt64]] = []
     /// Bits set.
     private(set) var count = 0
+
+    /// The memory the bits take.
+    var bytes: Int {
+        chunks.count * MemoryLayout<[UInt64]>.stride + chunks.filter { !$0.isEmpty }.count * (1 << Self.chunkShift) / 8
+    }
 
     /// Calls `body` with every id set in all of `bitmaps`, in increasing order, until it
     /// returns false.

@@ -108,6 +108,38 @@ extension SearchBitmapTests {
     }
 }
 
+extension SearchBitmapTests {
+    /// Bitmaps beyond the memory budget go, the least recently used first.
+    @Test func bitmapsStayWithinTheirMemory() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        // One chunk (8 KiB) a bitmap here: room for two.
+        let store = try SQLiteDirectoryStore(
+            path: folder.path + "/" + SQLiteDirectoryStore.fileName, checkpointing: .init(),
+            searchBitmaps: .init(threshold: 1, memoryBudget: 20_000), logger: Logger(label: "test"))
+        #expect(await store.apply([.register(user: "a")]) == [.ok])
+        #expect(await store.apply([.connect(user: "a", ip: "10.0.0.1", port: "4000")]) == [.ok])
+        #expect(
+            await store.apply([.publish(user: "a", fileName: "one.txt", description: "two three", from: nil)]) == [.ok])
+        func searchUntilReady(_ word: String) async throws {
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !store.searchBitmaps.isReady(.prefix(word)) {
+                #expect(ContinuousClock.now < deadline, "no bitmap for \(word)")
+                if ContinuousClock.now >= deadline { return }
+                _ = await store.read([.search(requester: "a", query: word)])
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        try await searchUntilReady("one")
+        try await searchUntilReady("two")
+        try await searchUntilReady("three")
+        #expect(!store.searchBitmaps.isReady(.prefix("one")), "the least recently used stayed")
+        #expect(store.searchBitmaps.isReady(.prefix("two")))
+        #expect(store.searchBitmaps.isReady(.online), "the online bitmap went")
+        try await store.close()
+    }
+}
+
 /// The words of ASCII text are found without Foundation's folding, and must be the same.
 @Suite struct SearchWordsTests {
     @Test func asciiWordsAreTheFoldedWords() {

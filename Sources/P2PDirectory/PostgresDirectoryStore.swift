@@ -280,6 +280,10 @@ public final class PostgresDirectoryStore: DirectoryStore {
         for name in names where DirectoryRules.isValidUserName(name) && seen.insert(name).inserted {
             distinct.append(name)
         }
+        // Inserted in one order whatever the order of the requests (bytes, as the "C" index):
+        // two servers inserting the same new names wait for each other in that order, never in
+        // a cycle (which PostgreSQL would break only after its deadlock timeout, 1 s).
+        distinct.sort { $0.utf8.lexicographicallyPrecedes($1.utf8) }
         var inserted = Set<String>()
         for try await name in try await connection.query(
             """

@@ -106,29 +106,27 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         searchConnection = try DatabaseQueue(path: path, configuration: searchConfiguration)
         self.searchBitmaps = SearchBitmaps(settings: searchBitmaps, reader: pool, logger: logger)
         let pool = self.pool
-        let searchConnection = self.searchConnection
         func reader(
-            _ name: String, niceness: Int32, bitmaps: SearchBitmaps? = nil,
-            connection: @escaping @Sendable () -> any DatabaseReader = { pool }
+            _ name: String, niceness: Int32, connection: any DatabaseReader, bitmaps: SearchBitmaps? = nil
         ) -> BatchingWorker<PendingRead> {
             let worker = BatchingWorker<PendingRead>(
                 name: name, capacity: 100_000, maxBatch: 256, gatherTime: 0, niceness: niceness
             ) { reads, _ in
-                Self.answer(reads, from: connection(), bitmaps: bitmaps, logger: logger)
+                Self.answer(reads, from: connection, bitmaps: bitmaps, logger: logger)
                 return .processed
             }
             worker.start()
             return worker
         }
-        contentReader = reader("p2p-directory-reader", niceness: 0)
+        contentReader = reader("p2p-directory-reader", niceness: 0, connection: pool)
         // A LIST_USERS of a large directory (and a SEARCH) keeps a thread busy for a while: on
         // threads of their own they do not hold up the short reads behind them (in
         // `make bench`, LIST_CONTENT's p99 while LIST_USERS of 100,000 users ran back to back
         // went from 73-128 ms to 16-18 ms). A lower priority for them was tried and dropped:
         // the LIST_USERS starved.
-        usersReader = reader("p2p-directory-users-reader", niceness: 0)
-        let bitmaps = self.searchBitmaps
-        searchReader = reader("p2p-directory-search-reader", niceness: 0, bitmaps: bitmaps) { searchConnection }
+        usersReader = reader("p2p-directory-users-reader", niceness: 0, connection: pool)
+        searchReader = reader(
+            "p2p-directory-search-reader", niceness: 0, connection: searchConnection, bitmaps: self.searchBitmaps)
     }
 
     /// The search connection's page cache. The pool's readers keep SQLite's 2 MiB and read what

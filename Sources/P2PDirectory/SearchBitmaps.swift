@@ -301,8 +301,9 @@ struct FileBitmap: Sendable {
     private static let chunkShift = 16
     private static let wordsPerChunk = (1 << chunkShift) / 64
     private var chunks: [[UInt64]] = []
+
     /// Bits set.
-    private(set) var count = 0
+    var count: Int { chunks.reduce(0) { $0 + $1.reduce(0) { $0 + $1.nonzeroBitCount } } }
 
     /// The memory the bits take.
     var bytes: Int {
@@ -350,8 +351,8 @@ struct FileBitmap: Sendable {
         let bit = Int(id) & ((1 << Self.chunkShift) - 1)
         let mask: UInt64 = 1 << UInt64(bit & 63)
         let word = chunks[chunk][bit >> 6]
+        // Unchanged: no write, so a chunk a search is reading is not copied for nothing.
         guard (word & mask != 0) != value else { return }
         chunks[chunk][bit >> 6] = value ? word | mask : word & ~mask
-        count += value ? 1 : -1
     }
 }

@@ -20,9 +20,7 @@ struct StoreUnderTest: Sendable, CustomTestStringConvertible {
         // Every prefix searched gets a bitmap (built in the background, so some searches use
         // it and some do not): the answers must be the same either way.
         StoreUnderTest(name: "SQLite, every prefix with a bitmap") { folder in
-            try SQLiteDirectoryStore(
-                path: folder.path + "/" + SQLiteDirectoryStore.fileName, checkpointing: .init(),
-                searchBitmaps: .init(threshold: 1), logger: Logger(label: "test"))
+            try SearchBitmapTests.store(in: folder, .init(threshold: 1))
         },
         // A fresh database on the test process's private PostgreSQL server.
         StoreUnderTest(name: "PostgreSQL") { _ in

@@ -9,13 +9,19 @@ import Testing
 /// The SQLite store's bitmaps of frequent prefixes give the same answers as the index alone:
 /// after files come and go, and when SQLite hands a deleted file's id to a new file.
 @Suite struct SearchBitmapTests {
+    /// A SQLite store in `folder` with these bitmap settings.
+    static func store(in folder: TemporaryDirectory, _ settings: SearchBitmaps.Settings) throws -> SQLiteDirectoryStore
+    {
+        try SQLiteDirectoryStore(
+            path: folder.path + "/" + SQLiteDirectoryStore.fileName, checkpointing: .init(), searchBitmaps: settings,
+            logger: Logger(label: "test"))
+    }
+
     @Test func bitmapsAnswerAsTheReferenceWhileFilesComeAndGo() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         // A prefix of 3 files or more gets a bitmap.
-        let store = try SQLiteDirectoryStore(
-            path: folder.path + "/" + SQLiteDirectoryStore.fileName, checkpointing: .init(),
-            searchBitmaps: .init(threshold: 3), logger: Logger(label: "test"))
+        let store = try Self.store(in: folder, .init(threshold: 3))
         let reference = InMemoryDirectoryStore()
         func apply(_ changes: [DirectoryChange]) async {
             let expected = await reference.apply(changes)
@@ -45,13 +51,8 @@ import Testing
             .publish(user: "c", fileName: "notes4.txt", description: "lecture w3", from: nil),
         ])
         await expectSameSearches("before any bitmap")
-        let deadline = ContinuousClock.now + .seconds(20)
         let expected: [SearchBitmaps.Subject] = [.prefix("lect"), .prefix("notes"), .prefix("txt"), .online]
-        while !expected.allSatisfy(store.searchBitmaps.isReady) {
-            #expect(ContinuousClock.now < deadline, "the bitmaps were not built")
-            if ContinuousClock.now >= deadline { return }
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await waitUntil("the bitmaps built", timeout: 20) { expected.allSatisfy(store.searchBitmaps.isReady) }
         #expect(!store.searchBitmaps.isReady(.prefix("w2")), "a prefix of 2 files got a bitmap")
         await expectSameSearches("with the bitmaps")
 
@@ -90,44 +91,33 @@ import Testing
         await expectSameSearches("after the owner of many went")
         try await store.close()
     }
-}
 
-extension SearchBitmapTests {
     /// Searches of ever new words do not make the store remember ever more prefixes.
     @Test func manyDifferentWordsAreNotAllRemembered() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
-        let store = try SQLiteDirectoryStore(
-            path: folder.path + "/" + SQLiteDirectoryStore.fileName, checkpointing: .init(),
-            logger: Logger(label: "test"))
+        let store = try Self.store(in: folder, .init())
         for batch in 0..<30 {
             _ = store.searchBitmaps.bitmaps(for: (0..<1000).map { "w\(batch)x\($0)" })
             #expect(store.searchBitmaps.rememberedCount <= SearchBitmaps.maxAsked)
         }
         try await store.close()
     }
-}
 
-extension SearchBitmapTests {
     /// Bitmaps beyond the memory budget go, the least recently used first.
     @Test func bitmapsStayWithinTheirMemory() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         // One chunk (8 KiB) a bitmap here: room for two.
-        let store = try SQLiteDirectoryStore(
-            path: folder.path + "/" + SQLiteDirectoryStore.fileName, checkpointing: .init(),
-            searchBitmaps: .init(threshold: 1, memoryBudget: 20_000), logger: Logger(label: "test"))
+        let store = try Self.store(in: folder, .init(threshold: 1, memoryBudget: 20_000))
         #expect(await store.apply([.register(user: "a")]) == [.ok])
         #expect(await store.apply([.connect(user: "a", ip: "10.0.0.1", port: "4000")]) == [.ok])
         #expect(
             await store.apply([.publish(user: "a", fileName: "one.txt", description: "two three", from: nil)]) == [.ok])
         func searchUntilReady(_ word: String) async throws {
-            let deadline = ContinuousClock.now + .seconds(20)
-            while !store.searchBitmaps.isReady(.prefix(word)) {
-                #expect(ContinuousClock.now < deadline, "no bitmap for \(word)")
-                if ContinuousClock.now >= deadline { return }
+            try await waitUntil("a bitmap for \(word)", timeout: 20) {
                 _ = await store.read([.search(requester: "a", query: word)])
-                try await Task.sleep(for: .milliseconds(10))
+                return store.searchBitmaps.isReady(.prefix(word))
             }
         }
         try await searchUntilReady("one")

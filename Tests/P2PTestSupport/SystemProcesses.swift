@@ -113,9 +113,12 @@ public final class ClientProcess: Sendable {
 /// A free TCP port on 127.0.0.1 for a program that must keep the same port across restarts.
 /// It is taken below the kernel's ephemeral range (32768 and up here), so that servers other
 /// tests start on port 0 cannot be given it in the meantime.
+/// Never the same port twice in one test process: a test taking several ports before it
+/// starts anything on them once got the same one twice (a CI run of `make run`'s test).
 public func unusedPort() throws -> Int {
     for _ in 0..<200 {
         let candidate = Int.random(in: 20_000..<32_000)
+        guard handedOutPorts.withLock({ $0.insert(candidate).inserted }) else { continue }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         let bound = withLoopbackAddress(port: candidate) { bind(fd, $0, $1) }
         close(fd)
@@ -123,6 +126,8 @@ public func unusedPort() throws -> Int {
     }
     throw SetupError("no free port found")
 }
+
+private let handedOutPorts = Locked(Set<Int>())
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 public func isListening(_ port: Int) -> Bool {

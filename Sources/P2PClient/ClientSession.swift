@@ -301,7 +301,7 @@ public actor ClientSession {
         do {
             return try await directory.send(request)
         } catch {
-            if `extension`, case .invalidReply(let reason) = error {
+            if `extension`, let reason = Self.notSupportedReason(error) {
                 output.diagnostic(
                     "\(request.operation.rawValue): the directory server does not support it "
                         + "(an extension of this system's own servers; \(reason))")
@@ -309,6 +309,17 @@ public actor ClientSession {
                 output.diagnostic("\(request.operation.rawValue): \(error)")
             }
             return nil
+        }
+    }
+
+    /// Why a server seems not to know an extension operation: it answered something unreadable,
+    /// or closed or reset the connection instead of answering (a third-party server does one or
+    /// the other for an operation it does not know). Nil for errors that say nothing of it.
+    private static func notSupportedReason(_ error: DirectoryClientError) -> String? {
+        switch error {
+        case .invalidReply(let reason): return "\(reason)"
+        case .connectionLost(let reason): return "it ended the connection without a reply: \(reason)"
+        case .invalidRequest, .unreachable, .timedOut: return nil
         }
     }
 

@@ -8,6 +8,8 @@ public enum DirectoryClientError: Error, Equatable, CustomStringConvertible {
     /// The request cannot be sent as is (a field over 255 bytes, say).
     case invalidRequest(ProtocolError)
     case unreachable(String)
+    /// The connection was made, then closed or reset before a complete reply.
+    case connectionLost(String)
     case timedOut
     /// The server's bytes are not a valid reply.
     case invalidReply(ProtocolError)
@@ -16,6 +18,7 @@ public enum DirectoryClientError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .invalidRequest(let error): return "request not sent: \(error)"
         case .unreachable(let reason): return "directory server unreachable: \(reason)"
+        case .connectionLost(let reason): return "the directory server ended the connection without a reply: \(reason)"
         case .timedOut: return "directory server did not answer in time"
         case .invalidReply(let error): return "invalid reply from the directory server: \(error)"
         }
@@ -51,9 +54,16 @@ public struct DirectoryClient: Sendable {
             throw error
         } catch let error as ProtocolError {
             throw .invalidReply(error)
+        } catch let error as ConnectionLost {
+            throw .connectionLost(shortDescription(of: error.underlying))
         } catch {
             throw .unreachable("\(host):\(port): \(shortDescription(of: error))")
         }
+    }
+
+    /// An I/O error after the connection was made.
+    private struct ConnectionLost: Error {
+        var underlying: any Error
     }
 
     /// Opens a connection to the server and closes it without sending anything; throws
@@ -79,11 +89,17 @@ public struct DirectoryClient: Sendable {
                 }
             }
         return try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(bytes)
             // The reply is complete once decoded: no waiting for a NUL or a close that may not come.
             var decoder = ReplyDecoder(operation: operation)
-            for try await var chunk in inbound {
-                if let reply = try decoder.decode(&chunk) { return reply }
+            do {
+                try await outbound.write(bytes)
+                for try await var chunk in inbound {
+                    if let reply = try decoder.decode(&chunk) { return reply }
+                }
+            } catch let error as ProtocolError {
+                throw error
+            } catch {
+                throw ConnectionLost(underlying: error)
             }
             throw decoder.finish()
         }

@@ -4,7 +4,7 @@ import NIOPosix
 import P2PNetworkSupport
 import P2PProtocol
 
-/// A connection that ended before sending a byte: the directory server's liveness check.
+/// A connection that ended before sending a byte (older directory servers checked peers so).
 struct PeerConnectionWasEmpty: Error {}
 
 struct PeerRequestTimedOut: Error, CustomStringConvertible {
@@ -89,7 +89,7 @@ public final class PeerFileServer: Sendable {
                         throw decoder.finish()
                     }
                 } catch is PeerConnectionWasEmpty {
-                    // The directory server checking that this peer is alive: nothing to answer.
+                    // Nothing to answer (how directory servers before the GET_FILE check probed).
                     logger.debug("empty connection from \(peer)")
                     return
                 } catch {
@@ -98,6 +98,12 @@ public final class PeerFileServer: Sendable {
                     return
                 }
                 let name = request.fileName
+                if ReservedFileName.isReserved(name) {
+                    // The directory server's peer check, many a minute: answered without a log
+                    // line and without touching the disk.
+                    try await Self.finish(channel, code: FileReplyCode.noSuchFile)
+                    return
+                }
                 let opened = try await NIOThreadPool.singleton.runIfActive { folder.open(name) }
                 guard let (descriptor, size) = opened else {
                     logger.info("GET_FILE \(name) from \(peer): no such file")

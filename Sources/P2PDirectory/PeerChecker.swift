@@ -9,12 +9,12 @@ import Synchronization
 public struct PeerCheckSettings: Sendable {
     /// Time between two rounds; zero turns the checks off.
     public var interval: Duration
-    /// Rounds in a row a peer must fail (refuse, or not answer within `timeout`) before its
-    /// user goes offline.
+    /// Rounds in a row a peer must fail (refuse, close before a result code, or give none
+    /// within `timeout`) before its user goes offline.
     public var failuresToExpire: Int
-    /// How long one connection attempt may take.
+    /// How long one check (connecting, the request and the reply's result code) may take.
     public var timeout: Duration
-    /// Connection attempts in flight at once.
+    /// Checks in flight at once.
     public var concurrency: Int
 
     public init(
@@ -30,10 +30,13 @@ public struct PeerCheckSettings: Sendable {
     public var isEnabled: Bool { interval > .zero }
 }
 
-/// Takes dead peers out of the directory. Every ``PeerCheckSettings/interval`` it opens a TCP
-/// connection to each connected user's recorded address and port and closes it at once
-/// without sending anything (to a peer, a connection that ends before a request, which every
-/// peer of the protocol must survive). A user whose peer failed
+/// Takes dead peers out of the directory. Every ``PeerCheckSettings/interval`` it asks each
+/// connected user's recorded address and port for a file no peer has
+/// (`GET_FILE` ``ReservedFileName/peerCheck``) and reads the reply to its end before closing:
+/// a request every peer of the protocol already answers (code 1, no such file), because the
+/// third-party peers do not survive a connection that ends before a request (see
+/// ``PeerProbe``). Any result code means alive; a refusal, a close or reset before the code,
+/// or no code within ``PeerCheckSettings/timeout`` is a failure. A user whose peer failed
 /// ``PeerCheckSettings/failuresToExpire`` rounds in a row goes offline as with DISCONNECT
 /// (``DirectoryChange/expire(user:ip:port:)``, which leaves a user that reconnected meanwhile
 /// alone), with a console line and an `EXPIRE` operation record stamped with the server's time.
@@ -42,7 +45,7 @@ public struct PeerCheckSettings: Sendable {
 /// the event loops serving requests, with at
 /// most ``PeerCheckSettings/concurrency`` attempts at once, and are spread evenly over 80% of
 /// the interval rather than fired at once: a check costs about what a request does (a TCP
-/// connection), so 100,000 users checked back to back would halve the server's throughput on
+/// connection and a few bytes each way), so 100,000 users checked back to back would halve the server's throughput on
 /// two cores, and spread over 30 s they cost a few percent. A request never waits for them.
 public final class PeerChecker: Service, Sendable {
     public let settings: PeerCheckSettings

@@ -47,3 +47,20 @@ public struct FileRequestDecoder: Sendable {
         .truncated(operation: sawOperation ? FileRequest.operationName : nil, fieldsReceived: reader.fieldIndex)
     }
 }
+
+/// Names inside one folder that no real file has, used by our programs to talk to a peer in
+/// a way every peer of the protocol already answers (FILE NOT EXIST from a third-party peer).
+/// The folder is an absolute path that does not exist, so the lookup fails with "no such file"
+/// whether a peer joins the name to its own folder or opens it as given.
+public enum ReservedFileName {
+    /// The folder holding every reserved name.
+    public static let folder = "/.p2p-reserved/"
+
+    /// The directory server's peer check (docs/PROTOCOL.md, "Peer checks").
+    public static let peerCheck = folder + "peer-check"
+
+    /// Whether `name` is one of the reserved names (answered quietly by our peers).
+    public static func isReserved(_ name: String) -> Bool {
+        name.hasPrefix(folder)
+    }
+}

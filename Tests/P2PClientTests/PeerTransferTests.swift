@@ -68,6 +68,26 @@ let quietLogger: Logger = {
         }
     }
 
+    /// The directory server's peer check is answered "no such file", without a log line.
+    @Test func answersThePeerCheckQuietly() async throws {
+        let folder = try TemporaryDirectory("peer-check")
+        defer { folder.remove() }
+        let recorder = LogRecorder()
+        let server = try await PeerFileServer.start(
+            folder: try SharedFolder(path: folder.path), host: "127.0.0.1", logger: recorder.logger())
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: server.port)
+        for _ in 0..<3 {
+            #expect(
+                try await RawConnection.exchange(RawConnection.fields("GET_FILE", ReservedFileName.peerCheck), with: address)
+                    == Array("1\0".utf8))
+        }
+        #expect(recorder.lines.isEmpty, "\(recorder.lines)")
+        // A real request for a missing file is still logged (with --verbose).
+        #expect(try await RawConnection.exchange(RawConnection.fields("GET_FILE", "missing.txt"), with: address) == Array("1\0".utf8))
+        await server.stop()
+        #expect(recorder.lines.contains { $0.contains("missing.txt") })
+    }
+
     @Test func servesAnAbsolutePathOnlyOncePublishedUnderThatName() async throws {
         try await withPeer { (shared: SharedFolder, server: PeerFileServer, folder: TemporaryDirectory) async throws in
             let secret = folder.file("outside/secret.txt")

@@ -7,14 +7,15 @@ import P2PTestSupport
 import Testing
 
 /// Dead peers leave the directory: the server's peer checks with real sockets. Connected
-/// users point at ports that refuse (`ClosedPort`), listen without ever accepting
-/// (`SilentListener`, a live but slow peer) or serve (a real listener).
+/// users point at ports that refuse (`ClosedPort`), listen without ever accepting or answering
+/// (`SilentListener`), or serve GET_FILE as the third-party Python peers do (`FragilePeer`,
+/// which stalls for good on a connection that ends before a request).
 @Suite struct PeerCheckTests {
     /// Short rounds, so that a test takes about a second.
     static let fast = PeerCheckSettings(interval: .milliseconds(100), failuresToExpire: 2, timeout: .milliseconds(500))
 
-    static func connected(_ harness: DirectoryHarness) async throws -> [String] {
-        guard case .users(let users) = try await harness.send(.listUsers(user: "watcher")) else { return [] }
+    static func connected(_ harness: DirectoryHarness, asking requester: String = "watcher") async throws -> [String] {
+        guard case .users(let users) = try await harness.send(.listUsers(user: requester)) else { return [] }
         return users.map(\.name)
     }
 
@@ -22,11 +23,11 @@ import Testing
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         let server = try await DirectoryHarness(dataDirectory: folder.path, peerChecks: Self.fast)
-        let slow = try SilentListener()
+        let watcher = try FragilePeer()
         // carol's peer lives until the test lets it die.
-        var carolPeer: SilentListener? = try SilentListener()
+        var carolPeer: FragilePeer? = try FragilePeer()
         _ = try await server.send(.register(user: "watcher"))
-        _ = try await server.send(.connect(user: "watcher", port: String(slow.port)))
+        _ = try await server.send(.connect(user: "watcher", port: String(watcher.port)))
         _ = try await server.send(.register(user: "carol"))
         _ = try await server.send(.connect(user: "carol", port: String(carolPeer!.port)))
         #expect(try await server.send(.connect(user: "carol", port: "4000")) == .status(2))
@@ -41,32 +42,73 @@ import Testing
         #expect(server.operationLog.records.filter { $0.operation == "EXPIRE" }.map(\.user) == ["carol"])
         let record = try #require(server.operationLog.records.last { $0.operation == "EXPIRE" })
         #expect(DateTimeFormat.isValid(record.dateTime))
-        let alive = try SilentListener()
+        let alive = try FragilePeer()
         #expect(try await server.send(.connect(user: "carol", port: String(alive.port))) == .status(0))
-        // The watcher, alive but never accepting, stayed through every round.
+        // The watcher, answering every check, stayed through every round, unharmed.
         #expect(try await Self.connected(server) == ["carol", "watcher"])
+        #expect(watcher.seen.spins == 0 && !watcher.seen.stoppedServing)
         try await server.shutdown()
     }
 
-    @Test func livePeerIsNeverExpired() async throws {
+    @Test func livePeerIsNeverExpiredAndPeersThatDoNotAnswerAre() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         let server = try await DirectoryHarness(dataDirectory: folder.path, peerChecks: Self.fast)
-        // A real peer that accepts and closes, and one that never accepts.
-        let group = MultiThreadedEventLoopGroup.singleton
-        let peer = try await ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).get()
-        let slow = try SilentListener()
+        // A peer that answers; one that refuses; one that accepts (through the kernel's
+        // backlog) but never answers; one that accepts and closes without a reply.
+        let alive = try FragilePeer()
         let dead = try ClosedPort()
-        _ = try await server.send(.register(user: "watcher"))
-        _ = try await server.send(.connect(user: "watcher", port: String(slow.port)))
-        _ = try await server.send(.register(user: "alive"))
-        _ = try await server.send(.connect(user: "alive", port: String(peer.localAddress!.port!)))
-        _ = try await server.send(.register(user: "dead"))
-        _ = try await server.send(.connect(user: "dead", port: String(dead.port)))
-        // Once the dead one is gone, several rounds have passed over the living.
-        try await waitUntil("the dead peer expired") { try await Self.connected(server) == ["alive", "watcher"] }
-        try await peer.close()
+        let silent = try SilentListener()
+        let closer = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { $0.close() }
+            .bind(host: "127.0.0.1", port: 0).get()
+        for (user, port) in [
+            ("alive", alive.port), ("dead", dead.port), ("silent", silent.port), ("closer", closer.localAddress!.port!),
+        ] {
+            _ = try await server.send(.register(user: user))
+            _ = try await server.send(.connect(user: user, port: String(port)))
+        }
+        try await waitUntil("the peers that do not answer expired") {
+            try await Self.connected(server, asking: "alive") == ["alive"]
+        }
+        #expect(alive.seen.requests.count >= 2)
+        try await closer.close()
         try await server.shutdown()
+    }
+
+    /// The checks send a complete request the third-party peers answer, and read the answer
+    /// before closing: after many rounds such a peer has never stalled and still serves files.
+    @Test func thirdPartyPeerSurvivesManyChecks() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let settings = PeerCheckSettings(interval: .milliseconds(20), failuresToExpire: 2, timeout: .milliseconds(500))
+        let server = try await DirectoryHarness(dataDirectory: folder.path, peerChecks: settings)
+        let content = Array("lecture notes\n".utf8)
+        let peer = try FragilePeer(files: ["notes.txt": content])
+        _ = try await server.send(.register(user: "python"))
+        _ = try await server.send(.connect(user: "python", port: String(peer.port)))
+        try await waitUntil("50 checks answered") { peer.seen.requests.count >= 50 }
+        let seen = peer.seen
+        #expect(seen.spins == 0)
+        #expect(seen.sendFailures == 0)
+        #expect(!seen.stoppedServing)
+        #expect(Set(seen.requests) == [ReservedFileName.peerCheck])
+        // Still serving, still listed.
+        let request = Array("GET_FILE\0notes.txt\0".utf8)
+        #expect(try exchangeBytes(port: peer.port, sending: request) == Array("0\0".utf8) + content)
+        #expect(try await Self.connected(server, asking: "python") == ["python"])
+        #expect(server.operationLog.records.filter { $0.operation == "EXPIRE" }.isEmpty)
+        try await server.shutdown()
+        #expect(peer.seen.spins == 0 && !peer.seen.stoppedServing)
+    }
+
+    /// The stand-in is as fragile as the peers it stands for: the old check (a connection that
+    /// ends without a byte) stalls it for good.
+    @Test func anEmptyConnectionStallsTheStandIn() async throws {
+        let peer = try FragilePeer(files: ["notes.txt": Array("x".utf8)])
+        #expect(try exchangeBytes(port: peer.port, sending: []) == [])
+        try await waitUntil("the stand-in stalled") { peer.seen.stoppedServing }
+        #expect(peer.seen.spins > 0)
     }
 
     /// Entries loaded from disk after a restart are checked like any other.
@@ -74,10 +116,10 @@ import Testing
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         let dead = try ClosedPort()
-        let slow = try SilentListener()
+        let watcher = try FragilePeer()
         let first = try await DirectoryHarness(dataDirectory: folder.path)
         _ = try await first.send(.register(user: "watcher"))
-        _ = try await first.send(.connect(user: "watcher", port: String(slow.port)))
+        _ = try await first.send(.connect(user: "watcher", port: String(watcher.port)))
         _ = try await first.send(.register(user: "carol"))
         _ = try await first.send(.connect(user: "carol", port: String(dead.port)))
         try await first.shutdown()
@@ -93,9 +135,9 @@ import Testing
         defer { folder.remove() }
         let settings = PeerCheckSettings(interval: .milliseconds(200), failuresToExpire: 3, timeout: .milliseconds(500))
         let server = try await DirectoryHarness(dataDirectory: folder.path, peerChecks: settings)
-        let slow = try SilentListener()
+        let watcher = try FragilePeer()
         _ = try await server.send(.register(user: "watcher"))
-        _ = try await server.send(.connect(user: "watcher", port: String(slow.port)))
+        _ = try await server.send(.connect(user: "watcher", port: String(watcher.port)))
         let dead = try (0..<8).map { _ in try ClosedPort() }
         var changes: [DirectoryChange] = []
         for index in 0..<1000 {

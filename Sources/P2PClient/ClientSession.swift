@@ -40,6 +40,8 @@ public actor ClientSession {
     /// while nobody is connected, so the server's answer decides the line.
     private var lastKnownUser: String?
     private var peerServer: PeerFileServer?
+    /// The folders shared whole (SHARE), kept in line with the directory while connected.
+    private let sharing: FolderSharing
     private var timeServiceFailing = false
     /// How many commands failed (a result line other than OK, or a line that is no command):
     /// a scripted run exits 1 when any did.
@@ -59,6 +61,13 @@ public actor ClientSession {
         self.workingDirectory = workingDirectory
         self.output = output
         self.logger = logger
+        sharing = FolderSharing(served: folder, output: output)
+    }
+
+    /// Shares `path` from the next CONNECT on (the client's `--share` option): nothing printed
+    /// on stdout.
+    public func shareAtConnect(_ path: String) async throws(FolderSharing.ShareError) {
+        _ = try await sharing.share(absolute(path))
     }
 
     /// The port peers download from while a user is connected.
@@ -102,8 +111,15 @@ public actor ClientSession {
             report(.disconnect, code)
 
         case .publish(let fileName, let description):
-            let code = await request(.publish(user: actingUser, fileName: fileName, description: description))?.code
-            if code == 0 { folder.publish(fileName) }
+            var code = await request(.publish(user: actingUser, fileName: fileName, description: description))?.code
+            if code == 0 || code == 3, await sharing.publishedByHand(fileName), code == 3 {
+                // SHARE published it with a description of its own making: the typed one wins.
+                if await request(.delete(user: actingUser, fileName: fileName))?.code == 0 {
+                    code = await request(.publish(user: actingUser, fileName: fileName, description: description))?.code
+                }
+            }
+            // 3: already published by this user: served all the same.
+            if code == 0 || code == 3 { folder.publish(fileName) }
             report(.publish, code)
             if code == 0, let opened = folder.open(fileName) {
                 close(opened.descriptor)
@@ -115,7 +131,11 @@ public actor ClientSession {
 
         case .delete(let fileName):
             let code = await request(.delete(user: actingUser, fileName: fileName))?.code
-            if code == 0 { folder.unpublish(fileName) }
+            // 3: not published: not served either.
+            if code == 0 || code == 3 {
+                folder.unpublish(fileName)
+                await sharing.deletedByHand(fileName)
+            }
             report(.delete, code)
 
         case .listUsers:
@@ -143,6 +163,37 @@ public actor ClientSession {
             if case .hits(let hits)? = reply {
                 for hit in hits { output.line("\(hit.owner) \(hit.name) \"\(hit.description)\"") }
             }
+
+        case .share(let path):
+            await share(path)
+
+        case .unshare(let path):
+            do {
+                let outcome = try await sharing.unshare(absolute(path))
+                if outcome.failed > 0 {
+                    failures += 1
+                    say("UNSHARE FAIL")
+                    output.diagnostic(
+                        "UNSHARE: \(outcome.failed) files are still in the directory"
+                            + (outcome.problem.map { ": \($0)" } ?? ""))
+                } else {
+                    say("UNSHARE OK")
+                    if outcome.deleted > 0 { output.diagnostic("UNSHARE: \(outcome.deleted) files deleted from the directory") }
+                }
+            } catch {
+                failures += 1
+                say("UNSHARE FAIL")
+                output.diagnostic("UNSHARE: \(error)")
+            }
+
+        case .shared:
+            say("SHARED OK")
+            let lines = await sharing.summary()
+            for line in lines { output.line(line) }
+            if connectedUser != nil {
+                output.line("\(folder.publishedCount) files served to peers from \(folder.root) and the shared folders")
+            }
+            if lines.isEmpty { output.diagnostic("no folder is shared: SHARE <folder> shares one") }
 
         case .help:
             for line in ConsoleCommand.helpLines { output.line(line) }
@@ -200,21 +251,19 @@ public actor ClientSession {
             report(.connect, nil)
             return
         }
+        folder.unpublishAll()
         let code = await request(.connect(user: user, port: String(server.port)))?.code
         if code == 0 {
             connectedUser = user
             peerServer = server
-            folder.unpublishAll()
         } else {
             await server.stop()
         }
         if code == 0 || code == 2 { lastKnownUser = user }
+        // The result line once the published files are served and the shared folders are in
+        // line, so that a script's next command finds them so.
+        if code == 0 { await startServing(user) }
         report(.connect, code)
-        if code == 0 {
-            output.diagnostic(
-                "sharing \(folder.root) with other peers: they may download any regular file in it "
-                    + "(--share-dir chooses another folder)")
-        }
         if code == 2 {
             output.diagnostic(
                 "\(user) is still connected from an earlier session; the server takes a dead entry offline "
@@ -223,11 +272,72 @@ public actor ClientSession {
         }
     }
 
+    /// After CONNECT: the files this user published earlier are served again (the directory
+    /// lists them), and the shared folders are brought in line.
+    private func startServing(_ user: String) async {
+        var existing: [String] = []
+        if case .content(let files)? = await request(.listContent(user: user, owner: user)) {
+            existing = files.map(\.name)
+            folder.publish(contentsOf: existing)
+        } else {
+            output.diagnostic("CONNECT: cannot read the files \(user) published earlier; they are served once published again")
+        }
+        let outcome = await sharing.connected(user: user, existing: existing) { command throws(DirectoryClientError) in
+            try await self.stampedSend(command)
+        }
+        if outcome.published + outcome.deleted > 0 {
+            output.diagnostic("SHARE: \(outcome.published) files published, \(outcome.deleted) deleted (the shared folders changed)")
+        }
+        if outcome.failed > 0 {
+            output.diagnostic(
+                "SHARE: \(outcome.failed) changes did not reach the directory" + (outcome.problem.map { ": \($0)" } ?? ""))
+        }
+        output.diagnostic(
+            "serving the \(folder.publishedCount) files \(user) published to other peers; nothing else is served "
+                + "(PUBLISH <file> adds one, SHARE <folder> a whole folder)")
+    }
+
     private func stopServing() async {
         await peerServer?.stop()
         peerServer = nil
         connectedUser = nil
         folder.unpublishAll()
+        await sharing.disconnected()
+    }
+
+    private func share(_ path: String) async {
+        let outcome: FolderSharing.Outcome?
+        do {
+            outcome = try await sharing.share(absolute(path))
+        } catch {
+            failures += 1
+            say("SHARE FAIL")
+            output.diagnostic("SHARE: \(error)")
+            return
+        }
+        guard let outcome else {
+            say("SHARE OK")
+            output.diagnostic("SHARE: nobody is connected here; \(path) is shared from the next CONNECT on")
+            return
+        }
+        if outcome.failed > 0 {
+            failures += 1
+            say("SHARE FAIL")
+            output.diagnostic(
+                "SHARE: \(outcome.published) files published, \(outcome.failed) not"
+                    + (outcome.problem.map { ": \($0)" } ?? "") + "; the rest is tried again at the next CONNECT")
+        } else {
+            say("SHARE OK")
+            output.diagnostic("SHARE: \(outcome.published) files published (SHARED shows what is shared and what was skipped)")
+        }
+    }
+
+    /// A folder typed at the prompt, as an absolute path (`~` is the home folder).
+    private func absolute(_ path: String) -> String {
+        if path == "~" || path.hasPrefix("~/"), let home = ProcessInfo.processInfo.environment["HOME"] {
+            return home + path.dropFirst()
+        }
+        return path.hasPrefix("/") ? path : "\(workingDirectory)/\(path)"
     }
 
     private func getFile(from owner: String, remoteName: String, localName: String) async -> String {
@@ -321,6 +431,12 @@ public actor ClientSession {
         case .connectionLost(let reason): return "it ended the connection without a reply: \(reason)"
         case .invalidRequest, .unreachable, .timedOut: return nil
         }
+    }
+
+    /// Sends a request stamped with the time service's date-time; errors are the caller's to
+    /// report.
+    private func stampedSend(_ command: Request.Command) async throws(DirectoryClientError) -> Reply {
+        try await directory.send(Request(dateTime: await dateTime(), command: command))
     }
 
     /// The time service's date-time, or the local clock when it does not answer (said once

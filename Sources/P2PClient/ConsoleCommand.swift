@@ -12,6 +12,13 @@ public enum ConsoleCommand: Equatable, Sendable {
     case getFile(user: String, remoteName: String, localName: String)
     /// Extension: search every user's files (our servers only).
     case search(query: String)
+    /// Publishes every file of a folder and keeps the directory in line with it (this client
+    /// only: it sends PUBLISH and DELETE).
+    case share(folder: String)
+    /// Stops sharing a folder: its files are deleted from the directory.
+    case unshare(folder: String)
+    /// What is shared: each folder, its files, what was skipped and why.
+    case shared
     case quit
     /// `help`, `HELP`, `?`: the commands with their arguments (this client only; nothing is sent).
     case help
@@ -55,6 +62,9 @@ public enum ConsoleCommand: Equatable, Sendable {
         ("LIST_CONTENT", "LIST_CONTENT <userName>"),
         ("GET_FILE", "GET_FILE <userName> <remoteFileName> <localFileName>"),
         ("SEARCH", "SEARCH <words...>"),
+        ("SHARE", "SHARE <folder>"),
+        ("UNSHARE", "UNSHARE <folder>"),
+        ("SHARED", "SHARED"),
         ("QUIT", "QUIT"),
         ("HELP", "HELP"),
     ]
@@ -62,7 +72,7 @@ public enum ConsoleCommand: Equatable, Sendable {
     static let summaries: [String: String] = [
         "REGISTER": "create a user in the directory",
         "UNREGISTER": "remove a user and everything it published",
-        "CONNECT": "go online as this user and serve the shared folder to peers",
+        "CONNECT": "go online as this user and serve the files it published to peers",
         "DISCONNECT": "go offline",
         "PUBLISH": "list a file of the shared folder, with a description",
         "DELETE": "withdraw a published file",
@@ -70,6 +80,9 @@ public enum ConsoleCommand: Equatable, Sendable {
         "LIST_CONTENT": "the files a user published",
         "GET_FILE": "download a file from a user's peer",
         "SEARCH": "find files of every user by words of their names or descriptions",
+        "SHARE": "publish every file of a folder, and keep publishing what changes there",
+        "UNSHARE": "stop sharing a folder (its files are deleted from the directory)",
+        "SHARED": "the shared folders, how many files each, what was skipped and why",
         "QUIT": "disconnect and leave (also end of input)",
         "HELP": "this list (also ?)",
     ]
@@ -103,9 +116,20 @@ public enum ConsoleCommand: Equatable, Sendable {
             var description = String(afterName)
             while let last = description.last, last == " " || last == "\t" { description.removeLast() }
             return .publish(fileName: arguments[0], description: description)
-        case "LIST_USERS", "QUIT":
+        case "LIST_USERS", "QUIT", "SHARED":
             guard arguments.isEmpty else { throw usage() }
-            return name == "QUIT" ? .quit : .listUsers
+            switch name {
+            case "QUIT": return .quit
+            case "SHARED": return .shared
+            default: return .listUsers
+            }
+        case "SHARE", "UNSHARE":
+            guard !arguments.isEmpty else { throw usage() }
+            // A folder's name may hold spaces: the rest of the line.
+            var folder = String(line.drop(while: { $0 == " " || $0 == "\t" }).dropFirst(typed.count))
+            folder = String(folder.drop(while: { $0 == " " || $0 == "\t" }))
+            while let last = folder.last, last == " " || last == "\t" { folder.removeLast() }
+            return name == "SHARE" ? .share(folder: folder) : .unshare(folder: folder)
         case "SEARCH":
             guard !arguments.isEmpty else { throw usage() }
             return .search(query: arguments.joined(separator: " "))

@@ -5,10 +5,13 @@ import Synchronization
     import Glibc
 #endif
 
-/// What a peer may download (PROTOCOL.md section 4): regular files inside the share folder,
-/// and the files this user published under that exact name in this session. Everything else
-/// (a name with `..`, an absolute path elsewhere, a symlink leading out of the folder, a
-/// directory, a device, a FIFO) is "no such file".
+/// What a peer may download (PROTOCOL.md section 4): the files the connected user published,
+/// and nothing else. A name is served only while it is in the published set (filled by
+/// PUBLISH, by SHARE, and at CONNECT from the directory's own list of this user's files). A
+/// relative name is looked up inside the share folder (no `..`, no symlink leading out); an
+/// absolute name only as the exact path it was published as. Either way only a regular file
+/// is served: anything else (a directory, a device, a FIFO) is "no such file", as is every
+/// name that was not published.
 public final class SharedFolder: Sendable {
     /// The share folder, symlinks resolved.
     public let root: String
@@ -24,22 +27,44 @@ public final class SharedFolder: Sendable {
     /// Records that this user published `name` (served by that exact name from now on).
     public func publish(_ name: String) { _ = published.withLock { $0.insert(name) } }
 
+    /// Records several published names at once.
+    public func publish<Names: Sequence<String>>(contentsOf names: Names) {
+        published.withLock { $0.formUnion(names) }
+    }
+
     public func unpublish(_ name: String) { _ = published.withLock { $0.remove(name) } }
 
     public func unpublishAll() { published.withLock { $0.removeAll() } }
 
+    /// Whether `name` is served (published by this user).
+    public func isPublished(_ name: String) -> Bool { published.withLock { $0.contains(name) } }
+
+    /// How many names are served.
+    public var publishedCount: Int { published.withLock { $0.count } }
+
     /// The path to serve for `name`, or nil when it must be refused.
     public func resolve(_ name: String) -> String? {
-        guard !name.isEmpty, !name.utf8.contains(0) else { return nil }
-        if published.withLock({ $0.contains(name) }) {
-            return name.hasPrefix("/") ? name : "\(root)/\(name)"
-        }
-        guard !name.hasPrefix("/") else { return nil }
+        guard !name.isEmpty, !name.utf8.contains(0), isPublished(name) else { return nil }
+        return location(of: name)
+    }
+
+    /// Where the file a name stands for is, whether published or not: the absolute path for an
+    /// absolute name, else the path inside the share folder with symlinks resolved; nil when
+    /// the name leads out of the folder (`..`, a symlink) or nothing is there.
+    public func location(of name: String) -> String? {
+        if name.hasPrefix("/") { return name }
         guard !name.split(separator: "/").contains("..") else { return nil }
         // Resolve symlinks and make sure the file is still inside the folder.
         guard let resolved = Self.realPath("\(root)/\(name)"), resolved.hasPrefix(root == "/" ? "/" : root + "/")
         else { return nil }
         return resolved
+    }
+
+    /// Whether a regular file stands at `name` (published or not).
+    public func hasRegularFile(_ name: String) -> Bool {
+        guard let path = location(of: name) else { return false }
+        var info = stat()
+        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
     }
 
     /// Opens `name` for reading if it may be served and is a regular file: the descriptor and

@@ -37,8 +37,19 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "How to ask the time service: soap (get_time) or plain (GET /time).")
     var timeMethod: TimeServiceClient.Method = .soap
 
-    @Option(help: "Folder whose files peers may download (default: the current folder).")
+    @Option(
+        help: """
+            The share folder: where the files you PUBLISH by relative name are (default: the current \
+            folder). Peers get only the files you published.
+            """)
     var shareDir: String?
+
+    @Option(
+        name: .customLong("share"),
+        help: """
+            A folder to share whole once a user is connected, as the SHARE command does (repeatable).
+            """)
+    var shareFolders: [String] = []
 
     @Option(help: "Where the prompt keeps its history on a terminal; empty for none (default: ~/.p2p_client_history).")
     var historyFile: String?
@@ -96,6 +107,13 @@ struct ClientCommand: AsyncParsableCommand {
             folder: folder,
             output: output,
             logger: Logger(label: "p2p-client"))
+        for path in shareFolders {
+            do {
+                try await session.shareAtConnect(path)
+            } catch {
+                throw ValidationError("--share \(path): \(error)")
+            }
+        }
         // Line editing only when a person types at a terminal and sees the prompt; piped input
         // keeps the plain behaviour exactly.
         let editor = interactive && isatty(STDOUT_FILENO) == 1 ? LineEditor(historyFile: historyPath) : nil

@@ -199,8 +199,8 @@ import Testing
             let authors = Data("Written by the P2P team.\nSecond line, with UTF-8: ñ ü 日本.\n".utf8)
             try authors.write(to: URL(fileURLWithPath: "\(firstFolder)/authors.txt"))
             let first = try environment.client("first")
-            first.send(["REGISTER user1", "CONNECT user1"])
-            try await first.waitFor("c> CONNECT OK")
+            first.send(["REGISTER user1", "CONNECT user1", "PUBLISH authors.txt who wrote it"])
+            try await first.waitFor("c> PUBLISH OK")
 
             let lines = try await environment.run(
                 [

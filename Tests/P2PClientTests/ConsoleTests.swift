@@ -19,6 +19,11 @@ import Testing
         #expect(try ConsoleCommand.parse("QUIT") == .quit)
         #expect(try ConsoleCommand.parse("SEARCH lecture  notes") == .search(query: "lecture notes"))
         #expect(throws: ConsoleCommand.ParseError.usage("SEARCH <words...>")) { try ConsoleCommand.parse("SEARCH") }
+        #expect(try ConsoleCommand.parse("SHARE  My Photos ") == .share(folder: "My Photos"))
+        #expect(try ConsoleCommand.parse("unshare photos") == .unshare(folder: "photos"))
+        #expect(try ConsoleCommand.parse("SHARED") == .shared)
+        #expect(throws: ConsoleCommand.ParseError.usage("SHARE <folder>")) { try ConsoleCommand.parse("SHARE") }
+        #expect(throws: ConsoleCommand.ParseError.usage("SHARED")) { try ConsoleCommand.parse("SHARED x") }
     }
 
     @Test func publishKeepsTheWholeDescription() throws {

@@ -41,8 +41,9 @@ import Testing
         let server = try await ServerProcess(dataDirectory: folder.file("storage"))
         let first = try ClientProcess(serverPort: server.port, timeURL: time.url, directory: folder.file("first"))
         do {
-            first.send(["REGISTER user1", "CONNECT user1"])
-            try await first.waitFor("c> CONNECT OK")
+            // The peer serves only what its user shared: the whole folder here.
+            first.send(["REGISTER user1", "CONNECT user1", "SHARE ."])
+            try await first.waitFor("c> SHARE OK")
             try await body(first, server.port, time.url, folder)
         } catch {
             await first.process.stop()

@@ -28,6 +28,8 @@ let quietLogger: Logger = {
         try Data("nested".utf8).write(to: URL(fileURLWithPath: "\(share)/sub/nested.txt"))
         try Data("secret".utf8).write(to: URL(fileURLWithPath: "\(outside)/secret.txt"))
         try Data().write(to: URL(fileURLWithPath: "\(share)/empty.txt"))
+        try Data("mine".utf8).write(to: URL(fileURLWithPath: "\(share)/secret.txt"))
+        try Data("dot".utf8).write(to: URL(fileURLWithPath: "\(share)/.hidden"))
         try FileManager.default.createSymbolicLink(
             atPath: "\(share)/escape.txt", withDestinationPath: "\(outside)/secret.txt")
         try FileManager.default.createSymbolicLink(
@@ -49,20 +51,35 @@ let quietLogger: Logger = {
             RawConnection.fields("GET_FILE", name), with: try SocketAddress(ipAddress: "127.0.0.1", port: server.port))
     }
 
-    @Test func servesFilesInsideTheShareFolder() async throws {
-        try await withPeer { (_: SharedFolder, server: PeerFileServer, _: TemporaryDirectory) async throws in
-            #expect(try await get("hello.txt", from: server) == Array("0\0hello".utf8))
-            #expect(try await get("sub/nested.txt", from: server) == Array("0\0nested".utf8))
-            #expect(try await get("inside-link.txt", from: server) == Array("0\0hello".utf8))
-            #expect(try await get("empty.txt", from: server) == Array("0\0".utf8))
+    @Test func servesPublishedFilesInsideTheShareFolder() async throws {
+        try await withPeer { (shared: SharedFolder, server: PeerFileServer, _: TemporaryDirectory) async throws in
+            let files = ["hello.txt": "hello", "sub/nested.txt": "nested", "inside-link.txt": "hello", "empty.txt": ""]
+            // Nothing is served before it is published.
+            for name in files.keys {
+                #expect(try await get(name, from: server) == Array("1\0".utf8), "\(name) served unpublished")
+            }
+            shared.publish(contentsOf: files.keys)
+            for (name, content) in files {
+                #expect(try await get(name, from: server) == Array("0\0\(content)".utf8))
+            }
+            #expect(try await get("sub/../hello.txt", from: server) == Array("1\0".utf8))
         }
     }
 
     @Test(arguments: [
         "missing.txt", "../outside/secret.txt", "sub/../../outside/secret.txt", "escape.txt", "sub", "pipe",
-        "/etc/passwd", "/dev/zero", "",
+        "/dev/zero", "",
     ])
-    func refusesWhatIsNotAServedFile(_ name: String) async throws {
+    func refusesWhatIsNotAServedFileEvenWhenPublished(_ name: String) async throws {
+        try await withPeer { (shared: SharedFolder, server: PeerFileServer, _: TemporaryDirectory) async throws in
+            #expect(try await get(name, from: server) == Array("1\0".utf8), "\(name) must be refused")
+            shared.publish(name)
+            #expect(try await get(name, from: server) == Array("1\0".utf8), "\(name) must be refused once published")
+        }
+    }
+
+    @Test(arguments: ["/etc/passwd", "secret.txt", ".hidden"])
+    func refusesUnpublishedNames(_ name: String) async throws {
         try await withPeer { (_: SharedFolder, server: PeerFileServer, _: TemporaryDirectory) async throws in
             #expect(try await get(name, from: server) == Array("1\0".utf8), "\(name) must be refused")
         }
@@ -109,7 +126,8 @@ let quietLogger: Logger = {
     }
 
     @Test func downloaderWritesTheFileAndReportsMissingOnes() async throws {
-        try await withPeer { _, server, folder in
+        try await withPeer { shared, server, folder in
+            shared.publish("hello.txt")
             let target = folder.file("downloads/copy.txt")
             let size = try await FileDownloader().download(
                 "hello.txt", fromHost: "127.0.0.1", port: server.port, to: target)

@@ -12,6 +12,7 @@ measured in the same run:
   - operation log: the directory server with the log on against the same server with --no-oplog;
   - time service: SOAP against plain GET /time;
   - GET_FILE: against a plain copy of the same bytes through a loopback socket with socat;
+  - SHARE of 10,000 files: against the server's own PUBLISH limit (the load generator);
   - PostgreSQL store: one server on a private PostgreSQL against pgbench running the same SQL
     statements with as many clients (the database's own floor); three servers behind HAProxy
     against one server direct, with the CPU each part used.
@@ -42,6 +43,7 @@ LOADGEN_THREADS = int(os.environ.get("BENCH_LOADGEN_THREADS", "2"))
 LARGE_USERS = int(os.environ.get("BENCH_LARGE_USERS", "1000000"))
 LARGE_FILES_PER_USER = 10
 LARGE_CONNECTED_EVERY = 10  # every 10th user is connected: 100,000 of 1,000,000
+SHARE_FILES = int(os.environ.get("BENCH_SHARE_FILES", "10000"))
 
 rows = []  # (section, what, value, baseline, ratio)
 
@@ -815,6 +817,10 @@ def get_file_benchmark(work):
 
     try:
         serving = connected_client(first_dir, "u1")
+        # A peer serves only what its user published.
+        serving.stdin.write("PUBLISH big.bin bench file\n")
+        serving.stdin.flush()
+        read_until(serving, "c> PUBLISH OK")
         receiving = connected_client(second_dir, "u2")
         start = time.time()
         receiving.stdin.write("GET_FILE u1 big.bin copy.bin\n")
@@ -837,6 +843,58 @@ def get_file_benchmark(work):
     rows.append(("GET_FILE", f"socat copy of {FILE_MIB} MiB over loopback (MiB/s)", plain, None))
     rows.append(("GET_FILE", f"GET_FILE of {FILE_MIB} MiB (MiB/s)", ours, plain))
     log(f"GET_FILE: {ours['rps']:.0f} MiB/s vs socat {plain['rps']:.0f} MiB/s; {ours['note']}")
+
+
+def share_benchmark(work):
+    """SHARE of a folder of SHARE_FILES files (100 subfolders) against a local p2p-server: the
+    time until `c> SHARE OK` and the client's peak RSS, against the same server's own limit for
+    PUBLISH (the C load generator, 16 clients, as many requests in flight as SHARE keeps)."""
+    count = SHARE_FILES
+    folder = os.path.join(work, "share-home", "library")
+    for index in range(count):
+        sub = os.path.join(folder, f"part{index // 100:03d}")
+        if index % 100 == 0:
+            os.makedirs(sub)
+        with open(os.path.join(sub, f"file{index:05d}.txt"), "w") as f:
+            f.write(f"file {index}\n")
+    server_port, time_port = free_port(), free_port()
+    server = start_server(os.path.join(work, "share-directory"), server_port)
+    service = subprocess.Popen([os.path.join(BIN, "p2p-time"), "--port", str(time_port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(time_port)
+    client = None
+    try:
+        base = loadgen(server_port, "publish", 16, "share-base")
+        client = subprocess.Popen([os.path.join(BIN, "p2p-client"), "-s", "127.0.0.1", "-p", str(server_port),
+                                   "--time-service", f"http://127.0.0.1:{time_port}"],
+                                  cwd=os.path.dirname(folder), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        client.stdin.write("REGISTER sharer\nCONNECT sharer\n")
+        client.stdin.flush()
+        read_until(client, "c> CONNECT OK")
+        start = time.time()
+        client.stdin.write("SHARE library\n")
+        client.stdin.flush()
+        read_until(client, "c> SHARE OK", timeout=600)
+        seconds = time.time() - start
+        rss = peak_rss_mib(client.pid)
+        client.stdin.write("SHARED\n")
+        client.stdin.flush()
+        read_until(client, "c> SHARED OK")
+        summary = client.stdout.readline().strip()
+        if f": {count} files published" not in summary:
+            raise RuntimeError(f"SHARED says {summary!r}")
+    finally:
+        if client:
+            client.stdin.close()
+            client.wait(timeout=60)
+        stop(server)
+        stop(service)
+    result = {"rps": count / seconds, "note": f"{seconds:.1f} s for {count} files; client peak RSS {rss:.1f} MiB"}
+    rows.append(("SHARE", "PUBLISH, 16 clients (load generator): the server's limit (req/s)", base, None))
+    rows.append(("SHARE", f"SHARE of a folder of {count} files (files/s)", result, base))
+    log(f"SHARE: {count} files in {seconds:.1f} s ({result['rps']:.0f}/s vs PUBLISH limit {base['rps']:.0f}/s), "
+        f"peak RSS {rss:.1f} MiB")
 
 
 def wait_for_listen(port, timeout=10):
@@ -865,7 +923,7 @@ def print_table():
 
 
 def main():
-    only = sys.argv[1:] or ["directory", "large", "web", "oplog", "time", "getfile", "postgres"]
+    only = sys.argv[1:] or ["directory", "large", "web", "oplog", "time", "getfile", "share", "postgres"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -881,6 +939,8 @@ def main():
             time_benchmark(work)
         if "getfile" in only:
             get_file_benchmark(work)
+        if "share" in only:
+            share_benchmark(work)
         if "postgres" in only:
             postgres_benchmark(work)
     finally:

@@ -293,8 +293,8 @@ public actor ClientSession {
                 "SHARE: \(outcome.failed) changes did not reach the directory" + (outcome.problem.map { ": \($0)" } ?? ""))
         }
         output.diagnostic(
-            "serving the \(folder.publishedCount) files \(user) published to other peers; nothing else is served "
-                + "(PUBLISH <file> adds one, SHARE <folder> a whole folder)")
+            "serving to other peers the \(folder.publishedCount) files \(user) published (relative names from "
+                + "\(folder.root)); nothing else is served: PUBLISH <file> adds one, SHARE <folder> a whole folder")
     }
 
     private func stopServing() async {

@@ -80,9 +80,9 @@ public enum ConsoleCommand: Equatable, Sendable {
         "LIST_CONTENT": "the files a user published",
         "GET_FILE": "download a file from a user's peer",
         "SEARCH": "find files of every user by words of their names or descriptions",
-        "SHARE": "publish every file of a folder, and keep publishing what changes there",
-        "UNSHARE": "stop sharing a folder (its files are deleted from the directory)",
-        "SHARED": "the shared folders, how many files each, what was skipped and why",
+        "SHARE": "publish a folder's files and follow its changes",
+        "UNSHARE": "stop sharing a folder; its files leave the directory",
+        "SHARED": "the shared folders: files published, skipped and why",
         "QUIT": "disconnect and leave (also end of input)",
         "HELP": "this list (also ?)",
     ]

@@ -33,8 +33,10 @@ struct FolderScan: Sendable {
     var files: [String: String] = [:]
     /// Paths relative to the shared folder that are not published, with the reason.
     var skipped: [String: SkipReason] = [:]
-    /// Folders walked (absolute paths), to follow with inotify; hidden ones are not walked.
-    var folders: [String] = []
+    /// Folders walked (absolute paths; hidden ones are not) that could not be followed, and why.
+    var unfollowed: [String: String] = [:]
+    /// Folders walked that are followed now.
+    var followed: [String] = []
 }
 
 /// Walks a shared folder: regular, non-hidden files whose names the protocol can carry, each
@@ -42,14 +44,24 @@ struct FolderScan: Sendable {
 /// are never followed. Blocking: call it off the event loops and the cooperative pool.
 enum FolderScanner {
     /// Scans `folder` (absolute, inside the share `root` whose files are named `prefix` +
-    /// their path relative to `root`), and its subfolders when `deep`.
-    static func scan(_ folder: String, share root: String, prefix: String, deep: Bool) -> FolderScan {
+    /// their path relative to `root`), and its subfolders when `deep`. `follow` starts following
+    /// each folder before its entries are read (so that nothing created meanwhile goes unseen),
+    /// and says why when it cannot.
+    static func scan(
+        _ folder: String, share root: String, prefix: String, deep: Bool, follow: ((String) -> String?)? = nil
+    ) -> FolderScan {
         var scan = FolderScan()
         var pending = [folder]
         while let current = pending.popLast() {
+            if let follow {
+                if let problem = follow(current) {
+                    scan.unfollowed[current] = problem
+                } else {
+                    scan.followed.append(current)
+                }
+            }
             guard let directory = opendir(current) else { continue }
             defer { closedir(directory) }
-            scan.folders.append(current)
             let relativeFolder = current == root ? "" : String(current.dropFirst(root.count + 1)) + "/"
             while let entry = readdir(directory) {
                 let entryName = withUnsafeBytes(of: entry.pointee.d_name) { raw in

@@ -144,6 +144,8 @@ public actor FolderSharing {
     public func connected(user: String, existing: [String], send: @escaping Send) async -> Outcome {
         self.user = user
         self.send = send
+        // Followed before they are looked at, so that nothing changing meanwhile goes unseen.
+        if !shares.isEmpty { startFollowing() }
         var total = Outcome()
         for index in shares.indices {
             let share = shares[index]
@@ -155,7 +157,6 @@ public actor FolderSharing {
             total.failed += outcome.failed
             total.problem = outcome.problem ?? total.problem
         }
-        if !shares.isEmpty { startFollowing() }
         return total
     }
 
@@ -267,9 +268,11 @@ public actor FolderSharing {
         // A hidden folder is not shared, whatever happens in it.
         guard !relative.split(separator: "/").contains(where: { $0.hasPrefix(".") }) else { return outcome }
         let scan: FolderScan
+        let watcher = self.watcher
         do {
             scan = try await NIOThreadPool.singleton.runIfActive {
-                FolderScanner.scan(folder, share: share.path, prefix: share.prefix, deep: deep)
+                FolderScanner.scan(
+                    folder, share: share.path, prefix: share.prefix, deep: deep, follow: watcher.map { $0.watch })
             }
         } catch {
             outcome.problem = "\(error)"
@@ -287,11 +290,8 @@ public actor FolderSharing {
             !Share.name(path, isIn: relative, deep: deep)
         }
         shares[index].skipped.merge(scan.skipped) { $1 }
-        if let watcher {
-            for followed in scan.folders {
-                shares[index].unfollowed[followed] = watcher.watch(followed)
-            }
-        }
+        for followed in scan.followed { shares[index].unfollowed[followed] = nil }
+        shares[index].unfollowed.merge(scan.unfollowed) { $1 }
         await apply(publish: toPublish, delete: toDelete, to: share.path, outcome: &outcome, progress: progress)
         return outcome
     }

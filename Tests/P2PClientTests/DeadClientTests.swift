@@ -39,7 +39,7 @@ import Testing
         // The living client went through the same rounds, took every check quietly, and stays.
         #expect(!server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE watcher") })
         #expect(
-            other.process.stderrLines.allSatisfy { $0.hasPrefix("p2p-client: sharing ") }, "\(other.process.stderrLines)")
+            other.process.stderrLines.allSatisfy { $0.hasPrefix("p2p-client: serving to other peers ") }, "\(other.process.stderrLines)")
         #expect(try await second.run("CONNECT carol") == "c> CONNECT OK")
         _ = try await second.finish()
         _ = try await other.finish()

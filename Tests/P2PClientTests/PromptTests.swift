@@ -249,7 +249,9 @@ import Testing
         let lines = try await client.finish()
         #expect(Array(lines.prefix(4)) == ["c> REGISTER OK", "c> CONNECT OK", "c> PUBLISH OK", "c> PUBLISH OK"])
         let stderr = client.process.stderrLines
-        #expect(stderr.filter { $0.contains("sharing \(realPath(folder.path))") }.count == 1, "stderr: \(stderr)")
+        #expect(
+            stderr.filter { $0.contains("serving to other peers the 0 files alice published (relative names from \(realPath(folder.path)))") }
+                .count == 1, "stderr: \(stderr)")
         #expect(stderr.contains { $0.contains("ghost.txt is not a file in the shared folder") }, "stderr: \(stderr)")
         #expect(!stderr.contains { $0.contains("notes.txt is not") })
     }

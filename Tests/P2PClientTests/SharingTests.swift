@@ -223,6 +223,11 @@ import Testing
             #expect(try await later.run("CONNECT alice") == "c> CONNECT OK")
             #expect(Set(try await env.published().keys) == ["music/three.mp3"])
             #expect(try await env.fetch("music/three.mp3") == Self.found("3"))
+            // Followed from CONNECT on as well.
+            try env.write("music/four.mp3", "4")
+            try await waitUntil("a file added after CONNECT published", timeout: 2) {
+                try await env.published()["music/four.mp3"] != nil
+            }
             _ = try await later.finish()
         }
     }

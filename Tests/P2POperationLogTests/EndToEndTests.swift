@@ -105,7 +105,9 @@ extension LogServerSuites {
                         "alice 127.0.0.1 " + bobLines.first { $0.hasPrefix("alice ") }!.split(separator: " ")[2]))
                 #expect(bobLines.contains(#"notes.txt "my notes""#))
                 let expected = [
-                    "alice REGISTER", "alice CONNECT", "alice PUBLISH notes.txt", "bob REGISTER", "bob CONNECT",
+                    "alice REGISTER", "alice CONNECT",
+                    "alice LIST_CONTENT",  // CONNECT serves again what alice published before
+                    "alice PUBLISH notes.txt", "bob REGISTER", "bob CONNECT", "bob LIST_CONTENT",
                     "bob LIST_USERS", "bob LIST_CONTENT",
                     "bob LIST_USERS",  // GET_FILE looks the owner up
                     "alice DELETE notes.txt", "alice DISCONNECT", "alice UNREGISTER", "bob DISCONNECT",
@@ -165,7 +167,8 @@ extension LogServerSuites {
                 let restarted = try await OperationLogServer(logFile: system.logFile)
                 system.oplog.withLock { $0 = restarted }
                 let expected = [
-                    "alice REGISTER", "alice CONNECT", "alice PUBLISH a.txt", "alice LIST_USERS", "alice DELETE a.txt",
+                    "alice REGISTER", "alice CONNECT", "alice LIST_CONTENT", "alice PUBLISH a.txt", "alice LIST_USERS",
+                    "alice DELETE a.txt",
                 ]
                 try await waitUntil("the log to catch up", timeout: 20) { system.logEntries.count >= expected.count }
                 #expect(system.logEntries == expected)
@@ -202,10 +205,11 @@ extension LogServerSuites {
                         ], "client \(n): \(outputs[n]!)")
                     #expect(outputs[n]!.contains(#"file\#(n) "description \#(n)""#))
                 }
-                try await waitUntil("\(count * 7) log lines", timeout: 30) { system.logEntries.count >= count * 7 }
-                #expect(system.logEntries.count == count * 7)
+                // Seven commands, and the LIST_CONTENT of its own files that CONNECT sends.
+                try await waitUntil("\(count * 8) log lines", timeout: 30) { system.logEntries.count >= count * 8 }
+                #expect(system.logEntries.count == count * 8)
                 for n in 0..<count {
-                    #expect(system.logEntries.filter { $0.hasPrefix("user\(n) ") }.count == 7)
+                    #expect(system.logEntries.filter { $0.hasPrefix("user\(n) ") }.count == 8)
                 }
                 await system.stopServer()
                 let store = try SQLiteDirectoryStore(dataDirectory: system.folder.file("storage"))

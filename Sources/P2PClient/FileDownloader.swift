@@ -140,43 +140,43 @@ public struct FileDownloader: Sendable {
     ) async throws -> Int64 {
         try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(bytes)
-            var codeDecoder = ResultCodeDecoder()
-            var code: ResultCode?
+            // Every framing owners use is told apart by its bytes (FileReplyDecoder).
+            var decoder = FileReplyDecoder()
             var pending = ByteBuffer()
-            var received: Int64 = 0
             var lastReport = ContinuousClock.now
             do {
-                for try await var chunk in inbound {
-                    if code == nil {
-                        code = try codeDecoder.decode(&chunk)
-                        guard let code else { continue }
-                        if code == FileReplyCode.noSuchFile { throw DownloadError.noSuchFile }
-                        if code != .ok { throw DownloadError.refused(code) }
+                reading: for try await var chunk in inbound {
+                    switch try decoder.decode(&chunk, into: &pending) {
+                    case .refused(let code):
+                        throw code == FileReplyCode.noSuchFile ? DownloadError.noSuchFile : DownloadError.refused(code)
+                    case .complete:
+                        break reading
+                    case .needMore:
+                        break
                     }
-                    // A NUL right after a digit code belongs to the code, even in a later read.
-                    if !codeDecoder.isSettled, !codeDecoder.skipTerminator(&chunk) { continue }
-                    received += Int64(chunk.readableBytes)
-                    pending.writeBuffer(&chunk)
                     if pending.readableBytes >= Self.writeChunk {
                         try await file.write(pending)
                         pending.clear()
                     }
                     if let progress, ContinuousClock.now - lastReport > .milliseconds(250) {
                         lastReport = ContinuousClock.now
-                        progress(received)
+                        progress(decoder.received)
                     }
                 }
+                try decoder.finish(into: &pending)
             } catch let error as DownloadError {
                 throw error
-            } catch let error as ProtocolError {
+            } catch FileReplyError.cut(let expected, let received) {
+                throw DownloadError.interrupted(
+                    received: received, reason: "the peer announced \(expected) bytes and closed")
+            } catch let error as FileReplyError {
                 throw DownloadError.invalidReply("\(error)")
             } catch {
-                throw DownloadError.interrupted(received: received, reason: shortDescription(of: error))
+                throw DownloadError.interrupted(received: decoder.received, reason: shortDescription(of: error))
             }
-            guard code != nil else { throw DownloadError.invalidReply("the peer closed without a result code") }
             try await file.write(pending)
-            progress?(received)
-            return received
+            progress?(decoder.received)
+            return decoder.received
         }
     }
 }

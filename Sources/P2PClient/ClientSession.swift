@@ -282,7 +282,7 @@ public actor ClientSession {
         } else {
             output.diagnostic("CONNECT: cannot read the files \(user) published earlier; they are served once published again")
         }
-        let outcome = await sharing.connected(user: user, existing: existing) { command throws(DirectoryClientError) in
+        let outcome = await sharing.connected(user: user, existing: existing) { command in
             try await self.stampedSend(command)
         }
         if outcome.published + outcome.deleted > 0 {

@@ -13,7 +13,7 @@ import P2PProtocol
 /// in the background is printed on stdout: problems go to stderr.
 public actor FolderSharing {
     /// Sends one request stamped with the time service's date-time.
-    public typealias Send = @Sendable (Request.Command) async throws(DirectoryClientError) -> Reply
+    public typealias Send = @Sendable (Request.Command) async throws -> Reply
 
     /// One shared folder.
     struct Share {
@@ -307,39 +307,22 @@ public actor FolderSharing {
         var done = 0
         var lastShown = ContinuousClock.now
         let total = work.count
-        await withTaskGroup(of: (Change, Result<Reply, DirectoryClientError>).self) { group in
+        await withTaskGroup(of: (index: Int, code: ResultCode?, problem: String?).self) { group in
             var next = 0
-            func addNext() {
-                guard next < work.count else { return }
-                let item = work[next]
+            while next < min(Self.concurrency, total) {
+                let index = next
+                group.addTask { await Self.perform(work[index], as: user, with: send, index: index) }
                 next += 1
-                group.addTask {
-                    let command: Request.Command
-                    switch item {
-                    case .publish(let name, let description):
-                        command = .publish(user: user, fileName: name, description: description)
-                    case .delete(let name):
-                        command = .delete(user: user, fileName: name)
-                    }
-                    do throws(DirectoryClientError) {
-                        return (item, .success(try await send(command)))
-                    } catch {
-                        return (item, .failure(error))
-                    }
-                }
             }
-            for _ in 0..<Self.concurrency { addNext() }
-            while let (item, result) = await group.next() {
-                addNext()
-                done += 1
-                let code: ResultCode?
-                switch result {
-                case .success(let reply): code = reply.code
-                case .failure(let error):
-                    code = nil
-                    outcome.problem = "\(error)"
+            while let (index, code, problem) = await group.next() {
+                if next < total {
+                    let queued = next
+                    group.addTask { await Self.perform(work[queued], as: user, with: send, index: queued) }
+                    next += 1
                 }
-                record(item, code: code, sharePath: sharePath, outcome: &outcome)
+                done += 1
+                if let problem { outcome.problem = problem }
+                record(work[index], code: code, sharePath: sharePath, outcome: &outcome)
                 if let progress, let show = output.progress, ContinuousClock.now - lastShown > .milliseconds(200) {
                     lastShown = .now
                     show("\(progress): \(done) of \(total) changes sent")
@@ -352,6 +335,24 @@ public actor FolderSharing {
     private enum Change: Sendable {
         case publish(String, String)
         case delete(String)
+    }
+
+    /// Sends one change: the code answered, or why there is none.
+    private static func perform(_ change: Change, as user: String, with send: Send, index: Int) async -> (
+        index: Int, code: ResultCode?, problem: String?
+    ) {
+        let command: Request.Command
+        switch change {
+        case .publish(let name, let description):
+            command = .publish(user: user, fileName: name, description: description)
+        case .delete(let name):
+            command = .delete(user: user, fileName: name)
+        }
+        do {
+            return (index, try await send(command).code, nil)
+        } catch {
+            return (index, nil, "\(error)")
+        }
     }
 
     /// What the directory holds after it answered `code` to `item` (nil: no answer).

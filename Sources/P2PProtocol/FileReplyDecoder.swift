@@ -1,5 +1,9 @@
 import NIOCore
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// What was wrong with a serving peer's answer to GET_FILE.
 public enum FileReplyError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The connection ended before a result code.
@@ -208,7 +212,8 @@ public struct FileReplyDecoder: Sendable {
             var slice = bytes.readSlice(length: bytes.readableBytes - 1)!
             held = bytes.readInteger(as: UInt8.self)
             if !sawNUL {
-                sawNUL = slice.withUnsafeReadableBytes { $0.contains(0) }
+                // memchr: a text file's every byte is looked at, at memory speed.
+                sawNUL = slice.withUnsafeReadableBytes { $0.count > 0 && memchr($0.baseAddress!, 0, $0.count) != nil }
             }
             received += Int64(slice.readableBytes)
             content.writeBuffer(&slice)

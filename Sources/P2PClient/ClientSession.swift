@@ -30,6 +30,7 @@ public actor ClientSession {
     private let directory: DirectoryClient
     private let timeService: TimeServiceClient?
     private let folder: SharedFolder
+    private let uploadLimits: UploadLimits
     private let workingDirectory: String
     private let output: ClientOutput
     private let logger: Logger
@@ -51,6 +52,7 @@ public actor ClientSession {
         directory: DirectoryClient,
         timeService: TimeServiceClient?,
         folder: SharedFolder,
+        uploadLimits: UploadLimits = UploadLimits(),
         workingDirectory: String = FileManager.default.currentDirectoryPath,
         output: ClientOutput,
         logger: Logger
@@ -58,6 +60,7 @@ public actor ClientSession {
         self.directory = directory
         self.timeService = timeService
         self.folder = folder
+        self.uploadLimits = uploadLimits
         self.workingDirectory = workingDirectory
         self.output = output
         self.logger = logger
@@ -212,6 +215,9 @@ public actor ClientSession {
         if FileDownloader.discardUnfinished() > 0 {
             output.diagnostic("GET_FILE interrupted; the partial file was removed")
         }
+        if FileDownloader.resumableInProgress > 0 {
+            output.diagnostic("GET_FILE interrupted; what arrived is kept: GET_FILE into the same name continues it")
+        }
         guard let user = connectedUser else { return }
         let code = await request(.disconnect(user: user))?.code
         await stopServing()
@@ -245,7 +251,7 @@ public actor ClientSession {
         // Serve before telling the server where: a peer may come as soon as it knows.
         let server: PeerFileServer
         do {
-            server = try await PeerFileServer.start(folder: folder, logger: logger)
+            server = try await PeerFileServer.start(folder: folder, limits: uploadLimits, logger: logger)
         } catch {
             output.diagnostic("cannot open a listening socket for peers: \(error)")
             report(.connect, nil)
@@ -350,29 +356,33 @@ public actor ClientSession {
             }
             return ResultLine.getFileFail
         }
-        guard let peer = users.first(where: { $0.name == owner }), let port = Int(peer.port) else {
-            output.diagnostic("GET_FILE: \(owner) is not connected")
-            return ResultLine.getFileFail
+        // `alice,bob,carol`: the owners to fetch from at once.
+        let owners = owner.split(separator: ",").map(String.init)
+        var sources: [PeerSource] = []
+        for name in owners {
+            if let peer = users.first(where: { $0.name == name }), let port = Int(peer.port) {
+                sources.append(PeerSource(owner: name, host: peer.ip, port: port))
+            } else {
+                output.diagnostic("GET_FILE: \(name) is not connected")
+            }
         }
+        guard !sources.isEmpty else { return ResultLine.getFileFail }
         let localPath = localName.hasPrefix("/") ? localName : "\(workingDirectory)/\(localName)"
         let started = ContinuousClock.now
         let progressOutput = output.progress
         let progress: FileDownloader.Progress? = progressOutput.map { show in
-            { @Sendable bytes in
+            { @Sendable bytes, total in
                 let elapsed = ContinuousClock.now - started
                 guard elapsed > .seconds(1) else { return }
-                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-                // No total: GET_FILE's reply has no length (PROTOCOL.md section 4).
-                let elapsedText = String(format: "%d:%02d", Int(seconds) / 60, Int(seconds) % 60)
-                show(
-                    "GET_FILE \(remoteName): \(formatBytes(Double(bytes))) in \(elapsedText) "
-                        + "(\(formatBytes(Double(bytes) / seconds))/s)")
+                show(Self.progressLine(remoteName, bytes: bytes, total: total, elapsed: elapsed))
             }
         }
         defer { progressOutput?(nil) }
+        let output = self.output
         do {
-            try await FileDownloader().download(
-                remoteName, fromHost: peer.ip, port: port, to: localPath, progress: progress)
+            try await FileDownloader().fetch(
+                remoteName, from: sources, to: localPath, progress: progress,
+                notice: { output.diagnostic("GET_FILE \(remoteName): \($0)") })
             return ResultLine.getFileOK
         } catch .noSuchFile {
             return ResultLine.getFileNotFound
@@ -380,6 +390,24 @@ public actor ClientSession {
             output.diagnostic("GET_FILE \(remoteName) from \(owner): \(error)")
             return ResultLine.getFileFail
         }
+    }
+
+    /// `GET_FILE big.iso: 412.0 MiB of 1.0 GiB (40%), 85.3 MiB/s, 0:07 left`; without a total
+    /// (a peer that does not tell the size), the bytes, the time so far and the rate.
+    static func progressLine(_ name: String, bytes: Int64, total: Int64?, elapsed: Duration) -> String {
+        let seconds = max(0.001, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        let rate = Double(bytes) / seconds
+        func clock(_ seconds: Double) -> String {
+            let whole = Int(seconds.rounded())
+            return String(format: "%d:%02d", whole / 60, whole % 60)
+        }
+        guard let total, total > 0 else {
+            return "GET_FILE \(name): \(formatBytes(Double(bytes))) in \(clock(seconds)) (\(formatBytes(rate))/s)"
+        }
+        let percent = Int(Double(bytes) * 100 / Double(total))
+        let left = rate > 0 ? clock(Double(total - bytes) / rate) + " left" : "time left unknown"
+        return "GET_FILE \(name): \(formatBytes(Double(bytes))) of \(formatBytes(Double(total))) (\(percent)%), "
+            + "\(formatBytes(rate))/s, \(left)"
     }
 
     // MARK: Helpers

@@ -21,6 +21,8 @@ public enum DownloadError: Error, Equatable, CustomStringConvertible {
     case invalidReply(String)
     /// The local file could not be written.
     case localFile(String)
+    /// The whole file arrived but its SHA-256 is not the one its owners announced.
+    case digestMismatch(expected: String, got: String)
 
     public var description: String {
         switch self {
@@ -30,6 +32,9 @@ public enum DownloadError: Error, Equatable, CustomStringConvertible {
         case .interrupted(let received, let reason): return "transfer cut after \(received) bytes: \(reason)"
         case .invalidReply(let reason): return "invalid reply from the peer: \(reason)"
         case .localFile(let reason): return "cannot write the local file: \(reason)"
+        case .digestMismatch(let expected, let got):
+            return "the file arrived damaged: its SHA-256 is \(got.prefix(16))..., the owner's \(expected.prefix(16))...; "
+                + "nothing was kept"
         }
     }
 }
@@ -44,8 +49,8 @@ public struct FileDownloader: Sendable {
     /// A peer that sends nothing for this long is given up on (a vanished host sends no FIN).
     public var idleTimeout: TimeAmount
 
-    /// Called now and then with the bytes received so far.
-    public typealias Progress = @Sendable (_ bytes: Int64) -> Void
+    /// Called now and then with the bytes received so far, and the file's size when known.
+    public typealias Progress = @Sendable (_ bytes: Int64, _ total: Int64?) -> Void
 
     public init(idleTimeout: TimeAmount = .seconds(30)) {
         self.idleTimeout = idleTimeout
@@ -99,6 +104,81 @@ public struct FileDownloader: Sendable {
             throw .localFile("\(error)")
         }
     }
+
+    /// The size and SHA-256 that a peer of ours announces for `remoteName`; nil from a peer
+    /// that does not know the extension (it answers FILE NOT EXIST to the reserved name, read to
+    /// the end before closing), one that does not serve the file, or one that does not answer.
+    public func info(of remoteName: String, host: String, port: Int, timeout: Duration = .seconds(60)) async
+        -> FileInfo?
+    {
+        guard let name = PeerRequest.info(name: remoteName).fileName else { return nil }
+        var request = ByteBuffer()
+        guard (try? FileRequest(fileName: name).encode(into: &request)) != nil else { return nil }
+        let bytes = request
+        let idleTimeout = self.idleTimeout
+        return try? await withTimeout(timeout, error: DownloadError.unreachable("no answer")) {
+            let channel = try await PeerConnection.open(host, port, idleTimeout: idleTimeout)
+            return try await channel.executeThenClose { inbound, outbound in
+                try await outbound.write(bytes)
+                var decoder = FileInfoDecoder()
+                var outcome: FileInfoDecoder.Outcome?
+                // The whole reply, to the peer's close: a third-party peer must not meet a
+                // connection closed before its answer is out.
+                for try await var chunk in inbound where outcome == nil {
+                    outcome = try decoder.decode(&chunk)
+                }
+                if case .info(let info)? = outcome { return info }
+                return nil
+            }
+        }
+    }
+
+    /// Downloads `remoteName` from whichever `sources` are peers of ours with the same file
+    /// (size and SHA-256), several at once, resuming an interrupted download into the same
+    /// local name and verifying the result; from a peer that does not know the extension, as
+    /// plain GET_FILE from the first source. `notice` gets what the user should know (on stderr).
+    @discardableResult
+    public func fetch(
+        _ remoteName: String, from sources: [PeerSource], to localPath: String, progress: Progress? = nil,
+        notice: @escaping @Sendable (String) -> Void = { _ in }
+    ) async throws(DownloadError) -> Int64 {
+        guard let first = sources.first else { throw .unreachable("no source") }
+        let infos = await withTaskGroup(of: (Int, FileInfo?).self) { group in
+            for (index, source) in sources.enumerated() {
+                group.addTask { (index, await info(of: remoteName, host: source.host, port: source.port)) }
+            }
+            var found = [FileInfo?](repeating: nil, count: sources.count)
+            for await (index, info) in group { found[index] = info }
+            return found
+        }
+        guard let reference = infos.compactMap({ $0 }).first else {
+            if sources.count > 1 {
+                notice("\(remoteName): none of \(sources.map(\.owner).joined(separator: ", ")) can serve parts of it; "
+                    + "downloading from \(first.owner) alone")
+            }
+            return try await download(remoteName, fromHost: first.host, port: first.port, to: localPath, progress: progress)
+        }
+        var usable: [PeerSource] = []
+        for (source, info) in zip(sources, infos) {
+            if info == reference {
+                usable.append(source)
+            } else if sources.count > 1 {
+                notice("\(source.owner) is left out: " + (info == nil ? "no part of \(remoteName) from it" : "its copy differs"))
+            }
+        }
+        let download = RangedDownload(
+            remoteName: remoteName, info: reference, sources: usable, localPath: localPath, idleTimeout: idleTimeout,
+            progress: progress, notice: notice)
+        Self.resumable.withLock { _ = $0.insert(download.partialPath) }
+        defer { Self.resumable.withLock { _ = $0.remove(download.partialPath) } }
+        return try await download.run()
+    }
+
+    /// The partial files of ranged downloads in progress, kept when the client is stopped.
+    private static let resumable = Mutex<Set<String>>([])
+
+    /// How many ranged downloads are in progress (their partial files stay for a later resume).
+    public static var resumableInProgress: Int { resumable.withLock { $0.count } }
 
     private func receive(
         _ remoteName: String, host: String, port: Int, into file: LocalFile, progress: Progress?
@@ -160,7 +240,7 @@ public struct FileDownloader: Sendable {
                     }
                     if let progress, ContinuousClock.now - lastReport > .milliseconds(250) {
                         lastReport = ContinuousClock.now
-                        progress(decoder.received)
+                        progress(decoder.received, nil)
                     }
                 }
                 try decoder.finish(into: &pending)
@@ -175,14 +255,14 @@ public struct FileDownloader: Sendable {
                 throw DownloadError.interrupted(received: decoder.received, reason: shortDescription(of: error))
             }
             try await file.write(pending)
-            progress?(decoder.received)
+            progress?(decoder.received, nil)
             return decoder.received
         }
     }
 }
 
 /// Turns a read-idle event into an error, which ends the transfer.
-private final class ReadTimeoutHandler: ChannelInboundHandler {
+final class ReadTimeoutHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 

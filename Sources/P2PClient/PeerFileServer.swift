@@ -3,6 +3,11 @@ import NIOCore
 import NIOPosix
 import P2PNetworkSupport
 import P2PProtocol
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A connection that ended before sending a byte (older directory servers checked peers so).
 struct PeerConnectionWasEmpty: Error {}
@@ -11,20 +16,68 @@ struct PeerRequestTimedOut: Error, CustomStringConvertible {
     var description: String { "no complete GET_FILE request within 10 s" }
 }
 
+/// How much this peer gives to others at once.
+public struct UploadLimits: Sendable, Equatable {
+    /// `10M` (per second): a number of bytes with an optional K, M or G (powers of 1024).
+    public static func parseRate(_ text: String) -> Int? {
+        let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        var digits = Substring(text.uppercased())
+        if digits.hasSuffix("/S") { digits = digits.dropLast(2) }
+        if digits.hasSuffix("B") { digits = digits.dropLast() }
+        var multiplier = 1
+        if let last = digits.last, let unit = units[last] {
+            multiplier = unit
+            digits = digits.dropLast()
+        }
+        guard let value = Double(digits), value > 0, value * Double(multiplier) >= 1024 else { return nil }
+        return Int(value * Double(multiplier))
+    }
+
+    /// Bytes per second for all uploads together; nil for no cap.
+    public var bytesPerSecond: Int?
+    /// Downloads served at once; more are answered 2 (other error) at once.
+    public var maxUploads: Int
+
+    public init(bytesPerSecond: Int? = nil, maxUploads: Int = 32) {
+        self.bytesPerSecond = bytesPerSecond
+        self.maxUploads = maxUploads
+    }
+}
+
 /// Serves this user's files to other peers while it is connected (PROTOCOL.md section 4):
 /// reads `"GET_FILE"` `"<name>"`, answers 0 and streams the file with sendfile (never loading
 /// it into memory), or answers 1 (no such file) or 2 (other error), then closes. Many peers
-/// may download at once.
+/// may download at once. Reserved names carry the directory server's peer check and our
+/// peers' extension (``PeerRequest``: a file's size and digest, a range of it).
 public final class PeerFileServer: Sendable {
     /// The port peers connect to (chosen by the system).
     public let port: Int
     private let serverChannel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
     private let task: Task<Void, Never>
 
+    /// What every connection needs.
+    private final class Context: Sendable {
+        let folder: SharedFolder
+        let logger: Logger
+        let digests = FileDigests()
+        let limiter: UploadLimiter?
+        let maxUploads: Int
+        /// Downloads being served now.
+        let uploads = Atomic<Int>(0)
+
+        init(folder: SharedFolder, logger: Logger, limits: UploadLimits) {
+            self.folder = folder
+            self.logger = logger
+            limiter = limits.bytesPerSecond.map { UploadLimiter(bytesPerSecond: $0) }
+            maxUploads = limits.maxUploads
+        }
+    }
+
     /// Starts listening on `host` (all interfaces by default) on a free port.
     public static func start(
         folder: SharedFolder,
         host: String = "0.0.0.0",
+        limits: UploadLimits = UploadLimits(),
         logger: Logger
     ) async throws -> PeerFileServer {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -35,21 +88,23 @@ public final class PeerFileServer: Sendable {
                     try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
             }
-        return PeerFileServer(channel: channel, folder: folder, logger: logger)
+        return PeerFileServer(channel: channel, folder: folder, limits: limits, logger: logger)
     }
 
     private init(
         channel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>,
         folder: SharedFolder,
+        limits: UploadLimits,
         logger: Logger
     ) {
         serverChannel = channel
         port = channel.channel.localAddress?.port ?? 0
+        let context = Context(folder: folder, logger: logger, limits: limits)
         task = Task {
             try? await withThrowingDiscardingTaskGroup { group in
                 try await channel.executeThenClose { inbound in
                     for try await connection in inbound {
-                        group.addTask { await Self.serve(connection, folder: folder, logger: logger) }
+                        group.addTask { await Self.serve(connection, context) }
                     }
                 }
             }
@@ -62,11 +117,8 @@ public final class PeerFileServer: Sendable {
         await task.value
     }
 
-    private static func serve(
-        _ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>,
-        folder: SharedFolder,
-        logger: Logger
-    ) async {
+    private static func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>, _ context: Context) async {
+        let logger = context.logger
         let channel = connection.channel
         let peer = channel.remoteAddress?.description ?? "?"
         // Until the whole file is handed to the kernel, closing (also by a crash of this
@@ -97,14 +149,24 @@ public final class PeerFileServer: Sendable {
                     try await Self.finish(channel, code: FileReplyCode.otherError)
                     return
                 }
-                let name = request.fileName
-                if ReservedFileName.isReserved(name) {
+                let name: String
+                var range: (offset: Int64, length: Int64)?
+                switch PeerRequest(fileName: request.fileName) {
+                case nil:
+                    name = request.fileName
+                case .peerCheck?, .unknownReserved?:
                     // The directory server's peer check, many a minute: answered without a log
                     // line and without touching the disk.
                     try await Self.finish(channel, code: FileReplyCode.noSuchFile)
                     return
+                case .info(let file)?:
+                    try await Self.sendInfo(file, on: channel, context)
+                    return
+                case .range(let offset, let length, let file)?:
+                    name = file
+                    range = (offset, length)
                 }
-                let opened = try await NIOThreadPool.singleton.runIfActive { folder.open(name) }
+                let opened = try await NIOThreadPool.singleton.runIfActive { context.folder.open(name) }
                 guard let (descriptor, size) = opened else {
                     logger.info("GET_FILE \(name) from \(peer): no such file")
                     try await Self.finish(channel, code: FileReplyCode.noSuchFile)
@@ -112,21 +174,80 @@ public final class PeerFileServer: Sendable {
                 }
                 let handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: descriptor)
                 defer { try? handle.close() }
+                let start = range?.offset ?? 0
+                let end = range.map { $0.offset + $0.length } ?? Int64(size)
+                guard end <= Int64(size) else {
+                    logger.info("GET_FILE \(name) from \(peer): range \(start)-\(end) outside its \(size) bytes")
+                    try await Self.finish(channel, code: FileReplyCode.otherError)
+                    return
+                }
+                guard context.uploads.wrappingAdd(1, ordering: .relaxed).newValue <= context.maxUploads else {
+                    context.uploads.wrappingSubtract(1, ordering: .relaxed)
+                    logger.notice("GET_FILE \(name) from \(peer): refused, \(context.maxUploads) uploads already")
+                    try await Self.finish(channel, code: FileReplyCode.otherError)
+                    return
+                }
+                defer { context.uploads.wrappingSubtract(1, ordering: .relaxed) }
                 var code = ByteBuffer()
                 ReplyEncoder().writeCode(FileReplyCode.ok, into: &code)
                 channel.write(IOData.byteBuffer(code), promise: nil)
-                if size > 0 {
-                    let region = FileRegion(fileHandle: handle, readerIndex: 0, endIndex: size)
-                    try await channel.writeAndFlush(IOData.fileRegion(region)).get()
-                } else {
-                    try await channel.writeAndFlush(IOData.byteBuffer(ByteBuffer())).get()
-                }
-                logger.info("GET_FILE \(name) to \(peer): \(size) bytes")
+                try await Self.send(handle, from: Int(start), to: Int(end), on: channel, limiter: context.limiter)
+                logger.info("GET_FILE \(name) to \(peer): \(end - start) bytes")
                 try await Self.closeGracefully(channel)
             }
         } catch {
             logger.notice("GET_FILE for \(peer) failed: \(error)")
         }
+    }
+
+    /// Bytes `start..<end` of the file with sendfile: in one go, or in slices on the upload
+    /// limiter's schedule.
+    private static func send(
+        _ handle: NIOFileHandle, from start: Int, to end: Int, on channel: any Channel, limiter: UploadLimiter?
+    ) async throws {
+        guard end > start else {
+            try await channel.writeAndFlush(IOData.byteBuffer(ByteBuffer())).get()
+            return
+        }
+        guard let limiter else {
+            let region = FileRegion(fileHandle: handle, readerIndex: start, endIndex: end)
+            try await channel.writeAndFlush(IOData.fileRegion(region)).get()
+            return
+        }
+        // Slices of about 50 ms at the cap: the rate holds over short spans too.
+        let slice = max(16 * 1024, min(1 << 20, limiter.bytesPerSecond / 20))
+        var offset = start
+        while offset < end {
+            let next = min(end, offset + slice)
+            let due = limiter.reserve(next - offset)
+            if due > .now { try await Task.sleep(until: due) }
+            let region = FileRegion(fileHandle: handle, readerIndex: offset, endIndex: next)
+            try await channel.writeAndFlush(IOData.fileRegion(region)).get()
+            offset = next
+        }
+    }
+
+    /// Answers an info request: the file's size and SHA-256, or 1 when it is not served.
+    private static func sendInfo(_ name: String, on channel: any Channel, _ context: Context) async throws {
+        let opened = try await NIOThreadPool.singleton.runIfActive { context.folder.open(name) }
+        guard let (descriptor, size) = opened else {
+            try await Self.finish(channel, code: FileReplyCode.noSuchFile)
+            return
+        }
+        defer { close(descriptor) }
+        let path = context.folder.resolve(name) ?? name
+        let digest: String
+        do {
+            digest = try await context.digests.digest(path: path, descriptor: descriptor)
+        } catch {
+            context.logger.notice("digest of \(name): \(error)")
+            try await Self.finish(channel, code: FileReplyCode.otherError)
+            return
+        }
+        var buffer = ByteBuffer()
+        try FileInfo(size: Int64(size), sha256: digest).encode(into: &buffer)
+        try await channel.writeAndFlush(IOData.byteBuffer(buffer)).get()
+        try await closeGracefully(channel)
     }
 
     /// Sends a bare result code and closes.

@@ -51,6 +51,16 @@ struct ClientCommand: AsyncParsableCommand {
             """)
     var shareFolders: [String] = []
 
+    @Option(
+        help: """
+            Cap on the rate this client uploads at, for all peers together, per second: 500K, 10M, 1G \
+            (powers of 1024; at least 1K). Default: no cap.
+            """)
+    var uploadLimit: String?
+
+    @Option(help: "How many peers this client serves at once; more are answered GET_FILE FAIL (code 2).")
+    var maxUploads: Int = 32
+
     @Option(help: "Where the prompt keeps its history on a terminal; empty for none (default: ~/.p2p_client_history).")
     var historyFile: String?
 
@@ -69,6 +79,10 @@ struct ClientCommand: AsyncParsableCommand {
         guard server != nil else { throw ValidationError("Missing expected argument '--server <server>'") }
         guard let port else { throw ValidationError("Missing expected argument '--port <port>'") }
         guard (1024...65535).contains(port) else { throw ValidationError("--port must be 1024-65535") }
+        if let uploadLimit, UploadLimits.parseRate(uploadLimit) == nil {
+            throw ValidationError("--upload-limit \(uploadLimit): give a rate such as 500K, 10M or 1G (at least 1K)")
+        }
+        guard maxUploads >= 1 else { throw ValidationError("--max-uploads must be at least 1") }
         do {
             _ = try TimeServiceClient(url: timeService)
         } catch {
@@ -105,6 +119,7 @@ struct ClientCommand: AsyncParsableCommand {
             directory: DirectoryClient(host: server, port: port),
             timeService: try TimeServiceClient(url: timeService, method: timeMethod),
             folder: folder,
+            uploadLimits: UploadLimits(bytesPerSecond: uploadLimit.flatMap(UploadLimits.parseRate), maxUploads: maxUploads),
             output: output,
             logger: Logger(label: "p2p-client"))
         for path in shareFolders {

@@ -102,25 +102,25 @@ import Testing
         }
     }
 
-    @Test func getFileWhosePeerDiesLeavesNoLocalFile() async throws {
+    @Test func getFileWhosePeerDiesLeavesOnlyWhatResumesIt() async throws {
         try await withServingPeer(prepare: { try Self.makeSparseFile(at: "\($0)/huge.bin") }) {
             first, serverPort, timeURL, folder in
             let second = try ClientProcess(serverPort: serverPort, timeURL: timeURL, directory: folder.file("second"))
             second.send(["REGISTER user2", "CONNECT user2", "GET_FILE user1 huge.bin copy.bin"])
-            // Kill the serving peer once the download is well under way.
-            try await waitUntil("the download to start", timeout: 30) {
-                let names = (try? FileManager.default.contentsOfDirectory(atPath: folder.file("second"))) ?? []
-                guard let partial = names.first(where: { $0.hasPrefix(".copy.bin.part-") }) else { return false }
-                let size =
-                    (try? FileManager.default.attributesOfItem(atPath: folder.file("second/\(partial)"))[.size]
-                        as? Int) ?? 0
-                return size > 0
+            // Kill the serving peer once the download is well under way: chunks recorded as arrived.
+            let record = folder.file("second/.copy.bin.p2p-partial.info")
+            try await waitUntil("the download to start", timeout: 60) {
+                let text = (try? String(contentsOfFile: record, encoding: .utf8)) ?? ""
+                return text.contains("\ndone 0")
             }
             first.process.signal(SIGKILL)
             try await second.waitFor("c> GET_FILE FAIL", timeout: 60)
             let lines = try await second.finish()
             #expect(lines.suffix(2) == ["c> GET_FILE FAIL", "c> DISCONNECT OK"], "end of input disconnects")
-            #expect(try FileManager.default.contentsOfDirectory(atPath: folder.file("second")).isEmpty)
+            // No file under the destination name; the hidden partial file and its record stay.
+            #expect(
+                try FileManager.default.contentsOfDirectory(atPath: folder.file("second")).sorted()
+                    == [".copy.bin.p2p-partial", ".copy.bin.p2p-partial.info"])
         }
     }
 

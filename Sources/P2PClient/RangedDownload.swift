@@ -1,0 +1,372 @@
+import Crypto
+import Foundation
+import NIOCore
+import NIOPosix
+import P2PNetworkSupport
+import P2PProtocol
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A peer to download from.
+public struct PeerSource: Sendable, Hashable {
+    /// The owner's user name (for messages).
+    public var owner: String
+    public var host: String
+    public var port: Int
+
+    public init(owner: String, host: String, port: Int) {
+        self.owner = owner
+        self.host = host
+        self.port = port
+    }
+}
+
+/// A download between peers of ours (docs/PROTOCOL.md, "Extension: file info and ranges"): the
+/// file is fetched in chunks, from one source or several at once (each source takes the next
+/// chunk when it finishes one, so a slow source takes fewer and a vanished one's chunk goes
+/// back to the others), written in place into a hidden partial file, hashed in order while the
+/// rest arrives, and checked against the SHA-256 the owners announced before it takes the
+/// destination name.
+///
+/// Interrupted, it keeps the partial file and a small record beside it (the owners, the name,
+/// the size and digest expected, the chunks that arrived): the next GET_FILE into the same local
+/// name continues from there, from any of our peers with the same digest.
+struct RangedDownload: Sendable {
+    /// Bytes per chunk: a cut costs at most this much again; small enough to spread a file over
+    /// several sources, large enough that a new connection per chunk costs nothing.
+    static let chunkSize: Int64 = 8 << 20
+
+    let remoteName: String
+    let info: FileInfo
+    let sources: [PeerSource]
+    let localPath: String
+    let idleTimeout: TimeAmount
+    let progress: FileDownloader.Progress?
+    let notice: @Sendable (String) -> Void
+
+    var partialPath: String { Self.partialPath(for: localPath) }
+    var recordPath: String { partialPath + ".info" }
+
+    static func partialPath(for localPath: String) -> String {
+        let url = URL(fileURLWithPath: localPath)
+        return url.deletingLastPathComponent().path + "/." + url.lastPathComponent + ".p2p-partial"
+    }
+
+    /// What is kept beside a partial file: enough to continue it.
+    struct Record: Equatable {
+        var owners: [String]
+        var remoteName: String
+        var size: Int64
+        var sha256: String
+        var done: Set<Int>
+
+        var text: String {
+            "p2p-partial 1\nowners \(owners.joined(separator: ","))\nname \(remoteName)\nsize \(size)\nsha256 \(sha256)\n"
+                + "done \(done.sorted().map(String.init).joined(separator: ","))\n"
+        }
+
+        init(owners: [String], remoteName: String, size: Int64, sha256: String, done: Set<Int>) {
+            self.owners = owners
+            self.remoteName = remoteName
+            self.size = size
+            self.sha256 = sha256
+            self.done = done
+        }
+
+        init?(text: String) {
+            var fields: [String: String] = [:]
+            for line in text.split(separator: "\n") {
+                guard let space = line.firstIndex(of: " ") else { continue }
+                fields[String(line[..<space])] = String(line[line.index(after: space)...])
+            }
+            guard fields["p2p-partial"] == "1", let name = fields["name"], let sizeText = fields["size"],
+                let size = Int64(sizeText), let sha256 = fields["sha256"]
+            else { return nil }
+            owners = (fields["owners"] ?? "").split(separator: ",").map(String.init)
+            remoteName = name
+            self.size = size
+            self.sha256 = sha256
+            done = Set((fields["done"] ?? "").split(separator: ",").compactMap { Int($0) })
+        }
+    }
+
+    var chunkCount: Int { Int((info.size + Self.chunkSize - 1) / Self.chunkSize) }
+
+    func range(of chunk: Int) -> (offset: Int64, length: Int64) {
+        let offset = Int64(chunk) * Self.chunkSize
+        return (offset, min(Self.chunkSize, info.size - offset))
+    }
+
+    /// Runs the download; returns the size.
+    func run() async throws(DownloadError) -> Int64 {
+        let done = prepare()
+        let descriptor = open(partialPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw .localFile("\(partialPath): \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        guard ftruncate(descriptor, off_t(info.size)) == 0 else {
+            throw .localFile("\(partialPath): \(String(cString: strerror(errno)))")
+        }
+        let plan = ChunkPlan(
+            count: chunkCount, done: done,
+            record: Record(
+                owners: sources.map(\.owner), remoteName: remoteName, size: info.size, sha256: info.sha256, done: done),
+            recordPath: recordPath)
+        await plan.save()
+        let (completed, completions) = AsyncStream.makeStream(of: Int.self)
+        for chunk in done.sorted() { completions.yield(chunk) }
+        let counter = ByteCounter(done.reduce(0) { $0 + range(of: $1).length })
+        let hashing = Task { await hashInOrder(descriptor: descriptor, completed: completed) }
+
+        let failures = await withTaskGroup(of: String?.self) { group in
+            for source in sources {
+                group.addTask {
+                    while let chunk = await plan.next() {
+                        let (offset, length) = range(of: chunk)
+                        let partly = ByteCounter(0)
+                        do {
+                            try await fetch(offset: offset, length: length, from: source, into: descriptor) { bytes in
+                                partly.add(bytes)
+                                progress?(counter.add(bytes), info.size)
+                            }
+                            await plan.finished(chunk)
+                            completions.yield(chunk)
+                        } catch {
+                            // This source is done for: its chunk goes back to the others.
+                            _ = counter.add(-partly.value)
+                            await plan.putBack(chunk)
+                            if sources.count > 1 { notice("\(source.owner) stopped serving \(remoteName) (\(error))") }
+                            return "\(source.owner): \(error)"
+                        }
+                    }
+                    return nil
+                }
+            }
+            var failures: [String] = []
+            for await failure in group { if let failure { failures.append(failure) } }
+            return failures
+        }
+        completions.finish()
+        let digest = await hashing.value
+        let arrived = await plan.doneCount
+        guard arrived == chunkCount else {
+            hashing.cancel()
+            let received = await plan.doneBytes(size: info.size, chunkSize: Self.chunkSize)
+            throw .interrupted(
+                received: received,
+                reason: (failures.last ?? "no source left")
+                    + "; kept \(received) of \(info.size) bytes: GET_FILE into the same name continues it")
+        }
+        guard let digest, digest == info.sha256 else {
+            unlink(partialPath)
+            unlink(recordPath)
+            throw .digestMismatch(expected: info.sha256, got: digest ?? "?")
+        }
+        do {
+            try await NIOThreadPool.singleton.runIfActive {
+                guard fsync(descriptor) == 0, rename(partialPath, localPath) == 0 else {
+                    throw DownloadError.localFile("\(localPath): \(String(cString: strerror(errno)))")
+                }
+                unlink(recordPath)
+            }
+        } catch let error as DownloadError {
+            throw error
+        } catch {
+            throw .localFile("\(error)")
+        }
+        return info.size
+    }
+
+    /// The chunks a partial file from an earlier attempt already holds, when it is the same
+    /// file (size and digest); else it starts over, said on stderr.
+    private func prepare() -> Set<Int> {
+        guard let text = try? String(contentsOfFile: recordPath, encoding: .utf8) else {
+            unlink(partialPath)
+            return []
+        }
+        guard let record = Record(text: text), record.size == info.size, record.sha256 == info.sha256,
+            FileManager.default.fileExists(atPath: partialPath)
+        else {
+            notice("\(remoteName) changed at the peer since the interrupted download: starting over")
+            unlink(partialPath)
+            unlink(recordPath)
+            return []
+        }
+        let done = record.done.filter { $0 >= 0 && $0 < chunkCount }
+        if !done.isEmpty {
+            let bytes = done.reduce(Int64(0)) { $0 + range(of: $1).length }
+            notice("continuing \(remoteName): \(bytes) of \(info.size) bytes are already here")
+        }
+        return done
+    }
+
+    /// SHA-256 of the file, chunk by chunk in order as they complete (read back from the partial
+    /// file, on the thread pool), while later chunks still arrive. Nil when not every chunk came.
+    private func hashInOrder(descriptor: Int32, completed: AsyncStream<Int>) async -> String? {
+        var hasher = SHA256()
+        var ready = Set<Int>()
+        var next = 0
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        for await chunk in completed {
+            ready.insert(chunk)
+            while ready.contains(next) {
+                let (offset, length) = range(of: next)
+                let result: (SHA256, [UInt8])? = try? await NIOThreadPool.singleton.runIfActive {
+                    [hasher, buffer] in
+                    var hasher = hasher
+                    var buffer = buffer
+                    var position = offset
+                    while position < offset + length {
+                        let want = Int(min(Int64(buffer.count), offset + length - position))
+                        let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress!, want, off_t(position)) }
+                        if count < 0 && errno == EINTR { continue }
+                        guard count > 0 else { throw DownloadError.localFile("cannot read back \(partialPath)") }
+                        buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+                        position += Int64(count)
+                    }
+                    return (hasher, buffer)
+                }
+                guard let result else { return nil }
+                (hasher, buffer) = result
+                ready.remove(next)
+                next += 1
+            }
+        }
+        return next == chunkCount ? FileDigests.hex(hasher.finalize()) : nil
+    }
+
+    /// Fetches `length` bytes from `offset` of the file from `source`, written in place.
+    private func fetch(
+        offset: Int64, length: Int64, from source: PeerSource, into descriptor: Int32,
+        received: @escaping @Sendable (Int64) -> Void
+    ) async throws {
+        guard let name = PeerRequest.range(offset: offset, length: length, name: remoteName).fileName else {
+            throw DownloadError.invalidReply("the name is too long for a range request")
+        }
+        var request = ByteBuffer()
+        try FileRequest(fileName: name).encode(into: &request)
+        let channel = try await PeerConnection.open(source.host, source.port, idleTimeout: idleTimeout)
+        let bytes = request
+        try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(bytes)
+            var decoder = FileReplyDecoder()
+            var pending = ByteBuffer()
+            var position = offset
+            func flush() async throws {
+                guard pending.readableBytes > 0 else { return }
+                let data = pending
+                let at = position
+                try await NIOThreadPool.singleton.runIfActive {
+                    try data.withUnsafeReadableBytes { raw in
+                        var written = 0
+                        while written < raw.count {
+                            let count = pwrite(descriptor, raw.baseAddress! + written, raw.count - written, off_t(at) + off_t(written))
+                            if count < 0 {
+                                if errno == EINTR { continue }
+                                throw DownloadError.localFile(String(cString: strerror(errno)))
+                            }
+                            written += count
+                        }
+                    }
+                }
+                position += Int64(data.readableBytes)
+                received(Int64(data.readableBytes))
+                pending.clear()
+            }
+            reading: for try await var chunk in inbound {
+                switch try decoder.decode(&chunk, into: &pending) {
+                case .refused(let code):
+                    throw code == FileReplyCode.noSuchFile ? DownloadError.noSuchFile : DownloadError.refused(code)
+                case .complete: break reading
+                case .needMore: break
+                }
+                if pending.readableBytes >= 1 << 20 { try await flush() }
+            }
+            try decoder.finish(into: &pending)
+            try await flush()
+            guard position - offset == length else {
+                throw DownloadError.interrupted(received: position - offset, reason: "the peer sent \(position - offset) of \(length) bytes")
+            }
+        }
+    }
+}
+
+/// A byte count shared by concurrent transfers.
+final class ByteCounter: Sendable {
+    private let count: Atomic<Int64>
+
+    init(_ initial: Int64) { count = Atomic(initial) }
+
+    /// Adds `bytes` (negative to take back); returns the new count.
+    @discardableResult
+    func add(_ bytes: Int64) -> Int64 { count.wrappingAdd(bytes, ordering: .relaxed).newValue }
+
+    var value: Int64 { count.load(ordering: .relaxed) }
+}
+
+/// Which chunks are left, taken, and done; the record beside the partial file follows it.
+actor ChunkPlan {
+    private var pending: [Int]
+    private var done: Set<Int>
+    private var record: RangedDownload.Record
+    private let recordPath: String
+
+    init(count: Int, done: Set<Int>, record: RangedDownload.Record, recordPath: String) {
+        pending = (0..<count).filter { !done.contains($0) }.reversed()
+        self.done = done
+        self.record = record
+        self.recordPath = recordPath
+    }
+
+    /// The lowest chunk nobody has taken, nil when none is left.
+    func next() -> Int? { pending.popLast() }
+
+    func putBack(_ chunk: Int) {
+        pending.append(chunk)
+        pending.sort(by: >)
+    }
+
+    func finished(_ chunk: Int) async {
+        done.insert(chunk)
+        record.done = done
+        await save()
+    }
+
+    var doneCount: Int { done.count }
+
+    func doneBytes(size: Int64, chunkSize: Int64) -> Int64 {
+        done.reduce(0) { $0 + min(chunkSize, size - Int64($1) * chunkSize) }
+    }
+
+    /// Writes the record (small; replaced whole).
+    func save() async {
+        let text = record.text
+        let path = recordPath
+        _ = try? await NIOThreadPool.singleton.runIfActive {
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+        }
+    }
+}
+
+/// Opening a connection to a peer with the downloader's idle timeout.
+enum PeerConnection {
+    static func open(_ host: String, _ port: Int, idleTimeout: TimeAmount) async throws -> NIOAsyncChannel<
+        ByteBuffer, ByteBuffer
+    > {
+        do {
+            return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(5))
+                .connect(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandlers(
+                            IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler())
+                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            throw DownloadError.unreachable("\(host):\(port): \(shortDescription(of: error))")
+        }
+    }
+}

@@ -13,6 +13,8 @@ measured in the same run:
   - time service: SOAP against plain GET /time;
   - GET_FILE: against a plain copy of the same bytes through a loopback socket with socat;
   - SHARE of 10,000 files: against the server's own PUBLISH limit (the load generator);
+  - downloads between our peers: verified against plain GET_FILE, three capped owners against
+    one, a resumed download against the file's size;
   - PostgreSQL store: one server on a private PostgreSQL against pgbench running the same SQL
     statements with as many clients (the database's own floor); three servers behind HAProxy
     against one server direct, with the CPU each part used.
@@ -897,6 +899,155 @@ def share_benchmark(work):
         f"peak RSS {rss:.1f} MiB")
 
 
+def peer_extension_benchmark(work):
+    """Downloads between peers of ours (size, digest, ranges): a verified single-source download
+    against plain GET_FILE (`--plain-get-file`) of the same file from the same owner, which has
+    hashed it already, alternating, two rounds each; a download cut at about 60% and resumed
+    (what the second attempt fetched again, against the file's size); and one download from
+    three owners each capped at R, against one owner capped at R, then again with one of the
+    three killed mid-way."""
+    owners_dir = os.path.join(work, "ext")
+    folders = {name: os.path.join(owners_dir, name) for name in ("o1", "o2", "o3", "recv", "recvplain")}
+    for folder in folders.values():
+        os.makedirs(folder)
+    big = os.path.join(folders["o1"], "big.bin")
+    make_file(big, FILE_MIB)
+    size = FILE_MIB << 20
+    small_mib = min(FILE_MIB, 256)
+    make_file(os.path.join(folders["o1"], "part.bin"), small_mib)
+    for name in ("o2", "o3"):
+        for file in ("big.bin", "part.bin"):
+            os.link(os.path.join(folders["o1"], file), os.path.join(folders[name], file))
+    server_port, time_port = free_port(), free_port()
+    server = start_server(os.path.join(owners_dir, "directory"), server_port)
+    service = subprocess.Popen([os.path.join(BIN, "p2p-time"), "--port", str(time_port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(time_port)
+    clients = []
+
+    def start_client(folder, commands, wanted, extra=()):
+        errors = open(os.path.join(owners_dir, f"client-{len(clients)}.err"), "w+")
+        client = subprocess.Popen([os.path.join(BIN, "p2p-client"), "-s", "127.0.0.1", "-p", str(server_port),
+                                   "--time-service", f"http://127.0.0.1:{time_port}", *extra],
+                                  cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                                  text=True, bufsize=1)
+        client.errors = errors
+        clients.append(client)
+        client.stdin.write("".join(f"{c}\n" for c in commands))
+        client.stdin.flush()
+        read_until(client, wanted)
+        return client
+
+    def owner(folder, user, extra=()):
+        return start_client(folders[folder], [f"REGISTER {user}", f"CONNECT {user}", "PUBLISH big.bin data",
+                                               "PUBLISH part.bin data"], "c> PUBLISH OK", extra)
+
+    def get(client, owners, name, local):
+        start = time.time()
+        client.stdin.write(f"GET_FILE {owners} {name} {local}\n")
+        client.stdin.flush()
+        read_until(client, "c> GET_FILE OK", timeout=600)
+        return time.time() - start
+
+    def kill(client):
+        client.kill()
+        client.wait()
+
+    try:
+        # Overhead, on a file the owner has hashed already (the warm-up download hashes it).
+        owner("o1", "plain1")
+        receiver = start_client(folders["recv"], ["REGISTER r1", "CONNECT r1"], "c> CONNECT OK")
+        plain = start_client(folders["recvplain"], ["REGISTER r2", "CONNECT r2"], "c> CONNECT OK",
+                             ["--plain-get-file"])
+        get(receiver, "plain1", "big.bin", "warm.bin")
+        os.remove(os.path.join(folders["recv"], "warm.bin"))
+        times = {"ours": [], "plain": []}
+        for round_ in range(2):
+            for kind, client, folder in (("plain", plain, "recvplain"), ("ours", receiver, "recv")):
+                times[kind].append(get(client, "plain1", "big.bin", "copy.bin"))
+                os.remove(os.path.join(folders[folder], "copy.bin"))
+        mib = size / (1 << 20)
+        plain_result = {"rps": mib / statistics.mean(times["plain"]),
+                        "note": f"plain GET_FILE (--plain-get-file), {FILE_MIB} MiB, mean of 2"}
+        ours_result = {"rps": mib / statistics.mean(times["ours"]),
+                       "note": f"size, SHA-256 and 4 MiB chunks, verified; peak RSS receiving "
+                               f"{peak_rss_mib(receiver.pid):.1f} MiB"}
+        rows.append(("peer extension", f"plain GET_FILE of {FILE_MIB} MiB (MiB/s)", plain_result, None))
+        rows.append(("peer extension", f"verified GET_FILE of {FILE_MIB} MiB (MiB/s)", ours_result, plain_result))
+
+        # Resume: cut at about 60% (the owner killed), then continued from a new owner process.
+        capped = owner("o2", "cut1", ["--upload-limit", "200M"])
+        record = os.path.join(folders["recv"], ".resume.bin.p2p-partial.info")
+        receiver.stdin.write("GET_FILE cut1 big.bin resume.bin\n")
+        receiver.stdin.flush()
+        chunks = (size + (4 << 20) - 1) // (4 << 20)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                done = [x for x in open(record).read().split("done ")[1].strip().split(",") if x]
+            except (OSError, IndexError):
+                done = []
+            if len(done) >= 0.6 * chunks:
+                break
+            time.sleep(0.02)
+        kill(capped)
+        read_until_fail = time.time() + 60
+        while time.time() < read_until_fail:
+            line = receiver.stdout.readline()
+            if line.startswith("c> GET_FILE"):
+                break
+        start_client(folders["o2"], ["DISCONNECT cut1", "CONNECT cut1"], "c> CONNECT OK")
+        get(receiver, "cut1", "big.bin", "resume.bin")
+        receiver.errors.seek(0)
+        kept = [int(m) for m in re.findall(r"continuing big\.bin: (\d+) of", receiver.errors.read())]
+        if not kept:
+            raise RuntimeError("the second attempt did not continue the first")
+        again = size - kept[-1]
+        rows.append(("peer extension", f"GET_FILE of {FILE_MIB} MiB cut at {kept[-1] / size:.0%}, resumed: "
+                     "share fetched again (plain)", {"rps": again / size, "plain": True,
+                                                     "note": f"{again >> 20} MiB of {FILE_MIB} fetched again "
+                                                             f"(target at most 0.45)"}, None))
+
+        # Several sources, each capped at R.
+        rate = "40M"
+        rate_mib = 40
+        singles = [owner(name, f"cap{name}", ["--upload-limit", rate]) for name in ("o1", "o2", "o3")]
+        # Each owner hashes the file at the first request for it: not part of what is measured.
+        get(receiver, "capo1,capo2,capo3", "part.bin", "warm3.bin")
+        os.remove(os.path.join(folders["recv"], "warm3.bin"))
+        one = get(receiver, "capo1", "part.bin", "one.bin")
+        three = get(receiver, "capo1,capo2,capo3", "part.bin", "three.bin")
+        os.remove(os.path.join(folders["recv"], "one.bin"))
+        os.remove(os.path.join(folders["recv"], "three.bin"))
+        single_result = {"rps": small_mib / one, "note": f"one owner capped at R = {rate_mib} MiB/s"}
+        three_result = {"rps": small_mib / three, "note": f"{small_mib / three / rate_mib:.2f} R (target 2.5 R)"}
+        rows.append(("peer extension", f"GET_FILE of {small_mib} MiB from one owner at R (MiB/s)", single_result, None))
+        rows.append(("peer extension", f"GET_FILE of {small_mib} MiB from three owners at R (MiB/s)", three_result,
+                     single_result))
+        receiver.stdin.write("GET_FILE capo1,capo2,capo3 part.bin killed.bin\n")
+        receiver.stdin.flush()
+        start = time.time()
+        time.sleep(three * 0.3)
+        kill(singles[1])
+        read_until(receiver, "c> GET_FILE OK", timeout=600)
+        killed = time.time() - start
+        rows.append(("peer extension", f"GET_FILE of {small_mib} MiB from three owners, one killed at 30% (MiB/s)",
+                     {"rps": small_mib / killed, "note": "completed and verified"}, single_result))
+        log(f"peer extension: verified {ours_result['rps']:.0f} vs plain {plain_result['rps']:.0f} MiB/s; "
+            f"resume fetched {again / size:.2f} again; three owners {small_mib / three / rate_mib:.2f} R, "
+            f"one killed {small_mib / killed / rate_mib:.2f} R")
+    finally:
+        for client in clients:
+            if client.poll() is None:
+                client.stdin.close()
+                try:
+                    client.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    client.kill()
+        stop(server)
+        stop(service)
+
+
 def wait_for_listen(port, timeout=10):
     """Waits until something listens on port, without connecting (socat would take the connection)."""
     deadline = time.time() + timeout
@@ -923,7 +1074,7 @@ def print_table():
 
 
 def main():
-    only = sys.argv[1:] or ["directory", "large", "web", "oplog", "time", "getfile", "share", "postgres"]
+    only = sys.argv[1:] or ["directory", "large", "web", "oplog", "time", "getfile", "share", "peers", "postgres"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -941,6 +1092,8 @@ def main():
             get_file_benchmark(work)
         if "share" in only:
             share_benchmark(work)
+        if "peers" in only:
+            peer_extension_benchmark(work)
         if "postgres" in only:
             postgres_benchmark(work)
     finally:

@@ -31,6 +31,8 @@ public actor ClientSession {
     private let timeService: TimeServiceClient?
     private let folder: SharedFolder
     private let uploadLimits: UploadLimits
+    /// Plain GET_FILE to every peer: no size, digest, ranges or resume (`--plain-get-file`).
+    private let plainGetFile: Bool
     private let workingDirectory: String
     private let output: ClientOutput
     private let logger: Logger
@@ -53,6 +55,7 @@ public actor ClientSession {
         timeService: TimeServiceClient?,
         folder: SharedFolder,
         uploadLimits: UploadLimits = UploadLimits(),
+        plainGetFile: Bool = false,
         workingDirectory: String = FileManager.default.currentDirectoryPath,
         output: ClientOutput,
         logger: Logger
@@ -61,6 +64,7 @@ public actor ClientSession {
         self.timeService = timeService
         self.folder = folder
         self.uploadLimits = uploadLimits
+        self.plainGetFile = plainGetFile
         self.workingDirectory = workingDirectory
         self.output = output
         self.logger = logger
@@ -380,9 +384,14 @@ public actor ClientSession {
         defer { progressOutput?(nil) }
         let output = self.output
         do {
-            try await FileDownloader().fetch(
-                remoteName, from: sources, to: localPath, progress: progress,
-                notice: { output.diagnostic("GET_FILE \(remoteName): \($0)") })
+            if plainGetFile {
+                try await FileDownloader().download(
+                    remoteName, fromHost: sources[0].host, port: sources[0].port, to: localPath, progress: progress)
+            } else {
+                try await FileDownloader().fetch(
+                    remoteName, from: sources, to: localPath, progress: progress,
+                    notice: { output.diagnostic("GET_FILE \(remoteName): \($0)") })
+            }
             return ResultLine.getFileOK
         } catch .noSuchFile {
             return ResultLine.getFileNotFound

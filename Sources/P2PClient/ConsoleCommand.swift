@@ -78,7 +78,7 @@ public enum ConsoleCommand: Equatable, Sendable {
         "DELETE": "withdraw a published file",
         "LIST_USERS": "the users online, with their addresses",
         "LIST_CONTENT": "the files a user published",
-        "GET_FILE": "download a file from a user's peer",
+        "GET_FILE": "download a file from a user's peer (alice,bob: from both at once)",
         "SEARCH": "find files of every user by words of their names or descriptions",
         "SHARE": "publish a folder's files and follow its changes",
         "UNSHARE": "stop sharing a folder; its files leave the directory",

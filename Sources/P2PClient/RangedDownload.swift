@@ -1,4 +1,5 @@
 import Crypto
+import Dispatch
 import Foundation
 import NIOCore
 import NIOPosix
@@ -37,7 +38,7 @@ public struct PeerSource: Sendable, Hashable {
 struct RangedDownload: Sendable {
     /// Bytes per chunk: a cut costs at most this much again; small enough to spread a file over
     /// several sources, large enough that a new connection per chunk costs nothing.
-    static let chunkSize: Int64 = 8 << 20
+    static let chunkSize: Int64 = 4 << 20
 
     let remoteName: String
     let info: FileInfo
@@ -118,25 +119,44 @@ struct RangedDownload: Sendable {
         let (completed, completions) = AsyncStream.makeStream(of: Int.self)
         for chunk in done.sorted() { completions.yield(chunk) }
         let counter = ByteCounter(done.reduce(0) { $0 + range(of: $1).length })
-        let hashing = Task { await hashInOrder(descriptor: descriptor, completed: completed) }
+        let cursor = HashCursor()
+        let hashing = Task { await hashInOrder(descriptor: descriptor, cursor: cursor, completed: completed) }
 
         let failures = await withTaskGroup(of: String?.self) { group in
             for source in sources {
                 group.addTask {
-                    while let chunk = await plan.next() {
-                        let (offset, length) = range(of: chunk)
+                    // A run of consecutive chunks on one connection: the whole file from a
+                    // single source, shorter runs the more sources share it.
+                    while let run = await plan.nextRun(sources: sources.count) {
+                        let offset = range(of: run[0]).offset
+                        let last = range(of: run[run.count - 1])
+                        let marked = ByteCounter(0)
                         let partly = ByteCounter(0)
                         do {
-                            try await fetch(offset: offset, length: length, from: source, into: descriptor) { bytes in
-                                partly.add(bytes)
-                                progress?(counter.add(bytes), info.size)
-                            }
-                            await plan.finished(chunk)
-                            completions.yield(chunk)
+                            try await fetch(
+                                offset: offset, length: last.offset + last.length - offset, from: source,
+                                into: descriptor, cursor: cursor,
+                                received: { bytes in
+                                    partly.add(bytes)
+                                    progress?(counter.add(bytes), info.size)
+                                },
+                                written: { position in
+                                    // Every chunk wholly on disk now counts as arrived.
+                                    while marked.value < Int64(run.count) {
+                                        let chunk = run[Int(marked.value)]
+                                        let (start, length) = range(of: chunk)
+                                        guard start + length <= position else { break }
+                                        marked.add(1)
+                                        await plan.finished(chunk)
+                                        completions.yield(chunk)
+                                    }
+                                })
                         } catch {
-                            // This source is done for: its chunk goes back to the others.
-                            _ = counter.add(-partly.value)
-                            await plan.putBack(chunk)
+                            // This source is done for: what it had not finished goes back to the others.
+                            let kept = run[..<Int(marked.value)].reduce(Int64(0)) { $0 + range(of: $1).length }
+                            counter.add(kept - partly.value)
+                            await plan.putBack(Array(run[Int(marked.value)...]))
+                            await plan.save()
                             if sources.count > 1 { notice("\(source.owner) stopped serving \(remoteName) (\(error))") }
                             return "\(source.owner): \(error)"
                         }
@@ -149,6 +169,7 @@ struct RangedDownload: Sendable {
             return failures
         }
         completions.finish()
+        await plan.save()
         let digest = await hashing.value
         let arrived = await plan.doneCount
         guard arrived == chunkCount else {
@@ -202,45 +223,46 @@ struct RangedDownload: Sendable {
         return done
     }
 
-    /// SHA-256 of the file, chunk by chunk in order as they complete (read back from the partial
-    /// file, on the thread pool), while later chunks still arrive. Nil when not every chunk came.
-    private func hashInOrder(descriptor: Int32, completed: AsyncStream<Int>) async -> String? {
-        var hasher = SHA256()
+    /// SHA-256 of the file, in order. Bytes that arrive in order are hashed as they are written
+    /// (``HashCursor``, fed by the transfers); whatever arrived otherwise (from another source,
+    /// or in an earlier attempt) is read back from the partial file once the chunks before it
+    /// are there, on the thread pool, while later chunks still arrive. Nil when not every chunk
+    /// came.
+    private func hashInOrder(descriptor: Int32, cursor: HashCursor, completed: AsyncStream<Int>) async -> String? {
         var ready = Set<Int>()
         var next = 0
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
         for await chunk in completed {
             ready.insert(chunk)
             while ready.contains(next) {
                 let (offset, length) = range(of: next)
-                let result: (SHA256, [UInt8])? = try? await NIOThreadPool.singleton.runIfActive {
-                    [hasher, buffer] in
-                    var hasher = hasher
-                    var buffer = buffer
-                    var position = offset
-                    while position < offset + length {
-                        let want = Int(min(Int64(buffer.count), offset + length - position))
-                        let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress!, want, off_t(position)) }
-                        if count < 0 && errno == EINTR { continue }
-                        guard count > 0 else { throw DownloadError.localFile("cannot read back \(partialPath)") }
-                        buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-                        position += Int64(count)
+                await cursor.drain()
+                if cursor.upTo < offset + length {
+                    let path = partialPath
+                    let readBack: Void? = try? await NIOThreadPool.singleton.runIfActive {
+                        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                        var position = max(offset, cursor.upTo)
+                        while position < offset + length {
+                            let want = Int(min(Int64(buffer.count), offset + length - position))
+                            let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress!, want, off_t(position)) }
+                            if count < 0 && errno == EINTR { continue }
+                            guard count > 0 else { throw DownloadError.localFile("cannot read back \(path)") }
+                            buffer.withUnsafeBytes { cursor.offer(UnsafeRawBufferPointer(rebasing: $0[0..<count]), at: position) }
+                            position += Int64(count)
+                        }
                     }
-                    return (hasher, buffer)
+                    guard readBack != nil else { return nil }
                 }
-                guard let result else { return nil }
-                (hasher, buffer) = result
                 ready.remove(next)
                 next += 1
             }
         }
-        return next == chunkCount ? FileDigests.hex(hasher.finalize()) : nil
+        return cursor.upTo == info.size ? cursor.digest() : nil
     }
 
     /// Fetches `length` bytes from `offset` of the file from `source`, written in place.
     private func fetch(
-        offset: Int64, length: Int64, from source: PeerSource, into descriptor: Int32,
-        received: @escaping @Sendable (Int64) -> Void
+        offset: Int64, length: Int64, from source: PeerSource, into descriptor: Int32, cursor: HashCursor,
+        received: @escaping @Sendable (Int64) -> Void, written: @escaping @Sendable (Int64) async -> Void
     ) async throws {
         guard let name = PeerRequest.range(offset: offset, length: length, name: remoteName).fileName else {
             throw DownloadError.invalidReply("the name is too long for a range request")
@@ -271,9 +293,13 @@ struct RangedDownload: Sendable {
                         }
                     }
                 }
+                // In order, it is hashed on the side now and never read back.
+                cursor.feed(data, at: at)
+                if cursor.backlog > 32 << 20 { await cursor.drain() }
                 position += Int64(data.readableBytes)
                 received(Int64(data.readableBytes))
                 pending.clear()
+                await written(position)
             }
             reading: for try await var chunk in inbound {
                 switch try decoder.decode(&chunk, into: &pending) {
@@ -291,6 +317,47 @@ struct RangedDownload: Sendable {
             }
         }
     }
+}
+
+/// The SHA-256 of a file's first `upTo` bytes, fed from wherever they come, in order: bytes
+/// offered out of order are ignored (they are read back later), bytes offered twice count once.
+final class HashCursor: Sendable {
+    private let state = Mutex<(hasher: SHA256, upTo: Int64)>((SHA256(), 0))
+    /// Hashes what the transfers feed, in the order fed, off their path.
+    private let queue = DispatchQueue(label: "p2p-download-hash")
+    private let queued = Atomic<Int>(0)
+
+    /// Bytes fed and not hashed yet.
+    var backlog: Int { queued.load(ordering: .relaxed) }
+
+    /// Hands `buffer` (the file's bytes from `offset`) to the hashing thread without waiting.
+    func feed(_ buffer: ByteBuffer, at offset: Int64) {
+        let count = buffer.readableBytes
+        queued.wrappingAdd(count, ordering: .relaxed)
+        queue.async {
+            buffer.withUnsafeReadableBytes { self.offer($0, at: offset) }
+            self.queued.wrappingSubtract(count, ordering: .relaxed)
+        }
+    }
+
+    /// Returns once everything fed so far is hashed.
+    func drain() async {
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in queue.async { done.resume() } }
+    }
+
+    var upTo: Int64 { state.withLock { $0.upTo } }
+
+    func offer(_ bytes: UnsafeRawBufferPointer, at offset: Int64) {
+        state.withLock { state in
+            let end = offset + Int64(bytes.count)
+            guard offset <= state.upTo, end > state.upTo else { return }
+            let skip = Int(state.upTo - offset)
+            state.hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: bytes[skip...]))
+            state.upTo = end
+        }
+    }
+
+    func digest() -> String { FileDigests.hex(state.withLock { $0.hasher }.finalize()) }
 }
 
 /// A byte count shared by concurrent transfers.
@@ -320,19 +387,33 @@ actor ChunkPlan {
         self.recordPath = recordPath
     }
 
-    /// The lowest chunk nobody has taken, nil when none is left.
-    func next() -> Int? { pending.popLast() }
+    /// The lowest chunks nobody has taken, consecutive: all that are left for a single
+    /// source; for several, a share small enough that the last ones end close together. Nil
+    /// when none is left.
+    func nextRun(sources: Int) -> [Int]? {
+        guard let first = pending.popLast() else { return nil }
+        var run = [first]
+        let limit = sources == 1 ? Int.max : max(1, (pending.count + 1) / (2 * sources))
+        while run.count < limit, let next = pending.last, next == run[run.count - 1] + 1 {
+            run.append(pending.removeLast())
+        }
+        return run
+    }
 
-    func putBack(_ chunk: Int) {
-        pending.append(chunk)
+    func putBack(_ chunks: [Int]) {
+        pending.append(contentsOf: chunks)
         pending.sort(by: >)
     }
 
+    /// Records an arrived chunk; the record on disk follows at most every 100 ms (and at the
+    /// end): what it misses is only fetched again.
     func finished(_ chunk: Int) async {
         done.insert(chunk)
         record.done = done
-        await save()
+        if ContinuousClock.now - lastSaved > .milliseconds(100) { await save() }
     }
+
+    private var lastSaved = ContinuousClock.now
 
     var doneCount: Int { done.count }
 
@@ -342,6 +423,7 @@ actor ChunkPlan {
 
     /// Writes the record (small; replaced whole).
     func save() async {
+        lastSaved = .now
         let text = record.text
         let path = recordPath
         _ = try? await NIOThreadPool.singleton.runIfActive {

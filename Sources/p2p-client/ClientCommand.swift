@@ -61,6 +61,13 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "How many peers this client serves at once; more are answered GET_FILE FAIL (code 2).")
     var maxUploads: Int = 32
 
+    @Flag(
+        help: """
+            Download with plain GET_FILE only, as from a third-party peer: no size, digest check, \
+            resume or several owners at once.
+            """)
+    var plainGetFile = false
+
     @Option(help: "Where the prompt keeps its history on a terminal; empty for none (default: ~/.p2p_client_history).")
     var historyFile: String?
 
@@ -120,6 +127,7 @@ struct ClientCommand: AsyncParsableCommand {
             timeService: try TimeServiceClient(url: timeService, method: timeMethod),
             folder: folder,
             uploadLimits: UploadLimits(bytesPerSecond: uploadLimit.flatMap(UploadLimits.parseRate), maxUploads: maxUploads),
+            plainGetFile: plainGetFile,
             output: output,
             logger: Logger(label: "p2p-client"))
         for path in shareFolders {

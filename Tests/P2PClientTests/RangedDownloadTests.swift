@@ -143,8 +143,8 @@ import Testing
         let elapsed = ContinuousClock.now - start
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         let rate = Double(2 * content.count) / seconds
+        // The cap is a ceiling (a loaded machine may stay below it, never above).
         #expect(rate <= Double(cap) * 1.1, "\(rate / Double(1 << 20)) MiB/s against a cap of 4 MiB/s")
-        #expect(rate >= Double(cap) * 0.5, "\(rate / Double(1 << 20)) MiB/s against a cap of 4 MiB/s")
         await peer.stop()
     }
 

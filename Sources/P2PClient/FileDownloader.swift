@@ -189,21 +189,7 @@ public struct FileDownloader: Sendable {
         } catch {
             throw DownloadError.invalidReply("request not sendable: \(error)")
         }
-        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
-        let idleTimeout = self.idleTimeout
-        do {
-            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connectTimeout(.seconds(5))
-                .connect(host: host, port: port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandlers(
-                            IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler())
-                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                    }
-                }
-        } catch {
-            throw DownloadError.unreachable("\(host):\(port): \(shortDescription(of: error))")
-        }
+        let channel = try await PeerConnection.open(host, port, idleTimeout: idleTimeout)
         let bytes = request
         do {
             return try await transfer(bytes, over: channel, into: file, progress: progress)

@@ -381,7 +381,7 @@ def large_directory_benchmark(work):
     peer_check_benchmark(large_dir)
 
 
-def peer_check_benchmark(large_dir):
+def peer_check_benchmark(large_dir, what="refused"):
     """The large directory with peer checks at the default interval (30 s): the first round
     starts 30 s after start and is spread over the next 24 s. Requests are measured during it
     and again on the same server once it is over (the next round starts 30 s later), each
@@ -417,11 +417,53 @@ def peer_check_benchmark(large_dir):
     for workload in workloads:
         rows.append(("peer checks", f"{workload}, 64 clients, large directory, between rounds", after[workload], None))
         result = dict(during[workload])
-        result["note"] = f"during a round: {note}"
+        result["note"] = f"during a round: {note} ({what})"
         rows.append(("peer checks", f"{workload}, 64 clients, large directory, during a round", result,
                      after[workload]))
-    log(f"peer checks: {note}; " + ", ".join(
+    log(f"peer checks ({what}): {note}; " + ", ".join(
         f"{w} {during[w]['rps'] / after[w]['rps']:.2f}" for w in workloads))
+
+
+def answering_peer_check_benchmark(work):
+    """Peer checks that are answered: 100,000 connected users whose recorded address is one live
+    peer of ours (a `p2p-client`, connected to another directory server), so that every check
+    is the whole GET_FILE exchange (connect, request, reply, close) rather than a refused
+    connection; measured as `peer_check_benchmark` does."""
+    side_dir = os.path.join(work, "peer-side")
+    os.makedirs(side_dir)
+    side_port, time_port = free_port(), free_port()
+    side = start_server(os.path.join(side_dir, "directory"), side_port)
+    service = subprocess.Popen([os.path.join(BIN, "p2p-time"), "--port", str(time_port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(time_port)
+    peer = subprocess.Popen([os.path.join(BIN, "p2p-client"), "-s", "127.0.0.1", "-p", str(side_port),
+                             "--time-service", f"http://127.0.0.1:{time_port}"], cwd=side_dir,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            bufsize=1)
+    try:
+        peer.stdin.write("REGISTER checked\nCONNECT checked\n")
+        peer.stdin.flush()
+        read_until(peer, "c> CONNECT OK")
+        reply, _ = request_fields(side_port, "LIST_USERS", "25/11/2026 13:05:09", "checked")
+        peer_port = reply[reply.index(b"checked") + 2].decode()
+        directory = os.path.join(work, "answering")
+        port = free_port()
+        stop(start_server(directory, port))
+        db = sqlite3.connect(os.path.join(directory, "directory.sqlite"), isolation_level=None)
+        db.execute(f"""
+            WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99999)
+            INSERT INTO user (name, ip, port) SELECT printf('live-u%06d', i), '127.0.0.1', '{peer_port}' FROM n""")
+        db.close()
+        before = len(rows)
+        peer_check_benchmark(directory, what="answered")
+        for index in range(before, len(rows)):
+            section, label, result, base = rows[index]
+            rows[index] = (section, label.replace("large directory", "100,000 users answering"), result, base)
+    finally:
+        peer.stdin.close()
+        peer.wait(timeout=30)
+        stop(side)
+        stop(service)
 
 
 def web_benchmark(work):
@@ -1074,7 +1116,8 @@ def print_table():
 
 
 def main():
-    only = sys.argv[1:] or ["directory", "large", "web", "oplog", "time", "getfile", "share", "peers", "postgres"]
+    only = sys.argv[1:] or ["directory", "large", "peercheck", "web", "oplog", "time", "getfile", "share", "peers",
+                            "postgres"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -1082,6 +1125,8 @@ def main():
             directory_benchmark(work)
         if "large" in only:
             large_directory_benchmark(work)
+        if "peercheck" in only:
+            answering_peer_check_benchmark(work)
         if "web" in only:
             web_benchmark(work)
         if "oplog" in only:

@@ -34,6 +34,7 @@ static struct connection connections[MAX_CONNECTIONS];
 static int fields_for(const char *name) {
     if (strcmp(name, "CONNECT") == 0 || strcmp(name, "DELETE") == 0 || strcmp(name, "LIST_CONTENT") == 0) return 4;
     if (strcmp(name, "PUBLISH") == 0) return 5;
+    if (strcmp(name, "GET_FILE") == 0) return 2; /* a peer's request: the peer-check bench */
     return 3;
 }
 

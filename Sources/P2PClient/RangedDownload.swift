@@ -273,47 +273,72 @@ struct RangedDownload: Sendable {
         let bytes = request
         try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(bytes)
-            var decoder = FileReplyDecoder()
-            var pending = ByteBuffer()
+            // Our peer answers a range `0·` and exactly `length` bytes: the length decides, no
+            // framing rule is needed, and the bytes go to disk and to the hash as they came,
+            // without being copied into one buffer first.
+            var codeDecoder = ResultCodeDecoder()
+            var parts: [ByteBuffer] = []
+            var gathered = 0
             var position = offset
+            var remaining = length
             func flush() async throws {
-                guard pending.readableBytes > 0 else { return }
-                let data = pending
+                guard gathered > 0 else { return }
+                let data = parts
                 let at = position
                 try await NIOThreadPool.singleton.runIfActive {
-                    try data.withUnsafeReadableBytes { raw in
-                        var written = 0
-                        while written < raw.count {
-                            let count = pwrite(descriptor, raw.baseAddress! + written, raw.count - written, off_t(at) + off_t(written))
-                            if count < 0 {
-                                if errno == EINTR { continue }
-                                throw DownloadError.localFile(String(cString: strerror(errno)))
+                    var place = at
+                    for part in data {
+                        try part.withUnsafeReadableBytes { raw in
+                            var written = 0
+                            while written < raw.count {
+                                let count = pwrite(
+                                    descriptor, raw.baseAddress! + written, raw.count - written, off_t(place) + off_t(written))
+                                if count < 0 {
+                                    if errno == EINTR { continue }
+                                    throw DownloadError.localFile(String(cString: strerror(errno)))
+                                }
+                                written += count
                             }
-                            written += count
                         }
+                        place += Int64(part.readableBytes)
                     }
                 }
                 // In order, it is hashed on the side now and never read back.
-                cursor.feed(data, at: at)
+                var place = at
+                for part in data {
+                    cursor.feed(part, at: place)
+                    place += Int64(part.readableBytes)
+                }
                 if cursor.backlog > 32 << 20 { await cursor.drain() }
-                position += Int64(data.readableBytes)
-                received(Int64(data.readableBytes))
-                pending.clear()
+                position += Int64(gathered)
+                received(Int64(gathered))
+                parts.removeAll(keepingCapacity: true)
+                gathered = 0
                 await written(position)
             }
-            reading: for try await var chunk in inbound {
-                switch try decoder.decode(&chunk, into: &pending) {
-                case .refused(let code):
-                    throw code == FileReplyCode.noSuchFile ? DownloadError.noSuchFile : DownloadError.refused(code)
-                case .complete: break reading
-                case .needMore: break
+            var settled = false
+            for try await var chunk in inbound {
+                if !settled {
+                    guard let code = try codeDecoder.decode(&chunk) else { continue }
+                    if code == FileReplyCode.noSuchFile { throw DownloadError.noSuchFile }
+                    if code != .ok { throw DownloadError.refused(code) }
+                    // A NUL right after a digit code belongs to the code, even in a later read.
+                    guard codeDecoder.skipTerminator(&chunk) else { continue }
+                    settled = true
                 }
-                if pending.readableBytes >= 1 << 20 { try await flush() }
+                let take = min(chunk.readableBytes, Int(remaining))
+                if take > 0 {
+                    parts.append(chunk.readSlice(length: take)!)
+                    gathered += take
+                    remaining -= Int64(take)
+                }
+                if gathered >= 1 << 20 || remaining == 0 { try await flush() }
+                if remaining == 0 { break }
             }
-            try decoder.finish(into: &pending)
             try await flush()
-            guard position - offset == length else {
-                throw DownloadError.interrupted(received: position - offset, reason: "the peer sent \(position - offset) of \(length) bytes")
+            guard settled || length == 0, remaining == 0 else {
+                throw DownloadError.interrupted(
+                    received: position - offset, reason: "the peer sent \(position - offset) of \(length) bytes")
             }
         }
     }

@@ -262,9 +262,8 @@ public actor FolderSharing {
     /// files there now.
     private func reconcile(_ folder: String, deep: Bool, progress: String? = nil) async -> Outcome {
         var outcome = Outcome()
-        guard let index = shares.firstIndex(where: { $0.contains(folder) }) else { return outcome }
-        let share = shares[index]
-        let relative = folder == share.path ? "" : String(folder.dropFirst(share.path.count + 1)) + "/"
+        guard let found = shares.first(where: { $0.contains(folder) }) else { return outcome }
+        let relative = folder == found.path ? "" : String(folder.dropFirst(found.path.count + 1)) + "/"
         // A hidden folder is not shared, whatever happens in it.
         guard !relative.split(separator: "/").contains(where: { $0.hasPrefix(".") }) else { return outcome }
         let scan: FolderScan
@@ -272,12 +271,15 @@ public actor FolderSharing {
         do {
             scan = try await NIOThreadPool.singleton.runIfActive {
                 FolderScanner.scan(
-                    folder, share: share.path, prefix: share.prefix, deep: deep, follow: watcher.map { $0.watch })
+                    folder, share: found.path, prefix: found.prefix, deep: deep, follow: watcher.map { $0.watch })
             }
         } catch {
             outcome.problem = "\(error)"
             return outcome
         }
+        // Looked up again: a command may have changed the shares while the folder was read.
+        guard let index = shares.firstIndex(where: { $0.path == found.path }) else { return outcome }
+        let share = shares[index]
         let namePrefix = share.namePrefix(of: folder)
         let current = share.published.filter { Share.name($0, isIn: namePrefix, deep: deep) }
         let wanted = Set(scan.files.keys).subtracting(share.excluded)

@@ -165,6 +165,15 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
             ]
         ),
+        // The NIO floor of `make bench`: the least a SwiftNIO server of the protocol's shape does.
+        .executableTarget(
+            name: "nio-floor",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "bench/nio-floor"
+        ),
         // Helpers shared by the test targets: temporary folders, a server harness, raw sockets.
         .target(
             name: "P2PTestSupport",

@@ -6,6 +6,8 @@ measured in the same run:
   - directory server: against a minimal stateless C server (bench/floor_server.c), the floor
     cost of one connection per request here, driven by the same load generator; the floor is
     measured with 1, 2 and 4 generator threads to show that the generator is not the limit;
+    and against the NIO floor (bench/nio-floor), the least a SwiftNIO server of this shape does,
+    with the CPU per request of each;
   - web page: the directory while its page and /metrics are read, against the same server idle;
   - large directory: the same server on a directory of 1,000,000 users (100,000 connected) and
     10,000,000 files, built by bulk insert, against the same server on an empty directory;
@@ -121,10 +123,25 @@ def server_summary(process):
     return process.output.read().splitlines()[-3:]
 
 
+def measured(port, pid, workload, clients, tag):
+    """A load generator run, with the CPU the server process `pid` used per request."""
+    before = cpu_seconds([pid])
+    result = loadgen(port, workload, clients, tag)
+    used = cpu_seconds([pid]) - before
+    requests = result["rps"] * DURATION
+    result["cpu_us"] = used / requests * 1e6 if requests else 0.0
+    return result
+
+
 def directory_benchmark(work):
-    floor_port = free_port()
+    """The directory server against two floors in the same run: the C floor (the machine's
+    cost of one connection per request) and the NIO floor (bench/nio-floor: what SwiftNIO
+    itself allows for a server of this shape), with the CPU each used per request."""
+    floor_port, nio_port = free_port(), free_port()
     floor = subprocess.Popen([os.path.join(TOOLS, "floor_server"), str(floor_port)], stdout=subprocess.DEVNULL)
+    nio = subprocess.Popen([os.path.join(BIN, "nio-floor"), str(nio_port)], stdout=subprocess.DEVNULL)
     wait_port(floor_port)
+    wait_port(nio_port)
     port = free_port()
     server = start_server(os.path.join(work, "directory"), port)
     try:
@@ -136,16 +153,24 @@ def directory_benchmark(work):
             log(f"floor with {threads} generator threads: {result['rps']:.0f} rps, "
                 f"generator {result['cpu_cores']:.2f} cores")
         for clients in CLIENTS:
-            base = loadgen(floor_port, "register", clients, f"floor{clients}")
+            base = measured(floor_port, floor.pid, "register", clients, f"floor{clients}")
+            base["note"] += f"; {base['cpu_us']:.0f} us of CPU per request"
             rows.append(("directory", f"floor server, {clients} clients", base, None))
+            nio_base = measured(nio_port, nio.pid, "register", clients, f"niofloor{clients}")
+            nio_base["note"] += f"; {nio_base['cpu_us']:.0f} us of CPU per request"
+            rows.append(("directory", f"NIO floor, {clients} clients", nio_base, base))
             for workload in WORKLOADS:
-                result = loadgen(port, workload, clients, f"{workload}{clients}")
+                result = measured(port, server.pid, workload, clients, f"{workload}{clients}")
+                result["note"] += (f"; {result['rps'] / nio_base['rps']:.2f} of the NIO floor; "
+                                   f"{result['cpu_us']:.0f} us of CPU per request")
                 rows.append(("directory", f"{workload}, {clients} clients", result, base))
-                log(f"{workload:12} clients={clients:2} rps={result['rps']:.0f} (floor {base['rps']:.0f}) "
-                    f"p50={result['p50_ms']:.2f} ms p99={result['p99_ms']:.2f} ms errors={result['errors']:.0f}")
+                log(f"{workload:12} clients={clients:2} rps={result['rps']:.0f} (floor {base['rps']:.0f}, "
+                    f"NIO floor {nio_base['rps']:.0f}) p50={result['p50_ms']:.2f} ms p99={result['p99_ms']:.2f} ms "
+                    f"errors={result['errors']:.0f} cpu/request {result['cpu_us']:.0f} us")
     finally:
         stop(server)
         stop(floor)
+        stop(nio)
 
 
 def rss_mib(pid, field="VmRSS"):

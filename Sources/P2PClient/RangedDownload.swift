@@ -128,8 +128,8 @@ struct RangedDownload: Sendable {
                     // A run of consecutive chunks on one connection: the whole file from a
                     // single source, shorter runs the more sources share it.
                     while let run = await plan.nextRun(sources: sources.count) {
-                        let offset = range(of: run[0]).offset
-                        let last = range(of: run[run.count - 1])
+                        let offset = range(of: run.chunks[0]).offset
+                        let last = range(of: run.chunks[run.chunks.count - 1])
                         let marked = ByteCounter(0)
                         let partly = ByteCounter(0)
                         do {
@@ -142,20 +142,27 @@ struct RangedDownload: Sendable {
                                 },
                                 written: { position in
                                     // Every chunk wholly on disk now counts as arrived.
-                                    while marked.value < Int64(run.count) {
-                                        let chunk = run[Int(marked.value)]
+                                    while marked.value < Int64(run.chunks.count) {
+                                        let chunk = run.chunks[Int(marked.value)]
                                         let (start, length) = range(of: chunk)
                                         guard start + length <= position else { break }
                                         marked.add(1)
-                                        await plan.finished(chunk)
                                         completions.yield(chunk)
+                                        guard await plan.finished(chunk, run: run.id) else {
+                                            // The rest of this run went to a faster source.
+                                            if marked.value < Int64(run.chunks.count) { throw RunHandedOver() }
+                                            break
+                                        }
                                     }
                                 })
+                            await plan.release(run.id)
                         } catch {
-                            // This source is done for: what it had not finished goes back to the others.
-                            let kept = run[..<Int(marked.value)].reduce(Int64(0)) { $0 + range(of: $1).length }
+                            // What was not finished goes back to the others.
+                            let kept = run.chunks[..<Int(marked.value)].reduce(Int64(0)) { $0 + range(of: $1).length }
                             counter.add(kept - partly.value)
-                            await plan.putBack(Array(run[Int(marked.value)...]))
+                            await plan.release(run.id)
+                            if error is RunHandedOver { continue }
+                            // This source is done for.
                             await plan.save()
                             if sources.count > 1 { notice("\(source.owner) stopped serving \(remoteName) (\(error))") }
                             return "\(source.owner): \(error)"
@@ -262,7 +269,7 @@ struct RangedDownload: Sendable {
     /// Fetches `length` bytes from `offset` of the file from `source`, written in place.
     private func fetch(
         offset: Int64, length: Int64, from source: PeerSource, into descriptor: Int32, cursor: HashCursor,
-        received: @escaping @Sendable (Int64) -> Void, written: @escaping @Sendable (Int64) async -> Void
+        received: @escaping @Sendable (Int64) -> Void, written: @escaping @Sendable (Int64) async throws -> Void
     ) async throws {
         guard let name = PeerRequest.range(offset: offset, length: length, name: remoteName).fileName else {
             throw DownloadError.invalidReply("the name is too long for a range request")
@@ -314,7 +321,7 @@ struct RangedDownload: Sendable {
                 received(Int64(gathered))
                 parts.removeAll(keepingCapacity: true)
                 gathered = 0
-                await written(position)
+                try await written(position)
             }
             var settled = false
             for try await var chunk in inbound {
@@ -385,6 +392,9 @@ final class HashCursor: Sendable {
     func digest() -> String { FileDigests.hex(state.withLock { $0.hasher }.finalize()) }
 }
 
+/// A run's tail went to another source: its fetch stops early (not a failure of the source).
+struct RunHandedOver: Error {}
+
 /// A byte count shared by concurrent transfers.
 final class ByteCounter: Sendable {
     private let count: Atomic<Int64>
@@ -412,17 +422,52 @@ actor ChunkPlan {
         self.recordPath = recordPath
     }
 
+    /// Consecutive chunks one source fetches on one connection.
+    struct Run: Sendable {
+        let id: Int
+        let chunks: [Int]
+    }
+
+    /// Runs being fetched: their chunks, how many arrived, and how many they keep (fewer once
+    /// their tail was handed to another source).
+    private var running: [Int: (chunks: [Int], arrived: Int, keeps: Int)] = [:]
+    private var nextID = 0
+
     /// The lowest chunks nobody has taken, consecutive: all that are left for a single
-    /// source; for several, a share small enough that the last ones end close together. Nil
-    /// when none is left.
-    func nextRun(sources: Int) -> [Int]? {
-        guard let first = pending.popLast() else { return nil }
-        var run = [first]
+    /// source; for several, a share small enough that the last ones end close together. When
+    /// none is left, the unstarted half of the run with most chunks still to start (a slow
+    /// source's): the faster source takes it over. Nil when there is nothing to take.
+    func nextRun(sources: Int) -> Run? {
+        guard let first = pending.popLast() else { return takeOver() }
+        var chunks = [first]
         let limit = sources == 1 ? Int.max : max(1, (pending.count + 1) / (2 * sources))
-        while run.count < limit, let next = pending.last, next == run[run.count - 1] + 1 {
-            run.append(pending.removeLast())
+        while chunks.count < limit, let next = pending.last, next == chunks[chunks.count - 1] + 1 {
+            chunks.append(pending.removeLast())
         }
-        return run
+        return start(chunks)
+    }
+
+    private func start(_ chunks: [Int]) -> Run {
+        let id = nextID
+        nextID += 1
+        running[id] = (chunks, 0, chunks.count)
+        return Run(id: id, chunks: chunks)
+    }
+
+    private func takeOver() -> Run? {
+        // Not started: after the chunk a run is fetching now.
+        func unstarted(_ run: (chunks: [Int], arrived: Int, keeps: Int)) -> Int { max(0, run.keeps - run.arrived - 1) }
+        guard let (id, run) = running.max(by: { unstarted($0.value) < unstarted($1.value) }), unstarted(run) > 0
+        else { return nil }
+        let taken = (unstarted(run) + 1) / 2
+        running[id]?.keeps = run.keeps - taken
+        return start(Array(run.chunks[(run.keeps - taken)..<run.keeps]))
+    }
+
+    /// Ends a run: what it kept and did not finish goes back to the list.
+    func release(_ id: Int) {
+        guard let run = running.removeValue(forKey: id) else { return }
+        putBack(Array(run.chunks[run.arrived..<run.keeps]))
     }
 
     func putBack(_ chunks: [Int]) {
@@ -430,12 +475,19 @@ actor ChunkPlan {
         pending.sort(by: >)
     }
 
-    /// Records an arrived chunk; the record on disk follows at most every 100 ms (and at the
-    /// end): what it misses is only fetched again.
-    func finished(_ chunk: Int) async {
+    /// Records an arrived chunk of run `id`; returns whether the run goes on (false once it has
+    /// every chunk it keeps). The record on disk follows at most every 100 ms (and at the end):
+    /// what it misses is only fetched again.
+    func finished(_ chunk: Int, run id: Int) async -> Bool {
         done.insert(chunk)
         record.done = done
+        var goesOn = false
+        if let run = running[id] {
+            running[id]?.arrived = run.arrived + 1
+            goesOn = run.arrived + 1 < run.keeps
+        }
         if ContinuousClock.now - lastSaved > .milliseconds(100) { await save() }
+        return goesOn
     }
 
     private var lastSaved = ContinuousClock.now

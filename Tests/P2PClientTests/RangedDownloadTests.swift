@@ -3,11 +3,12 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
-import P2PClient
 import P2PProtocol
 import P2PTestSupport
 import Synchronization
 import Testing
+
+@testable import P2PClient
 
 /// Downloads between peers of ours (docs/PROTOCOL.md, "Extension: file info and ranges"):
 /// verified, resumed, from several sources, within the upload cap; and exactly today's GET_FILE
@@ -221,5 +222,58 @@ final class CorruptingPeer: ChannelInboundHandler, Sendable {
         }
         let channel = context.channel
         context.writeAndFlush(NIOAny(reply)).whenComplete { _ in channel.close(promise: nil) }
+    }
+}
+
+/// Which chunks each source fetches, without sockets.
+@Suite struct ChunkPlanTests {
+    static func plan(_ count: Int, path: String) -> ChunkPlan {
+        ChunkPlan(
+            count: count, done: [],
+            record: RangedDownload.Record(owners: ["a", "b"], remoteName: "f", size: 0, sha256: "", done: []),
+            recordPath: path)
+    }
+
+    @Test func aSlowSourcesUnstartedChunksGoToTheOtherOnce() async throws {
+        let folder = try TemporaryDirectory("plan")
+        defer { folder.remove() }
+        let plan = Self.plan(8, path: folder.file("record"))
+        let slow = try #require(await plan.nextRun(sources: 2))
+        #expect(slow.chunks == [0, 1])
+        // The fast source takes the rest, run after run; with the list empty, it takes over the
+        // slow source's chunk not yet started (1), not the one it is fetching (0).
+        var fetched: [Int] = []
+        var takenOver: ChunkPlan.Run?
+        while let run = await plan.nextRun(sources: 2) {
+            if run.chunks.contains(where: { $0 <= 1 }) {
+                takenOver = run
+                break
+            }
+            for chunk in run.chunks { _ = await plan.finished(chunk, run: run.id) }
+            await plan.release(run.id)
+            fetched += run.chunks
+        }
+        #expect(fetched == [2, 3, 4, 5, 6, 7])
+        #expect(takenOver?.chunks == [1])
+        // The slow source ends its run after the chunk it was fetching.
+        let goesOn = await plan.finished(0, run: slow.id)
+        #expect(!goesOn)
+        await plan.release(slow.id)
+        let taken = try #require(takenOver)
+        _ = await plan.finished(1, run: taken.id)
+        await plan.release(taken.id)
+        #expect(await plan.doneCount == 8)
+        #expect(await plan.nextRun(sources: 2) == nil)
+    }
+
+    @Test func aFailedRunGivesBackWhatItKept() async throws {
+        let folder = try TemporaryDirectory("plan")
+        defer { folder.remove() }
+        let plan = Self.plan(4, path: folder.file("record"))
+        let run = try #require(await plan.nextRun(sources: 1))
+        #expect(run.chunks == [0, 1, 2, 3])
+        _ = await plan.finished(0, run: run.id)
+        await plan.release(run.id)
+        #expect(await plan.nextRun(sources: 1)?.chunks == [1, 2, 3])
     }
 }

@@ -119,9 +119,10 @@ public actor ClientSession {
 
         case .publish(let fileName, let description):
             var code = await request(.publish(user: actingUser, fileName: fileName, description: description))?.code
-            if code == 0 || code == 3, await sharing.publishedByHand(fileName), code == 3 {
-                // SHARE published it with a description of its own making: the typed one wins.
-                if await request(.delete(user: actingUser, fileName: fileName))?.code == 0 {
+            if code == 0 || code == 3 {
+                let describedByShare = await sharing.publishedByHand(fileName)
+                // Already there with a description SHARE made up: the typed one replaces it.
+                if code == 3, describedByShare, await request(.delete(user: actingUser, fileName: fileName))?.code == 0 {
                     code = await request(.publish(user: actingUser, fileName: fileName, description: description))?.code
                 }
             }

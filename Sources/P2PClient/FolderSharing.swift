@@ -209,9 +209,6 @@ public actor FolderSharing {
         }
     }
 
-    /// The shared folders.
-    public var folders: [String] { shares.map(\.path) }
-
     // MARK: Keeping in line
 
     private func startFollowing() {

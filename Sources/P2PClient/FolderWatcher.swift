@@ -75,9 +75,6 @@ final class FolderWatcher: Sendable {
         for watch in removed { inotify_rm_watch(descriptor, watch) }
     }
 
-    /// How many folders are followed.
-    var count: Int { folders.withLock { $0.count } }
-
     /// Stops the thread and closes the inotify descriptor; the stream ends.
     func stop() async {
         guard !stopped.exchange(true, ordering: .relaxed) else { return }

@@ -58,7 +58,7 @@ def log(message):
 
 def build_tools():
     os.makedirs(TOOLS, exist_ok=True)
-    for name in ["floor_server", "loadgen"]:
+    for name in ["floor_server", "loadgen", "holder"]:
         subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", os.path.join(TOOLS, name),
                         os.path.join(ROOT, "bench", f"{name}.c")], check=True)
 
@@ -90,10 +90,11 @@ def stop(process):
             process.wait()
 
 
-def loadgen(port, workload, clients, tag, threads=None, duration=None):
+def loadgen(port, workload, clients, tag, threads=None, duration=None, source=None):
     out = subprocess.run([os.path.join(TOOLS, "loadgen"), "--port", str(port), "--workload", workload,
                           "--clients", str(clients), "--duration", str(duration or DURATION), "--tag", tag,
-                          "--threads", str(threads or LOADGEN_THREADS)],
+                          "--threads", str(threads or LOADGEN_THREADS),
+                          *(["--source", source] if source else [])],
                          check=True, capture_output=True, text=True).stdout
     result = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
     result["note"] = f"load generator: {result['threads']:.0f} threads, {result['cpu_cores']:.2f} cores busy"
@@ -769,6 +770,74 @@ def oplog_benchmark(work):
         stop(oplog)
 
 
+def wait_established(port, count, timeout=15):
+    """Waits until the server on `port` has at least `count` connections established."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True).stdout
+        if len(out.splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"fewer than {count} connections to port {port} after {timeout} s")
+
+
+def fairness_benchmark(work):
+    """One address (127.0.0.1) holds all the connections it can, sending nothing and reopening
+    each one the server closes; a client on another address (127.0.0.2, 16 clients) must keep
+    its throughput. Alternating rounds alone / beside the holder, and one round with the
+    per-address limit off to show what it prevents."""
+    holder_connections = 1100
+
+    def run(extra, tag, with_holder):
+        port = free_port()
+        server = start_server(os.path.join(work, f"fair-{tag}"), port, extra=extra)
+        holder = None
+        try:
+            if with_holder:
+                holder = subprocess.Popen([os.path.join(TOOLS, "holder"), "--port", str(port), "--source", "127.0.0.1",
+                                           "--connections", str(holder_connections), "--duration",
+                                           str(DURATION + 3)], stdout=subprocess.PIPE, text=True)
+                # Until the holder holds what the server lets it (the limit, 128, or all slots).
+                wait_established(port, 128)
+            result = loadgen(port, "register", 16, f"fair{tag}", source="127.0.0.2")
+            if holder:
+                out = holder.communicate(timeout=30)[0]
+                result["holder"] = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
+        finally:
+            if holder and holder.poll() is None:
+                holder.kill()
+                holder.wait()
+            stop(server)
+        server.errors.seek(0)
+        result["log_lines"] = len(server.errors.read().splitlines())
+        return result
+
+    alone, beside = [], []
+    for round_ in range(2):
+        alone.append(run((), f"alone{round_}", False))
+        beside.append(run((), f"held{round_}", True))
+    unprotected = run(("--max-connections-per-address", "0"), "unprotected", True)
+
+    def mean(runs, note):
+        return {"rps": statistics.mean(r["rps"] for r in runs), "p50_ms": statistics.mean(r["p50_ms"] for r in runs),
+                "p99_ms": max(r["p99_ms"] for r in runs), "errors": sum(r["errors"] for r in runs), "note": note}
+
+    base = mean(alone, f"{len(alone)} runs, mean (p99: worst run)")
+    held = beside[-1]["holder"]
+    protected = mean(beside, f"{len(beside)} runs; holder: {holder_connections} connections, "
+                             f"{held['reopened'] / (DURATION + 3):.0f} reopened/s, {held['cpu_cores']:.2f} cores; "
+                             f"server log: {max(r['log_lines'] for r in beside)} lines per run")
+    open_ = mean([unprotected], f"one run with --max-connections-per-address 0; server log: "
+                                f"{unprotected['log_lines']} lines")
+    rows.append(("fairness", "register from 127.0.0.2, 16 clients, alone", base, None))
+    rows.append(("fairness", "the same beside a holder on 127.0.0.1 (limit 128 per address)", protected, base))
+    rows.append(("fairness", "the same, no per-address limit", open_, base))
+    log(f"fairness: alone {base['rps']:.0f} rps; beside the holder {protected['rps']:.0f} rps "
+        f"({protected['rps'] / base['rps']:.2f}), p99 {protected['p99_ms']:.1f} ms, errors {protected['errors']:.0f}; "
+        f"unprotected {open_['rps']:.0f} rps, errors {open_['errors']:.0f}")
+
+
 def wrk(url, script=None):
     args = ["wrk", "-t2", "-c64", f"-d{int(DURATION)}s", "--latency", url]
     if script:
@@ -1133,13 +1202,15 @@ def print_table():
 
 
 def main():
-    only = sys.argv[1:] or ["directory", "large", "peercheck", "web", "oplog", "time", "getfile", "share", "peers",
+    only = sys.argv[1:] or ["directory", "fairness", "large", "peercheck", "web", "oplog", "time", "getfile", "share", "peers",
                             "postgres"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
         if "directory" in only:
             directory_benchmark(work)
+        if "fairness" in only:
+            fairness_benchmark(work)
         if "large" in only:
             large_directory_benchmark(work)
         if "peercheck" in only:

@@ -7,7 +7,8 @@
  * can show that it is not the bottleneck.
  *
  * usage: loadgen --port P [--host 127.0.0.1] [--clients 64] [--threads 2] [--duration 3] [--workload W]
- *                [--tag T]
+ *                [--tag T] [--source IP]
+ *   --source binds every connection to IP (another loopback address such as 127.0.0.2).
  *   W: register    a new user per request
  *      publish     a new file per request, for a connected user per client
  *      list-content LIST_CONTENT of a user with 10 files
@@ -50,6 +51,8 @@ struct client {
 };
 
 static struct sockaddr_in server;
+static struct sockaddr_in source;
+static int has_source;
 static const char *tag = "b";
 static const char *date_time = "25/11/2026 13:05:09";
 static enum workload workload = REGISTER;
@@ -99,6 +102,10 @@ static void build_request(struct client *c) {
 /* One blocking request for the set-up phase; returns the first reply byte or -1. */
 static int blocking_request(const char *request, size_t length) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (has_source && bind(fd, (struct sockaddr *)&source, sizeof source) != 0) {
+        close(fd);
+        return -1;
+    }
     if (connect(fd, (struct sockaddr *)&server, sizeof server) != 0) {
         close(fd);
         return -1;
@@ -120,6 +127,10 @@ static int start(int epoll_fd, struct client *c) {
     c->code_ok = 0;
     c->started = now();
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (has_source && bind(c->fd, (struct sockaddr *)&source, sizeof source) != 0) {
+        perror("loadgen: bind --source");
+        exit(1);
+    }
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(c->fd, (struct sockaddr *)&server, sizeof server) != 0 && errno != EINPROGRESS) {
@@ -231,6 +242,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--duration")) duration = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--workload")) workload_name = argv[i + 1];
         else if (!strcmp(argv[i], "--tag")) tag = argv[i + 1];
+        else if (!strcmp(argv[i], "--source")) {
+            source.sin_family = AF_INET;
+            if (inet_pton(AF_INET, argv[i + 1], &source.sin_addr) != 1) {
+                fprintf(stderr, "loadgen: --source must be an IPv4 address\n");
+                return 2;
+            }
+            has_source = 1;
+        }
         else { fprintf(stderr, "loadgen: unknown option %s\n", argv[i]); return 2; }
     }
     if (!strcmp(workload_name, "register")) workload = REGISTER;

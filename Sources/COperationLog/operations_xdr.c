@@ -26,7 +26,7 @@ xdr_operation_batch (XDR *xdrs, operation_batch *objp)
 {
 	register int32_t *buf;
 
-	 if (!xdr_array (xdrs, (char **)&objp->operation_batch_val, (u_int *) &objp->operation_batch_len, ~0,
+	 if (!xdr_array (xdrs, (char **)&objp->operation_batch_val, (u_int *) &objp->operation_batch_len, OPLOG_MAX_BATCH,
 		sizeof (operation_record), (xdrproc_t) xdr_operation_record))
 		 return FALSE;
 	return TRUE;
@@ -49,7 +49,7 @@ xdr_operation_result_batch (XDR *xdrs, operation_result_batch *objp)
 {
 	register int32_t *buf;
 
-	 if (!xdr_array (xdrs, (char **)&objp->operation_result_batch_val, (u_int *) &objp->operation_result_batch_len, ~0,
+	 if (!xdr_array (xdrs, (char **)&objp->operation_result_batch_val, (u_int *) &objp->operation_result_batch_len, OPLOG_MAX_BATCH,
 		sizeof (operation_result), (xdrproc_t) xdr_operation_result))
 		 return FALSE;
 	return TRUE;

@@ -34,11 +34,16 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private let batcher: StoreBatcher
     private let encoder: ReplyEncoder
     private let requestTimeout: TimeAmount
-    private let connections: ConnectionCounter
+    private let limits: ConnectionLimits
+    private let problems: ConnectionProblemReport
     private let metrics: DirectoryMetrics
     private let logger: Logger
     private var machine: DirectoryConnectionStateMachine
     private var deadline: Scheduled<Void>?
+    /// The socket's address (unmapped), or the PROXY header's once it has named one.
+    private var clientIP: String
+    /// Whether `clientIP` holds one of its slots in `limits`, to give back at the end.
+    private var holdsAddressSlot: Bool
 
     init(
         handler: DirectoryRequestHandler,
@@ -46,7 +51,10 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         encoder: ReplyEncoder,
         requestTimeout: TimeAmount,
         expectsProxyHeader: Bool = false,
-        connections: ConnectionCounter,
+        clientIP: String,
+        holdsAddressSlot: Bool,
+        limits: ConnectionLimits,
+        problems: ConnectionProblemReport,
         metrics: DirectoryMetrics,
         logger: Logger
     ) {
@@ -55,7 +63,10 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         self.encoder = encoder
         self.requestTimeout = requestTimeout
         machine = DirectoryConnectionStateMachine(expectsProxyHeader: expectsProxyHeader)
-        self.connections = connections
+        self.clientIP = clientIP
+        self.holdsAddressSlot = holdsAddressSlot
+        self.limits = limits
+        self.problems = problems
         self.metrics = metrics
         self.logger = logger
     }
@@ -73,7 +84,11 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
         deadline = nil
-        connections.close()
+        if holdsAddressSlot {
+            limits.release(clientIP)
+            holdsAddressSlot = false
+        }
+        limits.close()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -104,14 +119,27 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         switch action {
         case .wait:
             break
-        case .serve(let request, let clientIP):
-            serve(request, peerIP: clientIP ?? context.remoteAddress?.ipAddress ?? "0.0.0.0", context: context)
+        case .admit(let ip):
+            let unmapped = SocketAddress.unmapped(ip)
+            let admitted = limits.admit(unmapped)
+            if admitted {
+                clientIP = unmapped
+                holdsAddressSlot = true
+            } else {
+                problems.record(
+                    .addressLimit, from: unmapped,
+                    detail: "closing connection from \(unmapped) (through the load balancer): \(limits.perAddress) connections from that address are open (--max-connections-per-address)")
+            }
+            run(machine.admitted(admitted), context: context)
+        case .serve(let request, let proxiedIP):
+            serve(request, peerIP: proxiedIP.map(SocketAddress.unmapped) ?? clientIP, context: context)
         case .reject(let error, let rejection, let replyCode, let closeNow):
-            let peer = context.remoteAddress?.ipAddress ?? "?"
+            let peer = clientIP
             switch rejection {
             case .emptyConnection: logger.debug("empty connection from \(peer)")
             case .endedBeforeRequest: logger.debug("connection from \(peer) ended before a request: \(error)")
-            case .badRequest: logger.warning("bad request from \(peer): \(error)")
+            case .badRequest: problems.record(.badRequest, from: peer, detail: "bad request from \(peer): \(error)")
+            case .timedOut: problems.record(.timeout, from: peer, detail: "bad request from \(peer): \(error)")
             }
             if let replyCode {
                 var buffer = ByteBuffer()
@@ -126,9 +154,11 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         case .refuse(let error, let sawBytes):
             // `--proxy-protocol` and no valid header: nothing of it is read as a request (it may
             // come from someone bypassing the balancer). No byte at all: the balancer's health check.
-            let peer = context.remoteAddress?.ipAddress ?? "?"
+            let peer = clientIP
             if sawBytes {
-                logger.warning("closing connection from \(peer): \(error) (the server expects one: --proxy-protocol)")
+                problems.record(
+                    .missingProxyHeader, from: peer,
+                    detail: "closing connection from \(peer): \(error) (the server expects one: --proxy-protocol)")
             } else {
                 logger.debug("empty connection from \(peer)")
             }

@@ -7,14 +7,20 @@ import P2PProtocol
 /// (``DirectoryConnectionHandler``) only runs the actions.
 ///
 /// ```
-/// awaitingProxyHeader --header--> reading --request--> serving --reply--> closed
-///          |                         |
-///          +--no valid header--> closed   +--bad input--> draining --client closes--> closed
+/// awaitingProxyHeader --header--> admitting --address admitted--> reading --request--> serving --reply--> closed
+///          |                           |                                |
+///          +--no valid header--> closed +--address over its limit--> closed  +--bad input--> draining --client closes--> closed
 /// ```
+///
+/// (`admitting` only when the header names a client: its address then takes one of its
+/// connection slots, ``ConnectionLimits``; without `--proxy-protocol` that happens at accept.)
 struct DirectoryConnectionStateMachine {
     enum State {
         /// `--proxy-protocol`: the load balancer's header comes first (its bytes so far).
         case awaitingProxyHeader(ByteBuffer)
+        /// The PROXY header named `clientIP`: waiting for ``admitted(_:)`` to say whether that
+        /// address may have one more connection (`rest`: the bytes after the header).
+        case admitting(rest: ByteBuffer, clientIP: String)
         /// Reading the request; `clientIP` is the PROXY header's source, when there was one.
         case reading(RequestDecoder, clientIP: String?, sawBytes: Bool)
         /// The request is with the store; its reply comes with ``replyReady()``.
@@ -35,11 +41,16 @@ struct DirectoryConnectionStateMachine {
         case endedBeforeRequest
         /// Bad input: logged as a warning.
         case badRequest
+        /// The request was not whole before the deadline.
+        case timedOut
     }
 
     enum Action {
         /// Nothing to do yet.
         case wait
+        /// The PROXY header named the client: check its address's connection limit and report
+        /// with ``admitted(_:)``.
+        case admit(clientIP: String)
         /// The whole request is here: serve it (the deadline no longer applies). `clientIP`
         /// stands for the connection's address when the PROXY header gave one.
         case serve(Request, clientIP: String?)
@@ -70,7 +81,11 @@ struct DirectoryConnectionStateMachine {
                     return .wait
                 }
                 // Nothing of a request yet (a health check ends here); what follows is the request.
-                state = .reading(RequestDecoder(), clientIP: proxy.source?.ip, sawBytes: false)
+                if let clientIP = proxy.source?.ip {
+                    state = .admitting(rest: header, clientIP: clientIP)
+                    return .admit(clientIP: clientIP)
+                }
+                state = .reading(RequestDecoder(), clientIP: nil, sawBytes: false)
                 guard header.readableBytes > 0 else { return .wait }
                 return bytesReceived(header)
             } catch {
@@ -89,9 +104,26 @@ struct DirectoryConnectionStateMachine {
             } catch {
                 return reject(error, decoder: decoder, sawBytes: true)
             }
+        case .admitting(var rest, let clientIP):
+            rest.writeBuffer(&bytes)
+            state = .admitting(rest: rest, clientIP: clientIP)
+            return .wait
         case .serving, .draining, .closed, .modifying:
             return .wait
         }
+    }
+
+    /// Whether the address the PROXY header named may have this connection: if so, what came
+    /// after the header is read as the request; if not, the connection is closed.
+    mutating func admitted(_ admitted: Bool) -> Action {
+        guard case .admitting(let rest, let clientIP) = state else { return .wait }
+        guard admitted else {
+            state = .closed
+            return .close
+        }
+        state = .reading(RequestDecoder(), clientIP: clientIP, sawBytes: false)
+        guard rest.readableBytes > 0 else { return .wait }
+        return bytesReceived(rest)
     }
 
     /// The client closed its side.
@@ -102,6 +134,11 @@ struct DirectoryConnectionStateMachine {
             return .refuse(ProxyHeaderError.missing, sawBytes: header.readableBytes > 0)
         case .reading(let decoder, _, let sawBytes):
             return reject(decoder.finish(), decoder: decoder, sawBytes: sawBytes)
+        case .admitting:
+            // The handler answers `.admit` at once, so nothing can arrive in between; were it
+            // to, the connection would not be served.
+            state = .closed
+            return .close
         case .draining:
             state = .closed
             return .close
@@ -118,6 +155,9 @@ struct DirectoryConnectionStateMachine {
             return .refuse(error, sawBytes: header.readableBytes > 0)
         case .reading(let decoder, _, let sawBytes):
             return reject(error, decoder: decoder, sawBytes: sawBytes)
+        case .admitting:
+            state = .closed
+            return .close
         case .draining:
             state = .closed
             return .close
@@ -135,7 +175,7 @@ struct DirectoryConnectionStateMachine {
         case .reading(_, _, sawBytes: false):
             state = .closed
             return .close
-        case .awaitingProxyHeader, .reading, .serving, .draining, .closed, .modifying:
+        case .awaitingProxyHeader, .admitting, .reading, .serving, .draining, .closed, .modifying:
             return .wait
         }
     }
@@ -156,6 +196,8 @@ struct DirectoryConnectionStateMachine {
         let rejection: Rejection
         if case .truncated(nil, 0)? = error as? ProtocolError {
             rejection = .emptyConnection
+        } else if error is DirectoryConnectionHandler.TimedOut {
+            rejection = .timedOut
         } else if !sawBytes, error is IOError {
             rejection = .endedBeforeRequest
         } else {

@@ -17,6 +17,12 @@ public struct DirectoryServerConfiguration: Sendable {
     public var idleTimeout: TimeAmount
     /// Connections served at once; more are closed on accept.
     public var maxConnections: Int
+    /// Connections served at once from one client address (0: no limit); more are closed on
+    /// accept (behind `proxyProtocol`, once the PROXY header has named the address).
+    public var maxConnectionsPerAddress: Int
+    /// How often refused connections, bad requests and timeouts are summed up in the log (the
+    /// first of each kind in an interval is logged at once, the rest only counted).
+    public var problemReportInterval: TimeAmount
     /// How long a graceful shutdown waits for requests in flight.
     public var shutdownGracePeriod: TimeAmount
     /// Whether a connected user can be changed only from the address it connected from.
@@ -32,6 +38,8 @@ public struct DirectoryServerConfiguration: Sendable {
         codeEncoding: ResultCodeEncoding = .ascii,
         idleTimeout: TimeAmount = .seconds(5),
         maxConnections: Int = 1024,
+        maxConnectionsPerAddress: Int = 128,
+        problemReportInterval: TimeAmount = .seconds(10),
         shutdownGracePeriod: TimeAmount = .seconds(10),
         ownerCheck: Bool = true,
         proxyProtocol: Bool = false
@@ -41,6 +49,8 @@ public struct DirectoryServerConfiguration: Sendable {
         self.codeEncoding = codeEncoding
         self.idleTimeout = idleTimeout
         self.maxConnections = maxConnections
+        self.maxConnectionsPerAddress = maxConnectionsPerAddress
+        self.problemReportInterval = problemReportInterval
         self.shutdownGracePeriod = shutdownGracePeriod
         self.ownerCheck = ownerCheck
         self.proxyProtocol = proxyProtocol
@@ -67,6 +77,8 @@ public final class DirectoryServer: Service, Sendable {
     private let logger: Logger
     private let serverChannel: any Channel
     private let quiescing: ServerQuiescingHelper
+    private let problems: ConnectionProblemReport
+    private let problemReports: RepeatedTask
     /// Completed once the listener is closed and every connection has ended.
     private let allClosed: EventLoopPromise<Void>
     private let stopping = Atomic<Bool>(false)
@@ -75,12 +87,18 @@ public final class DirectoryServer: Service, Sendable {
         configuration: DirectoryServerConfiguration,
         logger: Logger,
         serverChannel: any Channel,
-        quiescing: ServerQuiescingHelper
+        quiescing: ServerQuiescingHelper,
+        problems: ConnectionProblemReport
     ) {
         self.configuration = configuration
         self.logger = logger
         self.serverChannel = serverChannel
         self.quiescing = quiescing
+        self.problems = problems
+        let interval = configuration.problemReportInterval
+        problemReports = serverChannel.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            problems.flush()
+        }
         self.allClosed = serverChannel.eventLoop.makePromise()
         self.localAddress = serverChannel.localAddress!
     }
@@ -94,7 +112,11 @@ public final class DirectoryServer: Service, Sendable {
         logger: Logger,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> DirectoryServer {
-        let connections = ConnectionCounter(gauge: metrics.openConnections)
+        let limits = ConnectionLimits(
+            total: configuration.maxConnections, perAddress: configuration.maxConnectionsPerAddress,
+            gauge: metrics.openConnections)
+        let problems = ConnectionProblemReport(
+            logger: logger, interval: configuration.problemReportInterval, metrics: metrics.factory)
         let quiescing = ServerQuiescingHelper(group: eventLoopGroup)
         var batchers: [ObjectIdentifier: StoreBatcher] = [:]
         for loop in eventLoopGroup.makeIterator() {
@@ -121,10 +143,21 @@ public final class DirectoryServer: Service, Sendable {
             // which showed up in profiles of one-request connections. (TCP_NODELAY is on the
             // listening socket by default, and accepted sockets inherit it.)
             .childChannelInitializer { channel in
-                guard connections.open(limit: configuration.maxConnections) else {
-                    logger.warning(
-                        "connection limit \(configuration.maxConnections) reached: closing connection from \(channel.remoteAddress?.description ?? "?")"
-                    )
+                let clientIP = channel.remoteAddress?.clientIP ?? "0.0.0.0"
+                guard limits.open() else {
+                    problems.record(
+                        .connectionLimit, from: clientIP,
+                        detail: "closing connection from \(clientIP): \(configuration.maxConnections) connections are open (--max-connections)")
+                    return channel.close()
+                }
+                // Behind the balancer the socket's address is the balancer's: the client's
+                // share is taken once its PROXY header is read.
+                let holdsAddressSlot = !configuration.proxyProtocol
+                if holdsAddressSlot, !limits.admit(clientIP) {
+                    limits.close()
+                    problems.record(
+                        .addressLimit, from: clientIP,
+                        detail: "closing connection from \(clientIP): \(configuration.maxConnectionsPerAddress) connections from that address are open (--max-connections-per-address)")
                     return channel.close()
                 }
                 return channel.eventLoop.makeCompletedFuture {
@@ -141,11 +174,15 @@ public final class DirectoryServer: Service, Sendable {
                                 encoder: ReplyEncoder(codeEncoding: configuration.codeEncoding),
                                 requestTimeout: configuration.idleTimeout,
                                 expectsProxyHeader: configuration.proxyProtocol,
-                                connections: connections,
+                                clientIP: clientIP,
+                                holdsAddressSlot: holdsAddressSlot,
+                                limits: limits,
+                                problems: problems,
                                 metrics: metrics,
                                 logger: logger))
                     } catch {
-                        connections.close()
+                        if holdsAddressSlot { limits.release(clientIP) }
+                        limits.close()
                         throw error
                     }
                     // A client may half-close after its request and still read the reply.
@@ -156,7 +193,8 @@ public final class DirectoryServer: Service, Sendable {
             .bind(host: configuration.host, port: configuration.port)
             .get()
         return DirectoryServer(
-            configuration: configuration, logger: logger, serverChannel: channel, quiescing: quiescing)
+            configuration: configuration, logger: logger, serverChannel: channel, quiescing: quiescing,
+            problems: problems)
     }
 
     /// Stops accepting and asks the open connections to finish; requests in flight are still
@@ -189,31 +227,8 @@ public final class DirectoryServer: Service, Sendable {
         if !finished {
             logger.warning("connections still open after the \(grace.nanoseconds / 1_000_000_000) s grace period")
         }
-    }
-}
-
-/// Counts open connections against the limit, and reports the count to a gauge.
-final class ConnectionCounter: Sendable {
-    private let value = Atomic<Int>(0)
-    private let gauge: Gauge
-
-    init(gauge: Gauge) {
-        self.gauge = gauge
-    }
-
-    /// Takes a slot; false (taking nothing) when all `limit` slots are in use.
-    func open(limit: Int) -> Bool {
-        let count = value.add(1, ordering: .relaxed).newValue
-        if count > limit {
-            value.subtract(1, ordering: .relaxed)
-            return false
-        }
-        gauge.record(count)
-        return true
-    }
-
-    func close() {
-        gauge.record(value.subtract(1, ordering: .relaxed).newValue)
+        problemReports.cancel()
+        problems.flush()
     }
 }
 

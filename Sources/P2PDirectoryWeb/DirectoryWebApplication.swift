@@ -231,3 +231,14 @@ func html(_ text: String) -> String {
     }
     return result
 }
+
+extension PrometheusMetricsFactory {
+    /// The factory `p2p-server` makes its metrics with: request durations in buckets from
+    /// 50 us (``DirectoryMetrics/durationBuckets``), where most requests end, instead of the
+    /// default's first bucket of 5 ms.
+    public static func directory(registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets["p2p_request_duration_seconds"] = DirectoryMetrics.durationBuckets
+        return factory
+    }
+}

@@ -21,7 +21,9 @@ import ServiceLifecycle
 /// after each call, so that calls carry many records rather than a few: each call costs a
 /// round trip and a wake-up on both sides, which took a sixth of a core at 14 000 requests/s.
 public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendable {
-    public static let maxBatch = 256
+    /// Records per call: the bound of the batch array in rpc/operations.x, which the log
+    /// server enforces (a longer array is refused whole).
+    public static let maxBatch = Int(OPLOG_MAX_BATCH)
     /// How long records may gather after a call before the next one; invisible in a log that
     /// people read, and short next to the call timeout.
     public static let gatherTime = 0.005

@@ -11,6 +11,7 @@ import P2PRPCOperationLog
 import Prometheus
 import P2PProtocol
 import ServiceLifecycle
+import Synchronization
 
 extension ResultCodeEncoding: ExpressibleByArgument {}
 
@@ -70,6 +71,13 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(
         help: """
+            Connections served at once from one client address (behind --proxy-protocol, the \
+            address in the PROXY header); further ones are closed at once. 0: no limit.
+            """)
+    var maxConnectionsPerAddress: Int = 128
+
+    @Option(
+        help: """
             Event-loop threads serving connections (default: one less than the number of cores, \
             at least 1; the SQLite writer and the log and console threads need the last one).
             """)
@@ -117,6 +125,9 @@ struct ServeCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
+        guard maxConnectionsPerAddress >= 0 else {
+            throw ValidationError("--max-connections-per-address must be 0 or more")
+        }
         if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be 1-256") }
         if let httpPort, !(0...65535).contains(httpPort) { throw ValidationError("--http-port must be 0-65535") }
         guard peerCheckInterval >= 0 else { throw ValidationError("--peer-check-interval must be 0 or more") }
@@ -172,12 +183,13 @@ struct ServeCommand: AsyncParsableCommand {
             codeEncoding: resultEncoding,
             idleTimeout: .milliseconds(Int64(idleTimeout * 1000)),
             maxConnections: maxConnections,
+            maxConnectionsPerAddress: maxConnectionsPerAddress,
             ownerCheck: ownerCheck == .on,
             proxyProtocol: proxyProtocol)
 
         // Metrics go to Prometheus' registry when the web side is on, nowhere otherwise.
         let registry = PrometheusCollectorRegistry()
-        let factory = PrometheusMetricsFactory(registry: registry)
+        let factory = PrometheusMetricsFactory.directory(registry: registry)
         let metrics = httpPort == nil ? DirectoryMetrics.none : DirectoryMetrics(factory: factory)
 
         let application: DirectoryApplication
@@ -207,26 +219,11 @@ struct ServeCommand: AsyncParsableCommand {
         if let operationLog { services.append(operationLog) }
         services.append(application)
         if let httpPort {
-            let oplogGauges = operationLog.map { log in
-                (
-                    log,
-                    queued: Gauge(label: "p2p_oplog_queued_records", factory: factory),
-                    delivered: Gauge(label: "p2p_oplog_delivered_records", factory: factory),
-                    retried: Gauge(label: "p2p_oplog_retried_calls", factory: factory),
-                    dropped: Gauge(label: "p2p_oplog_dropped_records", factory: factory)
-                )
-            }
+            let oplogMetrics = operationLog.map { OperationLogMetrics(log: $0, factory: factory) }
             let web = buildDirectoryWebApplication(
                 DirectoryWebConfiguration(host: httpHost, port: httpPort), store: application.store,
                 registry: registry,
-                beforeScrape: {
-                    guard let gauges = oplogGauges else { return }
-                    let statistics = gauges.0.currentStatistics
-                    gauges.queued.record(statistics.pending)
-                    gauges.delivered.record(statistics.delivered)
-                    gauges.retried.record(statistics.retries)
-                    gauges.dropped.record(statistics.dropped)
-                },
+                beforeScrape: { oplogMetrics?.update() },
                 logger: Logger(label: "p2p-server.web"),
                 onServerRunning: { channel in
                     say("s> web page: http://\(httpHost):\(channel.localAddress?.port ?? httpPort)/")
@@ -268,3 +265,39 @@ private func raiseOpenFileLimit() {
 #else
     private let openFileLimitResource = RLIMIT_NOFILE
 #endif
+
+/// The operation-log sender's figures in `/metrics`, brought up to date before each scrape:
+/// the queue as a gauge, and what it delivered, retried and dropped as counters (they only
+/// grow: a counter's rate is what a dashboard wants).
+final class OperationLogMetrics: Sendable {
+    private let log: RPCOperationLog
+    private let queued: CoreMetrics.Gauge
+    private let delivered: CoreMetrics.Counter
+    private let retried: CoreMetrics.Counter
+    private let dropped: CoreMetrics.Counter
+    /// What the counters have been told so far: (delivered, retried, dropped).
+    private let reported = Mutex<(Int, Int, Int)>((0, 0, 0))
+
+    init(log: RPCOperationLog, factory: any MetricsFactory) {
+        self.log = log
+        queued = CoreMetrics.Gauge(label: "p2p_oplog_queued_records", factory: factory)
+        delivered = CoreMetrics.Counter(label: "p2p_oplog_delivered_records_total", factory: factory)
+        retried = CoreMetrics.Counter(label: "p2p_oplog_retried_calls_total", factory: factory)
+        dropped = CoreMetrics.Counter(label: "p2p_oplog_dropped_records_total", factory: factory)
+    }
+
+    func update() {
+        let statistics = log.currentStatistics
+        queued.record(statistics.pending)
+        let (newDelivered, newRetried, newDropped) = reported.withLock { reported in
+            let before = reported
+            reported = (
+                max(before.0, statistics.delivered), max(before.1, statistics.retries), max(before.2, statistics.dropped)
+            )
+            return (reported.0 - before.0, reported.1 - before.1, reported.2 - before.2)
+        }
+        if newDelivered > 0 { delivered.increment(by: Int64(newDelivered)) }
+        if newRetried > 0 { retried.increment(by: Int64(newRetried)) }
+        if newDropped > 0 { dropped.increment(by: Int64(newDropped)) }
+    }
+}

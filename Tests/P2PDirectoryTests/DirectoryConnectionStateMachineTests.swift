@@ -71,9 +71,38 @@ import Testing
         // Split inside the header and inside the request.
         let all = Array(bytes.readableBytesView)
         #expect(Self.isWait(machine.bytesReceived(ByteBuffer(bytes: all[0..<10]))))
-        #expect(Self.isWait(machine.bytesReceived(ByteBuffer(bytes: all[10..<50]))))
+        // The header is whole: its address must be admitted before the request is read.
+        guard case .admit(let clientIP) = machine.bytesReceived(ByteBuffer(bytes: all[10..<50])) else {
+            Issue.record("the header's address was not handed over for admission")
+            return
+        }
+        #expect(clientIP == "203.0.113.7")
+        #expect(Self.isWait(machine.admitted(true)))
         let served = try! #require(Self.served(machine.bytesReceived(ByteBuffer(bytes: all[50...]))))
         #expect(served.0 == Self.request && served.1 == "203.0.113.7")
+    }
+
+    @Test func theRequestAfterTheHeaderWaitsForAdmission() {
+        var bytes = ByteBuffer(string: "PROXY TCP4 203.0.113.7 192.0.2.1 40000 4242\r\n")
+        var request = Self.requestBytes
+        bytes.writeBuffer(&request)
+        // Header and request in one read: the request is served only once the address is admitted.
+        var machine = Machine(expectsProxyHeader: true)
+        guard case .admit = machine.bytesReceived(bytes) else {
+            Issue.record("the header's address was not handed over for admission")
+            return
+        }
+        let served = try! #require(Self.served(machine.admitted(true)))
+        #expect(served.0 == Self.request && served.1 == "203.0.113.7")
+        // An address over its limit: closed, and nothing of the request is read.
+        var refused = Machine(expectsProxyHeader: true)
+        guard case .admit = refused.bytesReceived(bytes) else {
+            Issue.record("the header's address was not handed over for admission")
+            return
+        }
+        #expect(Self.isClose(refused.admitted(false)))
+        #expect(Self.isWait(refused.bytesReceived(Self.requestBytes)))
+        #expect(Self.isWait(refused.inputClosed()))
     }
 
     @Test func aLocalHeaderKeepsTheConnectionsAddress() {
@@ -140,7 +169,7 @@ import Testing
         var machine = Machine(expectsProxyHeader: false)
         let (rejection, code, closeNow) = try! #require(
             Self.rejection(machine.errorCaught(DirectoryConnectionHandler.TimedOut(timeout: .seconds(5)))))
-        #expect(rejection == .badRequest && code == nil && closeNow)
+        #expect(rejection == .timedOut && code == nil && closeNow)
         // The deadline again, while draining: closed.
         #expect(Self.isClose(machine.errorCaught(DirectoryConnectionHandler.TimedOut(timeout: .seconds(5)))))
     }

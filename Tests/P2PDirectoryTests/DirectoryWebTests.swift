@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Logging
+import NIOCore
 import P2PDirectory
 import P2PDirectoryWeb
 import P2PProtocol
@@ -95,7 +96,8 @@ import Testing
         let registry = PrometheusCollectorRegistry()
         let server = try await DirectoryHarness(
             dataDirectory: folder.path,
-            metrics: DirectoryMetrics(factory: PrometheusMetricsFactory(registry: registry)))
+            configuration: .init(host: "127.0.0.1", port: 0, idleTimeout: .seconds(30), maxConnectionsPerAddress: 2),
+            metrics: DirectoryMetrics(factory: PrometheusMetricsFactory.directory(registry: registry)))
         func scrape() async throws -> [String: Double] {
             let text = try await Self.app(server.store, registry: registry).test(.router) { client in
                 try await client.execute(uri: "/metrics", method: .get) { response in String(buffer: response.body) }
@@ -121,6 +123,27 @@ import Testing
         #expect(moved(#"p2p_request_duration_seconds_count{operation="REGISTER"}"#) == 3)
         #expect(moved("p2p_store_commits_total") >= 1 && moved("p2p_store_commits_total") <= 2)
         #expect(after.keys.contains("p2p_open_connections"))
+        // Only the codes an operation can give have series: REGISTER 0-2, LIST_USERS 0-3.
+        #expect(after.keys.contains(#"p2p_requests_total{operation="REGISTER",code="2"}"#))
+        #expect(!after.keys.contains(#"p2p_requests_total{operation="REGISTER",code="3"}"#))
+        #expect(after.keys.contains(#"p2p_requests_total{operation="LIST_USERS",code="3"}"#))
+        #expect(!after.keys.contains(#"p2p_requests_total{operation="LIST_USERS",code="4"}"#))
+        // Durations in buckets from 50 us (a local request takes well under 5 ms).
+        #expect(after.keys.contains(#"p2p_request_duration_seconds_bucket{operation="REGISTER",le="5e-05"}"#)
+            || after.keys.contains(#"p2p_request_duration_seconds_bucket{operation="REGISTER",le="0.00005"}"#),
+            "\(after.keys.filter { $0.contains("bucket") && $0.contains("REGISTER") }.sorted())")
+        // Refused connections and bad requests, counted by reason.
+        var held: [any Channel] = []
+        for _ in 0..<3 {
+            held.append(try await ConnectionFairnessTests.hold(server.address, from: "127.0.0.1"))
+        }
+        try await waitUntil("the third connection refused") { held.filter(\.isActive).count == 2 }
+        _ = try await RawConnection.exchange(Array("NONSENSE\0".utf8), with: server.address,
+            from: SocketAddress(ipAddress: "127.0.0.3", port: 0))
+        let afterAbuse = try await scrape()
+        #expect(afterAbuse[#"p2p_connections_refused_total{reason="address_limit"}"#] == 1)
+        #expect(afterAbuse[#"p2p_bad_requests_total{reason="malformed"}"#] == 1)
+        for channel in held where channel.isActive { try await channel.close() }
         try await server.shutdown()
     }
 }

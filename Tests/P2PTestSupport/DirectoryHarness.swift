@@ -43,12 +43,15 @@ public final class DirectoryHarness: Sendable {
         configuration: DirectoryServerConfiguration = .init(host: "127.0.0.1", port: 0),
         peerChecks: PeerCheckSettings? = nil,
         metrics: DirectoryMetrics = .none,
-        operationLog: RecordingOperationLog = RecordingOperationLog()
+        operationLog: RecordingOperationLog = RecordingOperationLog(),
+        logger: Logger? = nil
     ) async throws {
         self.dataDirectory = dataDirectory
         self.operationLog = operationLog
-        var logger = Logger(label: "test-directory")
-        logger.logLevel = ProcessInfo.processInfo.environment["P2P_TEST_LOG"] != nil ? .debug : .critical
+        var logger = logger ?? Logger(label: "test-directory")
+        if logger == nil {
+            logger.logLevel = ProcessInfo.processInfo.environment["P2P_TEST_LOG"] != nil ? .debug : .critical
+        }
         let application = try await DirectoryApplication.build(
             configuration: configuration, store: store ?? .sqlite(dataDirectory: dataDirectory),
             operationLog: operationLog, peerChecks: peerChecks, metrics: metrics, console: { _ in }, logger: logger)

@@ -15,6 +15,7 @@ extern "C" {
 #endif
 
 #define OPLOG_MAX_STRING 256
+#define OPLOG_MAX_BATCH 256
 
 struct operation_record {
 	char *user;

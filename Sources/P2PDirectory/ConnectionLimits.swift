@@ -1,0 +1,87 @@
+import CoreMetrics
+import NIOCore
+import Synchronization
+
+/// The connection slots of the directory server: `total` at once for everybody, and at most
+/// `perAddress` of them for one client address, so that one address cannot take every slot
+/// and starve the others (a client that opens connections and sends nothing, say).
+///
+/// The total is taken at accept; the per-address share when the client's address is known:
+/// at accept, or behind `--proxy-protocol` once the PROXY header has named it (the socket's
+/// address is then the load balancer's, shared by every client).
+final class ConnectionLimits: Sendable {
+    let total: Int
+    /// 0: no per-address limit.
+    let perAddress: Int
+    private let openCount = Atomic<Int>(0)
+    private let byAddress = Mutex<[String: Int]>([:])
+    private let gauge: Gauge
+
+    init(total: Int, perAddress: Int, gauge: Gauge) {
+        self.total = total
+        self.perAddress = perAddress
+        self.gauge = gauge
+    }
+
+    /// Takes one of the `total` slots; false (taking nothing) when all are in use.
+    func open() -> Bool {
+        let count = openCount.add(1, ordering: .relaxed).newValue
+        if count > total {
+            openCount.subtract(1, ordering: .relaxed)
+            return false
+        }
+        gauge.record(count)
+        return true
+    }
+
+    /// Gives back a slot taken by ``open()``.
+    func close() {
+        gauge.record(openCount.subtract(1, ordering: .relaxed).newValue)
+    }
+
+    /// Takes one of `ip`'s slots; false (taking nothing) when it has `perAddress` already.
+    func admit(_ ip: String) -> Bool {
+        guard perAddress > 0 else { return true }
+        return byAddress.withLock { counts in
+            let count = counts[ip, default: 0]
+            guard count < perAddress else { return false }
+            counts[ip] = count + 1
+            return true
+        }
+    }
+
+    /// Gives back a slot taken by ``admit(_:)``.
+    func release(_ ip: String) {
+        guard perAddress > 0 else { return }
+        byAddress.withLock { counts in
+            guard let count = counts[ip] else { return }
+            // Removed at 0, so that the table holds only addresses with connections open.
+            counts[ip] = count > 1 ? count - 1 : nil
+        }
+    }
+
+    /// Connections open from `ip` (for tests).
+    func openConnections(from ip: String) -> Int {
+        byAddress.withLock { $0[ip, default: 0] }
+    }
+}
+
+extension SocketAddress {
+    /// The client's address as it is recorded and listed: an IPv4 client reaching a
+    /// dual-stack IPv6 socket (`::ffff:a.b.c.d`) as plain IPv4, so that programs that parse
+    /// the lists keep reading dotted quads.
+    var clientIP: String? {
+        guard let ip = ipAddress else { return nil }
+        return Self.unmapped(ip)
+    }
+
+    /// `ip` without the IPv4-mapped IPv6 prefix, if it has one.
+    static func unmapped(_ ip: String) -> String {
+        let prefix = "::ffff:"
+        guard ip.count > prefix.count, ip.lowercased().hasPrefix(prefix) else { return ip }
+        let rest = ip.dropFirst(prefix.count)
+        // Only the dotted form is an IPv4 address (`::ffff:1:2` is an ordinary IPv6 one).
+        guard rest.contains("."), !rest.contains(":") else { return ip }
+        return String(rest)
+    }
+}

@@ -20,6 +20,11 @@ public struct DirectoryServerConfiguration: Sendable {
     /// Connections served at once from one client address (0: no limit); more are closed on
     /// accept (behind `proxyProtocol`, once the PROXY header has named the address).
     public var maxConnectionsPerAddress: Int
+    /// How long a connection refused at accept (either limit) is kept, unread, before it is
+    /// closed: a client that reopens every connection the moment it is closed would otherwise
+    /// keep the listen queue full, and everybody else's connections wait behind its own. At
+    /// most `maxConnections` are kept so; beyond them refusals close at once.
+    public var refusalDelay: TimeAmount
     /// How often refused connections, bad requests and timeouts are summed up in the log (the
     /// first of each kind in an interval is logged at once, the rest only counted).
     public var problemReportInterval: TimeAmount
@@ -40,6 +45,7 @@ public struct DirectoryServerConfiguration: Sendable {
         maxConnections: Int = 1024,
         maxConnectionsPerAddress: Int = 128,
         problemReportInterval: TimeAmount = .seconds(10),
+        refusalDelay: TimeAmount = .seconds(1),
         shutdownGracePeriod: TimeAmount = .seconds(10),
         ownerCheck: Bool = true,
         proxyProtocol: Bool = false
@@ -51,6 +57,7 @@ public struct DirectoryServerConfiguration: Sendable {
         self.maxConnections = maxConnections
         self.maxConnectionsPerAddress = maxConnectionsPerAddress
         self.problemReportInterval = problemReportInterval
+        self.refusalDelay = refusalDelay
         self.shutdownGracePeriod = shutdownGracePeriod
         self.ownerCheck = ownerCheck
         self.proxyProtocol = proxyProtocol
@@ -117,6 +124,7 @@ public final class DirectoryServer: Service, Sendable {
             gauge: metrics.openConnections)
         let problems = ConnectionProblemReport(
             logger: logger, interval: configuration.problemReportInterval, metrics: metrics.factory)
+        let refusals = RefusedConnections(delay: configuration.refusalDelay, limit: configuration.maxConnections)
         let quiescing = ServerQuiescingHelper(group: eventLoopGroup)
         var batchers: [ObjectIdentifier: StoreBatcher] = [:]
         for loop in eventLoopGroup.makeIterator() {
@@ -148,7 +156,7 @@ public final class DirectoryServer: Service, Sendable {
                     problems.record(
                         .connectionLimit, from: clientIP,
                         detail: "closing connection from \(clientIP): \(configuration.maxConnections) connections are open (--max-connections)")
-                    return channel.close()
+                    return refusals.refuse(channel)
                 }
                 // Behind the balancer the socket's address is the balancer's: the client's
                 // share is taken once its PROXY header is read.
@@ -158,7 +166,7 @@ public final class DirectoryServer: Service, Sendable {
                     problems.record(
                         .addressLimit, from: clientIP,
                         detail: "closing connection from \(clientIP): \(configuration.maxConnectionsPerAddress) connections from that address are open (--max-connections-per-address)")
-                    return channel.close()
+                    return refusals.refuse(channel)
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     // The handler gives the slot back when it is removed, which happens when the
@@ -229,6 +237,38 @@ public final class DirectoryServer: Service, Sendable {
         }
         problemReports.cancel()
         problems.flush()
+    }
+}
+
+/// Connections refused at accept, each kept unread (not even registered with the event loop)
+/// for `delay` and then closed; more than `limit` at once are closed at once.
+final class RefusedConnections: Sendable {
+    /// Why the channel's initializer failed: the connection was refused (no log line:
+    /// ``ConnectionProblemReport`` has counted it already).
+    struct Refused: Error {}
+
+    private let delay: TimeAmount
+    private let limit: Int
+    private let held = Atomic<Int>(0)
+
+    init(delay: TimeAmount, limit: Int) {
+        self.delay = delay
+        self.limit = limit
+    }
+
+    /// What the child channel initializer returns for a refused connection: a future that
+    /// fails after the delay (the bootstrap then closes the channel without registering it).
+    func refuse(_ channel: any Channel) -> EventLoopFuture<Void> {
+        guard delay > .zero, held.add(1, ordering: .relaxed).newValue <= limit else {
+            if delay > .zero { held.subtract(1, ordering: .relaxed) }
+            return channel.eventLoop.makeFailedFuture(Refused())
+        }
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        channel.eventLoop.scheduleTask(in: delay) {
+            self.held.subtract(1, ordering: .relaxed)
+            promise.fail(Refused())
+        }
+        return promise.futureResult
     }
 }
 

@@ -52,6 +52,14 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     let searchBitmaps: SearchBitmaps
     private let logger: Logger
     private let metrics: DirectoryMetrics
+    /// Since when commits have been failing (a full disk, say), and how many changes were
+    /// refused since: logged when it starts and when it ends, not at every failed commit.
+    private let writeFailures = Mutex<WriteFailures?>(nil)
+
+    private struct WriteFailures {
+        var since: ContinuousClock.Instant
+        var refused: Int
+    }
 
     /// Opens (creating if needed) `directory.sqlite` in `dataDirectory`.
     public convenience init(dataDirectory: String, logger: Logger = Logger(label: "p2p.directory.sqlite")) throws {
@@ -332,10 +340,29 @@ public final class SQLiteDirectoryStore: DirectoryStore {
                     metrics.changesPerCommit.record(changes.count)
                 }
                 for refusal in refusals { logger.warning("\(refusal)") }
+                if let ended = writeFailures.withLock({ failures in defer { failures = nil }; return failures }) {
+                    let seconds = Double((ContinuousClock.now - ended.since).components.seconds)
+                    logger.notice(
+                        "directory writes succeed again, after \(ended.refused) changes were refused in \(Int(seconds)) s")
+                }
             } catch {
-                // The transaction was rolled back: nothing of these batches is on disk.
-                logger.error("directory write failed, \(changes.count) changes refused: \(error)")
+                // The transaction was rolled back: nothing of these batches is on disk. Reads
+                // go on; the next batch tries again (space may be back by then).
                 codes = changes.map(\.operation.otherErrorCode)
+                let started = writeFailures.withLock { failures -> Bool in
+                    if failures == nil {
+                        failures = WriteFailures(since: .now, refused: changes.count)
+                        return true
+                    }
+                    failures!.refused += changes.count
+                    return false
+                }
+                if started {
+                    let full = (error as? DatabaseError)?.resultCode == .SQLITE_FULL ? " (the disk is full)" : ""
+                    logger.error(
+                        "directory writes are failing\(full): \(error); changes are answered with their error code and reads go on until a write succeeds again"
+                    )
+                }
             }
             var offset = 0
             for batch in batches {

@@ -19,7 +19,7 @@ GENERATED := $(GENERATED_DIR)/include/operations.h $(GENERATED_DIR)/operations_c
 	$(GENERATED_DIR)/operations_xdr.c rpc/operations_svc.c
 SETUP_STAMP := .build/.setup-done
 
-.PHONY: all setup build release oplog rpcgen check-rpcgen test bench run run-cluster install uninstall clean
+.PHONY: all setup build release oplog rpcgen check-rpcgen test bench fuzz run run-cluster install uninstall clean
 
 all: build oplog
 
@@ -76,10 +76,18 @@ test: $(SETUP_STAMP) check-rpcgen oplog
 	# starved some tests' event loops for seconds, past their deadlines (37 s in all).
 	scripts/with-rpcbind.sh $(SWIFT) test --skip-build --no-parallel --skip LargeTransferTests
 	$(SWIFT) test --skip-build --filter LargeTransferTests
+	# The fuzz targets, a few seconds each from their seed corpus (make fuzz runs them longer).
+	fuzz/run.sh 5
 
 bench: $(SETUP_STAMP) oplog
 	$(SWIFT_BUILD) -c release
 	scripts/with-rpcbind.sh python3 bench/bench.py
+
+# Coverage-guided fuzzing of the decoders that read bytes from strangers: each target
+# FUZZ_SECONDS seconds from its committed seed corpus (fuzz/run.sh says more).
+FUZZ_SECONDS ?= 60
+fuzz: $(SETUP_STAMP)
+	fuzz/run.sh $(FUZZ_SECONDS)
 
 run: $(SETUP_STAMP) oplog
 	$(SWIFT_BUILD) -c release

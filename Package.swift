@@ -66,6 +66,7 @@ let package = Package(
             dependencies: [
                 "P2PProtocol",
                 "P2POperationLog",
+                "P2PNetworkSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -82,12 +83,13 @@ let package = Package(
             dependencies: [
                 "P2PDirectory",
                 "P2PProtocol",
+                "P2PNetworkSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Small helpers for the clients' network calls: timeouts, readable connection errors.
+        // Small network helpers: timeouts, readable connection errors, IPv6 and dual-stack listening.
         .target(
             name: "P2PNetworkSupport",
             dependencies: [
@@ -102,6 +104,7 @@ let package = Package(
             name: "P2PTimeServer",
             dependencies: [
                 "P2PProtocol",
+                "P2PNetworkSupport",
                 "P2PTimeSOAP",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -137,6 +140,7 @@ let package = Package(
             dependencies: [
                 "P2PDirectory",
                 "P2PDirectoryWeb",
+                "P2PNetworkSupport",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),

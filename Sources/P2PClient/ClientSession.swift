@@ -31,6 +31,8 @@ public actor ClientSession {
     private let timeService: TimeServiceClient?
     private let folder: SharedFolder
     private let uploadLimits: UploadLimits
+    /// Where the file server for peers listens (nil: every IPv6 and IPv4 address).
+    private let peerHost: String?
     /// Plain GET_FILE to every peer: no size, digest, ranges or resume (`--plain-get-file`).
     private let plainGetFile: Bool
     private let workingDirectory: String
@@ -55,6 +57,7 @@ public actor ClientSession {
         timeService: TimeServiceClient?,
         folder: SharedFolder,
         uploadLimits: UploadLimits = UploadLimits(),
+        peerHost: String? = nil,
         plainGetFile: Bool = false,
         workingDirectory: String = FileManager.default.currentDirectoryPath,
         output: ClientOutput,
@@ -64,6 +67,7 @@ public actor ClientSession {
         self.timeService = timeService
         self.folder = folder
         self.uploadLimits = uploadLimits
+        self.peerHost = peerHost
         self.plainGetFile = plainGetFile
         self.workingDirectory = workingDirectory
         self.output = output
@@ -256,7 +260,7 @@ public actor ClientSession {
         // Serve before telling the server where: a peer may come as soon as it knows.
         let server: PeerFileServer
         do {
-            server = try await PeerFileServer.start(folder: folder, limits: uploadLimits, logger: logger)
+            server = try await PeerFileServer.start(folder: folder, host: peerHost, limits: uploadLimits, logger: logger)
         } catch {
             output.diagnostic("cannot open a listening socket for peers: \(error)")
             report(.connect, nil)

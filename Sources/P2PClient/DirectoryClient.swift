@@ -32,8 +32,9 @@ public struct DirectoryClient: Sendable {
     public let port: Int
     public let timeout: Duration
 
+    /// `host`: a name, an IPv4 address or an IPv6 one (brackets allowed: `[::1]`).
     public init(host: String, port: Int, timeout: Duration = .seconds(5)) {
-        self.host = host
+        self.host = DualStack.unbracketed(host)
         self.port = port
         self.timeout = timeout
     }

@@ -73,21 +73,33 @@ public final class PeerFileServer: Sendable {
         }
     }
 
-    /// Starts listening on `host` (all interfaces by default) on a free port.
+    /// Starts listening on `host` on a free port. By default on every address, IPv6 and IPv4
+    /// (one dual-stack socket), so that peers reach it at whichever address the directory
+    /// recorded; IPv4 only on a machine without IPv6.
     public static func start(
         folder: SharedFolder,
-        host: String = "0.0.0.0",
+        host: String? = nil,
         limits: UploadLimits = UploadLimits(),
         logger: Logger
     ) async throws -> PeerFileServer {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: host, port: 0) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+        func bind(_ host: String) async throws -> NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never> {
+            try await DualStack.configure(ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton), for: host)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .bind(host: DualStack.unbracketed(host), port: 0) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
                 }
-            }
+        }
+        let channel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+        if let host {
+            channel = try await bind(host)
+        } else if DualStack.isAvailable, let dualStack = try? await bind(DualStack.anyAddress) {
+            channel = dualStack
+        } else {
+            channel = try await bind("0.0.0.0")
+        }
         return PeerFileServer(channel: channel, folder: folder, limits: limits, logger: logger)
     }
 

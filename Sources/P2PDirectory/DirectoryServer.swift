@@ -4,12 +4,16 @@ import Logging
 import NIOCore
 import NIOExtras
 import NIOPosix
+import P2PNetworkSupport
 import P2PProtocol
 import ServiceLifecycle
 import Synchronization
 
 /// Settings of the directory server's listener.
 public struct DirectoryServerConfiguration: Sendable {
+    /// The address to listen on: an IPv4 or IPv6 one, `0.0.0.0` for every IPv4 address, `::`
+    /// for every IPv6 and IPv4 address (one dual-stack socket; an IPv4 client is recorded as
+    /// plain IPv4).
     public var host: String
     public var port: Int
     public var codeEncoding: ResultCodeEncoding
@@ -133,7 +137,7 @@ public final class DirectoryServer: Service, Sendable {
                 logger: logger)
         }
         let batcherOfLoop = batchers
-        let channel = try await ServerBootstrap(group: eventLoopGroup)
+        let channel = try await DualStack.configure(ServerBootstrap(group: eventLoopGroup), for: configuration.host)
             .serverChannelOption(.backlog, value: 1024)
             // Accept up to 16 connections per pass of the event loop instead of NIO's 4: with
             // one request per connection, new connections are most of the work, and their
@@ -198,7 +202,7 @@ public final class DirectoryServer: Service, Sendable {
                     try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
                 }
             }
-            .bind(host: configuration.host, port: configuration.port)
+            .bind(host: DualStack.unbracketed(configuration.host), port: configuration.port)
             .get()
         return DirectoryServer(
             configuration: configuration, logger: logger, serverChannel: channel, quiescing: quiescing,

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
+import P2PNetworkSupport
 import P2PDirectory
 import P2PProtocol
 import Prometheus
@@ -42,7 +43,9 @@ public func buildDirectoryWebApplication(
     DirectoryWebController(store: store, registry: registry, beforeScrape: beforeScrape).register(on: router)
     return Application(
         router: router,
-        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "p2p-server"),
+        configuration: .init(
+            address: .hostname(DualStack.unbracketed(configuration.host), port: configuration.port),
+            serverName: "p2p-server"),
         onServerRunning: onServerRunning,
         logger: logger)
 }

@@ -45,7 +45,8 @@ public struct TimeServiceClient: Sendable {
         guard let components = URLComponents(string: url), components.scheme == "http",
             let host = components.host, !host.isEmpty
         else { throw .invalidURL(url) }
-        self.host = host
+        // An IPv6 literal comes bracketed in the URL (`http://[::1]:8000`).
+        self.host = DualStack.unbracketed(host)
         self.port = components.port ?? 80
         self.method = method
         self.timeout = timeout
@@ -61,7 +62,7 @@ public struct TimeServiceClient: Sendable {
         } catch let error as TimeServiceError {
             throw error
         } catch {
-            throw .unreachable("\(host):\(port): \(shortDescription(of: error))")
+            throw .unreachable("\(DualStack.hostAndPort(host, port)): \(shortDescription(of: error))")
         }
         let text = String(buffer: body)
         let result: String
@@ -116,7 +117,7 @@ public struct TimeServiceClient: Sendable {
             body = ByteBuffer()
             head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/time")
         }
-        head.headers.add(name: "Host", value: "\(host):\(port)")
+        head.headers.add(name: "Host", value: DualStack.hostAndPort(host, port))
         head.headers.add(name: "Connection", value: "close")
         let request = head
         return try await channel.executeThenClose { inbound, outbound in

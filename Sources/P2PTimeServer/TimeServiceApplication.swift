@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
+import P2PNetworkSupport
 import P2PProtocol
 import P2PTimeSOAP
 
@@ -39,7 +40,8 @@ public func buildApplication(
     TimeController(clock: clock, maxBodySize: configuration.maxBodySize).register(on: router)
     return Application(
         router: router,
-        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "p2p-time"),
+        configuration: .init(
+            address: .hostname(DualStack.unbracketed(configuration.host), port: configuration.port), serverName: "p2p-time"),
         onServerRunning: onServerRunning,
         logger: logger)
 }

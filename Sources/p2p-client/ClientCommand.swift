@@ -61,6 +61,13 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "How many peers this client serves at once; more are answered GET_FILE FAIL (code 2).")
     var maxUploads: Int = 32
 
+    @Option(
+        help: """
+            Address the file server for peers listens on while a user is connected (default: every \
+            IPv6 and IPv4 address, one dual-stack socket; every IPv4 address without IPv6).
+            """)
+    var peerHost: String?
+
     @Flag(
         help: """
             Download with plain GET_FILE only, as from a third-party peer: no size, digest check, \
@@ -127,6 +134,7 @@ struct ClientCommand: AsyncParsableCommand {
             timeService: try TimeServiceClient(url: timeService, method: timeMethod),
             folder: folder,
             uploadLimits: UploadLimits(bytesPerSecond: uploadLimit.flatMap(UploadLimits.parseRate), maxUploads: maxUploads),
+            peerHost: peerHost,
             plainGetFile: plainGetFile,
             output: output,
             logger: Logger(label: "p2p-client"))

@@ -9,6 +9,7 @@ import P2PDirectoryWeb
 import P2POperationLog
 import P2PRPCOperationLog
 import Prometheus
+import P2PNetworkSupport
 import P2PProtocol
 import ServiceLifecycle
 import Synchronization
@@ -46,7 +47,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .shortAndLong, help: "TCP port to listen on.")
     var port: Int = 4242
 
-    @Option(help: "Address to listen on.")
+    @Option(
+        help: """
+            Address to listen on: 0.0.0.0 every IPv4 address, :: every IPv6 and IPv4 address (one \
+            dual-stack socket; IPv4 clients are recorded and listed as plain IPv4), or one address.
+            """)
     var host: String = "0.0.0.0"
 
     @Option(help: "Folder holding directory.sqlite (created if missing), when --store is not given.")
@@ -207,7 +212,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let server = application.server
         let shownHost = server.localAddress.ipAddress ?? host
-        say("s> init server \(shownHost):\(server.localAddress.port ?? port)")
+        say("s> init server \(DualStack.hostAndPort(shownHost, server.localAddress.port ?? port))")
         say("s> directory: \(application.storeLocation)")
         if let operationLog {
             say("s> operation log: rpc://\(operationLog.host)")
@@ -226,7 +231,7 @@ struct ServeCommand: AsyncParsableCommand {
                 beforeScrape: { oplogMetrics?.update() },
                 logger: Logger(label: "p2p-server.web"),
                 onServerRunning: { channel in
-                    say("s> web page: http://\(httpHost):\(channel.localAddress?.port ?? httpPort)/")
+                    say("s> web page: http://\(DualStack.hostAndPort(httpHost, channel.localAddress?.port ?? httpPort))/")
                 })
             services.append(web)
         }

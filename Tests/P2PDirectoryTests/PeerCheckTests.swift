@@ -1,7 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
-import P2PDirectory
+@testable import P2PDirectory
 import P2PProtocol
 import P2PTestSupport
 import Testing
@@ -152,5 +152,53 @@ import Testing
         #expect(took < .seconds(5), "took \(took)")
         #expect(server.operationLog.records.filter { $0.operation == "EXPIRE" }.count == 1000)
         try await server.shutdown()
+    }
+}
+
+/// Peer checks reach a user recorded at an IPv6 address.
+@Suite struct IPv6PeerCheckTests {
+    static let available: Bool = {
+        let descriptor = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { return false }
+        close(descriptor)
+        return (try? SocketAddress(ipAddress: "::1", port: 0)) != nil
+    }()
+
+    @Test(.enabled(if: available, "needs IPv6"))
+    func aPeerOnTheIPv6LoopbackAnswersAndAClosedPortDoesNot() async throws {
+        // A peer that answers every GET_FILE with 1 (no such file), on ::1.
+        let peer = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AnswerOnceHandler())
+                }
+            }
+            .bind(host: "::1", port: 0).get()
+        let closedPort = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "::1", port: 0).get()
+        let unused = closedPort.localAddress!.port!
+        try await closedPort.close()
+        let answers = await PeerProbe.run(
+            [.init(ip: "::1", port: String(peer.localAddress!.port!)), .init(ip: "::1", port: String(unused))],
+            timeout: .seconds(5), concurrency: 2, slice: .zero, perSlice: 2, shouldStop: { false })
+        #expect(answers == [true, false])
+        try await peer.close()
+    }
+
+    /// Answers `1` once the request's two fields have come, then closes.
+    final class AnswerOnceHandler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        private var nuls = 0
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            nuls += unwrapInboundIn(data).readableBytesView.filter { $0 == 0 }.count
+            if nuls == 2 {
+                let channel = context.channel
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: [UInt8(ascii: "1"), 0]))).whenComplete { _ in
+                    channel.close(promise: nil)
+                }
+            }
+        }
     }
 }

@@ -11,12 +11,13 @@ public final class ServerProcess: Sendable {
         dataDirectory: String,
         port requestedPort: Int = 0,
         arguments: [String] = ["--no-oplog"],
-        environment: [String: String]? = nil
+        environment: [String: String]? = nil,
+        host: String = "127.0.0.1"
     ) async throws {
         self.dataDirectory = dataDirectory
         process = try ChildProcess(
             builtProduct("p2p-server"),
-            ["--host", "127.0.0.1", "-p", String(requestedPort), "--data-dir", dataDirectory] + arguments,
+            ["--host", host, "-p", String(requestedPort), "--data-dir", dataDirectory] + arguments,
             environment: environment)
         let line = try await process.waitForLine { $0.hasPrefix("s> init server") }
         guard let port = line.split(separator: ":").last.flatMap({ Int($0) }) else {
@@ -32,16 +33,19 @@ public final class ServerProcess: Sendable {
 public final class TimeProcess: Sendable {
     public let process: ChildProcess
     public let port: Int
+    public let host: String
 
-    public init(port requestedPort: Int = 0, arguments: [String] = []) async throws {
-        process = try ChildProcess(builtProduct("p2p-time"), ["--port", String(requestedPort)] + arguments)
+    public init(port requestedPort: Int = 0, arguments: [String] = [], host: String = "127.0.0.1") async throws {
+        self.host = host
+        process = try ChildProcess(
+            builtProduct("p2p-time"), ["--host", host, "--port", String(requestedPort)] + arguments)
         let line = try await process.waitForLine { $0.contains("listening on") }
         guard let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) })
         else { throw SetupError("cannot read the port from \(line)") }
         self.port = port
     }
 
-    public var url: String { "http://127.0.0.1:\(port)" }
+    public var url: String { host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)" }
 
     public func stop() async { await process.stop() }
 }
@@ -50,10 +54,13 @@ public final class TimeProcess: Sendable {
 public final class ClientProcess: Sendable {
     public let process: ChildProcess
 
-    public init(serverPort: Int, timeURL: String, directory: String, extraArguments: [String] = []) throws {
+    public init(
+        serverPort: Int, timeURL: String, directory: String, extraArguments: [String] = [],
+        serverHost: String = "127.0.0.1"
+    ) throws {
         process = try ChildProcess(
             builtProduct("p2p-client"),
-            ["-s", "127.0.0.1", "-p", String(serverPort), "--time-service", timeURL] + extraArguments,
+            ["-s", serverHost, "-p", String(serverPort), "--time-service", timeURL] + extraArguments,
             directory: directory)
     }
 

@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "p2p-server", targets: ["p2p-server"]),
         .executable(name: "p2p-client", targets: ["p2p-client"]),
         .executable(name: "p2p-time", targets: ["p2p-time"]),
+        .executable(name: "p2p-conformance", targets: ["p2p-conformance"]),
         .library(name: "P2PProtocol", targets: ["P2PProtocol"]),
     ],
     dependencies: [
@@ -133,6 +134,26 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Checks of any implementation of the protocol, from outside (p2p-conformance).
+        .target(
+            name: "P2PConformance",
+            dependencies: [
+                "P2PProtocol",
+                "P2PNetworkSupport",
+                "P2PTimeClient",
+                "COperationLog",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .executableTarget(
+            name: "p2p-conformance",
+            dependencies: [
+                "P2PConformance",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(

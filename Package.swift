@@ -143,6 +143,7 @@ let package = Package(
                 "P2PProtocol",
                 "P2PNetworkSupport",
                 "P2PTimeClient",
+                "P2PTimeSOAP",
                 "COperationLog",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -249,7 +250,7 @@ let package = Package(
         .testTarget(
             name: "P2PClientTests",
             dependencies: [
-                "P2PClient", "P2PDirectory", "P2PProtocol", "P2PTestSupport",
+                "P2PClient", "P2PDirectory", "P2PProtocol", "P2PTestSupport", "P2PTimeSOAP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -2,18 +2,34 @@ import COperationLog
 import Foundation
 import P2PProtocol
 import P2PTimeClient
+import P2PTimeSOAP
 
 /// The time service, as the client (and zeep) ask it.
 public enum TimeChecks {
     static func all(_ url: String) -> [Check] { [
-            Check("time.soap", quick: true, proves: "get_time through SOAP 1.1, as zeep calls it, answers a date-time DD/MM/YYYY HH:MM:SS") { context in
+            Check("time.soap", quick: true, proves: "get_time through SOAP 1.1, posted as zeep posts it, answers 200 with a get_timeResult") { context in
                 let client = try client(url)
+                let endpoint = Endpoint(host: client.host, port: client.port)
+                let envelope = Array(SOAPEnvelope.request().utf8)
+                let head = "POST / HTTP/1.1\r\nHost: \(endpoint)\r\nContent-Type: text/xml; charset=utf-8\r\n"
+                    + "SOAPAction: \"\(TimeServiceDescription.operationName)\"\r\nContent-Length: \(envelope.count)\r\n"
+                    + "Connection: close\r\n\r\n"
+                let result = try await Wire.exchange(Array(head.utf8) + envelope, with: endpoint, context: context)
+                let text = String(decoding: result.received, as: UTF8.self)
+                try require(text.hasPrefix("HTTP/1.1 200") || text.hasPrefix("HTTP/1.0 200"),
+                    "the SOAP call answers 200, got \"\(text.prefix(20))\"")
+                guard let bodyStart = text.range(of: "\r\n\r\n") else { throw CheckFailed("no HTTP body") }
+                let parsed: SOAPEnvelope.Parsed
                 do {
-                    let value = try await client.currentDateTime()
-                    context.note("get_time answered \(value)")
+                    parsed = try SOAPEnvelope.parse(Data(text[bodyStart.upperBound...].utf8))
                 } catch {
-                    throw CheckFailed("get_time through SOAP: \(error)")
+                    throw CheckFailed("the answer is not a SOAP envelope: \(error)")
                 }
+                if let fault = parsed.faultString { throw CheckFailed("get_time answered a fault: \(fault)") }
+                guard let value = parsed.texts[TimeServiceDescription.resultElement] else {
+                    throw CheckFailed("the answer holds no \(TimeServiceDescription.resultElement)")
+                }
+                context.note("get_time answered \(value)")
             },
             Check("time.wsdl", proves: "GET /?wsdl answers 200 with a WSDL that describes get_time") { context in
                 let client = try client(url)

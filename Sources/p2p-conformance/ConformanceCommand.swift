@@ -10,7 +10,7 @@ struct ConformanceCommand: AsyncParsableCommand {
         abstract: "Check a directory server, a peer, a time service or a log server against docs/PROTOCOL.md.",
         discussion: "Checks (--only and --skip take a check's name, the part after the group, or a group):\n\n"
             + Conformance.catalogue.map { "  \($0.id)\($0.quick ? " [quick]" : ""): \($0.proves)" }.joined(separator: "\n")
-            + "\n\nExit status: 0 when no check failed, 1 when one did, 2 for a usage error.",
+            + "\n\nExit status: 0 when no check failed, 1 when one did, 64 for a command-line error.",
         subcommands: [ServerCommand.self, PeerCommand.self, TimeCommand.self, LogCommand.self])
 }
 

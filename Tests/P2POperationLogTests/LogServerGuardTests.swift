@@ -194,3 +194,25 @@ extension LogServerSuites {
         }
     }
 }
+
+extension LogServerSuites {
+    /// `p2p-conformance oplog` against our log server: registered, versions 1 and 2 print.
+    @Suite struct LogConformanceTests {
+        @Test func ourLogServerPassesEveryCheck() async throws {
+            let folder = try TemporaryDirectory()
+            defer { folder.remove() }
+            let server = try await OperationLogServer(logFile: folder.file("oplog.txt"))
+            let run = try ChildProcess(builtProduct("p2p-conformance"), ["oplog", "localhost"])
+            #expect(try await run.waitForExit(timeout: 60) == 0, "\(run.stdoutLines)")
+            #expect(run.stdoutLines.filter { $0.hasPrefix("PASS") }.count == 4, "\(run.stdoutLines)")
+            // One line per record sent: 1 + 3 in version 1, 3 in version 2.
+            try await waitUntil("7 lines") { server.lines.count == 7 }
+            #expect(server.lines.allSatisfy { $0.hasPrefix("p2p-conformance PUBLISH conformance.txt ") })
+            await server.stop()
+            // With nothing registered: the registration check fails, named.
+            let down = try ChildProcess(builtProduct("p2p-conformance"), ["oplog", "localhost", "--only", "registered"])
+            #expect(try await down.waitForExit(timeout: 60) == 1)
+            #expect(down.stdoutLines.contains { $0.hasPrefix("FAIL  oplog.registered: cannot reach version 1") }, "\(down.stdoutLines)")
+        }
+    }
+}

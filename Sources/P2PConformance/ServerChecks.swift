@@ -169,6 +169,8 @@ public enum ServerChecks {
                 }
                 try require(entry.port == port, "LIST_USERS gives the port sent with CONNECT: \(port) expected, got \(entry.port)")
             }
+            let names = users.map(\.name)
+            try require(names == names.sorted(), "LIST_USERS lists the users sorted by name (docs/PROTOCOL.md): got \(names.prefix(10))")
         },
         .server(endpoint, "list-content", proves: "LIST_CONTENT answers 1, 2, 3 as the table says, and 0 with the owner's files and descriptions in publishing order") { s in
             let (a, b) = (s.user("a"), s.user("b"))
@@ -253,10 +255,14 @@ public enum ServerChecks {
         },
         .server(endpoint, "oversized-field", proves: "a field over 255 bytes is refused (the operation's error code or a close), changes nothing, and the server goes on serving") { s in
             let long = s.prefix + String(repeating: "x", count: 300)
-            let result = try await Wire.exchange(DirectoryUnderTest.bytesUnchecked("REGISTER", long), with: s.endpoint, context: s.context)
-            try require(
-                !(result.received.first == UInt8(ascii: "0") || result.received.first == 0),
-                "REGISTER of a 300-byte name is not answered 0")
+            for (operation, fields) in [("REGISTER", [long]), ("PUBLISH", [s.user("a"), "f.txt", long])] {
+                let result = try await Wire.exchange(
+                    DirectoryUnderTest.bytesUnchecked([operation] + fields), with: s.endpoint, context: s.context)
+                guard let first = result.received.first else { continue }  // closed: allowed
+                let code = first >= UInt8(ascii: "0") ? first - UInt8(ascii: "0") : first
+                let other = DirectoryOperation(rawValue: operation)!.otherErrorCode.rawValue
+                try require(code == other, "\(operation) with a 300-byte field is answered its error code \(other) (or closed), got \(code)")
+            }
             try await s.register(s.user("after"))
         },
     ] }
@@ -264,7 +270,7 @@ public enum ServerChecks {
 
 extension DirectoryUnderTest {
     /// A request's bytes without the encoder's limits (for fields it would refuse).
-    static func bytesUnchecked(_ fields: String...) -> [UInt8] {
+    static func bytesUnchecked(_ fields: [String]) -> [UInt8] {
         var bytes = Array(fields[0].utf8) + [0] + Array(dateTime.utf8) + [0]
         for field in fields.dropFirst() { bytes += Array(field.utf8) + [0] }
         return bytes

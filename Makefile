@@ -8,7 +8,7 @@ SWIFT ?= swift
 SWIFT_BUILD = SWIFT=$(SWIFT) scripts/swift.sh build
 CONFIG ?= debug
 PREFIX ?= /usr/local
-PROGRAMS := p2p-server p2p-client p2p-time
+PROGRAMS := p2p-server p2p-client p2p-time p2p-conformance
 TIRPC_CFLAGS = $(shell pkg-config --cflags libtirpc)
 TIRPC_LIBS = $(shell pkg-config --libs libtirpc)
 CFLAGS ?= -O2 -g

@@ -253,9 +253,16 @@ public enum ServerChecks {
             try require(!(result.received.first == UInt8(ascii: "0") || result.received.first == 0), "an unknown operation is not answered 0")
             try await s.register(s.user("after"))
         },
-        .server(endpoint, "oversized-field", proves: "a field over 255 bytes is refused (the operation's error code or a close), changes nothing, and the server goes on serving") { s in
+        .server(endpoint, "oversized-field", proves: "a field over 255 bytes, in each of the eight operations, is answered that operation's error code (or closed), and the server goes on serving") { s in
             let long = s.prefix + String(repeating: "x", count: 300)
-            for (operation, fields) in [("REGISTER", [long]), ("PUBLISH", [s.user("a"), "f.txt", long])] {
+            let user = s.user("a")
+            let requests: [(String, [String])] = [
+                ("REGISTER", [long]), ("UNREGISTER", [long]), ("CONNECT", [long, "40000"]), ("DISCONNECT", [long]),
+                ("PUBLISH", [user, "f.txt", long]), ("DELETE", [user, long]), ("LIST_USERS", [long]),
+                ("LIST_CONTENT", [user, long]),
+            ]
+            // Each operation's "other error" code: REGISTER 2, CONNECT 3, PUBLISH 4, ...
+            for (operation, fields) in requests {
                 let result = try await Wire.exchange(
                     DirectoryUnderTest.bytesUnchecked([operation] + fields), with: s.endpoint, context: s.context)
                 guard let first = result.received.first else { continue }  // closed: allowed

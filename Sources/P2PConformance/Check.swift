@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// One rule of docs/PROTOCOL.md, checked from outside against a running implementation.
 public struct Check: Sendable {
@@ -67,36 +68,40 @@ public struct CheckSkipped: Error, Sendable {
     public init(_ reason: String) { self.reason = reason }
 }
 
-/// What a running check may use: the exchanges it made (for the report) and a note to pass on.
-public final class CheckContext: @unchecked Sendable {
-    private let lock = NSLock()
-    private var recorded: [Exchange] = []
-    private var noteText: String?
-    private var cleanups: [@Sendable () async -> Void] = []
-
-    func record(_ exchange: Exchange) {
-        lock.withLock { recorded.append(exchange) }
+/// What a running check may use: the exchanges it made (for the report), a note to pass on,
+/// and what to undo when it ends.
+public final class CheckContext: Sendable {
+    private struct State {
+        var exchanges: [Exchange] = []
+        var note: String?
+        var cleanups: [@Sendable () async -> Void] = []
     }
 
-    var exchanges: [Exchange] { lock.withLock { recorded } }
+    private let state = Mutex(State())
+
+    func record(_ exchange: Exchange) {
+        state.withLock { $0.exchanges.append(exchange) }
+    }
+
+    var exchanges: [Exchange] { state.withLock { $0.exchanges } }
 
     /// A remark shown next to "passed" (the encoding detected, say).
     func note(_ text: String) {
-        lock.withLock { noteText = text }
+        state.withLock { $0.note = text }
     }
 
-    var passNote: String? { lock.withLock { noteText } }
+    var passNote: String? { state.withLock { $0.note } }
 
     /// Something to undo once the check has ended, passed or not (the users it made); run in
     /// reverse order.
     func atEnd(_ body: @escaping @Sendable () async -> Void) {
-        lock.withLock { cleanups.append(body) }
+        state.withLock { $0.cleanups.append(body) }
     }
 
     func cleanUp() async {
-        let bodies = lock.withLock { () -> [@Sendable () async -> Void] in
-            defer { cleanups = [] }
-            return cleanups
+        let bodies = state.withLock { state in
+            defer { state.cleanups = [] }
+            return state.cleanups
         }
         for body in bodies.reversed() { await body() }
     }

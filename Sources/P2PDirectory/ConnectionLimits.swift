@@ -59,11 +59,6 @@ final class ConnectionLimits: Sendable {
             counts[ip] = count > 1 ? count - 1 : nil
         }
     }
-
-    /// Connections open from `ip` (for tests).
-    func openConnections(from ip: String) -> Int {
-        byAddress.withLock { $0[ip, default: 0] }
-    }
 }
 
 extension SocketAddress {

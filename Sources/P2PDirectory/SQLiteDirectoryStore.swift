@@ -341,9 +341,9 @@ public final class SQLiteDirectoryStore: DirectoryStore {
                 }
                 for refusal in refusals { logger.warning("\(refusal)") }
                 if let ended = writeFailures.withLock({ failures in defer { failures = nil }; return failures }) {
-                    let seconds = Double((ContinuousClock.now - ended.since).components.seconds)
+                    let seconds = (ContinuousClock.now - ended.since).components.seconds
                     logger.notice(
-                        "directory writes succeed again, after \(ended.refused) changes were refused in \(Int(seconds)) s")
+                        "directory writes succeed again, after \(ended.refused) changes were refused in \(seconds) s")
                 }
             } catch {
                 // The transaction was rolled back: nothing of these batches is on disk. Reads

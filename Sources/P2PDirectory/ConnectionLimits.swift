@@ -2,6 +2,10 @@ import CoreMetrics
 import NIOCore
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The connection slots of the directory server: `total` at once for everybody, and at most
 /// `perAddress` of them for one client address, so that one address cannot take every slot
 /// and starve the others (a client that opens connections and sends nothing, say).
@@ -9,6 +13,10 @@ import Synchronization
 /// The total is taken at accept; the per-address share when the client's address is known:
 /// at accept, or behind `--proxy-protocol` once the PROXY header has named it (the socket's
 /// address is then the load balancer's, shared by every client).
+///
+/// An IPv6 client counts with its whole /64: one host is usually given a /64 (or more) to
+/// pick addresses from, so counting single addresses would let it open as many connections
+/// as it likes; an IPv4 address behind NAT is the same case, a household or a classroom.
 final class ConnectionLimits: Sendable {
     let total: Int
     /// 0: no per-address limit.
@@ -42,10 +50,11 @@ final class ConnectionLimits: Sendable {
     /// Takes one of `ip`'s slots; false (taking nothing) when it has `perAddress` already.
     func admit(_ ip: String) -> Bool {
         guard perAddress > 0 else { return true }
+        let key = Self.key(for: ip)
         return byAddress.withLock { counts in
-            let count = counts[ip, default: 0]
+            let count = counts[key, default: 0]
             guard count < perAddress else { return false }
-            counts[ip] = count + 1
+            counts[key] = count + 1
             return true
         }
     }
@@ -53,11 +62,23 @@ final class ConnectionLimits: Sendable {
     /// Gives back a slot taken by ``admit(_:)``.
     func release(_ ip: String) {
         guard perAddress > 0 else { return }
+        let key = Self.key(for: ip)
         byAddress.withLock { counts in
-            guard let count = counts[ip] else { return }
+            guard let count = counts[key] else { return }
             // Removed at 0, so that the table holds only addresses with connections open.
-            counts[ip] = count > 1 ? count - 1 : nil
+            counts[key] = count > 1 ? count - 1 : nil
         }
+    }
+
+    /// What `ip` is counted as: an IPv4 address itself, an IPv6 one its /64
+    /// (`2001:db8:0:7::/64`).
+    static func key(for ip: String) -> String {
+        guard ip.contains(":") else { return ip }
+        var address = in6_addr()
+        guard inet_pton(AF_INET6, ip, &address) == 1 else { return ip }
+        let bytes = withUnsafeBytes(of: &address) { Array($0.prefix(8)) }
+        let groups = stride(from: 0, to: 8, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }
+        return groups.joined(separator: ":") + "::/64"
     }
 }
 

@@ -126,9 +126,10 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
                 clientIP = unmapped
                 holdsAddressSlot = true
             } else {
+                let key = ConnectionLimits.key(for: unmapped)
                 problems.record(
-                    .addressLimit, from: unmapped,
-                    detail: "closing connection from \(unmapped) (through the load balancer): \(limits.perAddress) connections from that address are open (--max-connections-per-address)")
+                    .addressLimit, from: key,
+                    detail: "closing connection from \(unmapped) (through the load balancer): \(limits.perAddress) connections from \(key) are open (--max-connections-per-address)")
             }
             run(machine.admitted(admitted), context: context)
         case .serve(let request, let proxiedIP):

@@ -167,9 +167,10 @@ public final class DirectoryServer: Service, Sendable {
                 let holdsAddressSlot = !configuration.proxyProtocol
                 if holdsAddressSlot, !limits.admit(clientIP) {
                     limits.close()
+                    let key = ConnectionLimits.key(for: clientIP)
                     problems.record(
-                        .addressLimit, from: clientIP,
-                        detail: "closing connection from \(clientIP): \(configuration.maxConnectionsPerAddress) connections from that address are open (--max-connections-per-address)")
+                        .addressLimit, from: key,
+                        detail: "closing connection from \(clientIP): \(configuration.maxConnectionsPerAddress) connections from \(key) are open (--max-connections-per-address)")
                     return refusals.refuse(channel)
                 }
                 return channel.eventLoop.makeCompletedFuture {

@@ -1,7 +1,8 @@
+import CoreMetrics
 import Foundation
 import NIOCore
 import NIOPosix
-import P2PDirectory
+@testable import P2PDirectory
 import P2PProtocol
 import P2PTestSupport
 import Testing
@@ -95,6 +96,19 @@ import Testing
         }
         #expect((counted ?? 0) >= 7, "\(summaries)")
         #expect(summaries.first?.contains(" \(counted ?? 0) connections closed at accept") == true, "\(summaries)")
+    }
+
+    @Test func anIPv6ClientCountsWithItsWhole64() {
+        #expect(ConnectionLimits.key(for: "192.0.2.7") == "192.0.2.7")
+        #expect(ConnectionLimits.key(for: "2001:db8:0:7::1") == "2001:db8:0:7::/64")
+        #expect(ConnectionLimits.key(for: "2001:0db8:0000:0007:ffff:1:2:3") == "2001:db8:0:7::/64")
+        #expect(ConnectionLimits.key(for: "::1") == "0:0:0:0::/64")
+        let limits = ConnectionLimits(total: 10, perAddress: 2, gauge: Gauge(label: "test"))
+        #expect(limits.admit("2001:db8:0:7::1") && limits.admit("2001:db8:0:7::2"))
+        #expect(!limits.admit("2001:db8:0:7::3"), "a third address of the same /64 is over the limit")
+        #expect(limits.admit("2001:db8:0:8::1"), "another /64 is not")
+        limits.release("2001:db8:0:7::1")
+        #expect(limits.admit("2001:db8:0:7::3"))
     }
 
     @Test func behindTheBalancerTheHeadersAddressIsCounted() async throws {

@@ -798,8 +798,8 @@ def fairness_benchmark(work):
                 holder = subprocess.Popen([os.path.join(TOOLS, "holder"), "--port", str(port), "--source", "127.0.0.1",
                                            "--connections", str(holder_connections), "--duration", "300"],
                                           stdout=subprocess.PIPE, text=True)
-                # Until the holder holds what the server lets it (the limit, 128, or all slots).
-                wait_established(port, 128)
+                # Until the holder holds what the server lets it (the limit, 256, or all slots).
+                wait_established(port, 256)
             try:
                 result = loadgen(port, "register", 16, f"fair{tag}", source="127.0.0.2")
             except subprocess.CalledProcessError:
@@ -838,7 +838,7 @@ def fairness_benchmark(work):
                                 + ("; the client could not get a connection to start" if unprotected.get("locked_out")
                                    else ""))
     rows.append(("fairness", "register from 127.0.0.2, 16 clients, alone", base, None))
-    rows.append(("fairness", "the same beside a holder on 127.0.0.1 (limit 128 per address)", protected, base))
+    rows.append(("fairness", "the same beside a holder on 127.0.0.1 (limit 256 per address)", protected, base))
     rows.append(("fairness", "the same, no per-address limit", open_, base))
     log(f"fairness: alone {base['rps']:.0f} rps; beside the holder {protected['rps']:.0f} rps "
         f"({protected['rps'] / base['rps']:.2f}), p99 {protected['p99_ms']:.1f} ms, errors {protected['errors']:.0f}; "

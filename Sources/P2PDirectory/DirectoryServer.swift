@@ -47,7 +47,7 @@ public struct DirectoryServerConfiguration: Sendable {
         codeEncoding: ResultCodeEncoding = .ascii,
         idleTimeout: TimeAmount = .seconds(5),
         maxConnections: Int = 1024,
-        maxConnectionsPerAddress: Int = 128,
+        maxConnectionsPerAddress: Int = 256,
         problemReportInterval: TimeAmount = .seconds(10),
         refusalDelay: TimeAmount = .seconds(1),
         shutdownGracePeriod: TimeAmount = .seconds(10),

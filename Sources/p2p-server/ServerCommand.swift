@@ -79,7 +79,7 @@ struct ServeCommand: AsyncParsableCommand {
             Connections served at once from one client address (behind --proxy-protocol, the \
             address in the PROXY header); further ones are closed at once. 0: no limit.
             """)
-    var maxConnectionsPerAddress: Int = 128
+    var maxConnectionsPerAddress: Int = 256
 
     @Option(
         help: """

@@ -168,6 +168,8 @@ import Testing
         try await second.shutdown()
     }
 
+    /// 200 clients at once from one address (a lecture hall behind one NAT): all served, within
+    /// the default per-address limit (256).
     @Test func concurrentRegistrationsOfDistinctNamesAreAllKept() async throws {
         try await DirectoryHarness.with { (s: DirectoryHarness) async throws in
             let codes = try await withThrowingTaskGroup(of: ResultCode.self) { group in

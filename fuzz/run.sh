@@ -21,9 +21,15 @@ runtime=$(ls "$clang_lib"/*/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a | head
 # Swift targets: every module instrumented for coverage and built with the address
 # sanitizer; libFuzzer without its main (SwiftPM gives each executable one, which hands
 # the target to libFuzzer). Release: several times the executions per second of debug.
-(cd fuzz && ../scripts/swift.sh build -c release --build-path ../$work/swift \
+# (The linker warns about every sanitizer symbol it cannot export: the build's output goes to
+# a log, shown when the build fails.)
+echo "fuzz: building the targets (log: $work/build.log)"
+if ! (cd fuzz && ../scripts/swift.sh build -c release --build-path ../$work/swift \
     -Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,trace-cmp,inline-8bit-counters,pc-table \
-    -Xlinker "$runtime" -Xlinker -lstdc++ 2>&1 | grep -v "Cannot export local symbol" >&2)
+    -Xlinker "$runtime" -Xlinker -lstdc++) > "$work/build.log" 2>&1; then
+    grep -v "Cannot export local symbol" "$work/build.log" | tail -40 >&2
+    exit 1
+fi
 for target in fuzz-request fuzz-proxy-header fuzz-reply; do
     cp "$work/swift/release/$target" "$work/bin/$target"
 done

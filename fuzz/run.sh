@@ -34,9 +34,12 @@ for target in fuzz-request fuzz-proxy-header fuzz-reply; do
     cp "$work/swift/release/$target" "$work/bin/$target"
 done
 # The C log server's XDR routines, with clang's own libFuzzer.
-clang -g -O1 -fsanitize=fuzzer,address $(pkg-config --cflags libtirpc) -ISources/COperationLog/include \
+if ! clang -g -O1 -fsanitize=fuzzer,address $(pkg-config --cflags libtirpc) -ISources/COperationLog/include \
     fuzz/xdr/fuzz_oplog_xdr.c Sources/COperationLog/operations_xdr.c $(pkg-config --libs libtirpc) \
-    -o "$work/bin/fuzz-oplog-xdr"
+    -o "$work/bin/fuzz-oplog-xdr" >> "$work/build.log" 2>&1; then
+    grep -v "Cannot export local symbol" "$work/build.log" | tail -40 >&2
+    exit 1
+fi
 
 # Swift's own crash handler would print its backtrace over the sanitizer's report.
 export SWIFT_BACKTRACE=enable=no

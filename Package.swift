@@ -68,14 +68,47 @@ let package = Package(
                 "P2PProtocol",
                 "P2POperationLog",
                 "P2PNetworkSupport",
-                .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The SQLite store (GRDB): the embedded default, with its write-ahead-log checkpointer
+        // and search bitmaps.
+        .target(
+            name: "P2PDirectorySQLite",
+            dependencies: [
+                "P2PDirectory",
+                "P2PProtocol",
+                "P2POperationLog",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The PostgreSQL store (postgres-nio), which several servers can share.
+        .target(
+            name: "P2PDirectoryPostgres",
+            dependencies: [
+                "P2PDirectory",
+                "P2PProtocol",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The list of stores: `--store` parsed and opened (one case per store module).
+        .target(
+            name: "P2PDirectoryStores",
+            dependencies: [
+                "P2PDirectory", "P2PDirectorySQLite", "P2PDirectoryPostgres",
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The directory server's read-only web side: the page, /metrics (Prometheus), /health.
@@ -161,6 +194,9 @@ let package = Package(
             name: "p2p-server",
             dependencies: [
                 "P2PDirectory",
+                "P2PDirectoryStores",
+                "P2PDirectorySQLite",
+                "P2PDirectoryPostgres",
                 "P2PDirectoryWeb",
                 "P2PNetworkSupport",
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -205,6 +241,8 @@ let package = Package(
             name: "P2PTestSupport",
             dependencies: [
                 "P2PDirectory",
+                "P2PDirectoryStores",
+                "P2PDirectoryPostgres",
                 "P2PProtocol",
                 "P2POperationLog",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -218,6 +256,11 @@ let package = Package(
             name: "P2PDirectoryTests",
             dependencies: [
                 "P2PDirectory",
+                "P2PDirectorySQLite",
+                "P2PDirectoryPostgres",
+                "P2PDirectoryStores",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 "P2PDirectoryWeb",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -232,7 +275,8 @@ let package = Package(
         .testTarget(
             name: "P2POperationLogTests",
             dependencies: [
-                "P2POperationLog", "P2PRPCOperationLog", "P2PDirectory", "P2PProtocol", "P2PTestSupport",
+                "P2POperationLog", "P2PRPCOperationLog", "P2PDirectory", "P2PDirectoryStores", "P2PDirectorySQLite", "P2PProtocol",
+                "P2PTestSupport",
                 "COperationLog",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]

@@ -14,12 +14,12 @@ import ServiceLifecycle
 public final class DirectoryApplication: Service, Sendable {
     public let store: any DirectoryStore
     public let server: DirectoryServer
-    public let storeLocation: DirectoryStoreLocation
+    public let storeLocation: any DirectoryStoreOpener
     /// Checks connected users' peers and expires the dead ones; nil when off.
     public let peerChecker: PeerChecker?
 
     private init(
-        store: any DirectoryStore, server: DirectoryServer, storeLocation: DirectoryStoreLocation,
+        store: any DirectoryStore, server: DirectoryServer, storeLocation: any DirectoryStoreOpener,
         peerChecker: PeerChecker?
     ) {
         self.store = store
@@ -36,7 +36,7 @@ public final class DirectoryApplication: Service, Sendable {
     ///   - console: receives one line per request (`s> REGISTER FROM alice`).
     public static func build(
         configuration: DirectoryServerConfiguration,
-        store location: DirectoryStoreLocation,
+        store location: any DirectoryStoreOpener,
         operationLog: (any OperationLogSink)?,
         peerChecks: PeerCheckSettings? = nil,
         metrics: DirectoryMetrics = .none,
@@ -98,7 +98,7 @@ public final class DirectoryApplication: Service, Sendable {
 
 /// Why a directory server could not be built.
 public enum DirectoryApplicationError: Error, CustomStringConvertible {
-    case cannotOpenStore(DirectoryStoreLocation, any Error)
+    case cannotOpenStore(any DirectoryStoreOpener, any Error)
     case cannotListen(host: String, port: Int, any Error)
 
     public var description: String {

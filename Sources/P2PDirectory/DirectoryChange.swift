@@ -45,7 +45,7 @@ public enum DirectoryChange: Sendable, Hashable {
 extension DirectoryChange {
     /// The log line for this change refused by the owner check, the user being connected from
     /// `connectedFrom` (every store logs the same line).
-    func ownerCheckRefusal(connectedFrom: String) -> String {
+    package func ownerCheckRefusal(connectedFrom: String) -> String {
         let from: String? =
             switch self {
             case .unregister(_, let from), .disconnect(_, let from), .publish(_, _, _, let from),

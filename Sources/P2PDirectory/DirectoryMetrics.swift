@@ -11,8 +11,8 @@ public final class DirectoryMetrics: Sendable {
     private let requests: [DirectoryOperation: [Counter]]
     private let durations: [DirectoryOperation: Timer]
     let openConnections: Gauge
-    let commits: Counter
-    let changesPerCommit: Recorder
+    package let commits: Counter
+    package let changesPerCommit: Recorder
     /// Where the server's other metrics (refused connections, bad requests) are made.
     let factory: any MetricsFactory
 

@@ -1,3 +1,4 @@
+import Logging
 import P2PProtocol
 
 /// A read of the directory: what LIST_USERS and LIST_CONTENT ask.
@@ -33,8 +34,10 @@ public enum DirectoryQuery: Sendable, Hashable {
 /// work runs on threads of its own (as SQLite's does) implements them directly, which spares a
 /// task and two thread hops per batch (at 64 clients, twice the throughput in `make bench`).
 ///
-/// To add a store: implement these methods, make the server's `--store` option open it
-/// (``DirectoryStoreLocation``), and add it to the list of stores the rule suite runs on.
+/// To add a store: implement these methods in a module of its own (as P2PDirectorySQLite and
+/// P2PDirectoryPostgres do), make the server's `--store` option open it (a case of
+/// `DirectoryStoreLocation` in P2PDirectoryStores), and add it to the list of stores the rule
+/// suite runs on.
 public protocol DirectoryStore: Sendable {
     /// Applies `changes` in order and returns their result codes, in the same order, once
     /// every change that got 0 is durable (a crash or power loss right after cannot undo it).
@@ -111,5 +114,32 @@ extension DirectoryStore {
     /// Answers one query.
     public func read(_ query: DirectoryQuery) async -> Reply {
         await read([query])[0]
+    }
+}
+
+/// Where a directory is kept and how to open its store: `DirectoryStoreLocation` (module
+/// P2PDirectoryStores) names the stores `p2p-server` has, each in a module of its own.
+public protocol DirectoryStoreOpener: Sendable, CustomStringConvertible {
+    /// Opens the store, creating (or migrating) its schema if needed.
+    func open(logger: Logger, metrics: DirectoryMetrics) async throws -> any DirectoryStore
+}
+
+/// A `--store` value that names no store this server can open.
+public enum DirectoryStoreLocationError: Error, Hashable, CustomStringConvertible {
+    case emptyPath(String)
+    case unsupportedScheme(String)
+    case malformedURL(String, String)
+
+    public var description: String {
+        switch self {
+        case .emptyPath(let text):
+            return "'\(text)' names no database file"
+        case .unsupportedScheme(let scheme):
+            return "'\(scheme)://' stores are not supported by this server "
+                + "(supported: sqlite:PATH, a file path, postgres://USER:PASSWORD@HOST:PORT/DB)"
+        case .malformedURL(_, let problem):
+            // The text itself is not repeated: it may hold a password.
+            return "not a PostgreSQL URL: \(problem)"
+        }
     }
 }

@@ -2,6 +2,9 @@ import ArgumentParser
 import Foundation
 import Logging
 import P2PDirectory
+import P2PDirectoryPostgres
+import P2PDirectoryStores
+import P2PDirectorySQLite
 
 /// `p2p-server copy-directory`: moves a directory kept in SQLite into PostgreSQL, for going
 /// from one server to several.

@@ -5,6 +5,7 @@ import NIOCore
 import CoreMetrics
 import Hummingbird
 import P2PDirectory
+import P2PDirectoryStores
 import P2PDirectoryWeb
 import P2POperationLog
 import P2PRPCOperationLog

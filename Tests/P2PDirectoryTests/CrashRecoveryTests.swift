@@ -1,6 +1,9 @@
 import Foundation
 import NIOCore
 import P2PDirectory
+@testable import P2PDirectoryPostgres
+@testable import P2PDirectorySQLite
+import P2PDirectoryStores
 import P2PProtocol
 import P2PTestSupport
 import Synchronization

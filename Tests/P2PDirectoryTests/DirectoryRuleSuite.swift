@@ -5,6 +5,9 @@ import P2PTestSupport
 import Testing
 
 @testable import P2PDirectory
+@testable import P2PDirectoryPostgres
+@testable import P2PDirectorySQLite
+import P2PDirectoryStores
 
 /// A store the rule suite runs on. To hold a new store implementation to the rules of
 /// PROTOCOL.md section 2, add it to ``all``: every case below then runs on it too.

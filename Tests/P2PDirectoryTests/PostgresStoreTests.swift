@@ -5,6 +5,9 @@ import P2PTestSupport
 import Testing
 
 @testable import P2PDirectory
+@testable import P2PDirectoryPostgres
+@testable import P2PDirectorySQLite
+import P2PDirectoryStores
 
 @Suite struct PostgresStoreTests {
     /// Two servers registering the same new names in opposite orders: one waits for the other,

@@ -5,6 +5,9 @@ import P2PTestSupport
 import Testing
 
 @testable import P2PDirectory
+@testable import P2PDirectoryPostgres
+@testable import P2PDirectorySQLite
+import P2PDirectoryStores
 
 /// The SQLite store's bitmaps of frequent prefixes give the same answers as the index alone:
 /// after files come and go, and when SQLite hands a deleted file's id to a new file.

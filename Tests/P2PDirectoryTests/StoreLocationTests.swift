@@ -1,4 +1,7 @@
 import P2PDirectory
+@testable import P2PDirectoryPostgres
+@testable import P2PDirectorySQLite
+import P2PDirectoryStores
 import Testing
 
 /// `--store` values: what each names, and the ones refused.

@@ -4,6 +4,9 @@ import P2PTestSupport
 import Testing
 
 @testable import P2PDirectory
+@testable import P2PDirectoryPostgres
+@testable import P2PDirectorySQLite
+import P2PDirectoryStores
 
 /// The write-ahead log is copied into the database file off the commit path (`WALCheckpointer`);
 /// these tests check that it still stays short under steady writes and that nothing committed

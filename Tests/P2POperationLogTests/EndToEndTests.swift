@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import P2PDirectory
+import P2PDirectorySQLite
 import P2PProtocol
 import P2PTestSupport
 import Testing

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import P2PDirectory
+import P2PDirectoryStores
 import P2POperationLog
 import P2PProtocol
 import Synchronization

@@ -1,5 +1,6 @@
 import Foundation
 import P2PDirectory
+import P2PDirectoryPostgres
 
 /// A private PostgreSQL server (Debian's, installed by setup.sh) for the tests: its own data
 /// folder under the temporary directory, its own port on 127.0.0.1, trust authentication for

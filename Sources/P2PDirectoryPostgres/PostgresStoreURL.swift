@@ -1,3 +1,4 @@
+import P2PDirectory
 import Foundation
 
 /// Where a shared PostgreSQL directory lives: `postgres://USER:PASSWORD@HOST:PORT/DB` (or

@@ -1,3 +1,4 @@
+import P2PDirectory
 import P2PProtocol
 
 /// GRDB also exports a `ResultCode` (SQLite's); in this module the name means the protocol's.

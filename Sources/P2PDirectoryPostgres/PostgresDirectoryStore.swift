@@ -1,3 +1,4 @@
+import P2PDirectory
 import Foundation
 import Logging
 import P2PProtocol

@@ -1,6 +1,9 @@
 import Dispatch
 import Foundation
 import Logging
+import P2PDirectory
+import P2PDirectoryPostgres
+import P2PDirectorySQLite
 
 /// Which store a directory server keeps its directory in: the value of `--store`.
 ///
@@ -9,7 +12,10 @@ import Logging
 /// - `postgres://USER:PASSWORD@HOST:PORT/DB` (or `postgresql://`): the shared PostgreSQL
 ///   store (``PostgresStoreURL``), which several servers can use at once.
 /// - Any other `SCHEME://...` is refused with the list of supported stores.
-public enum DirectoryStoreLocation: Sendable, Hashable, CustomStringConvertible {
+///
+/// A store of its own module is one case here, one in ``init(parsing:)`` and one in
+/// ``open(logger:metrics:)``.
+public enum DirectoryStoreLocation: DirectoryStoreOpener, Hashable {
     case sqlite(path: String)
     case postgres(PostgresStoreURL)
 
@@ -61,26 +67,6 @@ public enum DirectoryStoreLocation: Sendable, Hashable, CustomStringConvertible 
             }
         case .postgres(let url):
             return try await PostgresDirectoryStore.open(url, logger: logger, metrics: metrics)
-        }
-    }
-}
-
-/// A `--store` value that names no store this server can open.
-public enum DirectoryStoreLocationError: Error, Hashable, CustomStringConvertible {
-    case emptyPath(String)
-    case unsupportedScheme(String)
-    case malformedURL(String, String)
-
-    public var description: String {
-        switch self {
-        case .emptyPath(let text):
-            return "'\(text)' names no database file"
-        case .unsupportedScheme(let scheme):
-            return "'\(scheme)://' stores are not supported by this server "
-                + "(supported: sqlite:PATH, a file path, postgres://USER:PASSWORD@HOST:PORT/DB)"
-        case .malformedURL(_, let problem):
-            // The text itself is not repeated: it may hold a password.
-            return "not a PostgreSQL URL: \(problem)"
         }
     }
 }

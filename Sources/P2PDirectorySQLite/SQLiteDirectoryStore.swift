@@ -1,3 +1,4 @@
+import P2PDirectory
 import Foundation
 import GRDB
 import Logging

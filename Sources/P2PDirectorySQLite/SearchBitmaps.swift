@@ -1,3 +1,4 @@
+import P2PDirectory
 import GRDB
 import Logging
 import P2POperationLog

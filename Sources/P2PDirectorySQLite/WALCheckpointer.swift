@@ -1,3 +1,4 @@
+import P2PDirectory
 import Dispatch
 import GRDB
 import Synchronization

@@ -37,87 +37,63 @@ public struct DirectoryState: Sendable {
     // MARK: Changes
 
     /// Applies `change` if the rules allow it and returns its result code; on a non-zero code
-    /// nothing changed.
+    /// nothing changed. The codes that depend on the user's presence are
+    /// ``DirectoryRules/gate(_:_:)``'s; only "already there" and "not there" are decided here.
     mutating func apply(_ change: DirectoryChange) -> ResultCode {
+        if let code = DirectoryRules.gate(change, presence(of: change.user)).code { return code }
         switch change {
         case .register(let user):
-            guard DirectoryRules.isValidUserName(user) else { return 2 }
             guard users[user] == nil else { return 1 }
             users[user] = UserEntry()
             return .ok
 
-        case .unregister(let user, let from):
-            guard let entry = users[user] else { return 1 }
-            guard Self.isOwner(entry, from) else { return 2 }
-            users.removeValue(forKey: user)
-            if entry.address != nil { removeConnected(user) }
+        case .unregister(let user, _):
+            let entry = users.removeValue(forKey: user)
+            if entry?.address != nil { removeConnected(user) }
             return .ok
 
         case .connect(let user, let ip, let port):
-            guard let entry = users[user] else { return 1 }
-            guard DirectoryRules.isValidPort(port) else { return 3 }
-            guard entry.address == nil else { return 2 }
             users[user]!.address = Address(ip: ip, port: port)
             insertConnected(ConnectedUser(name: user, ip: ip, port: port))
             return .ok
 
-        case .disconnect(let user, let from):
-            guard let entry = users[user] else { return 1 }
-            guard entry.address != nil else { return 2 }
-            guard Self.isOwner(entry, from) else { return 3 }
+        case .disconnect(let user, _), .expire(let user, _, _):
             users[user]!.address = nil
             removeConnected(user)
             return .ok
 
-        case .expire(let user, let ip, let port):
-            guard let entry = users[user] else { return 1 }
-            guard entry.address == Address(ip: ip, port: port) else { return 2 }
-            users[user]!.address = nil
-            removeConnected(user)
-            return .ok
-
-        case .publish(let user, let fileName, let description, let from):
-            guard let entry = users[user] else { return 1 }
-            guard entry.address != nil else { return 2 }
-            guard Self.isOwner(entry, from) else { return 4 }
-            guard DirectoryRules.isValidFileName(fileName) else { return 4 }
-            guard !entry.files.contains(where: { $0.file.name == fileName }) else { return 3 }
+        case .publish(let user, let fileName, let description, _):
+            guard !users[user]!.files.contains(where: { $0.file.name == fileName }) else { return 3 }
             users[user]!.files.append(
                 StoredFile(file: PublishedFile(name: fileName, description: description), sequence: nextSequence))
             nextSequence += 1
             return .ok
 
-        case .delete(let user, let fileName, let from):
-            guard let entry = users[user] else { return 1 }
-            guard entry.address != nil else { return 2 }
-            guard Self.isOwner(entry, from) else { return 4 }
-            guard let index = entry.files.firstIndex(where: { $0.file.name == fileName }) else { return 3 }
+        case .delete(let user, let fileName, _):
+            guard let index = users[user]!.files.firstIndex(where: { $0.file.name == fileName }) else { return 3 }
             users[user]!.files.remove(at: index)
             return .ok
         }
     }
 
-    /// The owner check: a request from `from` may change `entry` unless the user is connected
-    /// from another address (no check when `from` is nil).
-    private static func isOwner(_ entry: UserEntry, _ from: String?) -> Bool {
-        guard let from, let address = entry.address else { return true }
-        return address.ip == from
+    /// Whether `user` is registered, and connected at which address.
+    func presence(of user: String) -> Presence {
+        guard let entry = users[user] else { return .unknown }
+        return entry.address.map { .online(ip: $0.ip, port: $0.port) } ?? .offline
     }
 
     // MARK: Reads
 
     /// LIST_USERS: 1 requester unknown, 2 requester not connected, else the connected users by name.
     func listUsers(requester: String) -> Reply {
-        guard let entry = users[requester] else { return .status(1) }
-        guard entry.address != nil else { return .status(2) }
+        if let code = DirectoryRules.requesterCode(presence(of: requester)) { return .status(code) }
         return .users(connectedUsers)
     }
 
     /// LIST_CONTENT: 1 requester unknown, 2 requester not connected, 3 owner unknown, else the
     /// owner's files in publishing order (connected or not).
     func listContent(requester: String, owner: String) -> Reply {
-        guard let entry = users[requester] else { return .status(1) }
-        guard entry.address != nil else { return .status(2) }
+        if let code = DirectoryRules.requesterCode(presence(of: requester)) { return .status(code) }
         guard let ownerEntry = users[owner] else { return .status(3) }
         return .content(ownerEntry.files.map(\.file))
     }
@@ -136,8 +112,7 @@ public struct DirectoryState: Sendable {
     /// matching every word, online owners first, then in publishing order, at most
     /// ``DirectoryRules/maxSearchHits``. A scan of everything: the reference, not the fast way.
     func search(requester: String, query: String) -> Reply {
-        guard let entry = users[requester] else { return .status(1) }
-        guard entry.address != nil else { return .status(2) }
+        if let code = DirectoryRules.requesterCode(presence(of: requester)) { return .status(code) }
         guard !DirectoryRules.searchWords(query).isEmpty else { return .status(3) }
         return .hits(search(query))
     }

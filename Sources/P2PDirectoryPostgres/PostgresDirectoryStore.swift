@@ -301,57 +301,51 @@ public final class PostgresDirectoryStore: DirectoryStore {
     }
 
     /// Decides one change by PROTOCOL.md section 2 from its user's row, locked until the
-    /// transaction ends, and makes it.
+    /// transaction ends (the codes that depend on it are ``DirectoryRules/gate(_:_:)``'s, as in
+    /// every store), and makes it.
     private func decide(
         _ change: DirectoryChange, on connection: PostgresConnection, refused: (_ connectedFrom: String) -> Void
     ) async throws -> ResultCode {
-        switch change {
-        case .register(let user):
-            guard DirectoryRules.isValidUserName(user) else { return 2 }
+        if case .register(let user) = change {
+            if let code = DirectoryRules.gate(change, .unknown).code { return code }
             let inserted = try await Self.count(
                 connection, "INSERT INTO directory_user (name) VALUES (\(user)) ON CONFLICT (name) DO NOTHING RETURNING 1",
                 logger: logger)
             return inserted == 1 ? .ok : 1
+        }
+        let presence: Presence
+        if let row = try await lockedRow(of: change.user, connection) {
+            presence = row.ip.map { .online(ip: $0, port: row.port ?? "") } ?? .offline
+        } else {
+            presence = .unknown
+        }
+        switch DirectoryRules.gate(change, presence) {
+        case .proceed: break
+        case .refuse(let code): return code
+        case .refuseByOwnerCheck(let code, let ip):
+            refused(ip)
+            return code
+        }
+        switch change {
+        case .register:
+            preconditionFailure("decided above")
 
-        case .unregister(let user, let from):
-            guard let row = try await lockedRow(of: user, connection) else { return 1 }
-            if let ip = row.ip, let from, ip != from {
-                refused(ip)
-                return 2
-            }
+        case .unregister(let user, _):
             // Its files and their words go with it (ON DELETE CASCADE).
             try await connection.query("DELETE FROM directory_user WHERE name = \(user)", logger: logger)
             return .ok
 
         case .connect(let user, let ip, let port):
-            guard let row = try await lockedRow(of: user, connection) else { return 1 }
-            guard DirectoryRules.isValidPort(port) else { return 3 }
-            guard row.ip == nil else { return 2 }
             try await connection.query(
                 "UPDATE directory_user SET ip = \(ip), port = \(port) WHERE name = \(user)", logger: logger)
             return .ok
 
-        case .disconnect(let user, let from):
-            guard let row = try await lockedRow(of: user, connection) else { return 1 }
-            guard let ip = row.ip else { return 2 }
-            if let from, ip != from {
-                refused(ip)
-                return 3
-            }
+        case .disconnect(let user, _), .expire(let user, _, _):
             try await connection.query(
                 "UPDATE directory_user SET ip = NULL, port = NULL WHERE name = \(user)", logger: logger)
             return .ok
 
-        case .expire(let user, let ip, let port):
-            guard let row = try await lockedRow(of: user, connection) else { return 1 }
-            guard row.ip == ip, row.port == port else { return 2 }
-            try await connection.query(
-                "UPDATE directory_user SET ip = NULL, port = NULL WHERE name = \(user)", logger: logger)
-            return .ok
-
-        case .publish(let user, let fileName, let description, let from):
-            if let code = try await ownerGate(user, from: from, connection, refused: refused) { return code }
-            guard DirectoryRules.isValidFileName(fileName) else { return 4 }
+        case .publish(let user, let fileName, let description, _):
             let words = Array(Set(DirectoryRules.searchWords(fileName) + DirectoryRules.searchWords(description)))
             let inserted = try await Self.count(
                 connection,
@@ -366,25 +360,12 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 """, logger: logger)
             return inserted == 1 ? .ok : 3
 
-        case .delete(let user, let fileName, let from):
-            if let code = try await ownerGate(user, from: from, connection, refused: refused) { return code }
+        case .delete(let user, let fileName, _):
             let deleted = try await Self.count(
                 connection, "DELETE FROM directory_file WHERE owner = \(user) AND name = \(fileName) RETURNING 1",
                 logger: logger)
             return deleted == 1 ? .ok : 3
         }
-    }
-
-    /// PUBLISH and DELETE: nil when `user` is connected and the request may change it, else
-    /// its code (1 not registered, 2 not connected, 4 connected from another address).
-    private func ownerGate(
-        _ user: String, from: String?, _ connection: PostgresConnection, refused: (String) -> Void
-    ) async throws -> ResultCode? {
-        guard let row = try await lockedRow(of: user, connection) else { return 1 }
-        guard let ip = row.ip else { return 2 }
-        guard let from, ip != from else { return nil }
-        refused(ip)
-        return 4
     }
 
     /// `user`'s address, locked until the transaction ends; nil when there is no such user.
@@ -472,8 +453,9 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 """, logger: logger)
             var users: [ConnectedUser] = []
             for try await (exists, connected, name, ip, port) in rows.decode((Bool, Bool, String?, String?, String?).self) {
-                guard exists else { return .status(1) }
-                guard connected else { return .status(2) }
+                if let code = DirectoryRules.requesterCode(registered: exists, connected: connected) {
+                    return .status(code)
+                }
                 if let name, let ip, let port { users.append(ConnectedUser(name: name, ip: ip, port: port)) }
             }
             return .users(users)
@@ -492,18 +474,18 @@ public final class PostgresDirectoryStore: DirectoryStore {
             for try await (exists, connected, ownerExists, name, description) in rows.decode(
                 (Bool, Bool, Bool, String?, String?).self)
             {
-                guard exists else { return .status(1) }
-                guard connected else { return .status(2) }
+                if let code = DirectoryRules.requesterCode(registered: exists, connected: connected) {
+                    return .status(code)
+                }
                 guard ownerExists else { return .status(3) }
                 if let name, let description { files.append(PublishedFile(name: name, description: description)) }
             }
             return .content(files)
 
         case .search(let requester, let text):
-            switch try await presence(of: requester, connection) {
-            case nil: return .status(1)
-            case false?: return .status(2)
-            case true?: break
+            let connected = try await presence(of: requester, connection)
+            if let code = DirectoryRules.requesterCode(registered: connected != nil, connected: connected == true) {
+                return .status(code)
             }
             guard !DirectoryRules.searchWords(text).isEmpty else { return .status(3) }
             return .hits(try await search(text, connection))
@@ -534,7 +516,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
             (Int, Bool, Bool, Bool, String?, String?).self)
         {
             let index = position - 1
-            codes[index] = !exists ? 1 : !connected ? 2 : !ownerExists ? 3 : .ok
+            codes[index] = DirectoryRules.requesterCode(registered: exists, connected: connected) ?? (ownerExists ? .ok : 3)
             if let name, let description { files[index].append(PublishedFile(name: name, description: description)) }
         }
         return zip(codes, files).map { code, files in code == .ok ? .content(files) : .status(code) }

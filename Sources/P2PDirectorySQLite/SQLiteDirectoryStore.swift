@@ -390,9 +390,26 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         published: (_ id: Int64) -> Void = { _ in }, deleted: (_ ids: [Int64]) -> Void = { _ in },
         presenceChanged: (_ user: String, _ online: Bool) -> Void = { _, _ in }
     ) throws -> ResultCode {
+        /// The rules' code for `change` from its user's presence: the codes that need it are
+        /// decided by ``DirectoryRules/gate(_:_:)``, as in every store.
+        func gateCode() throws -> ResultCode? {
+            switch DirectoryRules.gate(change, try presence(of: change.user, db)) {
+            case .proceed: return nil
+            case .refuse(let code): return code
+            case .refuseByOwnerCheck(let code, let ip):
+                refused(ip)
+                return code
+            }
+        }
+        /// After a conditional statement changed nothing: why (the statement's condition is the
+        /// gate's), or the operation's "other" code should the gate see no reason.
+        func whyUnchanged() throws -> ResultCode {
+            try gateCode() ?? change.operation.otherErrorCode
+        }
+
         switch change {
         case .register(let user):
-            guard DirectoryRules.isValidUserName(user) else { return 2 }
+            guard DirectoryRules.isValidUserName(user) else { return change.operation.otherErrorCode }
             try db.cachedStatement(sql: "INSERT INTO user (name) VALUES (?) ON CONFLICT (name) DO NOTHING")
                 .execute(arguments: [user])
             return db.changesCount == 1 ? .ok : 1
@@ -404,44 +421,35 @@ public final class SQLiteDirectoryStore: DirectoryStore {
                 db.cachedStatement(sql: "SELECT id FROM file WHERE owner = ?"), arguments: [user])
             try db.cachedStatement(sql: "DELETE FROM user WHERE name = ?1 AND (?2 IS NULL OR ip IS NULL OR ip = ?2)")
                 .execute(arguments: [user, from])
-            if db.changesCount == 1 {
-                deleted(files)
-                return .ok
-            }
-            return try codeForNoChange(of: user, db, whenOnline: 2, refused: refused)
+            guard db.changesCount == 1 else { return try whyUnchanged() }
+            deleted(files)
+            return .ok
 
         case .connect(let user, let ip, let port):
-            guard DirectoryRules.isValidPort(port) else { return try presence(of: user, db) == .unknown ? 1 : 3 }
+            guard DirectoryRules.isValidPort(port) else { return try whyUnchanged() }
             try db.cachedStatement(sql: "UPDATE user SET ip = ?, port = ? WHERE name = ? AND ip IS NULL")
                 .execute(arguments: [ip, port, user])
-            if db.changesCount == 1 {
-                presenceChanged(user, true)
-                return .ok
-            }
-            return try presence(of: user, db) == .unknown ? 1 : 2
+            guard db.changesCount == 1 else { return try whyUnchanged() }
+            presenceChanged(user, true)
+            return .ok
 
         case .disconnect(let user, let from):
             try db.cachedStatement(
                 sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ?1 AND ip IS NOT NULL AND (?2 IS NULL OR ip = ?2)"
             ).execute(arguments: [user, from])
-            if db.changesCount == 1 {
-                presenceChanged(user, false)
-                return .ok
-            }
-            return try codeForNoChange(of: user, db, whenOnline: 3, refused: refused)
+            guard db.changesCount == 1 else { return try whyUnchanged() }
+            presenceChanged(user, false)
+            return .ok
 
         case .expire(let user, let ip, let port):
             try db.cachedStatement(sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ? AND ip = ? AND port = ?")
                 .execute(arguments: [user, ip, port])
-            if db.changesCount == 1 {
-                presenceChanged(user, false)
-                return .ok
-            }
-            return try presence(of: user, db) == .unknown ? 1 : 2
+            guard db.changesCount == 1 else { return try whyUnchanged() }
+            presenceChanged(user, false)
+            return .ok
 
-        case .publish(let user, let fileName, let description, let from):
-            if let code = try ownerGate(user, from: from, db, refused: refused) { return code }
-            guard DirectoryRules.isValidFileName(fileName) else { return 4 }
+        case .publish(let user, let fileName, let description, _):
+            if let code = try gateCode() { return code }
             try db.cachedStatement(
                 sql: "INSERT INTO file (owner, name, description) VALUES (?, ?, ?) ON CONFLICT (owner, name) DO NOTHING"
             ).execute(arguments: [user, fileName, description])
@@ -449,8 +457,8 @@ public final class SQLiteDirectoryStore: DirectoryStore {
             published(db.lastInsertedRowID)
             return .ok
 
-        case .delete(let user, let fileName, let from):
-            if let code = try ownerGate(user, from: from, db, refused: refused) { return code }
+        case .delete(let user, let fileName, _):
+            if let code = try gateCode() { return code }
             guard
                 let id = try Int64.fetchOne(
                     db.cachedStatement(sql: "DELETE FROM file WHERE owner = ? AND name = ? RETURNING id"),
@@ -461,57 +469,18 @@ public final class SQLiteDirectoryStore: DirectoryStore {
         }
     }
 
-    /// After a conditional change of `user` changed nothing: 1 not registered, 2 not connected,
-    /// `whenOnline` connected (the owner check refused it).
-    private static func codeForNoChange(
-        of user: String, _ db: Database, whenOnline: ResultCode, refused: (String) -> Void
-    ) throws -> ResultCode {
-        switch try presence(of: user, db) {
-        case .unknown: return 1
-        case .offline: return 2
-        case .online(let ip):
-            refused(ip)
-            return whenOnline
-        }
-    }
-
-    /// PUBLISH and DELETE: nil when `user` is connected and the request may change it, else its
-    /// code (1 not registered, 2 not connected, 4 connected from another address than `from`).
-    private static func ownerGate(
-        _ user: String, from: String?, _ db: Database, refused: (String) -> Void
-    ) throws -> ResultCode? {
-        switch try presence(of: user, db) {
-        case .unknown: return 1
-        case .offline: return 2
-        case .online(let ip):
-            guard let from, ip != from else { return nil }
-            refused(ip)
-            return 4
-        }
-    }
-
-    /// Whether a user is registered, and connected from which address.
-    enum Presence: Equatable {
-        case unknown
-        case offline
-        case online(ip: String)
-    }
-
-    private static func presence(of user: String, _ db: Database) throws -> Presence {
-        guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT ip FROM user WHERE name = ?"), arguments: [user])
+    /// Whether `user` is registered, and connected at which address.
+    static func presence(of user: String, _ db: Database) throws -> Presence {
+        guard
+            let row = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT ip, port FROM user WHERE name = ?"), arguments: [user])
         else { return .unknown }
         let ip: String? = row[0]
-        return ip.map { .online(ip: $0) } ?? .offline
+        let port: String? = row[1]
+        guard let ip else { return .offline }
+        return .online(ip: ip, port: port ?? "")
     }
 
-    /// nil when `user` is not registered, else whether it is connected.
-    private static func isConnected(_ user: String, _ db: Database) throws -> Bool? {
-        switch try presence(of: user, db) {
-        case .unknown: return nil
-        case .offline: return false
-        case .online: return true
-        }
-    }
 
     // MARK: Reads
 
@@ -577,28 +546,16 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     private static func answer(_ query: DirectoryQuery, in db: Database, bitmaps: SearchBitmaps?) throws -> Reply {
         switch query {
         case .listUsers(let requester):
-            switch try isConnected(requester, db) {
-            case nil: return .status(1)
-            case false?: return .status(2)
-            case true?: break
-            }
+            if let code = DirectoryRules.requesterCode(try presence(of: requester, db)) { return .status(code) }
             return .users(try connectedUsers(db))
 
         case .listContent(let requester, let owner):
-            switch try isConnected(requester, db) {
-            case nil: return .status(1)
-            case false?: return .status(2)
-            case true?: break
-            }
-            guard try isConnected(owner, db) != nil else { return .status(3) }
+            if let code = DirectoryRules.requesterCode(try presence(of: requester, db)) { return .status(code) }
+            guard try presence(of: owner, db) != .unknown else { return .status(3) }
             return .content(try files(of: owner, db))
 
         case .search(let requester, let query):
-            switch try isConnected(requester, db) {
-            case nil: return .status(1)
-            case false?: return .status(2)
-            case true?: break
-            }
+            if let code = DirectoryRules.requesterCode(try presence(of: requester, db)) { return .status(code) }
             guard !DirectoryRules.searchWords(query).isEmpty else { return .status(3) }
             return .hits(try search(query, in: db, bitmaps: bitmaps))
         }
@@ -772,7 +729,7 @@ public final class SQLiteDirectoryStore: DirectoryStore {
 
     public func files(of owner: String) async throws -> [PublishedFile]? {
         try await readOffThePool { db in
-            guard try Self.isConnected(owner, db) != nil else { return nil }
+            guard try Self.presence(of: owner, db) != .unknown else { return nil }
             return try Self.files(of: owner, db)
         }
     }

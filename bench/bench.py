@@ -205,9 +205,11 @@ class RSSSampler:
         return self.peak
 
 
-def fill_large_directory(path):
-    """Bulk-inserts the large directory into the schema the server created (not through the
-    protocol: 11 million requests would take longer than the whole benchmark)."""
+def fill_large_directory(path, users=None):
+    """Bulk-inserts the large directory (`users` users, 10 files each) into the schema the server
+    created (not through the protocol: 11 million requests would take longer than the whole
+    benchmark)."""
+    users = users or LARGE_USERS
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = DELETE")  # one big write: no write-ahead log copy
     db.execute("PRAGMA synchronous = OFF")
@@ -219,7 +221,7 @@ def fill_large_directory(path):
     for name, _ in triggers:
         db.execute(f"DROP TRIGGER {name}")
     db.execute(f"""
-        WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {LARGE_USERS - 1})
+        WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {users - 1})
         INSERT INTO user (name, ip, port)
         SELECT printf('big-u%07d', i),
                CASE WHEN i % {LARGE_CONNECTED_EVERY} = 0 THEN '127.0.0.1' END,
@@ -227,7 +229,7 @@ def fill_large_directory(path):
         FROM n""")
     db.execute(f"""
         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n
-                                WHERE i < {LARGE_USERS * LARGE_FILES_PER_USER - 1})
+                                WHERE i < {users * LARGE_FILES_PER_USER - 1})
         INSERT INTO file (owner, name, description)
         SELECT printf('big-u%07d', i / {LARGE_FILES_PER_USER}), printf('file%d.txt', i % {LARGE_FILES_PER_USER}),
                printf('w%d w%d w%d', (i * 7919) % 20000, (i * 104729 + 13) % 20000, (i * 1299709 + 7) % 20000)
@@ -770,6 +772,43 @@ def oplog_benchmark(work):
         stop(oplog)
 
 
+def copy_benchmark(work):
+    """`p2p-server copy-directory` of SQLite directories of growing size into a private
+    PostgreSQL: the copy's peak memory (VmHWM, sampled) must not grow with the directory."""
+    postgres, pg_port, _ = start_postgres(work)
+    try:
+        sizes = [int(n) for n in os.environ.get("BENCH_COPY_USERS", "10000,100000").split(",")]
+        for users in sizes:
+            data = os.path.join(work, f"copy-{users}")
+            port = free_port()
+            stop(start_server(data, port))  # creates the schema
+            fill_large_directory(os.path.join(data, "directory.sqlite"), users)
+            database = f"copy{users}"
+            subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "p2p", "-d", "postgres",
+                            "-c", f"CREATE DATABASE {database}"], check=True)
+            url = f"postgres://p2p@127.0.0.1:{pg_port}/{database}?sslmode=disable"
+            started = time.time()
+            process = subprocess.Popen([os.path.join(BIN, "p2p-server"), "copy-directory", "--from", data, "--to", url],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            peak = 0.0
+            while process.poll() is None:
+                try:
+                    peak = max(peak, peak_rss_mib(process.pid))
+                except (FileNotFoundError, ProcessLookupError):
+                    break
+                time.sleep(0.05)
+            out, err = process.communicate()
+            if process.returncode != 0:
+                raise RuntimeError(f"copy-directory failed: {err.strip()}")
+            seconds = time.time() - started
+            files = users * LARGE_FILES_PER_USER
+            rows.append(("copy-directory", f"{users:,} users, {files:,} files into PostgreSQL",
+                         {"rps": files / seconds, "note": f"{seconds:.1f} s; peak RSS {peak:.0f} MiB; {out.strip()}"}, None))
+            log(f"copy {users} users / {files} files: {seconds:.1f} s, peak RSS {peak:.0f} MiB")
+    finally:
+        stop(postgres)
+
+
 def wait_established(port, count, timeout=15):
     """Waits until the server on `port` has at least `count` connections established."""
     deadline = time.time() + timeout
@@ -1210,7 +1249,7 @@ def print_table():
 
 def main():
     only = sys.argv[1:] or ["directory", "fairness", "large", "peercheck", "web", "oplog", "time", "getfile", "share", "peers",
-                            "postgres"]
+                            "postgres", "copy"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -1236,6 +1275,8 @@ def main():
             peer_extension_benchmark(work)
         if "postgres" in only:
             postgres_benchmark(work)
+        if "copy" in only:
+            copy_benchmark(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table()

@@ -1,6 +1,7 @@
-/// Everything of a directory, for copying it from one store to another
-/// (`p2p-server copy-directory`): its users with their addresses, by name, and its files in
-/// publishing order.
+/// A directory's rows, for copying it from one store to another (`p2p-server copy-directory`):
+/// its users with their addresses, by name, and its files in publishing order. A copy goes a
+/// page at a time (``DirectoryContentsSource``), so that its memory does not grow with the
+/// directory.
 public struct DirectoryContents: Sendable {
     public struct User: Sendable, Hashable {
         public var name: String
@@ -34,4 +35,14 @@ public struct DirectoryContents: Sendable {
         self.users = users
         self.files = files
     }
+}
+
+/// Where a copy reads a directory from, a page at a time. Each read starts after the last row
+/// of the page before (`nil` / 0 for the first page); an empty page is the end.
+public protocol DirectoryContentsSource: Sendable {
+    /// Up to `limit` users with names after `name`, by name.
+    func users(after name: String?, limit: Int) async throws -> [DirectoryContents.User]
+    /// Up to `limit` files published after the file `id`, in publishing order, with the id of
+    /// the last one (for the next page).
+    func files(after id: Int64, limit: Int) async throws -> (files: [DirectoryContents.File], lastID: Int64)
 }

@@ -642,7 +642,12 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// Writes `contents` into this (empty) directory in one transaction; with `replacing`, what
     /// is there is deleted first. Throws ``PostgresStoreError/notEmpty(users:)`` when the
     /// directory holds users and `replacing` is false: nothing is changed then.
-    public func load(_ contents: DirectoryContents, replacing: Bool) async throws {
+    /// Copies a directory in, a page at a time, in one transaction: nothing of it is kept
+    /// unless all of it is. Refuses a directory that already holds users unless `replacing`.
+    /// Returns how many users (connected among them) and files were copied.
+    public func load(
+        from source: any DirectoryContentsSource, replacing: Bool, pageSize: Int = 5_000
+    ) async throws -> (users: Int, connected: Int, files: Int) {
         try await transaction { connection in
             if replacing {
                 try await connection.query("DELETE FROM directory_user", logger: self.logger)
@@ -652,10 +657,15 @@ public final class PostgresDirectoryStore: DirectoryStore {
                     throw PostgresStoreError.notEmpty(users: users)
                 }
             }
-            // In slices, as arrays: one statement per slice rather than one per row.
-            let slice = 5_000
-            for start in stride(from: 0, to: contents.users.count, by: slice) {
-                let part = contents.users[start..<min(start + slice, contents.users.count)]
+            var counts = (users: 0, connected: 0, files: 0)
+            // Each page as arrays: one statement per page rather than one per row.
+            var lastName: String?
+            while true {
+                let part = try await source.users(after: lastName, limit: pageSize)
+                guard let last = part.last else { break }
+                lastName = last.name
+                counts.users += part.count
+                counts.connected += part.filter { $0.ip != nil }.count
                 try await connection.query(
                     """
                     INSERT INTO directory_user (name, ip, port)
@@ -664,8 +674,12 @@ public final class PostgresDirectoryStore: DirectoryStore {
                         \(part.map { $0.port ?? "" })::text[]) AS rows (name, ip, port)
                     """, logger: self.logger)
             }
-            for start in stride(from: 0, to: contents.files.count, by: slice) {
-                let part = Array(contents.files[start..<min(start + slice, contents.files.count)])
+            var lastID: Int64 = 0
+            while true {
+                let (part, last) = try await source.files(after: lastID, limit: pageSize)
+                guard !part.isEmpty else { break }
+                lastID = last
+                counts.files += part.count
                 // Ids come back in the order of the rows inserted (WITH ORDINALITY keeps it).
                 let rows = try await connection.query(
                     """
@@ -692,6 +706,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
                     INSERT INTO directory_file_word (word, file_id) SELECT * FROM unnest(\(words)::text[], \(wordIDs)::bigint[])
                     """, logger: self.logger)
             }
+            return counts
         }
     }
 

@@ -22,7 +22,7 @@ import Synchronization
 /// any moment. Reads run on GRDB's reader connections and see only committed transactions.
 /// Copying the write-ahead log into the database file is left to a ``WALCheckpointer``, off
 /// the commit path.
-public final class SQLiteDirectoryStore: DirectoryStore {
+public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource {
     /// The file the directory lives in, inside a data folder.
     public static let fileName = "directory.sqlite"
 
@@ -741,19 +741,31 @@ public final class SQLiteDirectoryStore: DirectoryStore {
     }
 
     /// Every user and file, read in one transaction (for `p2p-server copy-directory`).
-    public func contents() async throws -> DirectoryContents {
+    public func users(after name: String?, limit: Int) async throws -> [DirectoryContents.User] {
         try await readOffThePool { db in
+            let rows = try Row.fetchCursor(
+                db, sql: "SELECT name, ip, port FROM user WHERE ?1 IS NULL OR name > ?1 ORDER BY name LIMIT ?2",
+                arguments: [name, limit])
             var users: [DirectoryContents.User] = []
-            let userRows = try Row.fetchCursor(db, sql: "SELECT name, ip, port FROM user ORDER BY name")
-            while let row = try userRows.next() {
+            while let row = try rows.next() {
                 users.append(DirectoryContents.User(name: row[0], ip: row[1], port: row[2]))
             }
+            return users
+        }
+    }
+
+    public func files(after id: Int64, limit: Int) async throws -> (files: [DirectoryContents.File], lastID: Int64) {
+        try await readOffThePool { db in
+            let rows = try Row.fetchCursor(
+                db, sql: "SELECT id, owner, name, description FROM file WHERE id > ? ORDER BY id LIMIT ?",
+                arguments: [id, limit])
             var files: [DirectoryContents.File] = []
-            let fileRows = try Row.fetchCursor(db, sql: "SELECT owner, name, description FROM file ORDER BY id")
-            while let row = try fileRows.next() {
-                files.append(DirectoryContents.File(owner: row[0], name: row[1], description: row[2]))
+            var last = id
+            while let row = try rows.next() {
+                last = row[0]
+                files.append(DirectoryContents.File(owner: row[1], name: row[2], description: row[3]))
             }
-            return DirectoryContents(users: users, files: files)
+            return (files, last)
         }
     }
 

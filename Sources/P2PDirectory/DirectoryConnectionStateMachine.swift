@@ -134,12 +134,9 @@ struct DirectoryConnectionStateMachine {
             return .refuse(ProxyHeaderError.missing, sawBytes: header.readableBytes > 0)
         case .reading(let decoder, _, let sawBytes):
             return reject(decoder.finish(), decoder: decoder, sawBytes: sawBytes)
-        case .admitting:
-            // The handler answers `.admit` at once, so nothing can arrive in between; were it
-            // to, the connection would not be served.
-            state = .closed
-            return .close
-        case .draining:
+        case .admitting, .draining:
+            // (`admitting`: the handler answers `.admit` at once, so nothing can arrive in
+            // between; were it to, the connection would not be served.)
             state = .closed
             return .close
         case .serving, .closed, .modifying:
@@ -155,10 +152,7 @@ struct DirectoryConnectionStateMachine {
             return .refuse(error, sawBytes: header.readableBytes > 0)
         case .reading(let decoder, _, let sawBytes):
             return reject(error, decoder: decoder, sawBytes: sawBytes)
-        case .admitting:
-            state = .closed
-            return .close
-        case .draining:
+        case .admitting, .draining:
             state = .closed
             return .close
         case .serving, .closed, .modifying:

@@ -45,6 +45,11 @@ public actor ClientSession {
     /// while nobody is connected, so the server's answer decides the line.
     private var lastKnownUser: String?
     private var peerServer: PeerFileServer?
+    /// The connected user's control connection, when the server has them (our servers).
+    private var control: ControlConnection?
+    /// Whether to open one (`--no-control-connection` turns it off: the server then checks
+    /// this client's port like any third-party client's).
+    private let controlConnection: Bool
     /// The folders shared whole (SHARE), kept in line with the directory while connected.
     private let sharing: FolderSharing
     private var timeServiceFailing = false
@@ -59,6 +64,7 @@ public actor ClientSession {
         uploadLimits: UploadLimits = UploadLimits(),
         peerHost: String? = nil,
         plainGetFile: Bool = false,
+        controlConnection: Bool = true,
         workingDirectory: String = FileManager.default.currentDirectoryPath,
         output: ClientOutput,
         logger: Logger
@@ -69,6 +75,7 @@ public actor ClientSession {
         self.uploadLimits = uploadLimits
         self.peerHost = peerHost
         self.plainGetFile = plainGetFile
+        self.controlConnection = controlConnection
         self.workingDirectory = workingDirectory
         self.output = output
         self.logger = logger
@@ -277,7 +284,10 @@ public actor ClientSession {
         if code == 0 || code == 2 { lastKnownUser = user }
         // The result line once the published files are served and the shared folders are in
         // line, so that a script's next command finds them so.
-        if code == 0 { await startServing(user) }
+        if code == 0 {
+            await startServing(user)
+            await openControl(user, server: server)
+        }
         report(.connect, code)
         if code == 2 {
             output.diagnostic(
@@ -312,7 +322,36 @@ public actor ClientSession {
                 + "\(folder.root)); nothing else is served: PUBLISH <file> adds one, SHARE <folder> a whole folder")
     }
 
+    /// After CONNECT, against a server that announces it: the control connection. Against any
+    /// other server nothing is sent but a LIST_CONTENT for a user that does not exist.
+    private func openControl(_ user: String, server: PeerFileServer) async {
+        guard controlConnection,
+            case .content(let capabilities)? = try? await stampedSend(
+                .listContent(user: user, owner: ReservedFileName.capabilities)),
+            capabilities.contains(ServerCapabilities.control)
+        else { return }
+        let output = self.output
+        let connection = ControlConnection(
+            directory: directory, user: user, dateTime: { await self.dateTime() },
+            onDial: { token, host, port in
+                Task { await server.dial(host: host, port: port, token: token) }
+            },
+            diagnostic: { output.diagnostic($0) })
+        let code = await connection.start()
+        if code == 0 {
+            control = connection
+        } else {
+            await connection.stop()
+            output.diagnostic(
+                "the directory server did not open a control connection for \(user)"
+                    + (code.map { " (code \($0))" } ?? "")
+                    + "; it checks this client's port instead, which fails behind a NAT")
+        }
+    }
+
     private func stopServing() async {
+        await control?.stop()
+        control = nil
         await peerServer?.stop()
         peerServer = nil
         connectedUser = nil
@@ -370,7 +409,9 @@ public actor ClientSession {
         var sources: [PeerSource] = []
         for name in owners {
             if let peer = users.first(where: { $0.name == name }), let port = Int(peer.port) {
-                sources.append(PeerSource(owner: name, host: peer.ip, port: port))
+                if let source = await route(PeerSource(owner: name, host: peer.ip, port: port), remoteName: remoteName) {
+                    sources.append(source)
+                }
             } else {
                 output.diagnostic("GET_FILE: \(name) is not connected")
             }
@@ -390,8 +431,7 @@ public actor ClientSession {
         let output = self.output
         do {
             if plainGetFile {
-                try await FileDownloader().download(
-                    remoteName, fromHost: sources[0].host, port: sources[0].port, to: localPath, progress: progress)
+                try await FileDownloader().download(remoteName, from: sources[0], to: localPath, progress: progress)
             } else {
                 try await FileDownloader().fetch(
                     remoteName, from: sources, to: localPath, progress: progress,
@@ -404,6 +444,26 @@ public actor ClientSession {
             output.diagnostic("GET_FILE \(remoteName) from \(owner): \(error)")
             return ResultLine.getFileFail
         }
+    }
+
+    /// How to reach `source`: directly, unless the server says the owner is behind a NAT; then
+    /// reversed (the owner connects to this client) when this client can be reached. Says so
+    /// in one line when it is not direct; nil (with the reason) when there is no way.
+    private func route(_ source: PeerSource, remoteName: String) async -> PeerSource? {
+        guard let control, let peerServer, await control.route(of: source.owner) == .unreachable else { return source }
+        guard await control.isReachable() == true else {
+            output.diagnostic(
+                "GET_FILE: \(source.owner) is behind a NAT and so is this client: "
+                    + "neither can connect to the other, and this version has no other way between them")
+            return nil
+        }
+        var reversed = source
+        let owner = source.owner
+        reversed.reversal = Reversal(
+            request: { () async throws(DownloadError) -> String in try await control.reverse(owner: owner) },
+            incoming: peerServer.reversedConnections)
+        output.diagnostic("GET_FILE \(remoteName): \(owner) is behind a NAT: it connects to this client (reversed connection)")
+        return reversed
     }
 
     /// `GET_FILE big.iso: 412.0 MiB of 1.0 GiB (40%), 85.3 MiB/s, 0:07 left`; without a total

@@ -79,6 +79,18 @@ public struct FileDownloader: Sendable {
         to localPath: String,
         progress: Progress? = nil
     ) async throws(DownloadError) -> Int64 {
+        try await download(
+            remoteName, from: PeerSource(owner: host, host: host, port: port), to: localPath, progress: progress)
+    }
+
+    /// Fetches `remoteName` from `source` into `localPath` with plain GET_FILE; returns the size.
+    @discardableResult
+    public func download(
+        _ remoteName: String,
+        from source: PeerSource,
+        to localPath: String,
+        progress: Progress? = nil
+    ) async throws(DownloadError) -> Int64 {
         let url = URL(fileURLWithPath: localPath)
         let directory = url.deletingLastPathComponent().path
         let temporary = "\(directory)/.\(url.lastPathComponent).part-\(UInt32.random(in: 0...UInt32.max))"
@@ -88,7 +100,7 @@ public struct FileDownloader: Sendable {
         defer { Self.unfinished.withLock { _ = $0.remove(temporary) } }
         let file = LocalFile(descriptor: descriptor)
         do {
-            let size = try await receive(remoteName, host: host, port: port, into: file, progress: progress)
+            let size = try await receive(remoteName, from: source, into: file, progress: progress)
             try await NIOThreadPool.singleton.runIfActive {
                 try file.sync()
                 try file.close()
@@ -108,7 +120,7 @@ public struct FileDownloader: Sendable {
     /// The size and SHA-256 that a peer of ours announces for `remoteName`; nil from a peer
     /// that does not know the extension (it answers FILE NOT EXIST to the reserved name, read to
     /// the end before closing), one that does not serve the file, or one that does not answer.
-    public func info(of remoteName: String, host: String, port: Int, timeout: Duration = .seconds(60)) async
+    public func info(of remoteName: String, from source: PeerSource, timeout: Duration = .seconds(60)) async
         -> FileInfo?
     {
         guard let name = PeerRequest.info(name: remoteName).fileName else { return nil }
@@ -117,15 +129,14 @@ public struct FileDownloader: Sendable {
         let bytes = request
         let idleTimeout = self.idleTimeout
         return try? await withTimeout(timeout, error: DownloadError.unreachable("no answer")) {
-            let channel = try await PeerConnection.open(host, port, idleTimeout: idleTimeout)
-            return try await channel.executeThenClose { inbound, outbound in
-                try await outbound.write(bytes)
+            try await PeerConnection.withLink(to: source, idleTimeout: idleTimeout) { link in
+                try await link.write(bytes)
                 var decoder = FileInfoDecoder()
                 var outcome: FileInfoDecoder.Outcome?
                 // The whole reply, to the peer's close: a third-party peer must not meet a
                 // connection closed before its answer is out.
-                for try await var chunk in inbound where outcome == nil {
-                    outcome = try decoder.decode(&chunk)
+                while var chunk = try await link.next() {
+                    if outcome == nil { outcome = try decoder.decode(&chunk) }
                 }
                 if case .info(let info)? = outcome { return info }
                 return nil
@@ -145,7 +156,7 @@ public struct FileDownloader: Sendable {
         guard let first = sources.first else { throw .unreachable("no source") }
         let infos = await withTaskGroup(of: (Int, FileInfo?).self) { group in
             for (index, source) in sources.enumerated() {
-                group.addTask { (index, await info(of: remoteName, host: source.host, port: source.port)) }
+                group.addTask { (index, await info(of: remoteName, from: source)) }
             }
             var found = [FileInfo?](repeating: nil, count: sources.count)
             for await (index, info) in group { found[index] = info }
@@ -156,7 +167,7 @@ public struct FileDownloader: Sendable {
                 notice("\(remoteName): none of \(sources.map(\.owner).joined(separator: ", ")) can serve parts of it; "
                     + "downloading from \(first.owner) alone")
             }
-            return try await download(remoteName, fromHost: first.host, port: first.port, to: localPath, progress: progress)
+            return try await download(remoteName, from: first, to: localPath, progress: progress)
         }
         var usable: [PeerSource] = []
         for (source, info) in zip(sources, infos) {
@@ -181,7 +192,7 @@ public struct FileDownloader: Sendable {
     public static var resumableInProgress: Int { resumable.withLock { $0.count } }
 
     private func receive(
-        _ remoteName: String, host: String, port: Int, into file: LocalFile, progress: Progress?
+        _ remoteName: String, from source: PeerSource, into file: LocalFile, progress: Progress?
     ) async throws -> Int64 {
         var request = ByteBuffer()
         do {
@@ -189,10 +200,11 @@ public struct FileDownloader: Sendable {
         } catch {
             throw DownloadError.invalidReply("request not sendable: \(error)")
         }
-        let channel = try await PeerConnection.open(host, port, idleTimeout: idleTimeout)
         let bytes = request
         do {
-            return try await transfer(bytes, over: channel, into: file, progress: progress)
+            return try await PeerConnection.withLink(to: source, idleTimeout: idleTimeout) { link in
+                try await transfer(bytes, over: link, into: file, progress: progress)
+            }
         } catch let error as DownloadError {
             throw error
         } catch {
@@ -201,17 +213,17 @@ public struct FileDownloader: Sendable {
     }
 
     private func transfer(
-        _ bytes: ByteBuffer, over channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>, into file: LocalFile,
+        _ bytes: ByteBuffer, over link: PeerLink, into file: LocalFile,
         progress: Progress?
     ) async throws -> Int64 {
-        try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(bytes)
+        do {
+            try await link.write(bytes)
             // Every framing owners use is told apart by its bytes (FileReplyDecoder).
             var decoder = FileReplyDecoder()
             var pending = ByteBuffer()
             var lastReport = ContinuousClock.now
             do {
-                reading: for try await var chunk in inbound {
+                reading: while var chunk = try await link.next() {
                     switch try decoder.decode(&chunk, into: &pending) {
                     case .refused(let code):
                         throw code == FileReplyCode.noSuchFile ? DownloadError.noSuchFile : DownloadError.refused(code)

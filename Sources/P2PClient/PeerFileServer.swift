@@ -54,6 +54,10 @@ public final class PeerFileServer: Sendable {
     public let port: Int
     private let serverChannel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
     private let task: Task<Void, Never>
+    private let context: Context
+
+    /// Where connections that owners open back to this client (for its downloads) arrive.
+    var reversedConnections: ReversedConnections { context.reversed }
 
     /// What every connection needs.
     private final class Context: Sendable {
@@ -64,6 +68,8 @@ public final class PeerFileServer: Sendable {
         let maxUploads: Int
         /// Downloads being served now.
         let uploads = Atomic<Int>(0)
+        /// Connections owners opened to this client for its downloads (reversed connections).
+        let reversed = ReversedConnections()
 
         init(folder: SharedFolder, logger: Logger, limits: UploadLimits) {
             self.folder = folder
@@ -112,6 +118,7 @@ public final class PeerFileServer: Sendable {
         serverChannel = channel
         port = channel.channel.localAddress?.port ?? 0
         let context = Context(folder: folder, logger: logger, limits: limits)
+        self.context = context
         task = Task {
             try? await withThrowingDiscardingTaskGroup { group in
                 try await channel.executeThenClose { inbound in
@@ -120,6 +127,29 @@ public final class PeerFileServer: Sendable {
                     }
                 }
             }
+        }
+    }
+
+    /// Connects to a downloader that cannot reach this client (the directory server asked, with
+    /// `token`: ``ControlMessage/dial(token:host:port:)``), presents the token, and serves the
+    /// one request that comes back as if the downloader had connected here.
+    public func dial(host: String, port: Int, token: String) async {
+        let logger = context.logger
+        guard let hello = PeerRequest.reversed(token: token).fileName else { return }
+        var bytes = ByteBuffer()
+        guard (try? FileRequest(fileName: hello).encode(into: &bytes)) != nil else { return }
+        do {
+            let connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(5))
+                .connect(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+            try await connection.channel.writeAndFlush(bytes).get()
+            await Self.serve(connection, context)
+        } catch {
+            logger.notice("cannot connect back to a downloader at \(host):\(port): \(error)")
         }
     }
 
@@ -138,14 +168,16 @@ public final class PeerFileServer: Sendable {
         // complete one: the protocol carries no length.
         _ = try? await (channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
         do {
-            try await connection.executeThenClose { inbound, _ in
+            try await connection.executeThenClose { inbound, outbound in
                 let request: FileRequest
+                // One reader at a time: this task, or the download a reversed connection is for.
+                let box = PeerLink.Inbound(inbound.makeAsyncIterator())
                 do {
                     // A peer that never completes its request is dropped after 10 s.
                     request = try await withTimeout(.seconds(10), error: PeerRequestTimedOut()) {
                         var decoder = FileRequestDecoder()
                         var sawBytes = false
-                        for try await var chunk in inbound {
+                        while var chunk = try await box.iterator.next() {
                             sawBytes = true
                             if let request = try decoder.decode(&chunk) { return request }
                         }
@@ -166,6 +198,17 @@ public final class PeerFileServer: Sendable {
                 switch PeerRequest(fileName: request.fileName) {
                 case nil:
                     name = request.fileName
+                case .reversed(let token)?:
+                    // An owner connecting back for one of our downloads: it is the download's now.
+                    try await closeGracefully(channel)
+                    await withCheckedContinuation { (finished: CheckedContinuation<Void, Never>) in
+                        let once = Atomic<Bool>(false)
+                        let handed = ReversedConnections.Handed(
+                            link: box, outbound: outbound, channel: channel,
+                            done: { if !once.exchange(true, ordering: .relaxed) { finished.resume() } })
+                        if !context.reversed.deliver(token, handed) { handed.done() }
+                    }
+                    return
                 case .peerCheck?, .unknownReserved?:
                     // The directory server's peer check, many a minute: answered without a log
                     // line and without touching the disk.

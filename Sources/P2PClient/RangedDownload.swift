@@ -17,11 +17,14 @@ public struct PeerSource: Sendable, Hashable {
     public var owner: String
     public var host: String
     public var port: Int
+    /// Set for an owner behind a NAT: connections come from it, at the server's request.
+    public var reversal: Reversal?
 
-    public init(owner: String, host: String, port: Int) {
+    public init(owner: String, host: String, port: Int, reversal: Reversal? = nil) {
         self.owner = owner
         self.host = host
         self.port = port
+        self.reversal = reversal
     }
 }
 
@@ -276,10 +279,9 @@ struct RangedDownload: Sendable {
         }
         var request = ByteBuffer()
         try FileRequest(fileName: name).encode(into: &request)
-        let channel = try await PeerConnection.open(source.host, source.port, idleTimeout: idleTimeout)
         let bytes = request
-        try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(bytes)
+        try await PeerConnection.withLink(to: source, idleTimeout: idleTimeout) { link in
+            try await link.write(bytes)
             // Our peer answers a range `0·` and exactly `length` bytes: the length decides, no
             // framing rule is needed, and the bytes go to disk and to the hash as they came,
             // without being copied into one buffer first.
@@ -324,7 +326,7 @@ struct RangedDownload: Sendable {
                 try await written(position)
             }
             var settled = false
-            for try await var chunk in inbound {
+            while var chunk = try await link.next() {
                 if !settled {
                     guard let code = try codeDecoder.decode(&chunk) else { continue }
                     if code == FileReplyCode.noSuchFile { throw DownloadError.noSuchFile }
@@ -505,27 +507,6 @@ actor ChunkPlan {
         let path = recordPath
         _ = try? await NIOThreadPool.singleton.runIfActive {
             try text.write(toFile: path, atomically: true, encoding: .utf8)
-        }
-    }
-}
-
-/// Opening a connection to a peer with the downloader's idle timeout.
-enum PeerConnection {
-    static func open(_ host: String, _ port: Int, idleTimeout: TimeAmount) async throws -> NIOAsyncChannel<
-        ByteBuffer, ByteBuffer
-    > {
-        do {
-            return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connectTimeout(.seconds(5))
-                .connect(host: host, port: port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandlers(
-                            IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler())
-                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                    }
-                }
-        } catch {
-            throw DownloadError.unreachable("\(host):\(port): \(shortDescription(of: error))")
         }
     }
 }

@@ -17,15 +17,18 @@ public final class DirectoryApplication: Service, Sendable {
     public let storeLocation: any DirectoryStoreOpener
     /// Checks connected users' peers and expires the dead ones; nil when off.
     public let peerChecker: PeerChecker?
+    /// Our clients' control connections.
+    public let controls: ControlSessions
 
     private init(
         store: any DirectoryStore, server: DirectoryServer, storeLocation: any DirectoryStoreOpener,
-        peerChecker: PeerChecker?
+        peerChecker: PeerChecker?, controls: ControlSessions
     ) {
         self.store = store
         self.server = server
         self.storeLocation = storeLocation
         self.peerChecker = peerChecker
+        self.controls = controls
     }
 
     /// Opens the store at `location` and binds the listener.
@@ -39,6 +42,7 @@ public final class DirectoryApplication: Service, Sendable {
         store location: any DirectoryStoreOpener,
         operationLog: (any OperationLogSink)?,
         peerChecks: PeerCheckSettings? = nil,
+        control: ControlSettings = ControlSettings(),
         metrics: DirectoryMetrics = .none,
         console: @escaping @Sendable (String) -> Void,
         logger: Logger,
@@ -52,17 +56,21 @@ public final class DirectoryApplication: Service, Sendable {
         }
         let handler = DirectoryRequestHandler(
             operationLog: operationLog, ownerCheck: configuration.ownerCheck, console: console)
+        let controls = ControlSessions(
+            settings: control, store: store, operationLog: operationLog, console: console, logger: logger)
         do {
             let server = try await DirectoryServer.bind(
-                configuration: configuration, handler: handler, store: store, metrics: metrics, logger: logger,
-                eventLoopGroup: eventLoopGroup)
+                configuration: configuration, handler: handler, store: store, metrics: metrics, controls: controls,
+                logger: logger, eventLoopGroup: eventLoopGroup)
             let checker = peerChecks.flatMap { settings in
                 settings.isEnabled
                     ? PeerChecker(
-                        store: store, settings: settings, operationLog: operationLog, console: console, logger: logger)
+                        store: store, settings: settings, operationLog: operationLog, controls: controls,
+                        console: console, logger: logger)
                     : nil
             }
-            return DirectoryApplication(store: store, server: server, storeLocation: location, peerChecker: checker)
+            return DirectoryApplication(
+                store: store, server: server, storeLocation: location, peerChecker: checker, controls: controls)
         } catch {
             try? await store.close()
             throw .cannotListen(host: configuration.host, port: configuration.port, error)

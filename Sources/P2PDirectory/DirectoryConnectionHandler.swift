@@ -38,6 +38,8 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private let problems: ConnectionProblemReport
     private let metrics: DirectoryMetrics
     private let logger: Logger
+    /// Where a `CONTROL` request's connection goes once admitted.
+    private let controls: ControlSessions?
     private var machine: DirectoryConnectionStateMachine
     private var deadline: Scheduled<Void>?
     /// The socket's address (unmapped), or the PROXY header's once it has named one.
@@ -56,6 +58,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         limits: ConnectionLimits,
         problems: ConnectionProblemReport,
         metrics: DirectoryMetrics,
+        controls: ControlSessions? = nil,
         logger: Logger
     ) {
         self.handler = handler
@@ -68,6 +71,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         self.limits = limits
         self.problems = problems
         self.metrics = metrics
+        self.controls = controls
         self.logger = logger
     }
 
@@ -173,7 +177,10 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         // The whole request is here: the deadline no longer applies.
         deadline?.cancel()
         deadline = nil
-        let work = handler.accept(request, peerIP: peerIP)
+        guard let work = handler.accept(request, peerIP: peerIP) else {
+            openControl(request, peerIP: peerIP, context: context)
+            return
+        }
         let start = NIODeadline.now()
         // The batcher runs the completion on this channel's event loop.
         batcher.submit(work) { reply, code in
@@ -184,6 +191,50 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
             context.writeAndFlush(self.wrapOutboundOut(reply)).whenComplete { _ in
                 channel.close(promise: nil)
             }
+        }
+    }
+
+    /// `CONTROL`: once ``ControlSessions`` admits it, the reply 0 and the connection becomes the
+    /// user's control connection (a ``ControlConnectionHandler`` takes this handler's place,
+    /// which gives the connection's request slot back: a control connection is counted by
+    /// ``ControlSettings/maxSessions`` instead). Any other code is sent and the connection closed.
+    private func openControl(_ request: Request, peerIP: String, context: ChannelHandlerContext) {
+        let start = NIODeadline.now()
+        let user = request.user
+        let promise = context.eventLoop.makePromise(of: (code: ResultCode, port: String?).self)
+        if let controls {
+            promise.completeWithTask { await controls.admit(user: user, from: peerIP) }
+        } else {
+            promise.succeed((request.operation.otherErrorCode, nil))
+        }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        promise.futureResult.whenSuccess { code, port in
+            let (self_, context) = loopBound.value
+            self_.finishControl(request, code: code, port: port, peerIP: peerIP, start: start, context: context)
+        }
+    }
+
+    private func finishControl(
+        _ request: Request, code: ResultCode, port: String?, peerIP: String, start: NIODeadline,
+        context: ChannelHandlerContext
+    ) {
+        handler.served(request, code: code)
+        metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
+        guard machine.replyReady() else { return }
+        var buffer = ByteBuffer()
+        encoder.writeCode(code, into: &buffer)
+        guard code == .ok, let port, let controls else {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+            return
+        }
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        do {
+            try context.pipeline.syncOperations.addHandler(
+                ControlConnectionHandler(sessions: controls, user: request.user, ip: peerIP, port: port, logger: logger))
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        } catch {
+            context.close(promise: nil)
         }
     }
 }

@@ -5,6 +5,8 @@ import P2PProtocol
 public enum StoreWork: Sendable, Hashable {
     case change(DirectoryChange)
     case query(DirectoryQuery)
+    /// Answered without the store: what our server can do (``ServerCapabilities``).
+    case answer(Reply, operation: DirectoryOperation)
 }
 
 /// Turns decoded requests into store work, recording each in the operation log and printing
@@ -39,8 +41,9 @@ public struct DirectoryRequestHandler: Sendable {
 
     /// Accepts `request`, which arrived from `peerIP` (evaluated only for CONNECT, which stores
     /// it, and for the changes the owner check applies to), and says what the store must do
-    /// for it. Prints the console line; `served` logs the operation once answered.
-    public func accept(_ request: Request, peerIP: @autoclosure () -> String) -> StoreWork {
+    /// for it: nil for `CONTROL`, which is no store work (``ControlSessions``). Prints the
+    /// console line; `served` logs the operation once answered.
+    public func accept(_ request: Request, peerIP: @autoclosure () -> String) -> StoreWork? {
         console("s> \(request.operation.rawValue) FROM \(request.user)")
         switch request.command {
         case .register(let user):
@@ -58,10 +61,14 @@ public struct DirectoryRequestHandler: Sendable {
             return .change(.delete(user: user, fileName: fileName, from: ownerCheck ? peerIP() : nil))
         case .listUsers(let user):
             return .query(.listUsers(requester: user))
+        case .listContent(_, let owner) where owner == ReservedFileName.capabilities:
+            return .answer(.content(ServerCapabilities.all), operation: .listContent)
         case .listContent(let user, let owner):
             return .query(.listContent(requester: user, owner: owner))
         case .search(let user, let query):
             return .query(.search(requester: user, query: query))
+        case .control:
+            return nil
         }
     }
 }

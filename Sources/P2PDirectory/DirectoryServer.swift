@@ -120,6 +120,7 @@ public final class DirectoryServer: Service, Sendable {
         handler: DirectoryRequestHandler,
         store: any DirectoryStore,
         metrics: DirectoryMetrics = .none,
+        controls: ControlSessions? = nil,
         logger: Logger,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> DirectoryServer {
@@ -192,6 +193,7 @@ public final class DirectoryServer: Service, Sendable {
                                 limits: limits,
                                 problems: problems,
                                 metrics: metrics,
+                                controls: controls,
                                 logger: logger))
                     } catch {
                         if holdsAddressSlot { limits.release(clientIP) }

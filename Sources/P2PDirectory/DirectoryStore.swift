@@ -57,6 +57,10 @@ public protocol DirectoryStore: Sendable {
     /// own peer checks and its web page).
     func connectedUsers() async throws -> [ConnectedUser]
 
+    /// Whether `user` is registered, and connected at which address, whoever asks (for the
+    /// control connection, which belongs to a connected user and its address).
+    func presence(of user: String) async throws -> Presence
+
     /// How many users, connected users and files there are (for the web page).
     func overview() async throws -> DirectoryOverview
 

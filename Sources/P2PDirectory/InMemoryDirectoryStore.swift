@@ -36,6 +36,10 @@ public final class InMemoryDirectoryStore: DirectoryStore {
         state.withLock { $0.connectedUsers }
     }
 
+    public func presence(of user: String) async throws -> Presence {
+        state.withLock { $0.presence(of: user) }
+    }
+
     public func overview() async throws -> DirectoryOverview {
         state.withLock { $0.overview }
     }

@@ -51,6 +51,8 @@ public final class PeerChecker: Service, Sendable {
     public let settings: PeerCheckSettings
     private let store: any DirectoryStore
     private let operationLog: (any OperationLogSink)?
+    /// Users whose control connection is open are alive by that; they are not probed.
+    private let controls: ControlSessions?
     private let console: @Sendable (String) -> Void
     private let logger: Logger
 
@@ -58,12 +60,14 @@ public final class PeerChecker: Service, Sendable {
         store: any DirectoryStore,
         settings: PeerCheckSettings,
         operationLog: (any OperationLogSink)?,
+        controls: ControlSessions? = nil,
         console: @escaping @Sendable (String) -> Void,
         logger: Logger
     ) {
         self.store = store
         self.settings = settings
         self.operationLog = operationLog
+        self.controls = controls
         self.console = console
         self.logger = logger
     }
@@ -106,9 +110,10 @@ public final class PeerChecker: Service, Sendable {
     /// Checks every connected user once; `failures` carries the failures in a row from one
     /// round to the next (by user and address: a user that reconnected starts again at 0).
     public func round(failures: inout [ConnectedUser: Int]) async -> Round {
-        let users: [ConnectedUser]
+        var users: [ConnectedUser]
         do {
             users = try await store.connectedUsers()
+            if let controls, controls.count > 0 { users.removeAll { controls.holds($0) } }
         } catch {
             logger.warning("peer check: cannot read the connected users: \(error)")
             return Round()

@@ -45,6 +45,10 @@ final class StoreBatcher: @unchecked Sendable {
         case .query(let query):
             queries.append(query)
             queryCompletions.append(completion)
+        case .answer(let reply, let operation):
+            let (buffer, code) = Self.encode(reply, of: operation, with: encoder, logger: logger)
+            completion(buffer, code)
+            return
         }
         if !flushScheduled {
             flushScheduled = true

@@ -594,6 +594,17 @@ public final class PostgresDirectoryStore: DirectoryStore {
         try await serverRead { connection in try await self.connectedUsers(connection) }
     }
 
+    public func presence(of user: String) async throws -> Presence {
+        try await serverRead { connection in
+            let rows = try await connection.query(
+                "SELECT ip, port FROM directory_user WHERE name = \(user)", logger: self.logger)
+            for try await (ip, port) in rows.decode((String?, String?).self) {
+                return ip.map { .online(ip: $0, port: port ?? "") } ?? .offline
+            }
+            return .unknown
+        }
+    }
+
     public func overview() async throws -> DirectoryOverview {
         try await serverRead { connection in
             let rows = try await connection.query(

@@ -715,6 +715,10 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
         try await readOffThePool { db in try Self.connectedUsers(db) }
     }
 
+    public func presence(of user: String) async throws -> Presence {
+        try await readOffThePool { db in try Self.presence(of: user, db) }
+    }
+
     public func overview() async throws -> DirectoryOverview {
         try await readOffThePool { db in
             let row = try Row.fetchOne(

@@ -13,14 +13,17 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     case listContent = "LIST_CONTENT"
     /// Extension: files whose name or description match every word of a query.
     case search = "SEARCH"
+    /// Extension: turns the connection into the connected user's control connection
+    /// (``ControlMessage``), sent only to servers that announce it (``ServerCapabilities``).
+    case control = "CONTROL"
 
     /// Whether the operation is one of ours that the third-party programs do not speak.
-    public var isExtension: Bool { self == .search }
+    public var isExtension: Bool { self == .search || self == .control }
 
     /// How many fields follow the operation name, the date-time included.
     public var argumentCount: Int {
         switch self {
-        case .register, .unregister, .disconnect, .listUsers: return 2
+        case .register, .unregister, .disconnect, .listUsers, .control: return 2
         case .connect, .delete, .listContent, .search: return 3
         case .publish: return 4
         }
@@ -30,7 +33,7 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     public var otherErrorCode: ResultCode {
         switch self {
         case .register, .unregister: return 2
-        case .connect, .disconnect, .listUsers, .search: return 3
+        case .connect, .disconnect, .listUsers, .search, .control: return 3
         case .publish, .delete, .listContent: return 4
         }
     }

@@ -19,11 +19,17 @@ public enum PeerRequest: Sendable, Hashable {
     case info(name: String)
     /// Part of a file.
     case range(offset: Int64, length: Int64, name: String)
+    /// `GET_FILE·/.p2p-reserved/v1/reversed/<token>·`: sent by an owner that connected out to
+    /// a downloader because the directory server asked it to (``ControlMessage/dial``). Not
+    /// answered: the downloader that expects `token` now sends its own requests on this
+    /// connection, and the owner serves them.
+    case reversed(token: String)
     /// Any other reserved name (from a newer peer): answered 1.
     case unknownReserved
 
     static let infoPrefix = ReservedFileName.folder + "v1/info/"
     static let rangePrefix = ReservedFileName.folder + "v1/range/"
+    static let reversedPrefix = ReservedFileName.folder + "v1/reversed/"
 
     /// The reserved file name to send, nil when it would not fit in a field.
     public var fileName: String? {
@@ -32,6 +38,7 @@ public enum PeerRequest: Sendable, Hashable {
         case .peerCheck: return ReservedFileName.peerCheck
         case .info(let file): name = Self.infoPrefix + file
         case .range(let offset, let length, let file): name = Self.rangePrefix + "\(offset)-\(length)/" + file
+        case .reversed(let token): name = Self.reversedPrefix + token
         case .unknownReserved: return nil
         }
         return name.utf8.count <= ProtocolLimits.maxFieldBytes ? name : nil
@@ -44,6 +51,8 @@ public enum PeerRequest: Sendable, Hashable {
             self = .peerCheck
         } else if fileName.hasPrefix(Self.infoPrefix), fileName.utf8.count > Self.infoPrefix.utf8.count {
             self = .info(name: String(fileName.dropFirst(Self.infoPrefix.count)))
+        } else if fileName.hasPrefix(Self.reversedPrefix), fileName.utf8.count > Self.reversedPrefix.utf8.count {
+            self = .reversed(token: String(fileName.dropFirst(Self.reversedPrefix.count)))
         } else if fileName.hasPrefix(Self.rangePrefix) {
             let rest = fileName.dropFirst(Self.rangePrefix.count)
             guard let slash = rest.firstIndex(of: "/") else {

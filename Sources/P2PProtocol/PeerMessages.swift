@@ -59,6 +59,10 @@ public enum ReservedFileName {
     /// The directory server's peer check (docs/PROTOCOL.md, "Peer checks").
     public static let peerCheck = folder + "peer-check"
 
+    /// The owner name our client asks LIST_CONTENT for to learn what the server speaks beyond
+    /// the spec (``ServerCapabilities``).
+    public static let capabilities = folder + "v1/capabilities"
+
     /// Whether `name` is one of the reserved names (answered quietly by our peers).
     public static func isReserved(_ name: String) -> Bool {
         name.hasPrefix(folder)

@@ -25,6 +25,9 @@ public struct Request: Sendable, Hashable {
         case listContent(user: String, owner: String)
         /// Extension (docs/PROTOCOL.md): the requesting user and the query text.
         case search(user: String, query: String)
+        /// Extension (docs/PROTOCOL.md, "control connection"): the connected user whose
+        /// control connection this becomes.
+        case control(user: String)
     }
 
     public var operation: DirectoryOperation {
@@ -38,6 +41,7 @@ public struct Request: Sendable, Hashable {
         case .listUsers: return .listUsers
         case .listContent: return .listContent
         case .search: return .search
+        case .control: return .control
         }
     }
 
@@ -46,7 +50,7 @@ public struct Request: Sendable, Hashable {
         switch command {
         case .register(let user), .unregister(let user), .connect(let user, _), .disconnect(let user),
             .publish(let user, _, _), .delete(let user, _), .listUsers(let user), .listContent(let user, _),
-            .search(let user, _):
+            .search(let user, _), .control(let user):
             return user
         }
     }
@@ -63,7 +67,8 @@ public struct Request: Sendable, Hashable {
     public var fields: [String] {
         var fields = [operation.rawValue, dateTime]
         switch command {
-        case .register(let user), .unregister(let user), .disconnect(let user), .listUsers(let user):
+        case .register(let user), .unregister(let user), .disconnect(let user), .listUsers(let user),
+            .control(let user):
             fields.append(user)
         case .connect(let user, let port):
             fields += [user, port]
@@ -96,6 +101,7 @@ public struct Request: Sendable, Hashable {
         case .listUsers: command = .listUsers(user: a[0])
         case .listContent: command = .listContent(user: a[0], owner: a[1])
         case .search: command = .search(user: a[0], query: a[1])
+        case .control: command = .control(user: a[0])
         }
         self.init(dateTime: dateTime, command: command)
     }

@@ -75,6 +75,13 @@ struct ClientCommand: AsyncParsableCommand {
             """)
     var plainGetFile = false
 
+    @Flag(
+        help: """
+            Do not keep a control connection to the directory server while connected: the server \
+            then checks this client's port like a third-party client's (which fails behind a NAT).
+            """)
+    var noControlConnection = false
+
     @Option(help: "Where the prompt keeps its history on a terminal; empty for none (default: ~/.p2p_client_history).")
     var historyFile: String?
 
@@ -136,6 +143,7 @@ struct ClientCommand: AsyncParsableCommand {
             uploadLimits: UploadLimits(bytesPerSecond: uploadLimit.flatMap(UploadLimits.parseRate), maxUploads: maxUploads),
             peerHost: peerHost,
             plainGetFile: plainGetFile,
+            controlConnection: !noControlConnection,
             output: output,
             logger: Logger(label: "p2p-client"))
         for path in shareFolders {

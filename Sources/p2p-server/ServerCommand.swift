@@ -115,6 +115,16 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Checks in a row a peer must fail before its user goes offline.")
     var peerCheckFailures: Int = 3
 
+    @Option(
+        help: """
+            Seconds between two keepalives on our clients' control connections; a client silent \
+            for three goes offline (its connection closing takes it offline at once).
+            """)
+    var controlKeepalive: Double = 2
+
+    @Option(help: "Control connections open at once; more clients are checked with probes instead.")
+    var maxControlConnections: Int = 100_000
+
     @Option(help: "Port of the read-only web page, /metrics and /health (none when not given).")
     var httpPort: Int?
 
@@ -138,6 +148,8 @@ struct ServeCommand: AsyncParsableCommand {
         if let httpPort, !(0...65535).contains(httpPort) { throw ValidationError("--http-port must be 0-65535") }
         guard peerCheckInterval >= 0 else { throw ValidationError("--peer-check-interval must be 0 or more") }
         guard peerCheckFailures >= 1 else { throw ValidationError("--peer-check-failures must be at least 1") }
+        guard controlKeepalive >= 0.05 else { throw ValidationError("--control-keepalive must be at least 0.05") }
+        guard maxControlConnections >= 0 else { throw ValidationError("--max-control-connections must be 0 or more") }
         if let store = storeText {
             do {
                 _ = try DirectoryStoreLocation(parsing: store)
@@ -205,6 +217,8 @@ struct ServeCommand: AsyncParsableCommand {
                 peerChecks: PeerCheckSettings(
                     interval: .milliseconds(Int64(peerCheckInterval * 1000)), failuresToExpire: peerCheckFailures,
                     timeout: min(.seconds(2), .milliseconds(Int64(peerCheckInterval * 1000)))),
+                control: ControlSettings(
+                    keepalive: .milliseconds(Int64(controlKeepalive * 1000)), maxSessions: maxControlConnections),
                 metrics: metrics, console: console.write, logger: logger)
         } catch {
             console.close()

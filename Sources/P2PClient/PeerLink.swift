@@ -1,0 +1,191 @@
+import NIOCore
+import NIOPosix
+import P2PNetworkSupport
+import P2PProtocol
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One connection to an owner, as the downloading code uses it: the owner's bytes one read at a
+/// time, and a writer for the request. Whether this side opened it (a direct connection) or the
+/// owner did (a reversed one, ``Reversal``) makes no difference past this point.
+struct PeerLink {
+    /// The inbound iterator, handed from the task that accepted a reversed connection to the one
+    /// downloading over it; only one of them uses it at a time.
+    final class Inbound: @unchecked Sendable {
+        var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
+
+        init(_ iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator) {
+            self.iterator = iterator
+        }
+    }
+
+    let inbound: Inbound
+    let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+
+    /// The next bytes from the owner; nil once it has closed.
+    func next() async throws -> ByteBuffer? {
+        try await inbound.iterator.next()
+    }
+
+    func write(_ bytes: ByteBuffer) async throws {
+        try await outbound.write(bytes)
+    }
+}
+
+/// How a downloader gets a connection from an owner that cannot be reached (it is behind a NAT):
+/// the directory server asks the owner, over the owner's control connection, to connect to this
+/// client's listening port and present a one-time token (docs/PROTOCOL.md, "Reversed
+/// connections"); this client's file server hands the connection that presents it to the
+/// download waiting for it.
+public final class Reversal: Sendable, Hashable {
+    /// Asks the server for one reversed connection from the owner; returns the token the owner
+    /// will present.
+    let request: @Sendable () async throws(DownloadError) -> String
+    let incoming: ReversedConnections
+
+    init(request: @escaping @Sendable () async throws(DownloadError) -> String, incoming: ReversedConnections) {
+        self.request = request
+        self.incoming = incoming
+    }
+
+    public static func == (lhs: Reversal, rhs: Reversal) -> Bool { lhs === rhs }
+    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+}
+
+/// Reversed connections that owners opened to this client, matched with the downloads that
+/// asked for them by token. Either may come first: the owner can connect before the server's
+/// answer with the token reaches the download.
+final class ReversedConnections: Sendable {
+    /// A connection handed over: the link, and what ends its use (its accepting task then
+    /// closes it).
+    struct Handed: Sendable {
+        var link: PeerLink.Inbound
+        var outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+        var channel: any Channel
+        var done: @Sendable () -> Void
+    }
+
+    private enum Slot {
+        case waiting(CheckedContinuation<Handed?, Never>)
+        case arrived(Handed)
+    }
+
+    private let slots = Mutex<[String: Slot]>([:])
+
+    /// Called by the file server with a connection that presented `token`: false when no download
+    /// asked for it or is about to (after `waitLimit` it is dropped).
+    func deliver(_ token: String, _ handed: Handed, waitLimit: Duration = .seconds(10)) -> Bool {
+        let waiter = slots.withLock { slots -> CheckedContinuation<Handed?, Never>? in
+            switch slots[token] {
+            case .waiting(let continuation)?:
+                slots[token] = nil
+                return continuation
+            case .arrived?:
+                return nil
+            case nil:
+                slots[token] = .arrived(handed)
+                return nil
+            }
+        }
+        if let waiter {
+            waiter.resume(returning: handed)
+            return true
+        }
+        // Kept a while for the download that will ask; then let go.
+        Task {
+            try? await Task.sleep(for: waitLimit)
+            let unclaimed = slots.withLock { slots -> Handed? in
+                guard case .arrived(let parked)? = slots[token], parked.channel === handed.channel else { return nil }
+                slots[token] = nil
+                return parked
+            }
+            unclaimed?.done()
+        }
+        return true
+    }
+
+    /// The connection that presents `token`, waiting at most `timeout`; nil when none came.
+    func claim(_ token: String, timeout: Duration) async -> Handed? {
+        let handed = await withCheckedContinuation { (continuation: CheckedContinuation<Handed?, Never>) in
+            let ready = slots.withLock { slots -> Handed? in
+                if case .arrived(let handed)? = slots[token] {
+                    slots[token] = nil
+                    return handed
+                }
+                slots[token] = .waiting(continuation)
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+        return handed
+    }
+
+    /// Gives up waiting for `token` (the claim's timeout).
+    func abandon(_ token: String) {
+        let waiter = slots.withLock { slots -> CheckedContinuation<Handed?, Never>? in
+            guard case .waiting(let continuation)? = slots[token] else { return nil }
+            slots[token] = nil
+            return continuation
+        }
+        waiter?.resume(returning: nil)
+    }
+}
+
+/// Opening a connection to a peer with the downloader's idle timeout.
+enum PeerConnection {
+    static func open(_ host: String, _ port: Int, idleTimeout: TimeAmount) async throws -> NIOAsyncChannel<
+        ByteBuffer, ByteBuffer
+    > {
+        do {
+            return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(5))
+                .connect(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandlers(
+                            IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler())
+                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            throw DownloadError.unreachable("\(host):\(port): \(shortDescription(of: error))")
+        }
+    }
+
+    /// Runs `body` over a connection to `source`: one this client opens, or, for an owner behind
+    /// a NAT, one the owner opens at the server's request. Closed when `body` returns.
+    static func withLink<Result: Sendable>(
+        to source: PeerSource, idleTimeout: TimeAmount, _ body: (PeerLink) async throws -> Result
+    ) async throws -> Result {
+        guard let reversal = source.reversal else {
+            let channel = try await open(source.host, source.port, idleTimeout: idleTimeout)
+            return try await channel.executeThenClose { inbound, outbound in
+                try await body(PeerLink(inbound: PeerLink.Inbound(inbound.makeAsyncIterator()), outbound: outbound))
+            }
+        }
+        let token = try await reversal.request()
+        let claimed = await withTaskGroup(of: ReversedConnections.Handed?.self) { group in
+            group.addTask { await reversal.incoming.claim(token, timeout: .seconds(10)) }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(10))
+                reversal.incoming.abandon(token)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        guard let handed = claimed else {
+            throw DownloadError.unreachable("\(source.owner) did not connect back within 10 s")
+        }
+        defer { handed.done() }
+        let channel = handed.channel
+        try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.addHandlers(
+                IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler(), position: .first)
+        }.get()
+        return try await body(PeerLink(inbound: handed.link, outbound: handed.outbound))
+    }
+}

@@ -1,0 +1,185 @@
+import Foundation
+import Logging
+import NIOCore
+import P2POperationLog
+import P2PProtocol
+import Synchronization
+
+/// Settings of our clients' control connections (docs/PROTOCOL.md, "Extension: control
+/// connection").
+public struct ControlSettings: Sendable {
+    /// Each side sends `PING` this often; a connection silent for three intervals is closed, and
+    /// its user goes offline.
+    public var keepalive: TimeAmount
+    /// Control connections open at once; a CONTROL beyond them is answered 3, and that client
+    /// is checked with probes like any other.
+    public var maxSessions: Int
+    /// How long the one reachability check at the start may take.
+    public var reachabilityTimeout: Duration
+
+    public init(keepalive: TimeAmount = .seconds(2), maxSessions: Int = 100_000, reachabilityTimeout: Duration = .seconds(2))
+    {
+        self.keepalive = keepalive
+        self.maxSessions = maxSessions
+        self.reachabilityTimeout = reachabilityTimeout
+    }
+}
+
+/// The open control connections, one per connected user of ours, and what the server does with
+/// them: a user whose control connection is open is alive (the peer checks leave it alone, and
+/// it does not need to be reachable), and goes offline the moment that connection ends; the
+/// server checks once whether its listening port can be reached from outside, tells whoever
+/// asks (`WHO`), and asks an unreachable owner to connect out to a downloader (`REVERSE`,
+/// `DIAL`).
+///
+/// The sessions live in this process: with several servers behind a load balancer, a `DIAL`
+/// reaches only users whose control connection is on this server (see the README).
+public final class ControlSessions: Sendable {
+    struct Session {
+        var id: Int
+        var user: String
+        var ip: String
+        var port: String
+        var channel: any Channel
+        var route: PeerRoute
+    }
+
+    public let settings: ControlSettings
+    private let store: any DirectoryStore
+    private let operationLog: (any OperationLogSink)?
+    private let console: @Sendable (String) -> Void
+    private let logger: Logger
+    private let state = Mutex<(sessions: [String: Session], nextID: Int)>(([:], 0))
+
+    public init(
+        settings: ControlSettings, store: any DirectoryStore, operationLog: (any OperationLogSink)?,
+        console: @escaping @Sendable (String) -> Void, logger: Logger
+    ) {
+        self.settings = settings
+        self.store = store
+        self.operationLog = operationLog
+        self.console = console
+        self.logger = logger
+    }
+
+    /// How many control connections are open.
+    public var count: Int { state.withLock { $0.sessions.count } }
+
+    /// The code for `CONTROL` from `ip` for `user`, and the user's listening port when 0:
+    /// 1 no such user, 2 not connected, 3 connected from another address (always checked: the
+    /// control connection is told where downloaders are and hands out their tokens), too
+    /// many control connections, or the directory failing.
+    func admit(user: String, from ip: String) async -> (code: ResultCode, port: String?) {
+        let presence: Presence
+        do {
+            presence = try await store.presence(of: user)
+        } catch {
+            logger.warning("CONTROL for \(user): cannot read the directory: \(error)")
+            return (3, nil)
+        }
+        switch presence {
+        case .unknown: return (1, nil)
+        case .offline: return (2, nil)
+        case .online(let connectedIP, let port):
+            guard connectedIP == ip else {
+                logger.notice("CONTROL for \(user) from \(ip) refused: it is connected from \(connectedIP)")
+                return (3, nil)
+            }
+            guard count < settings.maxSessions else {
+                logger.notice("CONTROL for \(user) refused: \(settings.maxSessions) control connections are open")
+                return (3, nil)
+            }
+            return (0, port)
+        }
+    }
+
+    /// Records the control connection of `user` (replacing, and closing, an earlier one) and
+    /// starts the reachability check. Returns the session's id, for ``ended(_:user:)``.
+    func register(user: String, ip: String, port: String, channel: any Channel) -> Int {
+        let (id, previous) = state.withLock { state -> (Int, Session?) in
+            state.nextID += 1
+            let previous = state.sessions[user]
+            state.sessions[user] = Session(
+                id: state.nextID, user: user, ip: ip, port: port, channel: channel, route: .unknown)
+            return (state.nextID, previous)
+        }
+        previous?.channel.close(promise: nil)
+        checkReachability(id: id, user: user, ip: ip, port: port, channel: channel)
+        return id
+    }
+
+    /// The connection of session `id` ended: the user goes offline, as if its peer had failed its
+    /// checks (unless it has connected again since, from elsewhere or with another port).
+    func ended(_ id: Int, user: String, reason: String, expire: Bool) {
+        let session = state.withLock { state -> Session? in
+            guard let session = state.sessions[user], session.id == id else { return nil }
+            state.sessions[user] = nil
+            return session
+        }
+        guard let session, expire else { return }
+        let store = self.store
+        let console = self.console
+        let operationLog = self.operationLog
+        Task {
+            let code = await store.apply(.expire(user: user, ip: session.ip, port: session.port))
+            // Not 0: the user said DISCONNECT first (the usual end), or connected again.
+            guard code == .ok else { return }
+            console("s> EXPIRE \(user): its control connection \(reason)")
+            operationLog?.submit(
+                OperationRecord(user: user, operation: "EXPIRE", dateTime: DateTimeFormat.string(from: Date())))
+        }
+    }
+
+    /// Whether `user` is kept alive by its control connection (the peer checks skip it).
+    public func holds(_ user: ConnectedUser) -> Bool {
+        state.withLock { state in
+            guard let session = state.sessions[user.name] else { return false }
+            return session.ip == user.ip && session.port == user.port
+        }
+    }
+
+    /// How `user` can be reached (`WHO`).
+    func route(of user: String) async -> PeerRoute {
+        if let route = state.withLock({ $0.sessions[user]?.route }) { return route }
+        guard case .online? = try? await store.presence(of: user) else { return .offline }
+        return .direct
+    }
+
+    /// `REVERSE`: asks `owner` over its control connection to connect to `requester`'s listening
+    /// port with a fresh token, and returns the code and the token.
+    func reverse(requester: String, owner: String) -> (code: Int, token: String) {
+        let (from, to) = state.withLock { ($0.sessions[requester], $0.sessions[owner]) }
+        guard let to else { return (1, "") }
+        guard let from, from.route == .reachable else { return (2, "") }
+        let token = ControlMessage.makeToken()
+        Self.send(.dial(token: token, host: from.ip, port: from.port), on: to.channel)
+        logger.info("REVERSE: \(owner) asked to connect to \(requester) at \(from.ip):\(from.port)")
+        return (0, token)
+    }
+
+    static func send(_ message: ControlMessage, on channel: any Channel) {
+        var buffer = channel.allocator.buffer(capacity: 64)
+        guard (try? message.encode(into: &buffer)) != nil else { return }
+        channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    /// Tries the user's listening port once from here, as a downloader would, records the
+    /// answer and tells the client.
+    private func checkReachability(id: Int, user: String, ip: String, port: String, channel: any Channel) {
+        let timeout = settings.reachabilityTimeout
+        Task {
+            let answered = await PeerProbe.run(
+                [PeerProbe.Target(ip: ip, port: port)], timeout: timeout, concurrency: 1, slice: .milliseconds(10),
+                perSlice: 1, shouldStop: { false })
+            let reachable = answered.first ?? false
+            let current = state.withLock { state -> Bool in
+                guard state.sessions[user]?.id == id else { return false }
+                state.sessions[user]?.route = reachable ? .reachable : .unreachable
+                return true
+            }
+            guard current else { return }
+            logger.info("\(user) at \(ip):\(port) is \(reachable ? "reachable" : "not reachable") from outside")
+            Self.send(.reachability(reachable), on: channel)
+        }
+    }
+}

@@ -1,0 +1,153 @@
+import NIOCore
+
+/// What our directory server says it can do beyond the spec, asked with an ordinary
+/// `LIST_CONTENT` for a reserved owner name (``ReservedFileName/capabilities``): a third-party
+/// server sees a well-formed request for a user that does not exist and answers 1, 2 or 3; ours
+/// answers 0 and lists each capability as a "file" whose name is the capability and whose
+/// description is its version. So our client learns what the server speaks without ever
+/// sending a third-party server a request it does not know.
+public enum ServerCapabilities {
+    /// The control connection (``DirectoryOperation/control``, ``ControlMessage``), version 1.
+    public static let control = PublishedFile(name: "control", description: "1")
+
+    /// Everything this version of our server announces.
+    public static let all: [PublishedFile] = [control]
+}
+
+/// How a connected user can be reached, as the server knows it (``ControlMessage/whoReply``).
+public enum PeerRoute: String, Sendable, Hashable, CaseIterable {
+    /// The server reached its listening port from outside: connect to it directly.
+    case reachable
+    /// The server could not: it is behind a NAT or a firewall; only a connection it makes
+    /// itself (a reversed one) gets through.
+    case unreachable
+    /// Its control connection is open, but the check of its port has not finished yet.
+    case unknown
+    /// Connected without a control connection (a third-party client, say): try it directly.
+    case direct
+    /// Not connected.
+    case offline
+}
+
+/// The messages of the control connection (docs/PROTOCOL.md, "Extension: control connection").
+///
+/// After `CONTROL·<date-time>·<user>·` is answered `0`, the connection stays open and both sides
+/// send messages: each is NUL-terminated fields, the first naming the message, the count of the
+/// rest fixed by it. A side that receives nothing for three keepalive intervals (``ping`` is
+/// sent every interval) takes the other for gone.
+public enum ControlMessage: Sendable, Hashable {
+    /// `PING·`: either side, every keepalive interval.
+    case ping
+    /// `KEEPALIVE·<milliseconds>·`, server to client, first thing after the `0`: the interval
+    /// at which both sides send `PING`.
+    case keepalive(milliseconds: Int)
+    /// `REACHABLE·1·` or `REACHABLE·0·`, server to client: whether the server could connect to
+    /// the user's listening port from outside.
+    case reachability(Bool)
+    /// `WHO·<id>·<user>·`, client to server: how `user` can be reached.
+    case whoRequest(id: String, user: String)
+    /// `WHO_IS·<id>·<route>·`, server to client.
+    case whoReply(id: String, route: PeerRoute)
+    /// `REVERSE·<id>·<owner>·`, client to server: have `owner` connect to this client's
+    /// listening port.
+    case reverseRequest(id: String, owner: String)
+    /// `REVERSING·<id>·<code>·<token>·`, server to client: code 0 and the token the owner will
+    /// present; 1 the owner has no control connection; 2 this client is not reachable itself.
+    case reverseReply(id: String, code: Int, token: String)
+    /// `DIAL·<token>·<host>·<port>·`, server to the owner: connect to `host`:`port`, present
+    /// `token` (``PeerRequest/reversed(token:)``) and serve the requests that come back.
+    case dial(token: String, host: String, port: String)
+
+    var fields: [String] {
+        switch self {
+        case .ping: return ["PING"]
+        case .keepalive(let milliseconds): return ["KEEPALIVE", String(milliseconds)]
+        case .reachability(let reachable): return ["REACHABLE", reachable ? "1" : "0"]
+        case .whoRequest(let id, let user): return ["WHO", id, user]
+        case .whoReply(let id, let route): return ["WHO_IS", id, route.rawValue]
+        case .reverseRequest(let id, let owner): return ["REVERSE", id, owner]
+        case .reverseReply(let id, let code, let token): return ["REVERSING", id, String(code), token]
+        case .dial(let token, let host, let port): return ["DIAL", token, host, port]
+        }
+    }
+
+    /// How many fields follow each message's name.
+    static let argumentCounts: [String: Int] = [
+        "PING": 0, "KEEPALIVE": 1, "REACHABLE": 1, "WHO": 2, "WHO_IS": 2, "REVERSE": 2, "REVERSING": 3, "DIAL": 3,
+    ]
+
+    init(name: String, arguments a: [String]) throws(ProtocolError) {
+        switch name {
+        case "PING": self = .ping
+        case "KEEPALIVE":
+            guard let milliseconds = Int(a[0]), milliseconds > 0 else { throw .invalidCount(a[0]) }
+            self = .keepalive(milliseconds: milliseconds)
+        case "REACHABLE": self = .reachability(a[0] == "1")
+        case "WHO": self = .whoRequest(id: a[0], user: a[1])
+        case "WHO_IS":
+            guard let route = PeerRoute(rawValue: a[1]) else { throw .invalidCount(a[1]) }
+            self = .whoReply(id: a[0], route: route)
+        case "REVERSE": self = .reverseRequest(id: a[0], owner: a[1])
+        case "REVERSING":
+            guard let code = Int(a[1]) else { throw .invalidCount(a[1]) }
+            self = .reverseReply(id: a[0], code: code, token: a[2])
+        case "DIAL": self = .dial(token: a[0], host: a[1], port: a[2])
+        default: throw .unknownOperation(name)
+        }
+    }
+
+    /// Writes the message; throws, writing nothing, when a field is over the limit or holds NUL.
+    public func encode(into buffer: inout ByteBuffer) throws(ProtocolError) {
+        try buffer.writeFields(fields)
+    }
+
+    /// A fresh one-time token: 128 random bits in 32 lowercase hex digits.
+    public static func makeToken() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let high = generator.next() as UInt64
+        let low = generator.next() as UInt64
+        func hex(_ value: UInt64) -> String {
+            let digits = String(value, radix: 16)
+            return String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        return hex(high) + hex(low)
+    }
+}
+
+/// Reads control messages from bytes that may arrive split anywhere.
+public struct ControlMessageDecoder: Sendable {
+    private var reader = FieldReader()
+    private var buffer = ByteBuffer()
+    private var name: String?
+    private var arguments: [String] = []
+
+    public init() {}
+
+    /// Adds `bytes` to what is buffered.
+    public mutating func append(_ bytes: inout ByteBuffer) {
+        buffer.writeBuffer(&bytes)
+    }
+
+    /// The next complete message, nil while more bytes are needed.
+    public mutating func next() throws(ProtocolError) -> ControlMessage? {
+        while let field = try reader.readField(from: &buffer) {
+            guard let current = name else {
+                guard ControlMessage.argumentCounts[field] != nil else { throw .unknownOperation(field) }
+                name = field
+                if ControlMessage.argumentCounts[field] == 0 { return try complete() }
+                continue
+            }
+            arguments.append(field)
+            if arguments.count == ControlMessage.argumentCounts[current] { return try complete() }
+        }
+        if buffer.readableBytes == 0 { buffer.clear() }
+        return nil
+    }
+
+    private mutating func complete() throws(ProtocolError) -> ControlMessage {
+        let message = try ControlMessage(name: name!, arguments: arguments)
+        name = nil
+        arguments.removeAll(keepingCapacity: true)
+        return message
+    }
+}

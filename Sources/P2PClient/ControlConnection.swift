@@ -236,7 +236,7 @@ final class ControlConnection: Sendable {
                     var decoder = ControlMessageDecoder()
                     decoder.append(&buffer)
                     while true {
-                        while let message = try decoder.next() { handle(message) }
+                        while let message = try decoder.next() { handle(message, on: connection.channel) }
                         guard var chunk = try await iterator.next() else {
                             return .lost("the server closed it", wasOpen: true)
                         }
@@ -254,8 +254,8 @@ final class ControlConnection: Sendable {
         lastHeard.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
     }
 
-    /// Sends PING every keepalive interval; closes the connection when the server has been
-    /// silent for three.
+    /// Closes the connection when the server has been silent for three keepalive intervals (it
+    /// sends PING every interval, and this side answers each one: ``handle(_:)``).
     private func keepAlive(_ channel: any Channel) async throws {
         while true {
             let interval = keepaliveMilliseconds.load(ordering: .relaxed)
@@ -265,15 +265,16 @@ final class ControlConnection: Sendable {
                 try? await channel.close()
                 return
             }
-            var buffer = channel.allocator.buffer(capacity: 8)
-            try ControlMessage.ping.encode(into: &buffer)
-            try await channel.writeAndFlush(buffer)
         }
     }
 
-    private func handle(_ message: ControlMessage) {
+    private func handle(_ message: ControlMessage, on channel: any Channel) {
         switch message {
-        case .ping, .whoRequest, .reverseRequest:
+        case .ping:
+            var buffer = channel.allocator.buffer(capacity: 8)
+            guard (try? ControlMessage.ping.encode(into: &buffer)) != nil else { return }
+            channel.writeAndFlush(buffer, promise: nil)
+        case .whoRequest, .reverseRequest:
             break
         case .keepalive(let milliseconds):
             keepaliveMilliseconds.store(milliseconds, ordering: .relaxed)

@@ -3,8 +3,8 @@ import NIOCore
 import P2PProtocol
 
 /// Serves one control connection after its `CONTROL` was answered 0 (it takes the place of the
-/// ``DirectoryConnectionHandler`` in the pipeline): sends `PING` every keepalive interval,
-/// closes the connection when the client has sent nothing for three, answers `WHO` and
+/// ``DirectoryConnectionHandler`` in the pipeline): sends `PING` every keepalive interval (the
+/// client answers each), closes the connection when the client has sent nothing for three, answers `WHO` and
 /// `REVERSE`, and tells ``ControlSessions`` when the connection ends, which takes the user
 /// offline.
 final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {

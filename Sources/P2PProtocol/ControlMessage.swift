@@ -33,10 +33,10 @@ public enum PeerRoute: String, Sendable, Hashable, CaseIterable {
 ///
 /// After `CONTROL·<date-time>·<user>·` is answered `0`, the connection stays open and both sides
 /// send messages: each is NUL-terminated fields, the first naming the message, the count of the
-/// rest fixed by it. A side that receives nothing for three keepalive intervals (``ping`` is
-/// sent every interval) takes the other for gone.
+/// rest fixed by it. The server sends ``ping`` every keepalive interval and the client answers
+/// each with one; a side that receives nothing for three intervals takes the other for gone.
 public enum ControlMessage: Sendable, Hashable {
-    /// `PING·`: either side, every keepalive interval.
+    /// `PING·`: the server every keepalive interval, the client in answer.
     case ping
     /// `KEEPALIVE·<milliseconds>·`, server to client, first thing after the `0`: the interval
     /// at which both sides send `PING`.

@@ -57,9 +57,9 @@ import Testing
         defer { folder.remove() }
         let content = Self.randomBytes(100_000)
         let peer = try await Self.ourPeer(["data.bin": content], in: folder, named: "owner")
-        let info = await FileDownloader().info(of: "data.bin", host: "127.0.0.1", port: peer.port)
+        let info = await FileDownloader().info(of: "data.bin", from: PeerSource(owner: "owner", host: "127.0.0.1", port: peer.port))
         #expect(info == FileInfo(size: 100_000, sha256: Self.sha256(content)))
-        #expect(await FileDownloader().info(of: "missing.bin", host: "127.0.0.1", port: peer.port) == nil)
+        #expect(await FileDownloader().info(of: "missing.bin", from: PeerSource(owner: "owner", host: "127.0.0.1", port: peer.port)) == nil)
         let address = try SocketAddress(ipAddress: "127.0.0.1", port: peer.port)
         let range = PeerRequest.range(offset: 1000, length: 5, name: "data.bin").fileName!
         #expect(

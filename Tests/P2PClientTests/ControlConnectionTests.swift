@@ -1,0 +1,148 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import P2PProtocol
+import P2PTestSupport
+import Testing
+
+/// The control connection (docs/PROTOCOL.md, "Extension: control connection") on loopback, with
+/// real processes. An owner "behind a NAT" is a client whose file server listens on 127.0.0.5
+/// while it reaches the directory from 127.0.0.1: the address the server records and checks is
+/// closed, as a home router's is. (`NATTraversalTests` does the same with real NATs.)
+@Suite(.serialized) struct ControlConnectionTests {
+    struct System {
+        let folder: TemporaryDirectory
+        let time: TimeProcess
+        let server: ServerProcess
+
+        init(serverArguments: [String]) async throws {
+            folder = try TemporaryDirectory()
+            time = try await TimeProcess()
+            server = try await ServerProcess(dataDirectory: folder.file("storage"), arguments: serverArguments)
+        }
+
+        func client(_ name: String, behindNAT: Bool = false, arguments: [String] = []) throws -> ClientProcess {
+            let directory = folder.file(name)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            return try ClientProcess(
+                serverPort: server.port, timeURL: time.url, directory: directory,
+                extraArguments: (behindNAT ? ["--peer-host", "127.0.0.5"] : []) + arguments)
+        }
+
+        func stop() async {
+            await server.stop()
+            await time.stop()
+            folder.remove()
+        }
+    }
+
+    /// Whether LIST_USERS, typed at `client`, lists `user`.
+    static func lists(_ client: ClientProcess, _ user: String) async throws -> Bool {
+        let before = client.process.stdoutLines.count
+        #expect(try await client.run("LIST_USERS") == "c> LIST_USERS OK")
+        // The entries follow the result line; the next prompt-less lines until the count is reached.
+        try await waitUntil("LIST_USERS entries") {
+            client.process.stdoutLines.dropFirst(before).contains { $0.hasPrefix("watcher ") }
+        }
+        return client.process.stdoutLines.dropFirst(before).contains { $0.hasPrefix("\(user) ") }
+    }
+
+    @Test func anUnreachableOwnerStaysListedWhileItRunsAndGoesWhenKilled() async throws {
+        // Users that fail 2 checks 0.3 s apart expire: within a second for a client without
+        // the control connection.
+        let system = try await System(serverArguments: [
+            "--no-oplog", "--peer-check-interval", "0.3", "--peer-check-failures", "2", "--control-keepalive", "0.5",
+        ])
+        let alice = try system.client("alice", behindNAT: true)
+        #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
+        #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
+        let carol = try system.client("carol", behindNAT: true, arguments: ["--no-control-connection"])
+        #expect(try await carol.run("REGISTER carol") == "c> REGISTER OK")
+        #expect(try await carol.run("CONNECT carol") == "c> CONNECT OK")
+        let watcher = try system.client("watcher")
+        #expect(try await watcher.run("REGISTER watcher") == "c> REGISTER OK")
+        #expect(try await watcher.run("CONNECT watcher") == "c> CONNECT OK")
+
+        // The server found alice's port closed, and says so.
+        try await waitUntil("the reachability check") {
+            system.server.process.stderrLines.contains { $0.contains("alice at 127.0.0.1:") && $0.contains("not reachable") }
+        }
+        // Carol, equally unreachable but without a control connection, goes after 2 checks;
+        // alice stays through 10 times interval x failures (6 s).
+        try await waitUntil("carol expired") {
+            system.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE carol") }
+        }
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .seconds(6) {
+            #expect(try await Self.lists(watcher, "alice"), "alice dropped out of LIST_USERS")
+        }
+        #expect(!system.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE alice") })
+
+        // Killed: its control connection ends with it, and so does its listing.
+        alice.process.signal(SIGKILL)
+        _ = try await alice.process.waitForExit()
+        let killed = ContinuousClock.now
+        try await waitUntil("alice gone from LIST_USERS", timeout: 5) { try await !Self.lists(watcher, "alice") }
+        let took = ContinuousClock.now - killed
+        #expect(took < .seconds(5))
+        #expect(system.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE alice: its control connection") })
+
+        // A user that said DISCONNECT is not "expired" when its client then closes the connection.
+        #expect(try await watcher.run("DISCONNECT watcher") == "c> DISCONNECT OK")
+        #expect(try await watcher.run("CONNECT watcher") == "c> CONNECT OK")
+        _ = try await watcher.finish()
+        #expect(!system.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE watcher") })
+        _ = try await carol.finish()
+        await system.stop()
+    }
+
+    @Test func aReachableDownloaderGetsTheFileOfAnUnreachableOwnerReversed() async throws {
+        let system = try await System(serverArguments: ["--no-oplog"])
+        let alice = try system.client("alice", behindNAT: true)
+        var content = Data(count: 6 << 20)
+        content.withUnsafeMutableBytes { bytes in
+            for index in stride(from: 0, to: bytes.count, by: 8) {
+                bytes.storeBytes(of: UInt64.random(in: 0...UInt64.max), toByteOffset: index, as: UInt64.self)
+            }
+        }
+        try content.write(to: URL(fileURLWithPath: system.folder.file("alice/big.bin")))
+        #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
+        #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
+        #expect(try await alice.run("PUBLISH big.bin random bytes") == "c> PUBLISH OK")
+        let bob = try system.client("bob")
+        #expect(try await bob.run("REGISTER bob") == "c> REGISTER OK")
+        #expect(try await bob.run("CONNECT bob") == "c> CONNECT OK")
+        #expect(try await bob.run("GET_FILE alice big.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: system.folder.file("bob/copy.bin"))) == content)
+        #expect(bob.process.stderrLines.filter { $0.contains("reversed connection") }.count == 1, "\(bob.process.stderrLines)")
+
+        // Both unreachable: a clear failure, nothing left behind.
+        let dave = try system.client("dave", behindNAT: true)
+        #expect(try await dave.run("REGISTER dave") == "c> REGISTER OK")
+        #expect(try await dave.run("CONNECT dave") == "c> CONNECT OK")
+        #expect(try await dave.run("GET_FILE alice big.bin copy.bin", timeout: 60) == "c> GET_FILE FAIL")
+        #expect(dave.process.stderrLines.contains { $0.contains("alice is behind a NAT and so is this client") })
+        #expect(!FileManager.default.fileExists(atPath: system.folder.file("dave/copy.bin")))
+
+        // A token nobody asked for is not a way in: a connection presenting one gets nothing and
+        // is closed.
+        let bobPort = try #require(try await Self.port(of: "bob", askingWith: alice))
+        let answer = try await RawConnection.exchange(
+            RawConnection.fields("GET_FILE", "/.p2p-reserved/v1/reversed/0123456789abcdef0123456789abcdef"),
+            with: try SocketAddress(ipAddress: "127.0.0.1", port: bobPort))
+        #expect(answer.isEmpty)
+        for client in [alice, bob, dave] { _ = try await client.finish() }
+        await system.stop()
+    }
+
+    /// The port `user` listens on, from LIST_USERS typed at `client`.
+    static func port(of user: String, askingWith client: ClientProcess) async throws -> Int? {
+        let before = client.process.stdoutLines.count
+        _ = try await client.run("LIST_USERS")
+        try await waitUntil("the entry of \(user)") {
+            client.process.stdoutLines.dropFirst(before).contains { $0.hasPrefix("\(user) ") }
+        }
+        let line = client.process.stdoutLines.dropFirst(before).first { $0.hasPrefix("\(user) ") }
+        return line?.split(separator: " ").last.flatMap { Int($0) }
+    }
+}

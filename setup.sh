@@ -6,7 +6,8 @@
 #   the benchmarks, pkill (procps), chromium for the test that loads the directory's web page in
 #   a real browser, tmux for the tests that type at the client's prompt in a real terminal,
 #   haproxy and PostgreSQL (server, psql, pgbench) for several directory servers on one
-#   database (`make run-cluster`, their tests and benchmark: each starts a private instance);
+#   database (`make run-cluster`, their tests and benchmark: each starts a private instance),
+#   nftables for the tests that build a simulated internet with NAT routers in network namespaces;
 #   .venv/: a Python virtual environment with zeep, for the SOAP interop test.
 # Run alone (./setup.sh) it also builds the system in release mode.
 set -euo pipefail
@@ -15,7 +16,7 @@ cd "$(dirname "$0")"
 say() { printf 'setup: %s\n' "$*"; }
 
 packages=(gcc libc6-dev make rpcbind rpcsvc-proto libtirpc-dev pkg-config libsqlite3-dev libedit-dev socat wrk python3 procps iproute2
-    chromium tmux haproxy postgresql postgresql-client)
+    chromium tmux haproxy postgresql postgresql-client nftables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

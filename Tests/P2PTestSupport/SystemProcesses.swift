@@ -12,13 +12,14 @@ public final class ServerProcess: Sendable {
         port requestedPort: Int = 0,
         arguments: [String] = ["--no-oplog"],
         environment: [String: String]? = nil,
-        host: String = "127.0.0.1"
+        host: String = "127.0.0.1",
+        inside namespace: SimulatedInternet.Host? = nil
     ) async throws {
         self.dataDirectory = dataDirectory
-        process = try ChildProcess(
-            builtProduct("p2p-server"),
-            ["--host", host, "-p", String(requestedPort), "--data-dir", dataDirectory] + arguments,
-            environment: environment)
+        let (executable, commandLine) = SimulatedInternet.command(
+            in: namespace, builtProduct("p2p-server"),
+            ["--host", host, "-p", String(requestedPort), "--data-dir", dataDirectory] + arguments)
+        process = try ChildProcess(executable, commandLine, environment: environment)
         let line = try await process.waitForLine { $0.hasPrefix("s> init server") }
         guard let port = line.split(separator: ":").last.flatMap({ Int($0) }) else {
             throw SetupError("cannot read the port from \(line)")
@@ -35,10 +36,14 @@ public final class TimeProcess: Sendable {
     public let port: Int
     public let host: String
 
-    public init(port requestedPort: Int = 0, arguments: [String] = [], host: String = "127.0.0.1") async throws {
+    public init(
+        port requestedPort: Int = 0, arguments: [String] = [], host: String = "127.0.0.1",
+        inside namespace: SimulatedInternet.Host? = nil
+    ) async throws {
         self.host = host
-        process = try ChildProcess(
-            builtProduct("p2p-time"), ["--host", host, "--port", String(requestedPort)] + arguments)
+        let (executable, commandLine) = SimulatedInternet.command(
+            in: namespace, builtProduct("p2p-time"), ["--host", host, "--port", String(requestedPort)] + arguments)
+        process = try ChildProcess(executable, commandLine)
         let line = try await process.waitForLine { $0.contains("listening on") }
         guard let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) })
         else { throw SetupError("cannot read the port from \(line)") }
@@ -56,12 +61,12 @@ public final class ClientProcess: Sendable {
 
     public init(
         serverPort: Int, timeURL: String, directory: String, extraArguments: [String] = [],
-        serverHost: String = "127.0.0.1"
+        serverHost: String = "127.0.0.1", inside namespace: SimulatedInternet.Host? = nil
     ) throws {
-        process = try ChildProcess(
-            builtProduct("p2p-client"),
-            ["-s", serverHost, "-p", String(serverPort), "--time-service", timeURL] + extraArguments,
-            directory: directory)
+        let (executable, commandLine) = SimulatedInternet.command(
+            in: namespace, builtProduct("p2p-client"),
+            ["-s", serverHost, "-p", String(serverPort), "--time-service", timeURL] + extraArguments)
+        process = try ChildProcess(executable, commandLine, directory: directory)
     }
 
     /// Sends `commands`, one per line.

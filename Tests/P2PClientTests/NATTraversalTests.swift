@@ -1,0 +1,126 @@
+import Foundation
+import P2PTestSupport
+import Testing
+
+/// Users behind NAT (issue 30), in a simulated internet (``SimulatedInternet``): the directory
+/// server and the time service on a public host, users behind home routers doing NAT
+/// (nftables masquerade, unsolicited connections from outside dropped), and users with public
+/// addresses. Every program is the real one, run in its namespace.
+@Suite(.serialized, .enabled(if: SimulatedInternet.isAvailable, "needs root and network namespaces"))
+struct NATTraversalTests {
+    final class World {
+        let internet: SimulatedInternet
+        let folder: TemporaryDirectory
+        let serverHost: SimulatedInternet.Host
+        let time: TimeProcess
+        let server: ServerProcess
+
+        init(serverArguments: [String] = []) async throws {
+            internet = try SimulatedInternet()
+            folder = try TemporaryDirectory()
+            serverHost = try internet.addPublicHost("srv")
+            time = try await TimeProcess(host: "0.0.0.0", inside: serverHost)
+            server = try await ServerProcess(
+                dataDirectory: folder.file("storage"), arguments: ["--no-oplog"] + serverArguments, host: "0.0.0.0",
+                inside: serverHost)
+        }
+
+        func client(_ name: String, on host: SimulatedInternet.Host, arguments: [String] = []) throws -> ClientProcess {
+            let directory = folder.file(name)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            return try ClientProcess(
+                serverPort: server.port, timeURL: "http://\(serverHost.address):\(time.port)", directory: directory,
+                extraArguments: arguments, serverHost: serverHost.address, inside: host)
+        }
+
+        func stop() async {
+            await server.stop()
+            await time.stop()
+            internet.remove()
+            folder.remove()
+        }
+    }
+
+    static func randomFile(_ size: Int, at path: String) throws -> Data {
+        var content = Data(count: size)
+        content.withUnsafeMutableBytes { bytes in
+            for index in stride(from: 0, to: bytes.count, by: 8) {
+                bytes.storeBytes(of: UInt64.random(in: 0...UInt64.max), toByteOffset: index, as: UInt64.self)
+            }
+        }
+        try content.write(to: URL(fileURLWithPath: path))
+        return content
+    }
+
+    @Test func aUserBehindNATStaysListedAndLeavesWithinSecondsOfItsProcess() async throws {
+        // Interval x failures: 1 s.
+        let world = try await World(serverArguments: ["--peer-check-interval", "0.5", "--peer-check-failures", "2"])
+        defer { world.internet.remove() }
+        let alice = try world.client("alice", on: try world.internet.addHomeHost("alice"))
+        #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
+        #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
+        // The same home setup without the control connection: what happened to everybody before.
+        let carol = try world.client(
+            "carol", on: try world.internet.addHomeHost("carol"), arguments: ["--no-control-connection"])
+        #expect(try await carol.run("REGISTER carol") == "c> REGISTER OK")
+        #expect(try await carol.run("CONNECT carol") == "c> CONNECT OK")
+        let watcher = try world.client("watcher", on: try world.internet.addPublicHost("watcher"))
+        #expect(try await watcher.run("REGISTER watcher") == "c> REGISTER OK")
+        #expect(try await watcher.run("CONNECT watcher") == "c> CONNECT OK")
+
+        try await waitUntil("the server's reachability check of alice") {
+            world.server.process.stderrLines.contains { $0.contains("alice at 198.18.") && $0.contains("not reachable") }
+        }
+        try await waitUntil("carol expired by the peer checks") {
+            world.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE carol") }
+        }
+        // Ten times interval x failures, asked again and again.
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .seconds(10) {
+            #expect(try await ControlConnectionTests.lists(watcher, "alice"), "alice dropped out of LIST_USERS")
+        }
+        #expect(!world.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE alice") })
+
+        alice.process.signal(SIGKILL)
+        _ = try await alice.process.waitForExit()
+        let killed = ContinuousClock.now
+        try await waitUntil("alice gone from LIST_USERS", timeout: 5) {
+            try await !ControlConnectionTests.lists(watcher, "alice")
+        }
+        #expect(ContinuousClock.now - killed < .seconds(5))
+        _ = try await watcher.finish()
+        _ = try await carol.finish()
+        await world.stop()
+    }
+
+    @Test func aPublicDownloaderGetsAFileFromAUserBehindNATReversed() async throws {
+        let world = try await World()
+        defer { world.internet.remove() }
+        let alice = try world.client("alice", on: try world.internet.addHomeHost("alice"))
+        let content = try Self.randomFile(8 << 20, at: world.folder.file("alice/movie.bin"))
+        #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
+        #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
+        #expect(try await alice.run("PUBLISH movie.bin holidays") == "c> PUBLISH OK")
+        let bob = try world.client("bob", on: try world.internet.addPublicHost("bob"))
+        #expect(try await bob.run("REGISTER bob") == "c> REGISTER OK")
+        #expect(try await bob.run("CONNECT bob") == "c> CONNECT OK")
+
+        let before = world.internet.bytes(through: world.serverHost)
+        #expect(try await bob.run("GET_FILE alice movie.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
+        let through = world.internet.bytes(through: world.serverHost) - before
+        #expect(try Data(contentsOf: URL(fileURLWithPath: world.folder.file("bob/copy.bin"))) == content)
+        #expect(bob.process.stderrLines.contains { $0.contains("alice is behind a NAT") && $0.contains("reversed") })
+        // The server's host saw the requests, not the file.
+        #expect(through < 64 * 1024, "\(through) bytes went through the server's host")
+
+        // Both behind NAT: said plainly, nothing left behind.
+        let dave = try world.client("dave", on: try world.internet.addHomeHost("dave"))
+        #expect(try await dave.run("REGISTER dave") == "c> REGISTER OK")
+        #expect(try await dave.run("CONNECT dave") == "c> CONNECT OK")
+        #expect(try await dave.run("GET_FILE alice movie.bin copy.bin", timeout: 60) == "c> GET_FILE FAIL")
+        #expect(dave.process.stderrLines.contains { $0.contains("alice is behind a NAT and so is this client") })
+        #expect(!FileManager.default.fileExists(atPath: world.folder.file("dave/copy.bin")))
+        for client in [alice, bob, dave] { _ = try await client.finish() }
+        await world.stop()
+    }
+}

@@ -146,3 +146,67 @@ import Testing
         return line?.split(separator: " ").last.flatMap { Int($0) }
     }
 }
+
+/// A directory server as the third-party C servers are: the eight operations, each connection
+/// closed after its reply, an unknown operation closed without one. It records every operation
+/// it is sent.
+final class SpecOnlyServer: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let received: Locked<[String]>
+    private var decoder = RequestDecoder()
+
+    init(received: Locked<[String]>) { self.received = received }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        do {
+            guard let request = try decoder.decode(&bytes) else { return }
+            received.withLock { $0.append(request.operation.rawValue) }
+            let code: UInt8
+            switch request.command {
+            case .register, .connect, .disconnect, .publish, .delete, .unregister: code = 0
+            case .listContent: code = 3  // no such owner: nobody is ever listed here
+            case .listUsers: code = 3
+            case .search, .control:
+                context.close(promise: nil)
+                return
+            }
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: [UInt8(ascii: "0") + code, 0]))).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+        } catch {
+            if let operation = decoder.operation { received.withLock { $0.append(operation.rawValue) } }
+            context.close(promise: nil)
+        }
+    }
+}
+
+@Suite struct ThirdPartyServerTests {
+    @Test func ourClientSendsAThirdPartyServerNothingButTheSpecsRequests() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let time = try await TimeProcess()
+        let received = Locked<[String]>([])
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(SpecOnlyServer(received: received))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let client = try ClientProcess(serverPort: server.localAddress!.port!, timeURL: time.url, directory: folder.path)
+        #expect(try await client.run("REGISTER alice") == "c> REGISTER OK")
+        #expect(try await client.run("CONNECT alice") == "c> CONNECT OK")
+        #expect(try await client.run("DISCONNECT alice") == "c> DISCONNECT OK")
+        _ = try await client.finish()
+        let operations = received.withLock { $0 }
+        #expect(!operations.contains("CONTROL"), "\(operations)")
+        #expect(Set(operations).isSubset(of: ["REGISTER", "CONNECT", "DISCONNECT", "LIST_CONTENT"]), "\(operations)")
+        // Nothing alarming on stderr: the server simply has no control connection to offer.
+        #expect(!client.process.stderrLines.contains { $0.contains("control connection") }, "\(client.process.stderrLines)")
+        try await server.close()
+        await time.stop()
+    }
+}

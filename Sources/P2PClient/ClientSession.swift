@@ -47,6 +47,8 @@ public actor ClientSession {
     private var peerServer: PeerFileServer?
     /// The connected user's control connection, when the server has them (our servers).
     private var control: ControlConnection?
+    /// Whether the server can time a hole punch (it announces "punch").
+    private var serverPunches = false
     /// Whether to open one (`--no-control-connection` turns it off: the server then checks
     /// this client's port like any third-party client's).
     private let controlConnection: Bool
@@ -331,10 +333,23 @@ public actor ClientSession {
             capabilities.contains(ServerCapabilities.control)
         else { return }
         let output = self.output
+        let directory = self.directory
+        serverPunches = capabilities.contains(ServerCapabilities.punch)
         let connection = ControlConnection(
             directory: directory, user: user, dateTime: { await self.dateTime() },
             onDial: { token, host, port in
                 Task { await server.dial(host: host, port: port, token: token) }
+            },
+            onMeet: { token in
+                Task {
+                    do {
+                        let connection = try await HolePunch.connect(
+                            directory: directory, user: user, token: token, dateTime: await self.dateTime())
+                        await server.present(token, on: connection)
+                    } catch {
+                        output.diagnostic("a peer behind a NAT could not reach this client: \(error)")
+                    }
+                }
             },
             diagnostic: { output.diagnostic($0) })
         let code = await connection.start()
@@ -352,6 +367,7 @@ public actor ClientSession {
     private func stopServing() async {
         await control?.stop()
         control = nil
+        serverPunches = false
         await peerServer?.stop()
         peerServer = nil
         connectedUser = nil
@@ -452,10 +468,23 @@ public actor ClientSession {
     private func route(_ source: PeerSource, remoteName: String) async -> PeerSource? {
         guard let control, let peerServer, await control.route(of: source.owner) == .unreachable else { return source }
         guard await control.isReachable() == true else {
+            guard serverPunches, let user = connectedUser else {
+                output.diagnostic(
+                    "GET_FILE: \(source.owner) is behind a NAT and so is this client, "
+                        + "and the directory server cannot time a hole punch between them")
+                return nil
+            }
+            var punched = source
+            let owner = source.owner
+            let directory = self.directory
+            punched.punch = HolePunch(
+                request: { () async throws(DownloadError) -> String in try await control.punch(owner: owner) },
+                punch: { token async throws(DownloadError) in
+                    try await HolePunch.connect(directory: directory, user: user, token: token, dateTime: await self.dateTime())
+                })
             output.diagnostic(
-                "GET_FILE: \(source.owner) is behind a NAT and so is this client: "
-                    + "neither can connect to the other, and this version has no other way between them")
-            return nil
+                "GET_FILE \(remoteName): \(owner) and this client are both behind NATs: punching a connection through them")
+            return punched
         }
         var reversed = source
         let owner = source.owner

@@ -16,11 +16,14 @@ import Synchronization
 final class ControlConnection: Sendable {
     /// What the owner side must do when the server asks it to connect to a downloader.
     typealias Dial = @Sendable (_ token: String, _ host: String, _ port: Int) -> Void
+    /// What the owner side must do when the server asks it to take part in a hole punch.
+    typealias Meet = @Sendable (_ token: String) -> Void
 
     private let directory: DirectoryClient
     private let user: String
     private let dateTime: @Sendable () async -> String
     private let onDial: Dial
+    private let onMeet: Meet
     private let diagnostic: @Sendable (String) -> Void
 
     private struct State {
@@ -41,9 +44,10 @@ final class ControlConnection: Sendable {
 
     init(
         directory: DirectoryClient, user: String,
-        dateTime: @escaping @Sendable () async -> String, onDial: @escaping Dial,
+        dateTime: @escaping @Sendable () async -> String, onDial: @escaping Dial, onMeet: @escaping Meet,
         diagnostic: @escaping @Sendable (String) -> Void
     ) {
+        self.onMeet = onMeet
         self.directory = directory
         self.user = user
         self.dateTime = dateTime
@@ -107,6 +111,15 @@ final class ControlConnection: Sendable {
         case 1: throw .unreachable("\(owner) has no control connection: it cannot be asked to connect back")
         default: throw .unreachable("the directory server cannot reach this client either, so \(owner) cannot connect to it")
         }
+    }
+
+    /// Asks the server for a hole punch with `owner` (both behind NATs); the punch's token.
+    func punch(owner: String) async throws(DownloadError) -> String {
+        guard case .punchReply(_, let code, let token)? = await ask({ .punchRequest(id: $0, owner: owner) }) else {
+            throw .unreachable("the directory server did not answer the request for a hole punch")
+        }
+        guard code == 0 else { throw .unreachable("\(owner) has no control connection: no hole punch with it") }
+        return token
     }
 
     /// Sends the message `make` builds with a fresh id and waits (at most 5 s) for the reply
@@ -274,13 +287,15 @@ final class ControlConnection: Sendable {
             var buffer = channel.allocator.buffer(capacity: 8)
             guard (try? ControlMessage.ping.encode(into: &buffer)) != nil else { return }
             channel.writeAndFlush(buffer, promise: nil)
-        case .whoRequest, .reverseRequest:
+        case .whoRequest, .reverseRequest, .punchRequest:
             break
+        case .meet(let token):
+            onMeet(token)
         case .keepalive(let milliseconds):
             keepaliveMilliseconds.store(milliseconds, ordering: .relaxed)
         case .reachability(let reachable):
             state.withLock { $0.reachable = reachable }
-        case .whoReply(let id, _), .reverseReply(let id, _, _):
+        case .whoReply(let id, _), .reverseReply(let id, _, _), .punchReply(let id, _, _):
             answer(id, with: message)
         case .dial(let token, let host, let port):
             guard let port = Int(port), (1...65535).contains(port) else { return }

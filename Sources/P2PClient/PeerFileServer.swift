@@ -134,10 +134,6 @@ public final class PeerFileServer: Sendable {
     /// `token`: ``ControlMessage/dial(token:host:port:)``), presents the token, and serves the
     /// one request that comes back as if the downloader had connected here.
     public func dial(host: String, port: Int, token: String) async {
-        let logger = context.logger
-        guard let hello = PeerRequest.reversed(token: token).fileName else { return }
-        var bytes = ByteBuffer()
-        guard (try? FileRequest(fileName: hello).encode(into: &bytes)) != nil else { return }
         do {
             let connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(.seconds(5))
@@ -146,11 +142,26 @@ public final class PeerFileServer: Sendable {
                         try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                     }
                 }
-            try await connection.channel.writeAndFlush(bytes).get()
-            await Self.serve(connection, context)
+            await present(token, on: connection)
         } catch {
-            logger.notice("cannot connect back to a downloader at \(host):\(port): \(error)")
+            context.logger.notice("cannot connect back to a downloader at \(host):\(port): \(error)")
         }
+    }
+
+    /// Presents `token` on a connection this client opened to a downloader (connecting back, or
+    /// punched through both NATs) and serves the request that comes back on it.
+    public func present(_ token: String, on connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
+        guard let hello = PeerRequest.reversed(token: token).fileName else { return }
+        var bytes = ByteBuffer()
+        guard (try? FileRequest(fileName: hello).encode(into: &bytes)) != nil else { return }
+        do {
+            try await connection.channel.writeAndFlush(bytes).get()
+        } catch {
+            context.logger.notice("the downloader's connection closed before the token: \(error)")
+            try? await connection.channel.close()
+            return
+        }
+        await Self.serve(connection, context)
     }
 
     /// Stops accepting peers; transfers in progress finish.

@@ -159,6 +159,9 @@ enum PeerConnection {
     static func withLink<Result: Sendable>(
         to source: PeerSource, idleTimeout: TimeAmount, _ body: (PeerLink) async throws -> Result
     ) async throws -> Result {
+        if let punch = source.punch {
+            return try await withPunched(punch, from: source, idleTimeout: idleTimeout, body)
+        }
         guard let reversal = source.reversal else {
             let channel = try await open(source.host, source.port, idleTimeout: idleTimeout)
             return try await channel.executeThenClose { inbound, outbound in
@@ -187,5 +190,30 @@ enum PeerConnection {
                 IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler(), position: .first)
         }.get()
         return try await body(PeerLink(inbound: handed.link, outbound: handed.outbound))
+    }
+
+    /// `body` over a connection punched through both NATs; the owner's first words on it must be
+    /// the punch's token (so a stray connection to the port is not taken for the owner).
+    private static func withPunched<Result: Sendable>(
+        _ punch: HolePunch, from source: PeerSource, idleTimeout: TimeAmount, _ body: (PeerLink) async throws -> Result
+    ) async throws -> Result {
+        let token = try await punch.request()
+        let channel = try await punch.punch(token)
+        try await channel.channel.eventLoop.submit {
+            try channel.channel.pipeline.syncOperations.addHandlers(
+                IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler(), position: .first)
+        }.get()
+        return try await channel.executeThenClose { inbound, outbound in
+            let link = PeerLink(inbound: PeerLink.Inbound(inbound.makeAsyncIterator()), outbound: outbound)
+            var decoder = FileRequestDecoder()
+            var hello: FileRequest?
+            while hello == nil, var chunk = try await link.next() {
+                hello = try decoder.decode(&chunk)
+            }
+            guard let hello, PeerRequest(fileName: hello.fileName) == .reversed(token: token) else {
+                throw DownloadError.unreachable("the punched connection to \(source.owner) did not present the punch's token")
+            }
+            return try await body(link)
+        }
     }
 }

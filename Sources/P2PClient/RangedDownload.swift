@@ -19,12 +19,15 @@ public struct PeerSource: Sendable, Hashable {
     public var port: Int
     /// Set for an owner behind a NAT: connections come from it, at the server's request.
     public var reversal: Reversal?
+    /// Set when the owner and this client are both behind NATs: connections are punched.
+    public var punch: HolePunch?
 
-    public init(owner: String, host: String, port: Int, reversal: Reversal? = nil) {
+    public init(owner: String, host: String, port: Int, reversal: Reversal? = nil, punch: HolePunch? = nil) {
         self.owner = owner
         self.host = host
         self.port = port
         self.reversal = reversal
+        self.punch = punch
     }
 }
 

@@ -87,7 +87,10 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
         case .reverseRequest(let id, let owner):
             let (code, token) = sessions.reverse(requester: user, owner: owner)
             ControlSessions.send(.reverseReply(id: id, code: code, token: token), on: channel)
-        case .keepalive, .reachability, .whoReply, .reverseReply, .dial:
+        case .punchRequest(let id, let owner):
+            let (code, token) = sessions.punch(requester: user, owner: owner)
+            ControlSessions.send(.punchReply(id: id, code: code, token: token), on: channel)
+        case .keepalive, .reachability, .whoReply, .reverseReply, .dial, .punchReply, .meet:
             // The server's own messages: a client has no business sending them.
             logger.debug("control connection of \(user): ignoring a server message from the client")
         }

@@ -51,6 +51,23 @@ public final class ControlSessions: Sendable {
     private let logger: Logger
     private let state = Mutex<(sessions: [String: Session], nextID: Int)>(([:], 0))
 
+    /// A hole punch under way: its two users, and the first of them to show up at the
+    /// rendezvous, waiting for the other.
+    struct Punch {
+        var owner: String
+        var downloader: String
+        var waiting: (user: String, ip: String, port: Int, continuation: CheckedContinuation<RendezvousOutcome, Never>)?
+    }
+
+    /// How a rendezvous ends for one side.
+    enum RendezvousOutcome: Sendable, Equatable {
+        /// The other side's public address and port.
+        case peer(ip: String, port: Int)
+        case refused(ResultCode)
+    }
+
+    private let punches = Mutex<[String: Punch]>([:])
+
     public init(
         settings: ControlSettings, store: any DirectoryStore, operationLog: (any OperationLogSink)?,
         console: @escaping @Sendable (String) -> Void, logger: Logger
@@ -155,6 +172,79 @@ public final class ControlSessions: Sendable {
         Self.send(.dial(token: token, host: from.ip, port: from.port), on: to.channel)
         logger.info("REVERSE: \(owner) asked to connect to \(requester) at \(from.ip):\(from.port)")
         return (0, token)
+    }
+
+    /// `PUNCH`: both `requester` and `owner` are behind NATs. Tells the owner to take part
+    /// (`MEET`) and returns the code and the punch's token. The punch is forgotten after 30 s.
+    func punch(requester: String, owner: String) -> (code: Int, token: String) {
+        let (from, to) = state.withLock { ($0.sessions[requester], $0.sessions[owner]) }
+        guard let to else { return (1, "") }
+        guard from != nil else { return (2, "") }
+        let token = ControlMessage.makeToken()
+        punches.withLock { $0[token] = Punch(owner: owner, downloader: requester) }
+        Self.send(.meet(token: token), on: to.channel)
+        logger.info("PUNCH: \(requester) and \(owner) are to punch through their NATs")
+        Task {
+            try? await Task.sleep(for: .seconds(30))
+            let stale = punches.withLock { $0.removeValue(forKey: token) }
+            stale?.waiting?.continuation.resume(returning: .refused(2))
+        }
+        return (0, token)
+    }
+
+    /// `RENDEZVOUS`: `user`, one side of the punch `token`, connected from `ip`:`port` (the
+    /// public address and port of the socket it will punch from). Waits up to `wait` for the
+    /// other side and answers both at the same moment with each other's address, so that their
+    /// connection attempts start together: 1 when the punch is unknown or not this user's (or
+    /// the request does not come from the address its control connection did), 2 when the other
+    /// side did not come.
+    func rendezvous(user: String, token: String, ip: String, port: Int, wait: Duration = .seconds(5)) async
+        -> RendezvousOutcome
+    {
+        guard state.withLock({ $0.sessions[user]?.ip }) == ip else { return .refused(1) }
+        enum Step {
+            case unknown
+            /// The other side was waiting: both are answered now.
+            case met(other: CheckedContinuation<RendezvousOutcome, Never>, otherIP: String, otherPort: Int)
+            /// First to come: wait (an earlier RENDEZVOUS of the same side is replaced).
+            case wait(replaced: CheckedContinuation<RendezvousOutcome, Never>?)
+        }
+        return await withCheckedContinuation { continuation in
+            let step = punches.withLock { punches -> Step in
+                guard var punch = punches[token], punch.owner == user || punch.downloader == user else { return .unknown }
+                if let waiting = punch.waiting, waiting.user != user {
+                    punches[token] = nil
+                    return .met(other: waiting.continuation, otherIP: waiting.ip, otherPort: waiting.port)
+                }
+                let replaced = punch.waiting?.continuation
+                punch.waiting = (user, ip, port, continuation)
+                punches[token] = punch
+                return .wait(replaced: replaced)
+            }
+            switch step {
+            case .unknown:
+                continuation.resume(returning: .refused(1))
+            case .met(let other, let otherIP, let otherPort):
+                other.resume(returning: .peer(ip: ip, port: port))
+                continuation.resume(returning: .peer(ip: otherIP, port: otherPort))
+            case .wait(let replaced):
+                replaced?.resume(returning: .refused(1))
+                scheduleGivingUp(token: token, user: user, after: wait)
+            }
+        }
+    }
+
+    /// Answers 2 to `user`'s rendezvous for `token` if it is still waiting after `wait`.
+    private func scheduleGivingUp(token: String, user: String, after wait: Duration) {
+        Task {
+            try? await Task.sleep(for: wait)
+            let waiting = punches.withLock { punches -> CheckedContinuation<RendezvousOutcome, Never>? in
+                guard let waiting = punches[token]?.waiting, waiting.user == user else { return nil }
+                punches[token]?.waiting = nil
+                return waiting.continuation
+            }
+            waiting?.resume(returning: .refused(2))
+        }
     }
 
     static func send(_ message: ControlMessage, on channel: any Channel) {

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import P2POperationLog
+import P2PProtocol
 import ServiceLifecycle
 
 /// One directory server, assembled: the store, the request handler and the listener. Built by
@@ -54,8 +55,12 @@ public final class DirectoryApplication: Service, Sendable {
         } catch {
             throw .cannotOpenStore(location, error)
         }
+        // Behind a load balancer the server does not see the ports clients connect from, which a
+        // hole punch needs; and the balancer may send a punch's two sides to different servers.
         let handler = DirectoryRequestHandler(
-            operationLog: operationLog, ownerCheck: configuration.ownerCheck, console: console)
+            operationLog: operationLog, ownerCheck: configuration.ownerCheck,
+            capabilities: configuration.proxyProtocol ? [ServerCapabilities.control] : ServerCapabilities.all,
+            console: console)
         let controls = ControlSessions(
             settings: control, store: store, operationLog: operationLog, console: console, logger: logger)
         do {

@@ -46,6 +46,8 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private var clientIP: String
     /// Whether `clientIP` holds one of its slots in `limits`, to give back at the end.
     private var holdsAddressSlot: Bool
+    /// Whether the request's address came from a PROXY header (its port is then not the socket's).
+    private var proxied = false
 
     init(
         handler: DirectoryRequestHandler,
@@ -137,6 +139,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
             }
             run(machine.admitted(admitted), context: context)
         case .serve(let request, let proxiedIP):
+            proxied = proxiedIP != nil
             serve(request, peerIP: proxiedIP.map(SocketAddress.unmapped) ?? clientIP, context: context)
         case .reject(let error, let rejection, let replyCode, let closeNow):
             let peer = clientIP
@@ -178,7 +181,13 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         deadline?.cancel()
         deadline = nil
         guard let work = handler.accept(request, peerIP: peerIP) else {
-            openControl(request, peerIP: peerIP, context: context)
+            if case .rendezvous(let user, let token) = request.command {
+                // Behind the balancer the socket's port is the balancer's: no punch then.
+                let port = proxied ? nil : context.channel.remoteAddress?.port
+                meet(request, user: user, token: token, peerIP: peerIP, port: port, context: context)
+            } else {
+                openControl(request, peerIP: peerIP, context: context)
+            }
             return
         }
         let start = NIODeadline.now()
@@ -235,6 +244,42 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         } catch {
             context.close(promise: nil)
+        }
+    }
+
+    /// `RENDEZVOUS`: waits for the punch's other side (``ControlSessions/rendezvous``) and
+    /// answers `0·<ip>·<port>·`, the other side's public address, or a code; then closes.
+    private func meet(
+        _ request: Request, user: String, token: String, peerIP: String, port: Int?, context: ChannelHandlerContext
+    ) {
+        let start = NIODeadline.now()
+        let promise = context.eventLoop.makePromise(of: ControlSessions.RendezvousOutcome.self)
+        if let controls, let port {
+            promise.completeWithTask { await controls.rendezvous(user: user, token: token, ip: peerIP, port: port) }
+        } else {
+            promise.succeed(.refused(request.operation.otherErrorCode))
+        }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        promise.futureResult.whenSuccess { outcome in
+            let (self_, context) = loopBound.value
+            var buffer = ByteBuffer()
+            let code: ResultCode
+            switch outcome {
+            case .peer(let ip, let port):
+                code = .ok
+                if (try? RendezvousReplyDecoder.encode(ip: ip, port: port, encoder: self_.encoder, into: &buffer)) == nil {
+                    buffer.clear()
+                    self_.encoder.writeCode(request.operation.otherErrorCode, into: &buffer)
+                }
+            case .refused(let refusal):
+                code = refusal
+                self_.encoder.writeCode(refusal, into: &buffer)
+            }
+            self_.handler.served(request, code: code)
+            self_.metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
+            guard self_.machine.replyReady() else { return }
+            let channel = context.channel
+            context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
         }
     }
 }

@@ -18,12 +18,16 @@ public struct DirectoryRequestHandler: Sendable {
     /// Whether DISCONNECT, UNREGISTER, PUBLISH and DELETE of a connected user must come from
     /// the address it connected from.
     public let ownerCheck: Bool
+    /// What the server announces beyond the spec (``ServerCapabilities``).
+    public let capabilities: [PublishedFile]
 
     public init(
-        operationLog: (any OperationLogSink)?, ownerCheck: Bool = true, console: @escaping @Sendable (String) -> Void
+        operationLog: (any OperationLogSink)?, ownerCheck: Bool = true,
+        capabilities: [PublishedFile] = ServerCapabilities.all, console: @escaping @Sendable (String) -> Void
     ) {
         self.operationLog = operationLog
         self.ownerCheck = ownerCheck
+        self.capabilities = capabilities
         self.console = console
     }
 
@@ -62,12 +66,12 @@ public struct DirectoryRequestHandler: Sendable {
         case .listUsers(let user):
             return .query(.listUsers(requester: user))
         case .listContent(_, let owner) where owner == ReservedFileName.capabilities:
-            return .answer(.content(ServerCapabilities.all), operation: .listContent)
+            return .answer(.content(capabilities), operation: .listContent)
         case .listContent(let user, let owner):
             return .query(.listContent(requester: user, owner: owner))
         case .search(let user, let query):
             return .query(.search(requester: user, query: query))
-        case .control:
+        case .control, .rendezvous:
             return nil
         }
     }

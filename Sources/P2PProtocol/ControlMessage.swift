@@ -9,9 +9,11 @@ import NIOCore
 public enum ServerCapabilities {
     /// The control connection (``DirectoryOperation/control``, ``ControlMessage``), version 1.
     public static let control = PublishedFile(name: "control", description: "1")
+    /// Hole punching (``ControlMessage/punchRequest(id:owner:)``, ``DirectoryOperation/rendezvous``).
+    public static let punch = PublishedFile(name: "punch", description: "1")
 
     /// Everything this version of our server announces.
-    public static let all: [PublishedFile] = [control]
+    public static let all: [PublishedFile] = [control, punch]
 }
 
 /// How a connected user can be reached, as the server knows it (``ControlMessage/whoReply``).
@@ -57,6 +59,15 @@ public enum ControlMessage: Sendable, Hashable {
     /// `DIAL·<token>·<host>·<port>·`, server to the owner: connect to `host`:`port`, present
     /// `token` (``PeerRequest/reversed(token:)``) and serve the requests that come back.
     case dial(token: String, host: String, port: String)
+    /// `PUNCH·<id>·<owner>·`, client to server: both this client and `owner` are behind NATs;
+    /// have both punch a connection through them at once.
+    case punchRequest(id: String, owner: String)
+    /// `PUNCHING·<id>·<code>·<token>·`, server to client: code 0 and the punch's token; 1 the
+    /// owner has no control connection.
+    case punchReply(id: String, code: Int, token: String)
+    /// `MEET·<token>·`, server to the owner: take part in the punch `token` (a `RENDEZVOUS`
+    /// with it, then connect to the address it answers), present the token and serve.
+    case meet(token: String)
 
     var fields: [String] {
         switch self {
@@ -68,12 +79,16 @@ public enum ControlMessage: Sendable, Hashable {
         case .reverseRequest(let id, let owner): return ["REVERSE", id, owner]
         case .reverseReply(let id, let code, let token): return ["REVERSING", id, String(code), token]
         case .dial(let token, let host, let port): return ["DIAL", token, host, port]
+        case .punchRequest(let id, let owner): return ["PUNCH", id, owner]
+        case .punchReply(let id, let code, let token): return ["PUNCHING", id, String(code), token]
+        case .meet(let token): return ["MEET", token]
         }
     }
 
     /// How many fields follow each message's name.
     static let argumentCounts: [String: Int] = [
         "PING": 0, "KEEPALIVE": 1, "REACHABLE": 1, "WHO": 2, "WHO_IS": 2, "REVERSE": 2, "REVERSING": 3, "DIAL": 3,
+        "PUNCH": 2, "PUNCHING": 3, "MEET": 1,
     ]
 
     init(name: String, arguments a: [String]) throws(ProtocolError) {
@@ -92,6 +107,11 @@ public enum ControlMessage: Sendable, Hashable {
             guard let code = Int(a[1]) else { throw .invalidCount(a[1]) }
             self = .reverseReply(id: a[0], code: code, token: a[2])
         case "DIAL": self = .dial(token: a[0], host: a[1], port: a[2])
+        case "PUNCH": self = .punchRequest(id: a[0], owner: a[1])
+        case "PUNCHING":
+            guard let code = Int(a[1]) else { throw .invalidCount(a[1]) }
+            self = .punchReply(id: a[0], code: code, token: a[2])
+        case "MEET": self = .meet(token: a[0])
         default: throw .unknownOperation(name)
         }
     }
@@ -149,5 +169,43 @@ public struct ControlMessageDecoder: Sendable {
         name = nil
         arguments.removeAll(keepingCapacity: true)
         return message
+    }
+}
+
+/// The answer to `RENDEZVOUS·<date-time>·<user>·<token>·`, once both sides of the punch have
+/// shown themselves: `0·<ip>·<port>·`, the other side's public address and port as the server
+/// saw them; `1·` no such punch (or not one of this user's); `2·` the other side did not come
+/// within the wait; `3·` error.
+public struct RendezvousReplyDecoder: Sendable {
+    private var codeDecoder = ResultCodeDecoder()
+    private var reader = FieldReader()
+    private var buffer = ByteBuffer()
+    private var ip: String?
+
+    public enum Outcome: Sendable, Hashable {
+        case peer(ip: String, port: Int)
+        case refused(ResultCode)
+    }
+
+    public init() {}
+
+    public mutating func decode(_ bytes: inout ByteBuffer) throws(ProtocolError) -> Outcome? {
+        buffer.writeBuffer(&bytes)
+        guard let code = try codeDecoder.decode(&buffer) else { return nil }
+        guard code == .ok else { return .refused(code) }
+        guard codeDecoder.skipTerminator(&buffer) else { return nil }
+        if ip == nil {
+            guard let field = try reader.readField(from: &buffer) else { return nil }
+            ip = field
+        }
+        guard let text = try reader.readField(from: &buffer) else { return nil }
+        guard let port = Int(text), (1...65535).contains(port) else { throw .invalidCount(text) }
+        return .peer(ip: ip!, port: port)
+    }
+
+    /// `0·<ip>·<port>·` in the server's code encoding.
+    public static func encode(ip: String, port: Int, encoder: ReplyEncoder, into buffer: inout ByteBuffer) throws(ProtocolError) {
+        encoder.writeCode(.ok, into: &buffer)
+        try buffer.writeFields([ip, String(port)])
     }
 }

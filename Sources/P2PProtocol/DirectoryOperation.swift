@@ -16,15 +16,19 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     /// Extension: turns the connection into the connected user's control connection
     /// (``ControlMessage``), sent only to servers that announce it (``ServerCapabilities``).
     case control = "CONTROL"
+    /// Extension: one side of a hole punch shows the server the public address and port of the
+    /// socket it will punch from (docs/PROTOCOL.md, "Hole punching"); sent only to servers that
+    /// announce it.
+    case rendezvous = "RENDEZVOUS"
 
     /// Whether the operation is one of ours that the third-party programs do not speak.
-    public var isExtension: Bool { self == .search || self == .control }
+    public var isExtension: Bool { self == .search || self == .control || self == .rendezvous }
 
     /// How many fields follow the operation name, the date-time included.
     public var argumentCount: Int {
         switch self {
         case .register, .unregister, .disconnect, .listUsers, .control: return 2
-        case .connect, .delete, .listContent, .search: return 3
+        case .connect, .delete, .listContent, .search, .rendezvous: return 3
         case .publish: return 4
         }
     }
@@ -33,7 +37,7 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     public var otherErrorCode: ResultCode {
         switch self {
         case .register, .unregister: return 2
-        case .connect, .disconnect, .listUsers, .search, .control: return 3
+        case .connect, .disconnect, .listUsers, .search, .control, .rendezvous: return 3
         case .publish, .delete, .listContent: return 4
         }
     }

@@ -28,6 +28,9 @@ public struct Request: Sendable, Hashable {
         /// Extension (docs/PROTOCOL.md, "control connection"): the connected user whose
         /// control connection this becomes.
         case control(user: String)
+        /// Extension: `user` shows the server the socket it will punch from, for the punch
+        /// `token` names.
+        case rendezvous(user: String, token: String)
     }
 
     public var operation: DirectoryOperation {
@@ -42,6 +45,7 @@ public struct Request: Sendable, Hashable {
         case .listContent: return .listContent
         case .search: return .search
         case .control: return .control
+        case .rendezvous: return .rendezvous
         }
     }
 
@@ -50,7 +54,7 @@ public struct Request: Sendable, Hashable {
         switch command {
         case .register(let user), .unregister(let user), .connect(let user, _), .disconnect(let user),
             .publish(let user, _, _), .delete(let user, _), .listUsers(let user), .listContent(let user, _),
-            .search(let user, _), .control(let user):
+            .search(let user, _), .control(let user), .rendezvous(let user, _):
             return user
         }
     }
@@ -80,6 +84,8 @@ public struct Request: Sendable, Hashable {
             fields += [user, owner]
         case .search(let user, let query):
             fields += [user, query]
+        case .rendezvous(let user, let token):
+            fields += [user, token]
         }
         return fields
     }
@@ -102,6 +108,7 @@ public struct Request: Sendable, Hashable {
         case .listContent: command = .listContent(user: a[0], owner: a[1])
         case .search: command = .search(user: a[0], query: a[1])
         case .control: command = .control(user: a[0])
+        case .rendezvous: command = .rendezvous(user: a[0], token: a[1])
         }
         self.init(dateTime: dateTime, command: command)
     }

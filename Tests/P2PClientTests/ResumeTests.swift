@@ -42,8 +42,14 @@ import Testing
         /// alice, connected and serving big.bin.
         func alice(capped: Bool, first: Bool) async throws -> ClientProcess {
             let alice = try client("alice", capped ? ["--upload-limit", "8M"] : [])
-            // A killed client never said DISCONNECT: its successor does, then connects.
-            for command in first ? ["REGISTER alice", "CONNECT alice", "PUBLISH big.bin data"] : ["DISCONNECT alice", "CONNECT alice"] {
+            // A killed client never said DISCONNECT: its control connection ended with it, which
+            // took alice offline; its successor connects again.
+            if !first {
+                try await waitUntil("alice taken offline") {
+                    server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE alice") }
+                }
+            }
+            for command in first ? ["REGISTER alice", "CONNECT alice", "PUBLISH big.bin data"] : ["CONNECT alice"] {
                 let line = try await alice.run(command)
                 #expect(line.hasSuffix(" OK"), "\(command): \(line)")
             }

@@ -108,7 +108,10 @@ extension LogServerSuites {
                 let expected = [
                     "alice REGISTER", "alice CONNECT",
                     "alice LIST_CONTENT",  // CONNECT serves again what alice published before
+                    "alice LIST_CONTENT",  // what the server offers beyond the spec
+                    "alice CONTROL",  // which includes the control connection: opened
                     "alice PUBLISH notes.txt", "bob REGISTER", "bob CONNECT", "bob LIST_CONTENT",
+                    "bob LIST_CONTENT", "bob CONTROL",
                     "bob LIST_USERS", "bob LIST_CONTENT",
                     "bob LIST_USERS",  // GET_FILE looks the owner up
                     "alice DELETE notes.txt", "alice DISCONNECT", "alice UNREGISTER", "bob DISCONNECT",
@@ -168,8 +171,8 @@ extension LogServerSuites {
                 let restarted = try await OperationLogServer(logFile: system.logFile)
                 system.oplog.withLock { $0 = restarted }
                 let expected = [
-                    "alice REGISTER", "alice CONNECT", "alice LIST_CONTENT", "alice PUBLISH a.txt", "alice LIST_USERS",
-                    "alice DELETE a.txt",
+                    "alice REGISTER", "alice CONNECT", "alice LIST_CONTENT", "alice LIST_CONTENT", "alice CONTROL",
+                    "alice PUBLISH a.txt", "alice LIST_USERS", "alice DELETE a.txt",
                 ]
                 try await waitUntil("the log to catch up", timeout: 20) { system.logEntries.count >= expected.count }
                 #expect(system.logEntries == expected)
@@ -206,11 +209,12 @@ extension LogServerSuites {
                         ], "client \(n): \(outputs[n]!)")
                     #expect(outputs[n]!.contains(#"file\#(n) "description \#(n)""#))
                 }
-                // Seven commands, and the LIST_CONTENT of its own files that CONNECT sends.
-                try await waitUntil("\(count * 8) log lines", timeout: 30) { system.logEntries.count >= count * 8 }
-                #expect(system.logEntries.count == count * 8)
+                // Seven commands, and what CONNECT sends besides: the LIST_CONTENT of its own files,
+                // the one asking what the server offers, and CONTROL.
+                try await waitUntil("\(count * 10) log lines", timeout: 30) { system.logEntries.count >= count * 10 }
+                #expect(system.logEntries.count == count * 10)
                 for n in 0..<count {
-                    #expect(system.logEntries.filter { $0.hasPrefix("user\(n) ") }.count == 8)
+                    #expect(system.logEntries.filter { $0.hasPrefix("user\(n) ") }.count == 10)
                 }
                 await system.stopServer()
                 let store = try SQLiteDirectoryStore(dataDirectory: system.folder.file("storage"))

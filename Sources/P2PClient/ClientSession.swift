@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Logging
 import P2PProtocol
 import P2PTimeClient
@@ -49,6 +50,8 @@ public actor ClientSession {
     private var control: ControlConnection?
     /// Whether the server can time a hole punch (it announces "punch").
     private var serverPunches = false
+    /// Whether the server relays transfers no connection can be made for (it announces "relay").
+    private var serverRelays = false
     /// Whether to open one (`--no-control-connection` turns it off: the server then checks
     /// this client's port like any third-party client's).
     private let controlConnection: Bool
@@ -335,6 +338,7 @@ public actor ClientSession {
         let output = self.output
         let directory = self.directory
         serverPunches = capabilities.contains(ServerCapabilities.punch)
+        serverRelays = capabilities.contains(ServerCapabilities.relay)
         let connection = ControlConnection(
             directory: directory, user: user, dateTime: { await self.dateTime() },
             onDial: { token, host, port in
@@ -348,6 +352,17 @@ public actor ClientSession {
                         await server.present(token, on: connection)
                     } catch {
                         output.diagnostic("a peer behind a NAT could not reach this client: \(error)")
+                    }
+                }
+            },
+            onRelayTo: { token in
+                Task {
+                    do {
+                        let connection = try await RelayConnection.open(
+                            directory: directory, user: user, token: token, dateTime: await self.dateTime())
+                        await server.present(token, on: connection, relayed: true)
+                    } catch {
+                        output.diagnostic("a peer could not be served through the directory server's relay: \(error)")
                     }
                 }
             },
@@ -368,6 +383,7 @@ public actor ClientSession {
         await control?.stop()
         control = nil
         serverPunches = false
+        serverRelays = false
         await peerServer?.stop()
         peerServer = nil
         connectedUser = nil
@@ -477,10 +493,28 @@ public actor ClientSession {
             var punched = source
             let owner = source.owner
             let directory = self.directory
+            let output = self.output
+            let relay: (@Sendable () async throws(DownloadError) -> (NIOAsyncChannel<ByteBuffer, ByteBuffer>, String))? =
+                serverRelays
+                ? { @Sendable () async throws(DownloadError) in
+                    let token = try await control.relay(owner: owner)
+                    let channel = try await RelayConnection.open(
+                        directory: directory, user: user, token: token, dateTime: await self.dateTime())
+                    return (channel, token)
+                } : nil
+            let relays = serverRelays
             punched.punch = HolePunch(
                 request: { () async throws(DownloadError) -> String in try await control.punch(owner: owner) },
                 punch: { token async throws(DownloadError) in
                     try await HolePunch.connect(directory: directory, user: user, token: token, dateTime: await self.dateTime())
+                },
+                relay: relay,
+                onFailure: { reason in
+                    output.diagnostic(
+                        "GET_FILE \(remoteName): \(reason)"
+                            + (relays
+                                ? "; relaying through the directory server instead"
+                                : "; the directory server does not relay transfers (its operator can allow it: p2p-server --relay-limit)"))
                 })
             output.diagnostic(
                 "GET_FILE \(remoteName): \(owner) and this client are both behind NATs: punching a connection through them")

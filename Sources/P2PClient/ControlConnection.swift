@@ -24,6 +24,7 @@ final class ControlConnection: Sendable {
     private let dateTime: @Sendable () async -> String
     private let onDial: Dial
     private let onMeet: Meet
+    private let onRelayTo: Meet
     private let diagnostic: @Sendable (String) -> Void
 
     private struct State {
@@ -45,9 +46,10 @@ final class ControlConnection: Sendable {
     init(
         directory: DirectoryClient, user: String,
         dateTime: @escaping @Sendable () async -> String, onDial: @escaping Dial, onMeet: @escaping Meet,
-        diagnostic: @escaping @Sendable (String) -> Void
+        onRelayTo: @escaping Meet, diagnostic: @escaping @Sendable (String) -> Void
     ) {
         self.onMeet = onMeet
+        self.onRelayTo = onRelayTo
         self.directory = directory
         self.user = user
         self.dateTime = dateTime
@@ -120,6 +122,18 @@ final class ControlConnection: Sendable {
         }
         guard code == 0 else { throw .unreachable("\(owner) has no control connection: no hole punch with it") }
         return token
+    }
+
+    /// Asks the server to relay a transfer with `owner`; the relay's token.
+    func relay(owner: String) async throws(DownloadError) -> String {
+        guard case .relayReply(_, let code, let token)? = await ask({ .relayRequest(id: $0, owner: owner) }) else {
+            throw .unreachable("the directory server did not answer the request for a relay")
+        }
+        switch code {
+        case 0: return token
+        case 1: throw .unreachable("\(owner) has no control connection: no relay with it")
+        default: throw .unreachable("the directory server relays no more transfers now (p2p-server --relay-limit, --relay-max-transfers)")
+        }
     }
 
     /// Sends the message `make` builds with a fresh id and waits (at most 5 s) for the reply
@@ -287,15 +301,17 @@ final class ControlConnection: Sendable {
             var buffer = channel.allocator.buffer(capacity: 8)
             guard (try? ControlMessage.ping.encode(into: &buffer)) != nil else { return }
             channel.writeAndFlush(buffer, promise: nil)
-        case .whoRequest, .reverseRequest, .punchRequest:
+        case .whoRequest, .reverseRequest, .punchRequest, .relayRequest:
             break
+        case .relayTo(let token):
+            onRelayTo(token)
         case .meet(let token):
             onMeet(token)
         case .keepalive(let milliseconds):
             keepaliveMilliseconds.store(milliseconds, ordering: .relaxed)
         case .reachability(let reachable):
             state.withLock { $0.reachable = reachable }
-        case .whoReply(let id, _), .reverseReply(let id, _, _), .punchReply(let id, _, _):
+        case .whoReply(let id, _), .reverseReply(let id, _, _), .punchReply(let id, _, _), .relayReply(let id, _, _):
             answer(id, with: message)
         case .dial(let token, let host, let port):
             guard let port = Int(port), (1...65535).contains(port) else { return }

@@ -2,6 +2,7 @@ import NIOCore
 import NIOPosix
 import P2PNetworkSupport
 import P2PProtocol
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -23,13 +24,35 @@ public final class HolePunch: Sendable, Hashable {
     /// Shows the server a socket's port for the punch `token` and returns the connection punched
     /// from it.
     let punch: @Sendable (_ token: String) async throws(DownloadError) -> NIOAsyncChannel<ByteBuffer, ByteBuffer>
+    /// When the server relays: a relayed connection to the owner and its token (its result code
+    /// not read yet).
+    let relay: (@Sendable () async throws(DownloadError) -> (NIOAsyncChannel<ByteBuffer, ByteBuffer>, String))?
+    /// Why punching failed, once it has: later connections to the owner go straight to the relay.
+    private let failureReason = Mutex<String?>(nil)
+    private let onFailure: @Sendable (String) -> Void
 
     init(
         request: @escaping @Sendable () async throws(DownloadError) -> String,
-        punch: @escaping @Sendable (String) async throws(DownloadError) -> NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        punch: @escaping @Sendable (String) async throws(DownloadError) -> NIOAsyncChannel<ByteBuffer, ByteBuffer>,
+        relay: (@Sendable () async throws(DownloadError) -> (NIOAsyncChannel<ByteBuffer, ByteBuffer>, String))? = nil,
+        onFailure: @escaping @Sendable (String) -> Void = { _ in }
     ) {
         self.request = request
         self.punch = punch
+        self.relay = relay
+        self.onFailure = onFailure
+    }
+
+    var hasFailed: Bool { failureReason.withLock { $0 != nil } }
+    var failure: String? { failureReason.withLock { $0 } }
+
+    /// Records that punching failed (said once, through `onFailure`).
+    func failed(because reason: String) {
+        let first = failureReason.withLock { failure -> Bool in
+            defer { if failure == nil { failure = reason } }
+            return failure == nil
+        }
+        if first { onFailure(reason) }
     }
 
     public static func == (lhs: HolePunch, rhs: HolePunch) -> Bool { lhs === rhs }
@@ -125,6 +148,32 @@ public final class HolePunch: Sendable, Hashable {
             throw error
         } catch {
             throw .unreachable("rendezvous with the directory server: \(shortDescription(of: error))")
+        }
+    }
+}
+
+/// A connection relayed through the directory server (docs/PROTOCOL.md, "Relay"): a `RELAY`
+/// request with the relay's token on a new connection to the server, which answers 0 once the
+/// other side has come and then passes the bytes between the two.
+enum RelayConnection {
+    static func open(
+        directory: DirectoryClient, user: String, token: String, dateTime: String
+    ) async throws(DownloadError) -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
+        var request = ByteBuffer()
+        do {
+            try RequestEncoder.encode(Request(dateTime: dateTime, command: .relay(user: user, token: token)), into: &request)
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(3))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connect(host: directory.host, port: directory.port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+            try await channel.channel.writeAndFlush(request)
+            return channel
+        } catch {
+            throw .unreachable("relay through the directory server: \(shortDescription(of: error))")
         }
     }
 }

@@ -149,19 +149,20 @@ public final class PeerFileServer: Sendable {
     }
 
     /// Presents `token` on a connection this client opened to a downloader (connecting back, or
-    /// punched through both NATs) and serves the request that comes back on it.
-    public func present(_ token: String, on connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
+    /// punched through both NATs) and serves the request that comes back on it. For a relayed
+    /// connection (`relayed`), the server's 0 comes first.
+    public func present(_ token: String, on connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>, relayed: Bool = false) async {
         guard let hello = PeerRequest.reversed(token: token).fileName else { return }
         var bytes = ByteBuffer()
         guard (try? FileRequest(fileName: hello).encode(into: &bytes)) != nil else { return }
-        do {
-            try await connection.channel.writeAndFlush(bytes).get()
-        } catch {
-            context.logger.notice("the downloader's connection closed before the token: \(error)")
-            try? await connection.channel.close()
-            return
+        let helloBytes = bytes
+        await Self.serve(connection, context) { inbound, outbound in
+            if relayed {
+                let code = try await inbound.readCode()
+                guard code == .ok else { throw DownloadError.unreachable("the relay answered \(code.map { "\($0)" } ?? "nothing")") }
+            }
+            try await outbound.write(helloBytes)
         }
-        await Self.serve(connection, context)
     }
 
     /// Stops accepting peers; transfers in progress finish.
@@ -170,7 +171,13 @@ public final class PeerFileServer: Sendable {
         await task.value
     }
 
-    private static func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>, _ context: Context) async {
+    /// A connection this client opened to serve a downloader: what comes first on it (the token,
+    /// and for a relay the server's 0 before it), before the downloader's request.
+    typealias Prelude = @Sendable (PeerLink.Inbound, NIOAsyncChannelOutboundWriter<ByteBuffer>) async throws -> Void
+
+    private static func serve(
+        _ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>, _ context: Context, prelude: Prelude? = nil
+    ) async {
         let logger = context.logger
         let channel = connection.channel
         let peer = channel.remoteAddress?.description ?? "?"
@@ -183,12 +190,13 @@ public final class PeerFileServer: Sendable {
                 let request: FileRequest
                 // One reader at a time: this task, or the download a reversed connection is for.
                 let box = PeerLink.Inbound(inbound.makeAsyncIterator())
+                try await prelude?(box, outbound)
                 do {
                     // A peer that never completes its request is dropped after 10 s.
                     request = try await withTimeout(.seconds(10), error: PeerRequestTimedOut()) {
                         var decoder = FileRequestDecoder()
                         var sawBytes = false
-                        while var chunk = try await box.iterator.next() {
+                        while var chunk = try await box.next() {
                             sawBytes = true
                             if let request = try decoder.decode(&chunk) { return request }
                         }

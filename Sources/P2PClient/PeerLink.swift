@@ -16,9 +16,35 @@ struct PeerLink {
     /// downloading over it; only one of them uses it at a time.
     final class Inbound: @unchecked Sendable {
         var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
+        /// Bytes read past what an earlier reader needed (after a relay's result code), given
+        /// out first.
+        var pending: ByteBuffer?
 
         init(_ iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator) {
             self.iterator = iterator
+        }
+
+        func next() async throws -> ByteBuffer? {
+            if let bytes = pending {
+                pending = nil
+                if bytes.readableBytes > 0 { return bytes }
+            }
+            return try await iterator.next()
+        }
+
+        /// Reads the server's result code that opens a relayed connection; what follows it stays
+        /// for the next reader. Nil when the connection ended first.
+        func readCode() async throws -> ResultCode? {
+            var decoder = ResultCodeDecoder()
+            var code: ResultCode?
+            while true {
+                guard var chunk = try await next() else { return code }
+                if code == nil { code = try decoder.decode(&chunk) }
+                if code != nil, decoder.skipTerminator(&chunk) {
+                    pending = chunk
+                    return code
+                }
+            }
         }
     }
 
@@ -27,7 +53,7 @@ struct PeerLink {
 
     /// The next bytes from the owner; nil once it has closed.
     func next() async throws -> ByteBuffer? {
-        try await inbound.iterator.next()
+        try await inbound.next()
     }
 
     func write(_ bytes: ByteBuffer) async throws {
@@ -192,26 +218,55 @@ enum PeerConnection {
         return try await body(PeerLink(inbound: handed.link, outbound: handed.outbound))
     }
 
-    /// `body` over a connection punched through both NATs; the owner's first words on it must be
-    /// the punch's token (so a stray connection to the port is not taken for the owner).
+    /// `body` over a connection punched through both NATs, or, when punching fails and the
+    /// server relays, one relayed through the server. The owner's first words on it must be
+    /// the token (so a stray connection to the port is not taken for the owner).
     private static func withPunched<Result: Sendable>(
         _ punch: HolePunch, from source: PeerSource, idleTimeout: TimeAmount, _ body: (PeerLink) async throws -> Result
     ) async throws -> Result {
-        let token = try await punch.request()
-        let channel = try await punch.punch(token)
+        var punched: (NIOAsyncChannel<ByteBuffer, ByteBuffer>, String)?
+        if !punch.hasFailed {
+            do {
+                let token = try await punch.request()
+                punched = (try await punch.punch(token), token)
+            } catch {
+                punch.failed(because: "\(error)")
+                if punch.relay == nil { throw error }
+            }
+        }
+        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        let token: String
+        let relayed: Bool
+        if let punched {
+            (channel, token) = punched
+            relayed = false
+        } else if let relay = punch.relay {
+            (channel, token) = try await relay()
+            relayed = true
+        } else {
+            throw DownloadError.unreachable(punch.failure ?? "no connection could be punched")
+        }
         try await channel.channel.eventLoop.submit {
             try channel.channel.pipeline.syncOperations.addHandlers(
                 IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler(), position: .first)
         }.get()
         return try await channel.executeThenClose { inbound, outbound in
             let link = PeerLink(inbound: PeerLink.Inbound(inbound.makeAsyncIterator()), outbound: outbound)
+            if relayed {
+                let code = try await link.inbound.readCode()
+                guard code == .ok else {
+                    throw DownloadError.unreachable(
+                        code == 2 ? "\(source.owner) did not join the relay" : "the directory server refused the relay (code \(code.map { "\($0)" } ?? "none"))")
+                }
+            }
             var decoder = FileRequestDecoder()
             var hello: FileRequest?
             while hello == nil, var chunk = try await link.next() {
                 hello = try decoder.decode(&chunk)
+                if hello != nil, chunk.readableBytes > 0 { link.inbound.pending = chunk }
             }
             guard let hello, PeerRequest(fileName: hello.fileName) == .reversed(token: token) else {
-                throw DownloadError.unreachable("the punched connection to \(source.owner) did not present the punch's token")
+                throw DownloadError.unreachable("the connection to \(source.owner) did not present the token")
             }
             return try await body(link)
         }

@@ -90,7 +90,10 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
         case .punchRequest(let id, let owner):
             let (code, token) = sessions.punch(requester: user, owner: owner)
             ControlSessions.send(.punchReply(id: id, code: code, token: token), on: channel)
-        case .keepalive, .reachability, .whoReply, .reverseReply, .dial, .punchReply, .meet:
+        case .relayRequest(let id, let owner):
+            let (code, token) = sessions.relay(requester: user, owner: owner)
+            ControlSessions.send(.relayReply(id: id, code: code, token: token), on: channel)
+        case .keepalive, .reachability, .whoReply, .reverseReply, .dial, .punchReply, .meet, .relayReply, .relayTo:
             // The server's own messages: a client has no business sending them.
             logger.debug("control connection of \(user): ignoring a server message from the client")
         }

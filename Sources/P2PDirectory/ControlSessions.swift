@@ -68,10 +68,15 @@ public final class ControlSessions: Sendable {
 
     private let punches = Mutex<[String: Punch]>([:])
 
+    /// Relayed transfers (off unless the operator allows them).
+    let relays: RelayHub
+
     public init(
         settings: ControlSettings, store: any DirectoryStore, operationLog: (any OperationLogSink)?,
+        relay: RelaySettings = RelaySettings(), metrics: DirectoryMetrics = .none,
         console: @escaping @Sendable (String) -> Void, logger: Logger
     ) {
+        relays = RelayHub(settings: relay, metrics: metrics, logger: logger)
         self.settings = settings
         self.store = store
         self.operationLog = operationLog
@@ -232,6 +237,23 @@ public final class ControlSessions: Sendable {
                 scheduleGivingUp(token: token, user: user, after: wait)
             }
         }
+    }
+
+    /// `RELAY` over the control connection: a relay between `requester` and `owner` (both must
+    /// have control connections); tells the owner, returns the code and the token.
+    func relay(requester: String, owner: String) -> (code: Int, token: String) {
+        let (from, to) = state.withLock { ($0.sessions[requester], $0.sessions[owner]) }
+        guard let to else { return (1, "") }
+        guard from != nil else { return (2, "") }
+        let (code, token) = relays.create(owner: owner, downloader: requester)
+        guard code == 0 else { return (code, "") }
+        Self.send(.relayTo(token: token), on: to.channel)
+        return (0, token)
+    }
+
+    /// Whether `user` has a control connection from `ip` (a relay's side must).
+    func hasSession(_ user: String, from ip: String) -> Bool {
+        state.withLock { $0.sessions[user]?.ip == ip }
     }
 
     /// Answers 2 to `user`'s rendezvous for `token` if it is still waiting after `wait`.

@@ -44,6 +44,7 @@ public final class DirectoryApplication: Service, Sendable {
         operationLog: (any OperationLogSink)?,
         peerChecks: PeerCheckSettings? = nil,
         control: ControlSettings = ControlSettings(),
+        relay: RelaySettings = RelaySettings(),
         metrics: DirectoryMetrics = .none,
         console: @escaping @Sendable (String) -> Void,
         logger: Logger,
@@ -59,10 +60,13 @@ public final class DirectoryApplication: Service, Sendable {
         // hole punch needs; and the balancer may send a punch's two sides to different servers.
         let handler = DirectoryRequestHandler(
             operationLog: operationLog, ownerCheck: configuration.ownerCheck,
-            capabilities: configuration.proxyProtocol ? [ServerCapabilities.control] : ServerCapabilities.all,
+            capabilities: configuration.proxyProtocol
+                ? [ServerCapabilities.control]
+                : [ServerCapabilities.control, ServerCapabilities.punch] + (relay.isEnabled ? [ServerCapabilities.relay] : []),
             console: console)
         let controls = ControlSessions(
-            settings: control, store: store, operationLog: operationLog, console: console, logger: logger)
+            settings: control, store: store, operationLog: operationLog, relay: relay, metrics: metrics, console: console,
+            logger: logger)
         do {
             let server = try await DirectoryServer.bind(
                 configuration: configuration, handler: handler, store: store, metrics: metrics, controls: controls,

@@ -181,7 +181,9 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         deadline?.cancel()
         deadline = nil
         guard let work = handler.accept(request, peerIP: peerIP) else {
-            if case .rendezvous(let user, let token) = request.command {
+            if case .relay(let user, let token) = request.command {
+                joinRelay(request, user: user, token: token, peerIP: peerIP, context: context)
+            } else if case .rendezvous(let user, let token) = request.command {
                 // Behind the balancer the socket's port is the balancer's: no punch then.
                 let port = proxied ? nil : context.channel.remoteAddress?.port
                 meet(request, user: user, token: token, peerIP: peerIP, port: port, context: context)
@@ -281,5 +283,42 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
             let channel = context.channel
             context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
         }
+    }
+
+    /// `RELAY`: this connection is one side of a relayed transfer. Once the other side is there
+    /// (``RelayHub``), it is answered 0 and a ``RelayHandler`` takes this handler's place (which
+    /// gives back its request slot: relays are counted by ``RelaySettings/maxTransfers``).
+    private func joinRelay(_ request: Request, user: String, token: String, peerIP: String, context: ChannelHandlerContext) {
+        let start = NIODeadline.now()
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let channel = context.channel
+        let finish: @Sendable (RelayHub.Outcome) -> Void = { outcome in
+            channel.eventLoop.execute {
+                let (self_, context) = loopBound.value
+                let code: ResultCode
+                if case .refused(let refusal) = outcome { code = refusal } else { code = .ok }
+                self_.handler.served(request, code: code)
+                self_.metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
+                guard self_.machine.replyReady() else { return }
+                switch outcome {
+                case .relaying(let partner, let limiter):
+                    do {
+                        try context.pipeline.syncOperations.addHandler(RelayHandler(partner: partner, limiter: limiter))
+                        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+                    } catch {
+                        context.close(promise: nil)
+                    }
+                case .refused(let code):
+                    var buffer = ByteBuffer()
+                    self_.encoder.writeCode(code, into: &buffer)
+                    context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+                }
+            }
+        }
+        guard let controls, controls.relays.settings.isEnabled, controls.hasSession(user, from: peerIP) else {
+            finish(.refused(controls?.relays.settings.isEnabled == true ? 1 : request.operation.otherErrorCode))
+            return
+        }
+        controls.relays.join(user: user, token: token, channel: channel, encoder: encoder, done: finish)
     }
 }

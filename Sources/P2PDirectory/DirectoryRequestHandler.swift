@@ -71,7 +71,7 @@ public struct DirectoryRequestHandler: Sendable {
             return .query(.listContent(requester: user, owner: owner))
         case .search(let user, let query):
             return .query(.search(requester: user, query: query))
-        case .control, .rendezvous:
+        case .control, .rendezvous, .relay:
             return nil
         }
     }

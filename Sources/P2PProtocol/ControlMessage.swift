@@ -12,8 +12,12 @@ public enum ServerCapabilities {
     /// Hole punching (``ControlMessage/punchRequest(id:owner:)``, ``DirectoryOperation/rendezvous``).
     public static let punch = PublishedFile(name: "punch", description: "1")
 
-    /// Everything this version of our server announces.
-    public static let all: [PublishedFile] = [control, punch]
+    /// Relaying (``ControlMessage/relayRequest(id:owner:)``, ``DirectoryOperation/relay``):
+    /// announced only when the operator allows it (`p2p-server --relay-limit`).
+    public static let relay = PublishedFile(name: "relay", description: "1")
+
+    /// Everything this version of our server can announce.
+    public static let all: [PublishedFile] = [control, punch, relay]
 }
 
 /// How a connected user can be reached, as the server knows it (``ControlMessage/whoReply``).
@@ -65,6 +69,15 @@ public enum ControlMessage: Sendable, Hashable {
     /// `PUNCHING·<id>·<code>·<token>·`, server to client: code 0 and the punch's token; 1 the
     /// owner has no control connection.
     case punchReply(id: String, code: Int, token: String)
+    /// `RELAY·<id>·<owner>·`, client to server: no connection can be made between this client
+    /// and `owner`; relay one through the server.
+    case relayRequest(id: String, owner: String)
+    /// `RELAYING·<id>·<code>·<token>·`, server to client: 0 and the token; 1 the owner has no
+    /// control connection; 2 the server does not relay, or relays as many transfers as it allows.
+    case relayReply(id: String, code: Int, token: String)
+    /// `RELAY_TO·<token>·`, server to the owner: open the relay `token` (a `RELAY` request on a
+    /// new connection to the server), present the token on it once answered 0, and serve.
+    case relayTo(token: String)
     /// `MEET·<token>·`, server to the owner: take part in the punch `token` (a `RENDEZVOUS`
     /// with it, then connect to the address it answers), present the token and serve.
     case meet(token: String)
@@ -82,13 +95,16 @@ public enum ControlMessage: Sendable, Hashable {
         case .punchRequest(let id, let owner): return ["PUNCH", id, owner]
         case .punchReply(let id, let code, let token): return ["PUNCHING", id, String(code), token]
         case .meet(let token): return ["MEET", token]
+        case .relayRequest(let id, let owner): return ["RELAY", id, owner]
+        case .relayReply(let id, let code, let token): return ["RELAYING", id, String(code), token]
+        case .relayTo(let token): return ["RELAY_TO", token]
         }
     }
 
     /// How many fields follow each message's name.
     static let argumentCounts: [String: Int] = [
         "PING": 0, "KEEPALIVE": 1, "REACHABLE": 1, "WHO": 2, "WHO_IS": 2, "REVERSE": 2, "REVERSING": 3, "DIAL": 3,
-        "PUNCH": 2, "PUNCHING": 3, "MEET": 1,
+        "PUNCH": 2, "PUNCHING": 3, "MEET": 1, "RELAY": 2, "RELAYING": 3, "RELAY_TO": 1,
     ]
 
     init(name: String, arguments a: [String]) throws(ProtocolError) {
@@ -112,6 +128,11 @@ public enum ControlMessage: Sendable, Hashable {
             guard let code = Int(a[1]) else { throw .invalidCount(a[1]) }
             self = .punchReply(id: a[0], code: code, token: a[2])
         case "MEET": self = .meet(token: a[0])
+        case "RELAY": self = .relayRequest(id: a[0], owner: a[1])
+        case "RELAYING":
+            guard let code = Int(a[1]) else { throw .invalidCount(a[1]) }
+            self = .relayReply(id: a[0], code: code, token: a[2])
+        case "RELAY_TO": self = .relayTo(token: a[0])
         default: throw .unknownOperation(name)
         }
     }

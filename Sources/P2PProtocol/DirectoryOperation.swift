@@ -20,15 +20,19 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     /// socket it will punch from (docs/PROTOCOL.md, "Hole punching"); sent only to servers that
     /// announce it.
     case rendezvous = "RENDEZVOUS"
+    /// Extension: one side of a relayed transfer; the connection then carries the bytes between
+    /// the two sides through the server (docs/PROTOCOL.md, "Relay").
+    case relay = "RELAY"
 
     /// Whether the operation is one of ours that the third-party programs do not speak.
-    public var isExtension: Bool { self == .search || self == .control || self == .rendezvous }
+    public var isExtension: Bool { self != .register && self != .unregister && self != .connect && self != .disconnect
+        && self != .publish && self != .delete && self != .listUsers && self != .listContent }
 
     /// How many fields follow the operation name, the date-time included.
     public var argumentCount: Int {
         switch self {
         case .register, .unregister, .disconnect, .listUsers, .control: return 2
-        case .connect, .delete, .listContent, .search, .rendezvous: return 3
+        case .connect, .delete, .listContent, .search, .rendezvous, .relay: return 3
         case .publish: return 4
         }
     }
@@ -37,7 +41,7 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     public var otherErrorCode: ResultCode {
         switch self {
         case .register, .unregister: return 2
-        case .connect, .disconnect, .listUsers, .search, .control, .rendezvous: return 3
+        case .connect, .disconnect, .listUsers, .search, .control, .rendezvous, .relay: return 3
         case .publish, .delete, .listContent: return 4
         }
     }

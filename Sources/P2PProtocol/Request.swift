@@ -31,6 +31,8 @@ public struct Request: Sendable, Hashable {
         /// Extension: `user` shows the server the socket it will punch from, for the punch
         /// `token` names.
         case rendezvous(user: String, token: String)
+        /// Extension: `user`'s side of the relayed transfer `token`.
+        case relay(user: String, token: String)
     }
 
     public var operation: DirectoryOperation {
@@ -46,6 +48,7 @@ public struct Request: Sendable, Hashable {
         case .search: return .search
         case .control: return .control
         case .rendezvous: return .rendezvous
+        case .relay: return .relay
         }
     }
 
@@ -54,7 +57,8 @@ public struct Request: Sendable, Hashable {
         switch command {
         case .register(let user), .unregister(let user), .connect(let user, _), .disconnect(let user),
             .publish(let user, _, _), .delete(let user, _), .listUsers(let user), .listContent(let user, _),
-            .search(let user, _), .control(let user), .rendezvous(let user, _):
+            .search(let user, _), .control(let user), .rendezvous(let user, _),
+            .relay(let user, _):
             return user
         }
     }
@@ -84,7 +88,7 @@ public struct Request: Sendable, Hashable {
             fields += [user, owner]
         case .search(let user, let query):
             fields += [user, query]
-        case .rendezvous(let user, let token):
+        case .rendezvous(let user, let token), .relay(let user, let token):
             fields += [user, token]
         }
         return fields
@@ -109,6 +113,7 @@ public struct Request: Sendable, Hashable {
         case .search: command = .search(user: a[0], query: a[1])
         case .control: command = .control(user: a[0])
         case .rendezvous: command = .rendezvous(user: a[0], token: a[1])
+        case .relay: command = .relay(user: a[0], token: a[1])
         }
         self.init(dateTime: dateTime, command: command)
     }

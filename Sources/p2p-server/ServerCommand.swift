@@ -125,6 +125,20 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Control connections open at once; more clients are checked with probes instead.")
     var maxControlConnections: Int = 100_000
 
+    @Option(
+        help: """
+            Relay transfers between users no connection can be made between (both behind NATs \
+            that give every connection a new port), at most this many bytes per second for all \
+            of them together: 10M, 500K, or a number of bytes. 0 (the default) relays nothing.
+            """)
+    var relayLimit: String = "0"
+
+    @Option(help: "Bytes per second for one relayed transfer (default: all of --relay-limit).")
+    var relayTransferLimit: String?
+
+    @Option(help: "Relayed transfers at once; more are refused.")
+    var relayMaxTransfers: Int = 8
+
     @Option(help: "Port of the read-only web page, /metrics and /health (none when not given).")
     var httpPort: Int?
 
@@ -150,6 +164,13 @@ struct ServeCommand: AsyncParsableCommand {
         guard peerCheckFailures >= 1 else { throw ValidationError("--peer-check-failures must be at least 1") }
         guard controlKeepalive >= 0.05 else { throw ValidationError("--control-keepalive must be at least 0.05") }
         guard maxControlConnections >= 0 else { throw ValidationError("--max-control-connections must be 0 or more") }
+        guard RelaySettings.parseRate(relayLimit) != nil else {
+            throw ValidationError("--relay-limit must be a rate such as 10M, 500K or a number of bytes")
+        }
+        if let relayTransferLimit, (RelaySettings.parseRate(relayTransferLimit) ?? 0) <= 0 {
+            throw ValidationError("--relay-transfer-limit must be a positive rate such as 2M")
+        }
+        guard relayMaxTransfers >= 0 else { throw ValidationError("--relay-max-transfers must be 0 or more") }
         if let store = storeText {
             do {
                 _ = try DirectoryStoreLocation(parsing: store)
@@ -219,6 +240,9 @@ struct ServeCommand: AsyncParsableCommand {
                     timeout: min(.seconds(2), .milliseconds(Int64(peerCheckInterval * 1000)))),
                 control: ControlSettings(
                     keepalive: .milliseconds(Int64(controlKeepalive * 1000)), maxSessions: maxControlConnections),
+                relay: RelaySettings(
+                    bytesPerSecond: RelaySettings.parseRate(relayLimit) ?? 0,
+                    perTransfer: relayTransferLimit.flatMap(RelaySettings.parseRate), maxTransfers: relayMaxTransfers),
                 metrics: metrics, console: console.write, logger: logger)
         } catch {
             console.close()

@@ -1,0 +1,321 @@
+import CoreMetrics
+import Logging
+import NIOCore
+import P2PProtocol
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What the server may spend relaying transfers between users no connection can be made
+/// between (both behind NATs that give every connection a new port).
+public struct RelaySettings: Sendable {
+    /// Bytes per second for all relayed transfers together; 0 (the default) relays nothing.
+    public var bytesPerSecond: Int
+    /// Bytes per second for one relayed transfer (at most `bytesPerSecond`).
+    public var perTransfer: Int
+    /// Relayed transfers at once; more are refused.
+    public var maxTransfers: Int
+    /// How long the first side of a relay waits for the second.
+    public var joinTimeout: Duration
+
+    public init(bytesPerSecond: Int = 0, perTransfer: Int? = nil, maxTransfers: Int = 8, joinTimeout: Duration = .seconds(10)) {
+        self.bytesPerSecond = bytesPerSecond
+        self.perTransfer = min(perTransfer ?? bytesPerSecond, bytesPerSecond)
+        self.maxTransfers = maxTransfers
+        self.joinTimeout = joinTimeout
+    }
+
+    public var isEnabled: Bool { bytesPerSecond > 0 && maxTransfers > 0 }
+
+    /// `10M`, `500K`, `1G` (powers of 1024, an optional `B` or `/s`) or a plain number of bytes;
+    /// nil when it is none of those.
+    public static func parseRate(_ text: String) -> Int? {
+        var digits = Substring(text.uppercased())
+        if digits.hasSuffix("/S") { digits = digits.dropLast(2) }
+        if digits.hasSuffix("B") { digits = digits.dropLast() }
+        let units: [Character: Double] = ["K": 1024, "M": 1024 * 1024, "G": 1024 * 1024 * 1024]
+        var multiplier = 1.0
+        if let last = digits.last, let unit = units[last] {
+            multiplier = unit
+            digits = digits.dropLast()
+        }
+        guard let value = Double(digits), value >= 0, value * multiplier < Double(Int.max) else { return nil }
+        return Int(value * multiplier)
+    }
+}
+
+/// A rate as a schedule: each reservation of some bytes moves the time the next bytes may go
+/// by what these take at the rate.
+final class RateSchedule: Sendable {
+    private let bytesPerSecond: Int
+    private let next = Mutex<ContinuousClock.Instant?>(nil)
+
+    init(bytesPerSecond: Int) {
+        self.bytesPerSecond = max(1, bytesPerSecond)
+    }
+
+    /// Counts `bytes` as sent; returns when the bytes after them may be read.
+    func reserve(_ bytes: Int) -> ContinuousClock.Instant {
+        next.withLock { next in
+            let now = ContinuousClock.now
+            let start = max(next ?? now, now)
+            let due = start + .nanoseconds(Int64(bytes) * 1_000_000_000 / Int64(bytesPerSecond))
+            next = due
+            return due
+        }
+    }
+}
+
+/// The relays being set up and under way. A relay is asked for by the downloader over its
+/// control connection (`RELAY`); the server tells the owner (`RELAY_TO`), and each side opens
+/// a connection of its own to the server with a `RELAY` request carrying the token. When both
+/// have come, each is answered 0 and from then on the server copies the bytes of one to the
+/// other, at most at the relay's rate, until either side closes.
+final class RelayHub: Sendable {
+    let settings: RelaySettings
+    private let total: RateSchedule
+    private let logger: Logger
+    private let bytes: Counter
+    private let started: Counter
+    private let activeGauge: Gauge
+
+    /// How a side's `RELAY` ends: relaying to `partner`, or refused with a code.
+    enum Outcome: Sendable {
+        case relaying(partner: any Channel, limiter: RelayLimiter)
+        case refused(ResultCode)
+    }
+
+    private struct Pending {
+        var owner: String
+        var downloader: String
+        var waiting: (user: String, channel: any Channel, done: @Sendable (Outcome) -> Void)?
+    }
+
+    private let state = Mutex<(pending: [String: Pending], active: Int)>(([:], 0))
+
+    init(settings: RelaySettings, metrics: DirectoryMetrics, logger: Logger) {
+        self.settings = settings
+        total = RateSchedule(bytesPerSecond: settings.bytesPerSecond)
+        self.logger = logger
+        bytes = Counter(label: "p2p_relay_bytes_total", factory: metrics.factory)
+        started = Counter(label: "p2p_relays_total", factory: metrics.factory)
+        activeGauge = Gauge(label: "p2p_relays_active", factory: metrics.factory)
+    }
+
+    /// A relay between `owner` and `downloader`: its token, or 2 when relaying is off or full.
+    func create(owner: String, downloader: String) -> (code: Int, token: String) {
+        guard settings.isEnabled else { return (2, "") }
+        let token = ControlMessage.makeToken()
+        let admitted = state.withLock { state -> Bool in
+            guard state.active + state.pending.count < settings.maxTransfers else { return false }
+            state.pending[token] = Pending(owner: owner, downloader: downloader)
+            return true
+        }
+        guard admitted else {
+            logger.notice("RELAY for \(downloader) from \(owner) refused: \(settings.maxTransfers) relays already")
+            return (2, "")
+        }
+        // Forgotten if nobody comes.
+        Task {
+            try? await Task.sleep(for: settings.joinTimeout)
+            let stale = state.withLock { $0.pending.removeValue(forKey: token) }
+            stale?.waiting?.done(.refused(2))
+        }
+        return (0, token)
+    }
+
+    /// `user`'s side of the relay `token` arrived on `channel`. `done` is called (on any
+    /// thread) once the other side is there too, after the 0 has been written to this channel,
+    /// or with the code to answer.
+    func join(
+        user: String, token: String, channel: any Channel, encoder: ReplyEncoder,
+        done: @escaping @Sendable (Outcome) -> Void
+    ) {
+        enum Step {
+            case unknown
+            case wait
+            case paired(partner: any Channel, partnerDone: @Sendable (Outcome) -> Void)
+        }
+        let step = state.withLock { state -> Step in
+            guard var pending = state.pending[token], pending.owner == user || pending.downloader == user else {
+                return .unknown
+            }
+            if let waiting = pending.waiting, waiting.user != user {
+                state.pending[token] = nil
+                state.active += 1
+                return .paired(partner: waiting.channel, partnerDone: waiting.done)
+            }
+            guard pending.waiting == nil else { return .unknown }
+            pending.waiting = (user, channel, done)
+            state.pending[token] = pending
+            return .wait
+        }
+        switch step {
+        case .unknown:
+            done(.refused(1))
+        case .wait:
+            break
+        case .paired(let partner, let partnerDone):
+            started.increment()
+            activeGauge.record(state.withLock { $0.active })
+            // Both zeros are queued before either side's handler can forward a byte, so each
+            // side reads its 0 before anything from the other.
+            var zero = ByteBuffer()
+            encoder.writeCode(.ok, into: &zero)
+            partner.writeAndFlush(zero, promise: nil)
+            channel.writeAndFlush(zero, promise: nil)
+            let limiter = RelayLimiter(
+                transfer: RateSchedule(bytesPerSecond: settings.perTransfer), total: total, hub: self)
+            logger.info("RELAY: \(user)'s transfer relayed (token \(token.prefix(8))...)")
+            partnerDone(.relaying(partner: channel, limiter: limiter))
+            done(.relaying(partner: partner, limiter: limiter))
+        }
+    }
+
+    func relayed(_ count: Int) {
+        bytes.increment(by: count)
+    }
+
+    func ended() {
+        let active = state.withLock { state -> Int in
+            state.active -= 1
+            return state.active
+        }
+        activeGauge.record(active)
+    }
+}
+
+/// The rates one relayed transfer is held to (its own and the server's total), shared by its
+/// two directions, and its end, counted once.
+final class RelayLimiter: Sendable {
+    private let transfer: RateSchedule
+    private let total: RateSchedule
+    private let hub: RelayHub
+    private let sides = Atomic<Int>(2)
+
+    init(transfer: RateSchedule, total: RateSchedule, hub: RelayHub) {
+        self.transfer = transfer
+        self.total = total
+        self.hub = hub
+    }
+
+    func reserve(_ bytes: Int) -> ContinuousClock.Instant {
+        hub.relayed(bytes)
+        return max(transfer.reserve(bytes), total.reserve(bytes))
+    }
+
+    /// One side's connection ended; the relay is over when both have.
+    func sideEnded() {
+        if sides.subtract(1, ordering: .relaxed).newValue == 0 { hub.ended() }
+    }
+}
+
+/// Copies what one side of a relay sends to the other (`partner`), reading only as fast as the
+/// relay's rates allow and only while the partner keeps up (its writability). A clean end of
+/// input is passed on as a half-close; a reset or an error as a reset, so that a downloader can
+/// tell a transfer cut in the middle from a complete one.
+final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    /// Sent to a side's pipeline when its partner can take bytes again.
+    struct Wake: Sendable {}
+
+    private let partner: any Channel
+    private let limiter: RelayLimiter
+    private var unaccounted = 0
+    private var waitingForPartner = false
+    private var inputClosed = false
+
+    init(partner: any Channel, limiter: RelayLimiter) {
+        self.partner = partner
+        self.limiter = limiter
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+        context.read()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data)
+        unaccounted += bytes.readableBytes
+        partner.write(bytes, promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        partner.flush()
+        readAgain(context: context)
+    }
+
+    private func readAgain(context: ChannelHandlerContext) {
+        guard !inputClosed else { return }
+        let due = limiter.reserve(unaccounted)
+        unaccounted = 0
+        guard partner.isWritable else {
+            waitingForPartner = true
+            return
+        }
+        let delay = due - ContinuousClock.now
+        if delay > .zero {
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .nanoseconds(delay.nanosecondsClamped)) { loopBound.value.read() }
+        } else {
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { partner.pipeline.fireUserInboundEventTriggered(Wake()) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is Wake {
+            if waitingForPartner {
+                waitingForPartner = false
+                readAgain(context: context)
+            }
+        } else if let event = event as? ChannelEvent, case .inputClosed = event {
+            inputClosed = true
+            partner.flush()
+            partner.close(mode: .output, promise: nil)
+            if !context.channel.isActive || outputClosedToo { context.close(promise: nil) }
+        } else if let event = event as? ChannelEvent, case .outputClosed = event {
+            outputClosedToo = true
+            if inputClosed { context.close(promise: nil) }
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    private var outputClosedToo = false
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        reset(partner)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // Gone without a clean end of its input: the other side must see the cut.
+        if !inputClosed { reset(partner) } else { partner.close(promise: nil) }
+        limiter.sideEnded()
+        context.fireChannelInactive()
+    }
+
+    private func reset(_ channel: any Channel) {
+        (channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}
+
+extension Duration {
+    /// The duration in nanoseconds, clamped to Int64.
+    var nanosecondsClamped: Int64 {
+        let (seconds, attoseconds) = components
+        guard seconds < Int64.max / 1_000_000_000 else { return .max }
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}

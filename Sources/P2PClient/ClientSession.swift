@@ -52,6 +52,13 @@ public actor ClientSession {
     private var serverPunches = false
     /// Whether the server relays transfers no connection can be made for (it announces "relay").
     private var serverRelays = false
+    /// Owners no connection could be punched to, when and why: for ten minutes after, GET_FILE
+    /// from them goes straight to the relay instead of trying again for seconds.
+    private var punchFailures: [String: (at: ContinuousClock.Instant, reason: String)] = [:]
+
+    private func notePunchFailure(_ owner: String, _ reason: String) {
+        punchFailures[owner] = (.now, reason)
+    }
     /// Whether to open one (`--no-control-connection` turns it off: the server then checks
     /// this client's port like any third-party client's).
     private let controlConnection: Bool
@@ -509,15 +516,26 @@ public actor ClientSession {
                     try await HolePunch.connect(directory: directory, user: user, token: token, dateTime: await self.dateTime())
                 },
                 relay: relay,
+                failedBefore: punchFailures[owner].flatMap { ContinuousClock.now - $0.at < .seconds(600) ? $0.reason : nil },
                 onFailure: { reason in
+                    Task { await self.notePunchFailure(owner, reason) }
                     output.diagnostic(
                         "GET_FILE \(remoteName): \(reason)"
                             + (relays
                                 ? "; relaying through the directory server instead"
                                 : "; the directory server does not relay transfers (its operator can allow it: p2p-server --relay-limit)"))
                 })
-            output.diagnostic(
-                "GET_FILE \(remoteName): \(owner) and this client are both behind NATs: punching a connection through them")
+            if let failed = punchFailures[owner], ContinuousClock.now - failed.at < .seconds(600) {
+                output.diagnostic(
+                    "GET_FILE \(remoteName): \(owner) and this client are both behind NATs that no connection can be punched through"
+                        + (serverRelays
+                            ? ": relayed through the directory server"
+                            : ", and the directory server does not relay transfers (its operator can allow it: p2p-server --relay-limit)"))
+                guard serverRelays else { return nil }
+            } else {
+                output.diagnostic(
+                    "GET_FILE \(remoteName): \(owner) and this client are both behind NATs: punching a connection through them")
+            }
             return punched
         }
         var reversed = source

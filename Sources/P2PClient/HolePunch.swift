@@ -35,8 +35,10 @@ public final class HolePunch: Sendable, Hashable {
         request: @escaping @Sendable () async throws(DownloadError) -> String,
         punch: @escaping @Sendable (String) async throws(DownloadError) -> NIOAsyncChannel<ByteBuffer, ByteBuffer>,
         relay: (@Sendable () async throws(DownloadError) -> (NIOAsyncChannel<ByteBuffer, ByteBuffer>, String))? = nil,
+        failedBefore: String? = nil,
         onFailure: @escaping @Sendable (String) -> Void = { _ in }
     ) {
+        failureReason.withLock { $0 = failedBefore }
         self.request = request
         self.punch = punch
         self.relay = relay

@@ -178,12 +178,14 @@ final class RelayHub: Sendable {
         bytes.increment(by: count)
     }
 
-    func ended() {
+    func ended(bytes: Int, after duration: Duration) {
         let active = state.withLock { state -> Int in
             state.active -= 1
             return state.active
         }
         activeGauge.record(active)
+        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        logger.info("RELAY: a transfer ended: \(bytes) bytes in \(Int(seconds * 1000)) ms (\(Int(Double(bytes) / max(seconds, 0.001))) bytes/s)")
     }
 }
 
@@ -194,6 +196,8 @@ final class RelayLimiter: Sendable {
     private let total: RateSchedule
     private let hub: RelayHub
     private let sides = Atomic<Int>(2)
+    private let bytes = Atomic<Int>(0)
+    private let started = ContinuousClock.now
 
     init(transfer: RateSchedule, total: RateSchedule, hub: RelayHub) {
         self.transfer = transfer
@@ -201,32 +205,46 @@ final class RelayLimiter: Sendable {
         self.hub = hub
     }
 
-    func reserve(_ bytes: Int) -> ContinuousClock.Instant {
-        hub.relayed(bytes)
-        return max(transfer.reserve(bytes), total.reserve(bytes))
+    func reserve(_ count: Int) -> ContinuousClock.Instant {
+        hub.relayed(count)
+        bytes.add(count, ordering: .relaxed)
+        return max(transfer.reserve(count), total.reserve(count))
     }
 
     /// One side's connection ended; the relay is over when both have.
     func sideEnded() {
-        if sides.subtract(1, ordering: .relaxed).newValue == 0 { hub.ended() }
+        if sides.subtract(1, ordering: .relaxed).newValue == 0 {
+            hub.ended(bytes: bytes.load(ordering: .relaxed), after: ContinuousClock.now - started)
+        }
     }
 }
 
-/// Copies what one side of a relay sends to the other (`partner`), reading only as fast as the
-/// relay's rates allow and only while the partner keeps up (its writability). A clean end of
-/// input is passed on as a half-close; a reset or an error as a reset, so that a downloader can
-/// tell a transfer cut in the middle from a complete one.
+/// Copies what one side of a relay sends to the other (`partner`), at most at the relay's
+/// rates: what is read waits in a queue and goes out on the rates' schedule, and more is read
+/// only while little waits and the partner keeps up (its writability). (Pacing the writes, not
+/// only the reads: at the end of its input a socket is read to its end at once, which would
+/// send the last megabyte or so of the kernel's buffer unpaced.) A clean end of input is passed
+/// on as a half-close once the queue is empty; a reset or an error as a reset at once, so that a
+/// downloader can tell a transfer cut in the middle from a complete one.
 final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
     /// Sent to a side's pipeline when its partner can take bytes again.
     struct Wake: Sendable {}
 
+    /// Bytes waiting to be sent beyond which nothing more is read.
+    static let queueLimit = 64 * 1024
+
     private let partner: any Channel
     private let limiter: RelayLimiter
-    private var unaccounted = 0
-    private var waitingForPartner = false
+    private var queue = CircularBuffer<ByteBuffer>()
+    private var queued = 0
+    /// When the next bytes may go (nil: now).
+    private var nextSend: ContinuousClock.Instant?
+    private var pumpScheduled = false
+    private var readRequested = false
     private var inputClosed = false
+    private var outputClosed = false
 
     init(partner: any Channel, limiter: RelayLimiter) {
         self.partner = partner
@@ -235,35 +253,53 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
-        context.read()
+        requestRead(context: context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data)
-        unaccounted += bytes.readableBytes
-        partner.write(bytes, promise: nil)
+        readRequested = false
+        queued += bytes.readableBytes
+        queue.append(bytes)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        partner.flush()
-        readAgain(context: context)
+        readRequested = false
+        pump(context: context)
     }
 
-    private func readAgain(context: ChannelHandlerContext) {
-        guard !inputClosed else { return }
-        let due = limiter.reserve(unaccounted)
-        unaccounted = 0
-        guard partner.isWritable else {
-            waitingForPartner = true
+    /// Sends what is due, schedules the rest, and reads more when there is room.
+    private func pump(context: ChannelHandlerContext) {
+        var wrote = false
+        while let first = queue.first, (nextSend ?? .now) <= .now {
+            queue.removeFirst()
+            queued -= first.readableBytes
+            partner.write(first, promise: nil)
+            nextSend = limiter.reserve(first.readableBytes)
+            wrote = true
+        }
+        if wrote { partner.flush() }
+        if !queue.isEmpty, !pumpScheduled, let due = nextSend {
+            pumpScheduled = true
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .nanoseconds(max(0, (due - .now).nanosecondsClamped))) {
+                let (handler, context) = loopBound.value
+                handler.pumpScheduled = false
+                handler.pump(context: context)
+            }
+        }
+        if queue.isEmpty, inputClosed {
+            partner.close(mode: .output, promise: nil)
+            if outputClosed { context.close(promise: nil) }
             return
         }
-        let delay = due - ContinuousClock.now
-        if delay > .zero {
-            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.eventLoop.scheduleTask(in: .nanoseconds(delay.nanosecondsClamped)) { loopBound.value.read() }
-        } else {
-            context.read()
-        }
+        requestRead(context: context)
+    }
+
+    private func requestRead(context: ChannelHandlerContext) {
+        guard !inputClosed, !readRequested, queued < Self.queueLimit, partner.isWritable else { return }
+        readRequested = true
+        context.read()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -273,24 +309,17 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is Wake {
-            if waitingForPartner {
-                waitingForPartner = false
-                readAgain(context: context)
-            }
+            requestRead(context: context)
         } else if let event = event as? ChannelEvent, case .inputClosed = event {
             inputClosed = true
-            partner.flush()
-            partner.close(mode: .output, promise: nil)
-            if !context.channel.isActive || outputClosedToo { context.close(promise: nil) }
+            pump(context: context)
         } else if let event = event as? ChannelEvent, case .outputClosed = event {
-            outputClosedToo = true
-            if inputClosed { context.close(promise: nil) }
+            outputClosed = true
+            if inputClosed, queue.isEmpty { context.close(promise: nil) }
         } else {
             context.fireUserInboundEventTriggered(event)
         }
     }
-
-    private var outputClosedToo = false
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         reset(partner)
@@ -298,8 +327,10 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        // Gone without a clean end of its input: the other side must see the cut.
-        if !inputClosed { reset(partner) } else { partner.close(promise: nil) }
+        // Gone without a clean end of its input (or before all of it was passed on): the other
+        // side must see the cut.
+        if inputClosed, queue.isEmpty { partner.close(promise: nil) } else { reset(partner) }
+        queue.removeAll()
         limiter.sideEnded()
         context.fireChannelInactive()
     }

@@ -160,7 +160,7 @@ final class SpecOnlyServer: ChannelInboundHandler, @unchecked Sendable {
             case .register, .connect, .disconnect, .publish, .delete, .unregister: code = 0
             case .listContent: code = 3  // no such owner: nobody is ever listed here
             case .listUsers: code = 3
-            case .search, .control, .rendezvous:
+            case .search, .control, .rendezvous, .relay:
                 context.close(promise: nil)
                 return
             }

@@ -156,8 +156,61 @@ struct NATTraversalTests {
         #expect(try await dave.run("CONNECT dave") == "c> CONNECT OK")
         #expect(try await dave.run("GET_FILE alice movie.bin copy.bin", timeout: 60) == "c> GET_FILE FAIL")
         #expect(dave.process.stderrLines.contains { $0.contains("no connection punched") }, "\(dave.process.stderrLines)")
+        #expect(dave.process.stderrLines.contains { $0.contains("does not relay transfers") && $0.contains("--relay-limit") })
         #expect(!FileManager.default.fileExists(atPath: world.folder.file("dave/copy.bin")))
+        // Asked again, it says so at once instead of trying for seconds.
+        let again = ContinuousClock.now
+        #expect(try await dave.run("GET_FILE alice movie.bin copy.bin", timeout: 60) == "c> GET_FILE FAIL")
+        #expect(ContinuousClock.now - again < .seconds(3))
         for client in [alice, dave] { _ = try await client.finish() }
+        await world.stop()
+    }
+
+    /// Two users behind symmetric NATs, through a server that relays at most `limit` bytes a second.
+    func relayedWorld(limit: Int) async throws -> (World, ClientProcess, ClientProcess, Data) {
+        let world = try await World(serverArguments: ["--relay-limit", String(limit), "--http-port", "0"])
+        let alice = try world.client("alice", on: try world.internet.addHomeHost("alice", symmetric: true))
+        let content = try Self.randomFile(8 << 20, at: world.folder.file("alice/movie.bin"))
+        try Data("small".utf8).write(to: URL(fileURLWithPath: world.folder.file("alice/small.txt")))
+        for command in ["REGISTER alice", "CONNECT alice", "PUBLISH movie.bin holidays", "PUBLISH small.txt note"] {
+            #expect(try await alice.run(command).hasSuffix(" OK"), "\(command)")
+        }
+        let dave = try world.client("dave", on: try world.internet.addHomeHost("dave", symmetric: true))
+        #expect(try await dave.run("REGISTER dave") == "c> REGISTER OK")
+        #expect(try await dave.run("CONNECT dave") == "c> CONNECT OK")
+        // The first GET_FILE finds that no connection can be punched, and relays.
+        #expect(try await dave.run("GET_FILE alice small.txt small.txt", timeout: 60) == "c> GET_FILE OK")
+        #expect(dave.process.stderrLines.contains { $0.contains("relaying through the directory server") })
+        return (world, alice, dave, content)
+    }
+
+    @Test func twoUsersBehindSymmetricNATsAreRelayedAtTheOperatorsRate() async throws {
+        let limit = 2 << 20
+        let (world, alice, dave, content) = try await relayedWorld(limit: limit)
+        defer { world.internet.remove() }
+        let start = ContinuousClock.now
+        #expect(try await dave.run("GET_FILE alice movie.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
+        let took = ContinuousClock.now - start
+        #expect(try Data(contentsOf: URL(fileURLWithPath: world.folder.file("dave/copy.bin"))) == content)
+        let seconds = Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18
+        let rate = Double(content.count) / seconds
+        #expect(abs(rate / Double(limit) - 1) < 0.1, "relayed at \(Int(rate)) bytes/s, the limit is \(limit); \(world.server.process.stderrLines.suffix(6))")
+        for client in [alice, dave] { _ = try await client.finish() }
+        await world.stop()
+    }
+
+    @Test func aRelayedTransferCutInTheMiddleLeavesNoFile() async throws {
+        let (world, alice, dave, _) = try await relayedWorld(limit: 1 << 20)
+        defer { world.internet.remove() }
+        dave.send(["GET_FILE alice movie.bin copy.bin"])
+        try await waitUntil("a chunk relayed to dave", timeout: 30) {
+            ((try? String(contentsOfFile: world.folder.file("dave/.copy.bin.p2p-partial.info"), encoding: .utf8)) ?? "")
+                .contains("\ndone 0")
+        }
+        alice.process.signal(SIGKILL)
+        try await dave.waitFor("c> GET_FILE FAIL", timeout: 60)
+        #expect(!FileManager.default.fileExists(atPath: world.folder.file("dave/copy.bin")))
+        _ = try await dave.finish()
         await world.stop()
     }
 }

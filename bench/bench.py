@@ -1233,6 +1233,109 @@ def wait_for_listen(port, timeout=10):
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def nat_benchmark(work):
+    """Users behind NAT, in the simulated internet of scripts/nat-demo.sh: the throughput of a
+    reversed and of a punched GET_FILE against a direct one through the same kind of router,
+    and how many of 100 punched downloads succeed."""
+    if os.geteuid() != 0 or not shutil.which("nft"):
+        log("NAT: skipped (needs root and nftables)")
+        return
+    prefix = f"p2pb{os.getpid() % 100000}"
+    demo = os.path.join(ROOT, "scripts", "nat-demo.sh")
+    subprocess.run([demo, "up", prefix], check=True, stdout=subprocess.DEVNULL)
+    processes = []
+
+    def inside(ns, *command, **kwargs):
+        process = subprocess.Popen(["ip", "netns", "exec", f"{prefix}-{ns}", *command], **kwargs)
+        processes.append(process)
+        return process
+
+    def client(ns, folder, user):
+        os.makedirs(folder, exist_ok=True)
+        process = inside(ns, os.path.join(BIN, "p2p-client"), "-s", "198.18.0.2", "-p", "4242", "--time-service",
+                         "http://198.18.0.2:8000", cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        for command in (f"REGISTER {user}", f"CONNECT {user}"):
+            if result(process, command) != f"c> {command.split()[0]} OK":
+                raise RuntimeError(f"{user}: {command} failed")
+        return process
+
+    def result(process, command):
+        process.stdin.write(command + "\n")
+        process.stdin.flush()
+        while True:
+            line = process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"client ended during {command!r}")
+            if line.startswith("c> "):
+                return line.strip()
+
+    try:
+        inside("srv", os.path.join(BIN, "p2p-time"), "--host", "0.0.0.0", stdout=subprocess.DEVNULL,
+               stderr=subprocess.DEVNULL)
+        inside("srv", os.path.join(BIN, "p2p-server"), "--host", "0.0.0.0", "--no-oplog", "--data-dir",
+               os.path.join(work, "nat-directory"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while not subprocess.run(["ip", "netns", "exec", f"{prefix}-srv", "ss", "-Hltn", "sport = :4242"],
+                                 capture_output=True, text=True).stdout.strip():
+            if time.time() > deadline:
+                raise RuntimeError("the directory server did not start")
+            time.sleep(0.05)
+        mib = min(FILE_MIB, 128)
+        folders = {name: os.path.join(work, f"nat-{name}") for name in ("pub", "h1", "h2")}
+        os.makedirs(folders["pub"])
+        os.makedirs(folders["h1"])
+        make_file(os.path.join(folders["pub"], "big.bin"), mib)
+        make_file(os.path.join(folders["h1"], "big.bin"), mib)
+        with open(os.path.join(folders["h1"], "small.txt"), "w") as f:
+            f.write("a small file\n")
+        public = client("pub", folders["pub"], "pub")
+        home1 = client("h1", folders["h1"], "home1")
+        home2 = client("h2", folders["h2"], "home2")
+        for process, command in ((public, "PUBLISH big.bin bench"), (home1, "PUBLISH big.bin bench"),
+                                 (home1, "PUBLISH small.txt note")):
+            if not result(process, command).endswith("OK"):
+                raise RuntimeError(command)
+        paths = {
+            # A NAT'd downloader from a public owner: the direct path, through one router as the others.
+            "direct": (home2, "pub"),
+            "reversed": (public, "home1"),
+            "punched": (home2, "home1"),
+        }
+        seconds = {name: [] for name in paths}
+        for round_ in range(3):
+            for name, (downloader, owner) in paths.items():
+                start = time.time()
+                line = result(downloader, f"GET_FILE {owner} big.bin copy-{name}-{round_}.bin")
+                if line != "c> GET_FILE OK":
+                    raise RuntimeError(f"{name}: {line}")
+                seconds[name].append(time.time() - start)
+        tries, punched = 100, 0
+        for attempt in range(tries):
+            if result(home2, f"GET_FILE home1 small.txt small-{attempt}.txt") == "c> GET_FILE OK":
+                punched += 1
+    finally:
+        for process in processes:
+            if process.stdin:
+                process.stdin.close()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        subprocess.run([demo, "down", prefix], check=False)
+    rates = {name: {"rps": mib / statistics.median(values),
+                    "note": "median of 3: " + ", ".join(f"{v:.2f} s" for v in values)} for name, values in seconds.items()}
+    rates["punched"]["note"] += f"; {punched} of {tries} punched downloads succeeded"
+    rows.append(("NAT", f"GET_FILE of {mib} MiB, direct through one NAT (MiB/s)", rates["direct"], None))
+    rows.append(("NAT", f"GET_FILE of {mib} MiB, reversed (owner behind NAT) (MiB/s)", rates["reversed"], rates["direct"]))
+    rows.append(("NAT", f"GET_FILE of {mib} MiB, punched (both behind NAT) (MiB/s)", rates["punched"], rates["direct"]))
+    log(f"NAT: direct {rates['direct']['rps']:.0f}, reversed {rates['reversed']['rps']:.0f}, "
+        f"punched {rates['punched']['rps']:.0f} MiB/s; {punched}/{tries} punches")
+
+
 def print_table():
     print()
     print("| section | measurement | throughput | p50 ms | p99 ms | errors | ratio to baseline | notes |")
@@ -1249,7 +1352,7 @@ def print_table():
 
 def main():
     only = sys.argv[1:] or ["directory", "fairness", "large", "peercheck", "web", "oplog", "time", "getfile", "share", "peers",
-                            "postgres", "copy"]
+                            "postgres", "copy", "nat"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -1277,6 +1380,8 @@ def main():
             postgres_benchmark(work)
         if "copy" in only:
             copy_benchmark(work)
+        if "nat" in only:
+            nat_benchmark(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table()

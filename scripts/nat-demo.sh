@@ -5,6 +5,8 @@
 #
 #   scripts/nat-demo.sh up [PREFIX] [symmetric]   build it (as root); prints how to use it
 #   scripts/nat-demo.sh down [PREFIX]              remove it (every namespace of PREFIX)
+#   scripts/nat-demo.sh rules [symmetric]          print a home router's nftables rules (its
+#                                                  outside interface is "wan"; the tests use them)
 #
 # Namespaces (PREFIX defaults to p2pdemo):
 #   PREFIX-srv    the directory server's host, public address 198.18.0.2
@@ -47,9 +49,13 @@ home() { # home INDEX NET: router PREFIX-rINDEX on 198.18.NET.2, host PREFIX-hIN
     in_ns "$host" ip link set eth0 up
     in_ns "$host" ip route add default via "192.168.$net.1"
     in_ns "$router" sysctl -q -w net.ipv4.ip_forward=1
+    router_rules "$symmetric" | in_ns "$router" nft -f -
+}
+
+router_rules() { # router_rules [symmetric]: NAT out of "wan", nothing in that is not an answer
     local random=""
-    if [ "$symmetric" = symmetric ]; then random=" fully-random"; fi
-    in_ns "$router" nft -f - <<EOF
+    if [ "${1:-}" = symmetric ]; then random=" fully-random"; fi
+    cat <<EOF
 table ip nat {
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
@@ -72,6 +78,9 @@ EOF
 }
 
 case "$action" in
+rules)
+    router_rules "${2:-}"
+    ;;
 up)
     [ "$(id -u)" -eq 0 ] || { echo "nat-demo: run as root" >&2; exit 1; }
     command -v nft >/dev/null || { echo "nat-demo: nft missing (./setup.sh installs nftables)" >&2; exit 1; }
@@ -97,7 +106,7 @@ down)
     for ns in $(ip netns list | awk '{print $1}' | grep "^$prefix-" || true); do ip netns del "$ns"; done
     ;;
 *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -33,6 +33,21 @@ struct NATTraversalTests {
                 extraArguments: arguments, serverHost: serverHost.address, inside: host)
         }
 
+        /// A client on a host of its own (behind a NAT of the given kind, or public when nil)
+        /// whose user is registered and connected, after it ran `then`.
+        func connectedUser(
+            _ name: String, behind nat: NAT?, then commands: [String] = []
+        ) async throws -> ClientProcess {
+            let host = try nat.map { try internet.addHomeHost(name, symmetric: $0 == .symmetric) }
+                ?? internet.addPublicHost(name)
+            let client = try self.client(name, on: host)
+            for command in ["REGISTER \(name)", "CONNECT \(name)"] + commands {
+                let line = try await client.run(command)
+                #expect(line.hasSuffix(" OK"), "\(name): \(command): \(line)")
+            }
+            return client
+        }
+
         func stop() async {
             await server.stop()
             await time.stop()
@@ -40,6 +55,8 @@ struct NATTraversalTests {
             folder.remove()
         }
     }
+
+    enum NAT { case ordinary, symmetric }
 
     static func randomFile(_ size: Int, at path: String) throws -> Data {
         var content = Data(count: size)
@@ -96,14 +113,10 @@ struct NATTraversalTests {
     @Test func aPublicDownloaderGetsAFileFromAUserBehindNATReversed() async throws {
         let world = try await World()
         defer { world.internet.remove() }
-        let alice = try world.client("alice", on: try world.internet.addHomeHost("alice"))
+        try FileManager.default.createDirectory(atPath: world.folder.file("alice"), withIntermediateDirectories: true)
         let content = try Self.randomFile(8 << 20, at: world.folder.file("alice/movie.bin"))
-        #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
-        #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
-        #expect(try await alice.run("PUBLISH movie.bin holidays") == "c> PUBLISH OK")
-        let bob = try world.client("bob", on: try world.internet.addPublicHost("bob"))
-        #expect(try await bob.run("REGISTER bob") == "c> REGISTER OK")
-        #expect(try await bob.run("CONNECT bob") == "c> CONNECT OK")
+        let alice = try await world.connectedUser("alice", behind: .ordinary, then: ["PUBLISH movie.bin holidays"])
+        let bob = try await world.connectedUser("bob", behind: nil)
 
         let before = world.internet.bytes(through: world.serverHost)
         #expect(try await bob.run("GET_FILE alice movie.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
@@ -120,14 +133,10 @@ struct NATTraversalTests {
     @Test func twoUsersBehindOrdinaryNATsPunchAConnection() async throws {
         let world = try await World()
         defer { world.internet.remove() }
-        let alice = try world.client("alice", on: try world.internet.addHomeHost("alice"))
+        try FileManager.default.createDirectory(atPath: world.folder.file("alice"), withIntermediateDirectories: true)
         let content = try Self.randomFile(8 << 20, at: world.folder.file("alice/movie.bin"))
-        #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
-        #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
-        #expect(try await alice.run("PUBLISH movie.bin holidays") == "c> PUBLISH OK")
-        let dave = try world.client("dave", on: try world.internet.addHomeHost("dave"))
-        #expect(try await dave.run("REGISTER dave") == "c> REGISTER OK")
-        #expect(try await dave.run("CONNECT dave") == "c> CONNECT OK")
+        let alice = try await world.connectedUser("alice", behind: .ordinary, then: ["PUBLISH movie.bin holidays"])
+        let dave = try await world.connectedUser("dave", behind: .ordinary)
 
         let tries = 5
         for attempt in 1...tries {
@@ -146,14 +155,10 @@ struct NATTraversalTests {
     @Test func twoUsersBehindSymmetricNATsAreToldWhyNot() async throws {
         let world = try await World()
         defer { world.internet.remove() }
-        let alice = try world.client("alice", on: try world.internet.addHomeHost("alice", symmetric: true))
+        try FileManager.default.createDirectory(atPath: world.folder.file("alice"), withIntermediateDirectories: true)
         _ = try Self.randomFile(1 << 20, at: world.folder.file("alice/movie.bin"))
-        #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
-        #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
-        #expect(try await alice.run("PUBLISH movie.bin holidays") == "c> PUBLISH OK")
-        let dave = try world.client("dave", on: try world.internet.addHomeHost("dave", symmetric: true))
-        #expect(try await dave.run("REGISTER dave") == "c> REGISTER OK")
-        #expect(try await dave.run("CONNECT dave") == "c> CONNECT OK")
+        let alice = try await world.connectedUser("alice", behind: .symmetric, then: ["PUBLISH movie.bin holidays"])
+        let dave = try await world.connectedUser("dave", behind: .symmetric)
         #expect(try await dave.run("GET_FILE alice movie.bin copy.bin", timeout: 60) == "c> GET_FILE FAIL")
         #expect(dave.process.stderrLines.contains { $0.contains("no connection punched") }, "\(dave.process.stderrLines)")
         #expect(dave.process.stderrLines.contains { $0.contains("does not relay transfers") && $0.contains("--relay-limit") })
@@ -169,15 +174,12 @@ struct NATTraversalTests {
     /// Two users behind symmetric NATs, through a server that relays at most `limit` bytes a second.
     func relayedWorld(limit: Int, size: Int = 8 << 20) async throws -> (World, ClientProcess, ClientProcess, Data) {
         let world = try await World(serverArguments: ["--relay-limit", String(limit), "--http-port", "0"])
-        let alice = try world.client("alice", on: try world.internet.addHomeHost("alice", symmetric: true))
+        try FileManager.default.createDirectory(atPath: world.folder.file("alice"), withIntermediateDirectories: true)
         let content = try Self.randomFile(size, at: world.folder.file("alice/movie.bin"))
         try Data("small".utf8).write(to: URL(fileURLWithPath: world.folder.file("alice/small.txt")))
-        for command in ["REGISTER alice", "CONNECT alice", "PUBLISH movie.bin holidays", "PUBLISH small.txt note"] {
-            #expect(try await alice.run(command).hasSuffix(" OK"), "\(command)")
-        }
-        let dave = try world.client("dave", on: try world.internet.addHomeHost("dave", symmetric: true))
-        #expect(try await dave.run("REGISTER dave") == "c> REGISTER OK")
-        #expect(try await dave.run("CONNECT dave") == "c> CONNECT OK")
+        let alice = try await world.connectedUser(
+            "alice", behind: .symmetric, then: ["PUBLISH movie.bin holidays", "PUBLISH small.txt note"])
+        let dave = try await world.connectedUser("dave", behind: .symmetric)
         // The first GET_FILE finds that no connection can be punched, and relays.
         #expect(try await dave.run("GET_FILE alice small.txt small.txt", timeout: 60) == "c> GET_FILE OK")
         #expect(dave.process.stderrLines.contains { $0.contains("relaying through the directory server") })

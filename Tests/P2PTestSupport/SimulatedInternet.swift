@@ -71,7 +71,7 @@ public final class SimulatedInternet: @unchecked Sendable {
         let namespace = prefix + "-" + name
         try addNamespace(router)
         try addNamespace(namespace)
-        let (_, wan) = try attach(router)
+        _ = try attach(router)
         let lan = attachments
         attachments += 1
         try ipTool(["link", "add", "lan", "netns", router, "type", "veth", "peer", "name", "eth0", "netns", namespace])
@@ -81,26 +81,9 @@ public final class SimulatedInternet: @unchecked Sendable {
         try ip(namespace, "ip", "link", "set", "eth0", "up")
         try ip(namespace, "ip", "route", "add", "default", "via", "192.168.\(lan).1")
         try ip(router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-        let rules = """
-            table ip nat {
-                chain postrouting {
-                    type nat hook postrouting priority srcnat; policy accept;
-                    oifname "\(wan)" masquerade\(symmetric ? " fully-random" : "")
-                }
-            }
-            table inet filter {
-                chain forward {
-                    type filter hook forward priority filter; policy accept;
-                    iifname "\(wan)" ct state established,related accept
-                    iifname "\(wan)" drop
-                }
-                chain input {
-                    type filter hook input priority filter; policy accept;
-                    iifname "\(wan)" ct state established,related accept
-                    iifname "\(wan)" drop
-                }
-            }
-            """
+        // The same router as scripts/nat-demo.sh builds by hand (its outside interface is "wan").
+        let rules = capture("/bin/bash", [packageRoot + "/scripts/nat-demo.sh", "rules"] + (symmetric ? ["symmetric"] : []))
+        guard rules.contains("masquerade") else { throw SetupError("scripts/nat-demo.sh rules printed no rules") }
         let file = NSTemporaryDirectory() + "/\(router).nft"
         try rules.write(toFile: file, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: file) }

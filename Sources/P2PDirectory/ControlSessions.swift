@@ -16,12 +16,19 @@ public struct ControlSettings: Sendable {
     public var maxSessions: Int
     /// How long the one reachability check at the start may take.
     public var reachabilityTimeout: Duration
+    /// Seconds for which a server's record that it holds a user's control connection keeps
+    /// the other servers' peer checks away (renewed every third of it): a server that dies
+    /// leaves its users to the others' checks after at most this long.
+    public var lease: TimeInterval
 
-    public init(keepalive: TimeAmount = .seconds(2), maxSessions: Int = 100_000, reachabilityTimeout: Duration = .seconds(2))
-    {
+    public init(
+        keepalive: TimeAmount = .seconds(2), maxSessions: Int = 100_000, reachabilityTimeout: Duration = .seconds(2),
+        lease: TimeInterval = 15
+    ) {
         self.keepalive = keepalive
         self.maxSessions = maxSessions
         self.reachabilityTimeout = reachabilityTimeout
+        self.lease = lease
     }
 }
 
@@ -127,7 +134,33 @@ public final class ControlSessions: Sendable {
         }
         previous?.channel.close(promise: nil)
         checkReachability(id: id, user: user, ip: ip, port: port, channel: channel)
+        let store = self.store
+        let lease = settings.lease
+        Task { try? await store.holdControl([ConnectedUser(name: user, ip: ip, port: port)], until: Date() + lease) }
         return id
+    }
+
+    /// Renews, every third of ``ControlSettings/lease``, the store's record that this server
+    /// holds its users' control connections (for the peer checks of the other servers sharing
+    /// the directory), until cancelled.
+    public func renewLeases() async {
+        let lease = settings.lease
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: .seconds(lease / 3))
+            } catch {
+                return
+            }
+            let users = state.withLock { state in
+                state.sessions.values.map { ConnectedUser(name: $0.user, ip: $0.ip, port: $0.port) }
+            }
+            guard !users.isEmpty else { continue }
+            do {
+                try await store.holdControl(users, until: Date() + lease)
+            } catch {
+                logger.warning("cannot renew the control connections' leases: \(error)")
+            }
+        }
     }
 
     /// The connection of session `id` ended: the user goes offline, as if its peer had failed its

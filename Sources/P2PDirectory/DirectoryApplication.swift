@@ -93,6 +93,8 @@ public final class DirectoryApplication: Service, Sendable {
             if let peerChecker {
                 group.addTask { try? await peerChecker.run() }
             }
+            let controls = self.controls
+            group.addTask { await controls.renewLeases() }
             let served: Result<Void, any Error>
             do {
                 try await server.run()

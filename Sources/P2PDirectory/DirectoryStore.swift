@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import P2PProtocol
 
@@ -61,6 +62,16 @@ public protocol DirectoryStore: Sendable {
     /// control connection, which belongs to a connected user and its address).
     func presence(of user: String) async throws -> Presence
 
+    /// Records that these connected users' control connections are open on this server until
+    /// `until`: the peer checks of every server sharing the directory leave them alone until then
+    /// (the holder renews it while they stay open). Has a default that records nothing, for a
+    /// store only one server uses (that server knows its own control connections).
+    func holdControl(_ users: [ConnectedUser], until: Date) async throws
+
+    /// The connected users the peer checks should try: those that no server holds a control
+    /// connection for (``holdControl(_:until:)``). Has a default: every connected user.
+    func usersToCheck() async throws -> [ConnectedUser]
+
     /// How many users, connected users and files there are (for the web page).
     func overview() async throws -> DirectoryOverview
 
@@ -98,6 +109,12 @@ public struct DirectoryOverview: Sendable, Hashable {
 }
 
 extension DirectoryStore {
+    public func holdControl(_ users: [ConnectedUser], until: Date) async throws {}
+
+    public func usersToCheck() async throws -> [ConnectedUser] {
+        try await connectedUsers()
+    }
+
     /// Runs the async form in a task.
     public func apply(
         _ changes: [DirectoryChange], completion: @escaping @Sendable ([P2PProtocol.ResultCode]) -> Void

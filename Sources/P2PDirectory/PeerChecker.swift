@@ -112,7 +112,7 @@ public final class PeerChecker: Service, Sendable {
     public func round(failures: inout [ConnectedUser: Int]) async -> Round {
         var users: [ConnectedUser]
         do {
-            users = try await store.connectedUsers()
+            users = try await store.usersToCheck()
             if let controls, controls.count > 0 { users.removeAll { controls.holds($0) } }
         } catch {
             logger.warning("peer check: cannot read the connected users: \(error)")

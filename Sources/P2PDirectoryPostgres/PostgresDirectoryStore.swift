@@ -173,7 +173,15 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 """,
                 "CREATE INDEX directory_file_word_file ON directory_file_word (file_id)",
             ]
-        )
+        ),
+        (
+            2, "control connection leases",
+            [
+                // Until when a server holds the user's control connection: the peer checks of
+                // every server leave the user alone until then (NULL: nobody holds it).
+                "ALTER TABLE directory_user ADD COLUMN control_until TIMESTAMPTZ"
+            ]
+        ),
     ]
 
     /// Applies the migrations this database has not had. Several servers starting at once
@@ -592,6 +600,30 @@ public final class PostgresDirectoryStore: DirectoryStore {
 
     public func connectedUsers() async throws -> [ConnectedUser] {
         try await serverRead { connection in try await self.connectedUsers(connection) }
+    }
+
+    public func holdControl(_ users: [ConnectedUser], until: Date) async throws {
+        let names = users.map(\.name)
+        try await serverRead { connection in
+            try await connection.query(
+                "UPDATE directory_user SET control_until = \(until) WHERE name = ANY(\(names)) AND ip IS NOT NULL",
+                logger: self.logger)
+        }
+    }
+
+    public func usersToCheck() async throws -> [ConnectedUser] {
+        try await serverRead { connection in
+            let rows = try await connection.query(
+                """
+                SELECT name, ip, port FROM directory_user
+                WHERE ip IS NOT NULL AND (control_until IS NULL OR control_until < now()) ORDER BY name
+                """, logger: self.logger)
+            var users: [ConnectedUser] = []
+            for try await (name, ip, port) in rows.decode((String, String, String).self) {
+                users.append(ConnectedUser(name: name, ip: ip, port: port))
+            }
+            return users
+        }
     }
 
     public func presence(of user: String) async throws -> Presence {

@@ -96,6 +96,48 @@ import Testing
         await system.stop()
     }
 
+    /// Two servers on one PostgreSQL, each checking peers: the server that does not hold an
+    /// unreachable user's control connection leaves it alone too (the holder's lease is in the
+    /// database), while a user without one is expired as before.
+    @Test func serversSharingADirectoryLeaveAnotherServersControlledUserAlone() async throws {
+        let database = try await PostgresServer.shared().newDatabase()
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let time = try await TimeProcess()
+        let arguments = [
+            "--no-oplog", "--peer-check-interval", "0.3", "--peer-check-failures", "2", "--store",
+            database.connectionString,
+        ]
+        let holder = try await ServerProcess(dataDirectory: folder.file("a"), arguments: arguments)
+        let other = try await ServerProcess(dataDirectory: folder.file("b"), arguments: arguments)
+        func client(_ name: String, server: ServerProcess, _ extra: [String]) throws -> ClientProcess {
+            try FileManager.default.createDirectory(atPath: folder.file(name), withIntermediateDirectories: true)
+            return try ClientProcess(
+                serverPort: server.port, timeURL: time.url, directory: folder.file(name), extraArguments: extra)
+        }
+        let alice = try client("alice", server: holder, ["--peer-host", "127.0.0.5"])
+        #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
+        #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
+        let carol = try client("carol", server: holder, ["--peer-host", "127.0.0.5", "--no-control-connection"])
+        #expect(try await carol.run("REGISTER carol") == "c> REGISTER OK")
+        #expect(try await carol.run("CONNECT carol") == "c> CONNECT OK")
+        let watcher = try client("watcher", server: other, [])
+        #expect(try await watcher.run("REGISTER watcher") == "c> REGISTER OK")
+        #expect(try await watcher.run("CONNECT watcher") == "c> CONNECT OK")
+        try await waitUntil("carol expired") {
+            (holder.process.stdoutLines + other.process.stdoutLines).contains { $0.hasPrefix("s> EXPIRE carol") }
+        }
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .seconds(6) {
+            #expect(try await Self.lists(watcher, "alice"), "alice dropped out of LIST_USERS")
+        }
+        #expect(!(holder.process.stdoutLines + other.process.stdoutLines).contains { $0.hasPrefix("s> EXPIRE alice") })
+        for client in [alice, carol, watcher] { _ = try await client.finish() }
+        await holder.stop()
+        await other.stop()
+        await time.stop()
+    }
+
     @Test func aReachableDownloaderGetsTheFileOfAnUnreachableOwnerReversed() async throws {
         let system = try await System(serverArguments: ["--no-oplog"])
         let alice = try system.client("alice", behindNAT: true)

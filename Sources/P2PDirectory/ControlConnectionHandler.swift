@@ -85,8 +85,12 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
                 ControlSessions.send(.whoReply(id: id, route: route), on: channel)
             }
         case .reverseRequest(let id, let owner):
-            let (code, token) = sessions.reverse(requester: user, owner: owner)
-            ControlSessions.send(.reverseReply(id: id, code: code, token: token), on: channel)
+            let sessions = self.sessions
+            let user = self.user
+            Task {
+                let (code, token) = await sessions.reverse(requester: user, owner: owner)
+                ControlSessions.send(.reverseReply(id: id, code: code, token: token), on: channel)
+            }
         case .punchRequest(let id, let owner):
             let (code, token) = sessions.punch(requester: user, owner: owner)
             ControlSessions.send(.punchReply(id: id, code: code, token: token), on: channel)

@@ -193,23 +193,57 @@ public final class ControlSessions: Sendable {
         }
     }
 
-    /// How `user` can be reached (`WHO`).
+    /// How `user` can be reached (`WHO`). A user whose control connection is on another server
+    /// sharing the directory is said to be unreachable: a reversed connection reaches it
+    /// whether or not it could be reached directly.
     func route(of user: String) async -> PeerRoute {
         if let route = state.withLock({ $0.sessions[user]?.route }) { return route }
         guard case .online? = try? await store.presence(of: user) else { return .offline }
+        if (try? await store.isControlHeld(user)) == true { return .unreachable }
         return .direct
     }
 
-    /// `REVERSE`: asks `owner` over its control connection to connect to `requester`'s listening
-    /// port with a fresh token, and returns the code and the token.
-    func reverse(requester: String, owner: String) -> (code: Int, token: String) {
+    /// `REVERSE`: asks `owner` over its control connection (here, or through the store on the
+    /// server that holds it) to connect to `requester`'s listening port with a fresh token, and
+    /// returns the code and the token.
+    func reverse(requester: String, owner: String) async -> (code: Int, token: String) {
         let (from, to) = state.withLock { ($0.sessions[requester], $0.sessions[owner]) }
-        guard let to else { return (1, "") }
         guard let from, from.route == .reachable else { return (2, "") }
         let token = ControlMessage.makeToken()
-        Self.send(.dial(token: token, host: from.ip, port: from.port), on: to.channel)
+        let dial = ControlMessage.dial(token: token, host: from.ip, port: from.port)
+        if let to {
+            Self.send(dial, on: to.channel)
+        } else {
+            guard (try? await store.isControlHeld(owner)) == true else { return (1, "") }
+            do {
+                try await store.forwardControl(dial.fields, to: owner)
+            } catch {
+                logger.warning("REVERSE: cannot pass the request on to \(owner)'s server: \(error)")
+                return (1, "")
+            }
+        }
         logger.info("REVERSE: \(owner) asked to connect to \(requester) at \(from.ip):\(from.port)")
         return (0, token)
+    }
+
+    /// Delivers the control messages other servers forward to users whose control connection
+    /// is here, until cancelled.
+    public func receiveForwarded() async {
+        while !Task.isCancelled {
+            do {
+                try await store.receiveForwardedControl { user, fields in
+                    guard let message = try? ControlMessage(fields: fields),
+                        let channel = self.state.withLock({ $0.sessions[user]?.channel })
+                    else { return }
+                    Self.send(message, on: channel)
+                }
+                return
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("cannot receive the control messages other servers pass on: \(error); again in 1 s")
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
     }
 
     /// `PUNCH`: both `requester` and `owner` are behind NATs. Tells the owner to take part

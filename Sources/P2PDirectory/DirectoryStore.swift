@@ -72,6 +72,19 @@ public protocol DirectoryStore: Sendable {
     /// connection for (``holdControl(_:until:)``). Has a default: every connected user.
     func usersToCheck() async throws -> [ConnectedUser]
 
+    /// Whether some server sharing the directory holds `user`'s control connection now (its
+    /// lease has not run out). Has a default: false.
+    func isControlHeld(_ user: String) async throws -> Bool
+
+    /// Passes a control message (its fields, ``ControlMessage/fields``) to whichever server
+    /// sharing the directory holds `user`'s control connection. Has a default that passes
+    /// nothing (a store only one server uses).
+    func forwardControl(_ fields: [String], to user: String) async throws
+
+    /// Runs `deliver` with each control message another server forwarded (the user it is for,
+    /// its fields), until cancelled. Has a default that returns at once.
+    func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws
+
     /// How many users, connected users and files there are (for the web page).
     func overview() async throws -> DirectoryOverview
 
@@ -114,6 +127,12 @@ extension DirectoryStore {
     public func usersToCheck() async throws -> [ConnectedUser] {
         try await connectedUsers()
     }
+
+    public func isControlHeld(_ user: String) async throws -> Bool { false }
+
+    public func forwardControl(_ fields: [String], to user: String) async throws {}
+
+    public func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws {}
 
     /// Runs the async form in a task.
     public func apply(

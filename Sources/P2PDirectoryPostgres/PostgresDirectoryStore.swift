@@ -611,6 +611,40 @@ public final class PostgresDirectoryStore: DirectoryStore {
         }
     }
 
+    public func isControlHeld(_ user: String) async throws -> Bool {
+        try await serverRead { connection in
+            let rows = try await connection.query(
+                "SELECT control_until > now() FROM directory_user WHERE name = \(user) AND ip IS NOT NULL",
+                logger: self.logger)
+            for try await held in rows.decode(Bool?.self) { return held ?? false }
+            return false
+        }
+    }
+
+    /// The channel on which the servers sharing this database pass control messages on.
+    static let controlChannel = "p2p_control"
+
+    public func forwardControl(_ fields: [String], to user: String) async throws {
+        let payload = String(decoding: try JSONEncoder().encode([user] + fields), as: UTF8.self)
+        try await serverRead { connection in
+            try await connection.query("SELECT pg_notify(\(Self.controlChannel), \(payload))", logger: self.logger)
+        }
+    }
+
+    public func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws {
+        guard !isClosed else { throw PostgresStoreError.closed }
+        try await client.withConnection { connection in
+            try await connection.listen(on: Self.controlChannel) { notifications in
+                for try await notification in notifications {
+                    guard let fields = try? JSONDecoder().decode([String].self, from: Data(notification.payload.utf8)),
+                        let user = fields.first
+                    else { continue }
+                    deliver(user, Array(fields.dropFirst()))
+                }
+            }
+        }
+    }
+
     public func usersToCheck() async throws -> [ConnectedUser] {
         try await serverRead { connection in
             let rows = try await connection.query(

@@ -82,7 +82,8 @@ public enum ControlMessage: Sendable, Hashable {
     /// with it, then connect to the address it answers), present the token and serve.
     case meet(token: String)
 
-    var fields: [String] {
+    /// The message's fields, its name first (as on the wire).
+    public var fields: [String] {
         switch self {
         case .ping: return ["PING"]
         case .keepalive(let milliseconds): return ["KEEPALIVE", String(milliseconds)]
@@ -106,6 +107,15 @@ public enum ControlMessage: Sendable, Hashable {
         "PING": 0, "KEEPALIVE": 1, "REACHABLE": 1, "WHO": 2, "WHO_IS": 2, "REVERSE": 2, "REVERSING": 3, "DIAL": 3,
         "PUNCH": 2, "PUNCHING": 3, "MEET": 1, "RELAY": 2, "RELAYING": 3, "RELAY_TO": 1,
     ]
+
+    /// The message of `fields` (its name first), as read from the wire.
+    public init(fields: [String]) throws(ProtocolError) {
+        guard let name = fields.first, let count = Self.argumentCounts[name] else {
+            throw .unknownOperation(fields.first ?? "")
+        }
+        guard fields.count == count + 1 else { throw .truncated(operation: name, fieldsReceived: fields.count) }
+        try self.init(name: name, arguments: Array(fields.dropFirst()))
+    }
 
     init(name: String, arguments a: [String]) throws(ProtocolError) {
         switch name {

@@ -138,6 +138,40 @@ import Testing
         await time.stop()
     }
 
+    /// Two servers on one PostgreSQL: a downloader on one gets the file of an unreachable owner
+    /// whose control connection is on the other (the request to connect back goes through the
+    /// database).
+    @Test func aReversedConnectionReachesAnOwnerOnAnotherServer() async throws {
+        let database = try await PostgresServer.shared().newDatabase()
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let time = try await TimeProcess()
+        let arguments = ["--no-oplog", "--store", database.connectionString]
+        let first = try await ServerProcess(dataDirectory: folder.file("a"), arguments: arguments)
+        let second = try await ServerProcess(dataDirectory: folder.file("b"), arguments: arguments)
+        for name in ["alice", "bob"] {
+            try FileManager.default.createDirectory(atPath: folder.file(name), withIntermediateDirectories: true)
+        }
+        let content = Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        try content.write(to: URL(fileURLWithPath: folder.file("alice/notes.bin")))
+        let alice = try ClientProcess(
+            serverPort: first.port, timeURL: time.url, directory: folder.file("alice"),
+            extraArguments: ["--peer-host", "127.0.0.5"])
+        for command in ["REGISTER alice", "CONNECT alice", "PUBLISH notes.bin notes"] {
+            #expect(try await alice.run(command).hasSuffix(" OK"), "\(command)")
+        }
+        let bob = try ClientProcess(serverPort: second.port, timeURL: time.url, directory: folder.file("bob"))
+        #expect(try await bob.run("REGISTER bob") == "c> REGISTER OK")
+        #expect(try await bob.run("CONNECT bob") == "c> CONNECT OK")
+        #expect(try await bob.run("GET_FILE alice notes.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: folder.file("bob/copy.bin"))) == content)
+        #expect(bob.process.stderrLines.contains { $0.contains("reversed connection") }, "\(bob.process.stderrLines)")
+        for client in [alice, bob] { _ = try await client.finish() }
+        await first.stop()
+        await second.stop()
+        await time.stop()
+    }
+
     @Test func aReachableDownloaderGetsTheFileOfAnUnreachableOwnerReversed() async throws {
         let system = try await System(serverArguments: ["--no-oplog"])
         let alice = try system.client("alice", behindNAT: true)

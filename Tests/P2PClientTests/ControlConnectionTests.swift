@@ -36,6 +36,22 @@ import Testing
         }
     }
 
+    /// LIST_USERS typed at `watcher` lists `user` again and again for `window`; then, once
+    /// `client` is killed with SIGKILL, it stops listing it within 5 s.
+    static func staysListedThenLeavesWhenKilled(
+        _ client: ClientProcess, _ user: String, for window: Duration, askingWith watcher: ClientProcess
+    ) async throws {
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < window {
+            #expect(try await lists(watcher, user), "\(user) dropped out of LIST_USERS")
+        }
+        client.process.signal(SIGKILL)
+        _ = try await client.process.waitForExit()
+        let killed = ContinuousClock.now
+        try await waitUntil("\(user) gone from LIST_USERS", timeout: 5) { try await !lists(watcher, user) }
+        #expect(ContinuousClock.now - killed < .seconds(5))
+    }
+
     /// Whether LIST_USERS, typed at `client`, lists `user`.
     static func lists(_ client: ClientProcess, _ user: String) async throws -> Bool {
         let before = client.process.stdoutLines.count
@@ -72,19 +88,9 @@ import Testing
         try await waitUntil("carol expired") {
             system.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE carol") }
         }
-        let start = ContinuousClock.now
-        while ContinuousClock.now - start < .seconds(6) {
-            #expect(try await Self.lists(watcher, "alice"), "alice dropped out of LIST_USERS")
-        }
-        #expect(!system.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE alice") })
-
         // Killed: its control connection ends with it, and so does its listing.
-        alice.process.signal(SIGKILL)
-        _ = try await alice.process.waitForExit()
-        let killed = ContinuousClock.now
-        try await waitUntil("alice gone from LIST_USERS", timeout: 5) { try await !Self.lists(watcher, "alice") }
-        let took = ContinuousClock.now - killed
-        #expect(took < .seconds(5))
+        try await Self.staysListedThenLeavesWhenKilled(alice, "alice", for: .seconds(6), askingWith: watcher)
+        #expect(!system.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE alice: its peer") })
         #expect(system.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE alice: its control connection") })
 
         // A user that said DISCONNECT is not "expired" when its client then closes the connection.

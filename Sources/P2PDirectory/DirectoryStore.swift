@@ -68,9 +68,13 @@ public protocol DirectoryStore: Sendable {
     /// store only one server uses (that server knows its own control connections).
     func holdControl(_ users: [ConnectedUser], until: Date) async throws
 
-    /// The connected users the peer checks should try: those that no server holds a control
-    /// connection for (``holdControl(_:until:)``). Has a default: every connected user.
-    func usersToCheck() async throws -> [ConnectedUser]
+    /// The connected users this server's peer checks should try this round: those no server
+    /// holds a control connection for (``holdControl(_:until:)``) and no other server has
+    /// claimed for its own checks. The users returned are claimed for `checker` for `lease`
+    /// seconds (a server keeps claiming its own, so each user is checked by one server per
+    /// round, and the failures in a row are counted by that one). Has a default: every
+    /// connected user (a store only one server uses).
+    func usersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser]
 
     /// Whether some server sharing the directory holds `user`'s control connection now (its
     /// lease has not run out). Has a default: false.
@@ -124,7 +128,7 @@ public struct DirectoryOverview: Sendable, Hashable {
 extension DirectoryStore {
     public func holdControl(_ users: [ConnectedUser], until: Date) async throws {}
 
-    public func usersToCheck() async throws -> [ConnectedUser] {
+    public func usersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser] {
         try await connectedUsers()
     }
 

@@ -55,6 +55,15 @@ public final class PeerChecker: Service, Sendable {
     private let controls: ControlSessions?
     private let console: @Sendable (String) -> Void
     private let logger: Logger
+    /// Names this server's claims on the users it checks (several servers sharing a directory).
+    private let checkerID = UUID().uuidString
+    /// Two rounds and a check's time: a server that dies leaves its users to the others by then.
+    private var leaseSeconds: TimeInterval {
+        let interval = settings.interval.components
+        let timeout = settings.timeout.components
+        return 2 * (Double(interval.seconds) + Double(interval.attoseconds) / 1e18) + Double(timeout.seconds)
+            + Double(timeout.attoseconds) / 1e18
+    }
 
     public init(
         store: any DirectoryStore,
@@ -112,7 +121,7 @@ public final class PeerChecker: Service, Sendable {
     public func round(failures: inout [ConnectedUser: Int]) async -> Round {
         var users: [ConnectedUser]
         do {
-            users = try await store.usersToCheck()
+            users = try await store.usersToCheck(checker: checkerID, lease: leaseSeconds)
             if let controls, controls.count > 0 { users.removeAll { controls.holds($0) } }
         } catch {
             logger.warning("peer check: cannot read the connected users: \(error)")

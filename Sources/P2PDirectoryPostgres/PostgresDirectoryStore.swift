@@ -182,6 +182,14 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 "ALTER TABLE directory_user ADD COLUMN control_until TIMESTAMPTZ"
             ]
         ),
+        (
+            3, "peer check claims",
+            [
+                // Which server checks the user's peer, until when: each connected user is
+                // checked by one of the servers sharing the directory.
+                "ALTER TABLE directory_user ADD COLUMN check_by TEXT, ADD COLUMN check_until TIMESTAMPTZ"
+            ]
+        ),
     ]
 
     /// Applies the migrations this database has not had. Several servers starting at once
@@ -645,18 +653,24 @@ public final class PostgresDirectoryStore: DirectoryStore {
         }
     }
 
-    public func usersToCheck() async throws -> [ConnectedUser] {
+    public func usersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser] {
         try await serverRead { connection in
+            // Rows another server is claiming right now are skipped, not waited for.
             let rows = try await connection.query(
                 """
-                SELECT name, ip, port FROM directory_user
-                WHERE ip IS NOT NULL AND (control_until IS NULL OR control_until < now()) ORDER BY name
+                UPDATE directory_user SET check_by = \(checker), check_until = now() + make_interval(secs => \(lease))
+                WHERE name IN (
+                    SELECT name FROM directory_user
+                    WHERE ip IS NOT NULL AND (control_until IS NULL OR control_until < now())
+                        AND (check_by = \(checker) OR check_until IS NULL OR check_until < now())
+                    FOR UPDATE SKIP LOCKED)
+                RETURNING name, ip, port
                 """, logger: self.logger)
             var users: [ConnectedUser] = []
-            for try await (name, ip, port) in rows.decode((String, String, String).self) {
-                users.append(ConnectedUser(name: name, ip: ip, port: port))
+            for try await (name, ip, port) in rows.decode((String, String?, String?).self) {
+                if let ip, let port { users.append(ConnectedUser(name: name, ip: ip, port: port)) }
             }
-            return users
+            return users.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
         }
     }
 

@@ -35,6 +35,32 @@ import Testing
             Request(dateTime: "26/11/2026 10:00:00", command: command), to: address, from: sourceAddress)
     }
 
+    /// Three servers checking peers every 0.5 s share the work: each connected user is checked
+    /// by one of them per round (claimed in the database), so a peer sees about one check per
+    /// round, not three.
+    @Test func threeServersCheckEachPeerOncePerRound() async throws {
+        let peer = try FragilePeer()
+        defer { peer.stop() }
+        let (_, servers, folder) = try await Self.servers(3, extraArguments: ["--peer-check-interval", "0.5"])
+        defer { folder.remove() }
+        let users = 10
+        for index in 0..<users {
+            #expect(try await Self.send(.register(user: "u\(index)"), to: servers[index % 3].port) == .status(0))
+            #expect(
+                try await Self.send(.connect(user: "u\(index)", port: String(peer.port)), to: servers[index % 3].port)
+                    == .status(0))
+        }
+        let checks = { peer.seen.requests.filter { $0 == ReservedFileName.peerCheck }.count }
+        try await waitUntil("the first checks") { checks() >= users }
+        let start = ContinuousClock.now
+        let counted = checks()
+        // Sixty checks: six rounds when shared, two when every server checks everybody.
+        try await waitUntil("60 more checks", timeout: 30) { checks() >= counted + 60 }
+        let took = ContinuousClock.now - start
+        #expect(took > .seconds(2), "60 checks of \(users) peers came in \(took): several servers check the same peers")
+        for server in servers { await server.stop() }
+    }
+
     @Test func aChangeAnsweredByOneIsSeenByTheNextRequestToAnother() async throws {
         let (_, servers, folder) = try await Self.servers(3)
         defer { folder.remove() }

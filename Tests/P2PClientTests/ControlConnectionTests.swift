@@ -36,6 +36,30 @@ import Testing
         }
     }
 
+    /// Runs `body` with `count` servers on `arguments` and a time service, stopping them all
+    /// afterwards, also when `body` throws.
+    static func withServers(
+        _ count: Int, arguments: [String], in folder: TemporaryDirectory,
+        _ body: ([ServerProcess], TimeProcess) async throws -> Void
+    ) async throws {
+        let time = try await TimeProcess()
+        var servers: [ServerProcess] = []
+        func stopAll() async {
+            for server in servers { await server.stop() }
+            await time.stop()
+        }
+        do {
+            for index in 0..<count {
+                servers.append(try await ServerProcess(dataDirectory: folder.file("server-\(index)"), arguments: arguments))
+            }
+            try await body(servers, time)
+        } catch {
+            await stopAll()
+            throw error
+        }
+        await stopAll()
+    }
+
     /// LIST_USERS typed at `watcher` lists `user` again and again for `window`; then, once
     /// `client` is killed with SIGKILL, it stops listing it within 5 s.
     static func staysListedThenLeavesWhenKilled(
@@ -109,39 +133,36 @@ import Testing
         let database = try await PostgresServer.shared().newDatabase()
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
-        let time = try await TimeProcess()
         let arguments = [
             "--no-oplog", "--peer-check-interval", "0.3", "--peer-check-failures", "2", "--store",
             database.connectionString,
         ]
-        let holder = try await ServerProcess(dataDirectory: folder.file("a"), arguments: arguments)
-        let other = try await ServerProcess(dataDirectory: folder.file("b"), arguments: arguments)
-        func client(_ name: String, server: ServerProcess, _ extra: [String]) throws -> ClientProcess {
-            try FileManager.default.createDirectory(atPath: folder.file(name), withIntermediateDirectories: true)
-            return try ClientProcess(
-                serverPort: server.port, timeURL: time.url, directory: folder.file(name), extraArguments: extra)
+        try await Self.withServers(2, arguments: arguments, in: folder) { servers, time in
+            let (holder, other) = (servers[0], servers[1])
+            func client(_ name: String, server: ServerProcess, _ extra: [String]) throws -> ClientProcess {
+                try FileManager.default.createDirectory(atPath: folder.file(name), withIntermediateDirectories: true)
+                return try ClientProcess(
+                    serverPort: server.port, timeURL: time.url, directory: folder.file(name), extraArguments: extra)
+            }
+            let alice = try client("alice", server: holder, ["--peer-host", "127.0.0.5"])
+            #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
+            #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
+            let carol = try client("carol", server: holder, ["--peer-host", "127.0.0.5", "--no-control-connection"])
+            #expect(try await carol.run("REGISTER carol") == "c> REGISTER OK")
+            #expect(try await carol.run("CONNECT carol") == "c> CONNECT OK")
+            let watcher = try client("watcher", server: other, [])
+            #expect(try await watcher.run("REGISTER watcher") == "c> REGISTER OK")
+            #expect(try await watcher.run("CONNECT watcher") == "c> CONNECT OK")
+            try await waitUntil("carol expired") {
+                (holder.process.stdoutLines + other.process.stdoutLines).contains { $0.hasPrefix("s> EXPIRE carol") }
+            }
+            let start = ContinuousClock.now
+            while ContinuousClock.now - start < .seconds(6) {
+                #expect(try await Self.lists(watcher, "alice"), "alice dropped out of LIST_USERS")
+            }
+            #expect(!(holder.process.stdoutLines + other.process.stdoutLines).contains { $0.hasPrefix("s> EXPIRE alice") })
+            for client in [alice, carol, watcher] { _ = try await client.finish() }
         }
-        let alice = try client("alice", server: holder, ["--peer-host", "127.0.0.5"])
-        #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
-        #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
-        let carol = try client("carol", server: holder, ["--peer-host", "127.0.0.5", "--no-control-connection"])
-        #expect(try await carol.run("REGISTER carol") == "c> REGISTER OK")
-        #expect(try await carol.run("CONNECT carol") == "c> CONNECT OK")
-        let watcher = try client("watcher", server: other, [])
-        #expect(try await watcher.run("REGISTER watcher") == "c> REGISTER OK")
-        #expect(try await watcher.run("CONNECT watcher") == "c> CONNECT OK")
-        try await waitUntil("carol expired") {
-            (holder.process.stdoutLines + other.process.stdoutLines).contains { $0.hasPrefix("s> EXPIRE carol") }
-        }
-        let start = ContinuousClock.now
-        while ContinuousClock.now - start < .seconds(6) {
-            #expect(try await Self.lists(watcher, "alice"), "alice dropped out of LIST_USERS")
-        }
-        #expect(!(holder.process.stdoutLines + other.process.stdoutLines).contains { $0.hasPrefix("s> EXPIRE alice") })
-        for client in [alice, carol, watcher] { _ = try await client.finish() }
-        await holder.stop()
-        await other.stop()
-        await time.stop()
     }
 
     /// Two servers on one PostgreSQL: a downloader on one gets the file of an unreachable owner
@@ -151,31 +172,27 @@ import Testing
         let database = try await PostgresServer.shared().newDatabase()
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
-        let time = try await TimeProcess()
-        let arguments = ["--no-oplog", "--store", database.connectionString]
-        let first = try await ServerProcess(dataDirectory: folder.file("a"), arguments: arguments)
-        let second = try await ServerProcess(dataDirectory: folder.file("b"), arguments: arguments)
         for name in ["alice", "bob"] {
             try FileManager.default.createDirectory(atPath: folder.file(name), withIntermediateDirectories: true)
         }
         let content = Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
         try content.write(to: URL(fileURLWithPath: folder.file("alice/notes.bin")))
-        let alice = try ClientProcess(
-            serverPort: first.port, timeURL: time.url, directory: folder.file("alice"),
-            extraArguments: ["--peer-host", "127.0.0.5"])
-        for command in ["REGISTER alice", "CONNECT alice", "PUBLISH notes.bin notes"] {
-            #expect(try await alice.run(command).hasSuffix(" OK"), "\(command)")
+        try await Self.withServers(2, arguments: ["--no-oplog", "--store", database.connectionString], in: folder) {
+            servers, time in
+            let alice = try ClientProcess(
+                serverPort: servers[0].port, timeURL: time.url, directory: folder.file("alice"),
+                extraArguments: ["--peer-host", "127.0.0.5"])
+            for command in ["REGISTER alice", "CONNECT alice", "PUBLISH notes.bin notes"] {
+                #expect(try await alice.run(command).hasSuffix(" OK"), "\(command)")
+            }
+            let bob = try ClientProcess(serverPort: servers[1].port, timeURL: time.url, directory: folder.file("bob"))
+            #expect(try await bob.run("REGISTER bob") == "c> REGISTER OK")
+            #expect(try await bob.run("CONNECT bob") == "c> CONNECT OK")
+            #expect(try await bob.run("GET_FILE alice notes.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: folder.file("bob/copy.bin"))) == content)
+            #expect(bob.process.stderrLines.contains { $0.contains("reversed connection") }, "\(bob.process.stderrLines)")
+            for client in [alice, bob] { _ = try await client.finish() }
         }
-        let bob = try ClientProcess(serverPort: second.port, timeURL: time.url, directory: folder.file("bob"))
-        #expect(try await bob.run("REGISTER bob") == "c> REGISTER OK")
-        #expect(try await bob.run("CONNECT bob") == "c> CONNECT OK")
-        #expect(try await bob.run("GET_FILE alice notes.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
-        #expect(try Data(contentsOf: URL(fileURLWithPath: folder.file("bob/copy.bin"))) == content)
-        #expect(bob.process.stderrLines.contains { $0.contains("reversed connection") }, "\(bob.process.stderrLines)")
-        for client in [alice, bob] { _ = try await client.finish() }
-        await first.stop()
-        await second.stop()
-        await time.stop()
     }
 
     @Test func aReachableDownloaderGetsTheFileOfAnUnreachableOwnerReversed() async throws {

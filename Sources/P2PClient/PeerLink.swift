@@ -210,11 +210,7 @@ enum PeerConnection {
             throw DownloadError.unreachable("\(source.owner) did not connect back within 10 s")
         }
         defer { handed.done() }
-        let channel = handed.channel
-        try await channel.eventLoop.submit {
-            try channel.pipeline.syncOperations.addHandlers(
-                IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler(), position: .first)
-        }.get()
+        try await addReadTimeout(idleTimeout, to: handed.channel)
         return try await body(PeerLink(inbound: handed.link, outbound: handed.outbound))
     }
 
@@ -246,10 +242,7 @@ enum PeerConnection {
         } else {
             throw DownloadError.unreachable(punch.failure ?? "no connection could be punched")
         }
-        try await channel.channel.eventLoop.submit {
-            try channel.channel.pipeline.syncOperations.addHandlers(
-                IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler(), position: .first)
-        }.get()
+        try await addReadTimeout(idleTimeout, to: channel.channel)
         return try await channel.executeThenClose { inbound, outbound in
             let link = PeerLink(inbound: PeerLink.Inbound(inbound.makeAsyncIterator()), outbound: outbound)
             if relayed {
@@ -270,5 +263,14 @@ enum PeerConnection {
             }
             return try await body(link)
         }
+    }
+
+    /// The downloader's idle timeout on a connection it did not open itself (a reversed,
+    /// punched or relayed one), as ``open(_:_:idleTimeout:)`` gives the ones it opens.
+    private static func addReadTimeout(_ idleTimeout: TimeAmount, to channel: any Channel) async throws {
+        try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.addHandlers(
+                IdleStateHandler(readTimeout: idleTimeout), ReadTimeoutHandler(), position: .first)
+        }.get()
     }
 }

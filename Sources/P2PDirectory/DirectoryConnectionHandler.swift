@@ -205,6 +205,14 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         }
     }
 
+    /// Records that an extension request (`CONTROL`, `RENDEZVOUS`, `RELAY`) was answered `code`
+    /// (operation log, metrics); whether the connection is still there to be answered.
+    private func answered(_ request: Request, code: ResultCode, since start: NIODeadline) -> Bool {
+        handler.served(request, code: code)
+        metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
+        return machine.replyReady()
+    }
+
     /// `CONTROL`: once ``ControlSessions`` admits it, the reply 0 and the connection becomes the
     /// user's control connection (a ``ControlConnectionHandler`` takes this handler's place,
     /// which gives the connection's request slot back: a control connection is counted by
@@ -229,9 +237,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         _ request: Request, code: ResultCode, port: String?, peerIP: String, start: NIODeadline,
         context: ChannelHandlerContext
     ) {
-        handler.served(request, code: code)
-        metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
-        guard machine.replyReady() else { return }
+        guard answered(request, code: code, since: start) else { return }
         var buffer = ByteBuffer()
         encoder.writeCode(code, into: &buffer)
         guard code == .ok, let port, let controls else {
@@ -277,9 +283,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
                 code = refusal
                 self_.encoder.writeCode(refusal, into: &buffer)
             }
-            self_.handler.served(request, code: code)
-            self_.metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
-            guard self_.machine.replyReady() else { return }
+            guard self_.answered(request, code: code, since: start) else { return }
             let channel = context.channel
             context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
         }
@@ -297,9 +301,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
                 let (self_, context) = loopBound.value
                 let code: ResultCode
                 if case .refused(let refusal) = outcome { code = refusal } else { code = .ok }
-                self_.handler.served(request, code: code)
-                self_.metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
-                guard self_.machine.replyReady() else { return }
+                guard self_.answered(request, code: code, since: start) else { return }
                 switch outcome {
                 case .relaying(let partner, let limiter):
                     do {

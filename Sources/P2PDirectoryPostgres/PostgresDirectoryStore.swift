@@ -641,15 +641,23 @@ public final class PostgresDirectoryStore: DirectoryStore {
 
     public func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws {
         guard !isClosed else { throw PostgresStoreError.closed }
-        try await client.withConnection { connection in
-            try await connection.listen(on: Self.controlChannel) { notifications in
-                for try await notification in notifications {
-                    guard let fields = try? JSONDecoder().decode([String].self, from: Data(notification.payload.utf8)),
-                        let user = fields.first
-                    else { continue }
-                    deliver(user, Array(fields.dropFirst()))
+        do {
+            try await client.withConnection { connection in
+                try await connection.listen(on: Self.controlChannel) { notifications in
+                    for try await notification in notifications {
+                        guard
+                            let fields = try? JSONDecoder().decode([String].self, from: Data(notification.payload.utf8)),
+                            let user = fields.first
+                        else { continue }
+                        deliver(user, Array(fields.dropFirst()))
+                    }
                 }
             }
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            // The caller logs it: say what happened, not postgres-nio's generic description.
+            throw PostgresStoreError.unavailable(Self.describe(error))
         }
     }
 

@@ -39,6 +39,7 @@ public func builtProduct(_ name: String) -> String {
 public struct DeadlineExceeded: Error, CustomStringConvertible {
     public var what: String
     public var description: String { "timed out waiting for \(what)" }
+    public init(what: String) { self.what = what }
 }
 
 /// Polls `condition` until it holds; throws when `seconds` pass first. For tests: no fixed sleeps.

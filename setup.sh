@@ -7,6 +7,9 @@
 #   a real browser, tmux for the tests that type at the client's prompt in a real terminal,
 #   haproxy and PostgreSQL (server, psql, pgbench) for several directory servers on one
 #   database (`make run-cluster`, their tests and benchmark: each starts a private instance),
+#   Patroni (with python3-etcd, the etcd client it uses) and etcd for the database tier of
+#   `make run-cluster` that survives losing a machine (scripts/pg-ha.sh), curl to ask Patroni
+#   which node is the primary,
 #   nftables for the tests that build a simulated internet with NAT routers in network namespaces;
 #   .venv/: a Python virtual environment with zeep, for the SOAP interop test.
 # Run alone (./setup.sh) it also builds the system in release mode.
@@ -16,7 +19,7 @@ cd "$(dirname "$0")"
 say() { printf 'setup: %s\n' "$*"; }
 
 packages=(gcc libc6-dev make rpcbind rpcsvc-proto libtirpc-dev pkg-config libsqlite3-dev libedit-dev socat wrk python3 procps iproute2
-    chromium tmux haproxy postgresql postgresql-client nftables)
+    chromium tmux haproxy postgresql postgresql-client nftables patroni python3-etcd etcd-server curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,7 +19,10 @@ measured in the same run:
     one, a resumed download against the file's size;
   - PostgreSQL store: one server on a private PostgreSQL against pgbench running the same SQL
     statements with as many clients (the database's own floor); three servers behind HAProxy
-    against one server direct, with the CPU each part used.
+    against one server direct, with the CPU each part used;
+  - database tier under Patroni: REGISTER with the synchronous replica against the primary alone;
+    a failover's time until requests succeed again (against the goal of 15 s) and the acknowledged
+    changes lost (0).
 """
 import os
 import re
@@ -737,6 +740,214 @@ def postgres_benchmark(work):
         postgres.wait(timeout=30)
 
 
+HA_SCRIPT = os.path.join(ROOT, "scripts", "pg-ha.sh")
+
+
+class HATier:
+    """The database tier of `make run-cluster` (scripts/pg-ha.sh): etcd, two PostgreSQL nodes under
+    Patroni with a synchronous replica, HAProxy to the primary; private, in `work`/ha."""
+
+    def __init__(self, work):
+        self.folder = os.path.join(work, "ha")
+        os.makedirs(self.folder)
+        if os.getuid() == 0:
+            os.chmod(work, 0o755)  # mkdtemp's 0700 would keep the postgres user out
+        names = ["PG_PORT", "ETCD_PORT", "ETCD_PEER_PORT", "NODE1_PORT", "NODE2_PORT", "REST1_PORT", "REST2_PORT"]
+        self.ports = {name: free_port() for name in names}
+        subprocess.run([HA_SCRIPT, "configure", self.folder], check=True,
+                       env={**os.environ, **{k: str(v) for k, v in self.ports.items()}})
+        self.processes = {}
+        self.start("etcd")
+        wait_port(self.ports["ETCD_PORT"])
+        self.start("node", "1")
+        self.wait("node 1 to be the primary", lambda: self.ask("primary") == "1", 120)
+        self.start("node", "2")
+        self.start("proxy")
+        self.wait_synchronous()
+        self.psql("CREATE DATABASE directory", database="postgres")
+        self.url = f"postgres://p2p@127.0.0.1:{self.ports['PG_PORT']}/directory?sslmode=disable"
+
+    def start(self, command, *args):
+        name = command + "".join(args)
+        output = open(os.path.join(self.folder, f"{name}.log"), "a")
+        self.processes[name] = subprocess.Popen([HA_SCRIPT, command, self.folder, *args], stdout=output,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def ask(self, command, *args):
+        run = subprocess.run([HA_SCRIPT, command, self.folder, *args], capture_output=True, text=True)
+        return run.stdout.strip() if run.returncode == 0 else None
+
+    @staticmethod
+    def wait(what, condition, timeout=60):
+        deadline = time.time() + timeout
+        while not condition():
+            if time.time() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}")
+            time.sleep(0.1)
+
+    def wait_synchronous(self, timeout=120):
+        def ready():
+            primary, standby = self.ask("primary"), self.ask("sync")
+            return primary and standby and primary != standby
+        self.wait("a synchronous standby", ready, timeout)
+
+    def psql(self, sql, database="directory", node=None):
+        port = self.ports[f"NODE{node}_PORT"] if node else self.ports["PG_PORT"]
+        return subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
+                               str(port), "-U", "p2p", "-d", database, "-c", sql],
+                              check=True, capture_output=True, text=True).stdout.split()
+
+    def kill_node(self, node):
+        """The node's machine lost: its Patroni and PostgreSQL frozen at once, then killed."""
+        subprocess.run([HA_SCRIPT, "lose", self.folder, str(node)], check=True)
+        self.processes[f"node{node}"].wait()
+
+    def stop_node(self, node):
+        stop(self.processes[f"node{node}"])
+
+    def stop(self):
+        for name in ["proxy", "node2", "node1", "etcd"]:
+            process = self.processes.get(name)
+            if process:
+                stop(process)
+
+
+def start_balancer(work, backends, name="haproxy"):
+    """HAProxy in front of directory servers (PROXY protocol v2), as make run-cluster runs it."""
+    front = free_port()
+    config = os.path.join(work, f"{name}.cfg")
+    with open(config, "w") as f:
+        f.write("global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 2s\n"
+                "    timeout client 30s\n    timeout server 30s\n    retries 3\n    option redispatch 1\n"
+                f"frontend directory\n    bind 127.0.0.1:{front}\n    default_backend servers\n"
+                "backend servers\n    balance roundrobin\n"
+                + "".join(f"    server s{i} 127.0.0.1:{p} send-proxy-v2 check inter 1s\n"
+                          for i, p in enumerate(backends)))
+    balancer = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", config], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    wait_port(front)
+    return balancer, front
+
+
+class RegisterStream:
+    """Threads sending REGISTERs of new names through `port`, every outcome kept."""
+
+    def __init__(self, port, threads=8, tag="ha"):
+        self.port, self.tag = port, tag
+        self.outcomes = []  # (name, code or None, sent, answered)
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, index):
+        count = 0
+        while not self.stopping:
+            name = f"{self.tag}-{index}-{count}"
+            count += 1
+            sent = time.time()
+            code = None
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                    s.sendall(b"REGISTER\0" + b"25/11/2026 13:05:09\0" + name.encode() + b"\0")
+                    reply = s.recv(16)
+                if reply:
+                    code = reply[0] - 48 if 48 <= reply[0] <= 57 else reply[0]
+            except OSError:
+                time.sleep(0.02)
+            with self.lock:
+                self.outcomes.append((name, code, sent, time.time()))
+
+    def acknowledged_since(self, moment):
+        with self.lock:
+            return [o for o in self.outcomes if o[1] == 0 and o[2] > moment]
+
+    def wait_recovery(self, moment, timeout=60):
+        """Seconds from `moment` until the first request sent after it was answered 0 (waits for
+        100 such answers, so that the service is back, not one lucky request)."""
+        HATier.wait("requests to succeed again", lambda: len(self.acknowledged_since(moment)) >= 100, timeout)
+        return min(o[3] for o in self.acknowledged_since(moment)) - moment
+
+    def stop(self):
+        self.stopping = True
+        for thread in self.threads:
+            thread.join()
+        return self.outcomes
+
+
+def failover_benchmark(work):
+    """The database tier that survives losing a machine: what the synchronous replica costs
+    (REGISTER through three servers with and without the replica), and under a stream of
+    REGISTERs through three servers: the primary's PostgreSQL killed (Patroni restarts it in
+    place), then the primary's machine lost (Patroni promotes the replica): the time until
+    requests succeed again and how many acknowledged REGISTERs are missing afterwards."""
+    tier = HATier(work)
+    servers, balancer = [], None
+    try:
+        ports = [free_port() for _ in range(3)]
+        for index, backend in enumerate(ports):
+            servers.append(start_server(os.path.join(work, f"ha-{index}"), backend,
+                                        extra=["--store", tier.url, "--proxy-protocol"]))
+        balancer, front = start_balancer(work, ports, "ha-haproxy")
+        loadgen(front, "register", 64, "hawarm", duration=0.5)
+
+        # Two alternating rounds each: with the synchronous replica, and with the replica stopped
+        # (non-strict: the primary goes on alone); the latter is the baseline.
+        with_replica, alone = [], []
+        for round_ in range(2):
+            with_replica.append(loadgen(front, "register", 64, f"hasync{round_}"))
+            tier.stop_node(2)
+            HATier.wait("the primary to go on alone", lambda: tier.ask("sync") is None, 30)
+            alone.append(loadgen(front, "register", 64, f"haalone{round_}"))
+            tier.start("node", "2")
+            tier.wait_synchronous()
+        def mean(runs):
+            return {"rps": statistics.mean(r["rps"] for r in runs), "p50_ms": statistics.mean(r["p50_ms"] for r in runs),
+                    "p99_ms": statistics.mean(r["p99_ms"] for r in runs), "errors": sum(r["errors"] for r in runs),
+                    "note": runs[0]["note"] + f"; mean of {len(runs)} runs"}
+        base, synced = mean(alone), mean(with_replica)
+        rows.append(("failover", "REGISTER, 64 clients, 3 servers, primary alone (replica stopped)", base, None))
+        rows.append(("failover", "REGISTER, 64 clients, 3 servers, synchronous replica", synced, base))
+        log(f"failover: REGISTER with the synchronous replica {synced['rps']:.0f} rps vs alone {base['rps']:.0f}: "
+            f"{synced['rps'] / base['rps']:.2f}")
+
+        stream = RegisterStream(front)
+        HATier.wait("a steady stream", lambda: len(stream.acknowledged_since(0)) >= 500, 60)
+        primary = int(tier.ask("primary"))
+        crash = time.time()
+        os.kill(int(tier.ask("postmaster", str(primary))), signal.SIGKILL)
+        restarted = stream.wait_recovery(crash)
+        tier.wait_synchronous()
+        primary = int(tier.ask("primary"))
+        tier.kill_node(primary)
+        lost_at = time.time()  # just after the freeze: nothing of the node answers after it
+        failed_over = stream.wait_recovery(lost_at)
+        outcomes = stream.stop()
+        acknowledged = {name for name, code, _, _ in outcomes if code == 0}
+        present = set(tier.psql("SELECT name FROM directory_user"))
+        lost = len(acknowledged - present)
+        slowest = max(answered - sent for _, _, sent, answered in outcomes)
+        note = (f"{len(outcomes)} REGISTERs by 8 threads through HAProxy, {len(acknowledged)} answered 0, "
+                f"{lost} of them missing afterwards; slowest answer {slowest:.1f} s")
+        rows.append(("failover", "primary's PostgreSQL killed (restarted in place): served again after, s",
+                     {"rps": restarted, "plain": True, "note": note}, None))
+        rows.append(("failover", "primary's machine lost (Patroni and PostgreSQL killed): served again after, s",
+                     {"rps": failed_over, "plain": True,
+                      "note": f"goal < 15 s; Patroni ttl 8 s, loop_wait 1 s, HAProxy check every 1 s; {lost} lost"},
+                     None))
+        log(f"failover: restarted in place, served again after {restarted:.1f} s; machine lost, after "
+            f"{failed_over:.1f} s; {note}")
+        tier.start("node", str(primary))
+        tier.wait_synchronous()
+    finally:
+        if balancer:
+            stop(balancer)
+        for server in servers:
+            stop(server)
+        tier.stop()
+
+
 def oplog_benchmark(work):
     oplog = subprocess.Popen([os.path.join(ROOT, "rpc", "p2p-oplog")], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -1354,7 +1565,7 @@ def print_table():
 
 def main():
     only = sys.argv[1:] or ["directory", "fairness", "large", "peercheck", "web", "oplog", "time", "getfile", "share", "peers",
-                            "postgres", "copy", "nat"]
+                            "postgres", "failover", "copy", "nat"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -1380,6 +1591,8 @@ def main():
             peer_extension_benchmark(work)
         if "postgres" in only:
             postgres_benchmark(work)
+        if "failover" in only:
+            failover_benchmark(work)
         if "copy" in only:
             copy_benchmark(work)
         if "nat" in only:

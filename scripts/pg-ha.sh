@@ -16,6 +16,10 @@
 #   pg-ha.sh sync DIR        prints the number of the node that Patroni holds to be the
 #                            synchronous standby (the one it would promote), or fails
 #   pg-ha.sh postmaster DIR N  prints the pid of node N's PostgreSQL (or fails)
+#   pg-ha.sh lose DIR N      node N's machine lost: its Patroni, its postmaster and every
+#                            PostgreSQL process frozen at once (SIGSTOP), then killed (SIGKILL);
+#                            killing the postmaster alone would leave its backends finishing
+#                            the statements they are in, as no lost machine does
 #
 # Timings (bootstrap.dcs below), chosen so that losing the primary's machine costs well under
 # 15 s: the primary renews its leader key every loop_wait (1 s) for ttl (8 s); when the machine
@@ -175,7 +179,11 @@ node)
     load
     n=${3:?node number}
     [ -f "$dir/node$n.yml" ] || die "no node $n in $dir"
-    exec "${as_postgres[@]}" /usr/bin/patroni "$dir/node$n.yml"
+    # Standard input from /dev/null, as under systemd: PostgreSQL's backends inherit it, and
+    # one orphaned in a synchronous COMMIT when the postmaster is killed goes on to read its
+    # next command from standard input (PostgreSQL 15). On a pipe nobody closes it would wait
+    # for good, holding the shared memory, and the node could never start again.
+    exec "${as_postgres[@]}" /usr/bin/patroni "$dir/node$n.yml" </dev/null
     ;;
 proxy)
     load
@@ -198,6 +206,20 @@ postmaster)
     n=${3:?node number}
     [ -f "$dir/node$n/postmaster.pid" ] || exit 1
     head -n 1 "$dir/node$n/postmaster.pid"
+    ;;
+lose)
+    load
+    n=${3:?node number}
+    frozen=()
+    postmaster=$(head -n 1 "$dir/node$n/postmaster.pid" 2>/dev/null || true)
+    if [ -n "$postmaster" ] && kill -STOP "$postmaster" 2>/dev/null; then
+        # Stopped, the postmaster forks no more: its children are all there is.
+        frozen+=("$postmaster" $(pgrep -P "$postmaster" || true))
+    fi
+    frozen+=($(pgrep -f "^/usr/bin/python3 /usr/bin/patroni $dir/node$n.yml\$" || true))
+    [ ${#frozen[@]} -gt 0 ] || die "node $n is not running"
+    kill -STOP "${frozen[@]}" 2>/dev/null || true
+    kill -KILL "${frozen[@]}" 2>/dev/null || true
     ;;
 *) die "unknown command $command" ;;
 esac

@@ -4,14 +4,17 @@
 # prefixed with its name. Ctrl+C stops them all, showing each program's last lines, and leaves
 # nothing behind (exit status 0 on a clean stop).
 #
-# `make run-cluster` (--cluster): the same with several directory servers instead of one: a
-# private PostgreSQL (its data in $CLUSTER_DIR, run as the postgres system user when we are
-# root: PostgreSQL refuses root), three p2p-server on it (on 127.0.0.1, ports P2P_PORT+1..3,
-# web pages WEB_PORT..WEB_PORT+2) and HAProxy on P2P_PORT in front of them (TCP, health checks,
-# the PROXY protocol so that the servers see the clients' addresses).
+# `make run-cluster` (--cluster): the same with several directory servers instead of one, on a
+# database tier that survives losing a machine (scripts/pg-ha.sh: etcd, two PostgreSQL nodes
+# under Patroni with a synchronous replica, HAProxy on PG_PORT sending connections to the
+# primary; all of it in $CLUSTER_DIR, PostgreSQL run as the postgres system user when we are
+# root), three p2p-server on it (on 127.0.0.1, ports P2P_PORT+1..3, web pages
+# WEB_PORT..WEB_PORT+2) and HAProxy on P2P_PORT in front of them (TCP, health checks, the PROXY
+# protocol so that the servers see the clients' addresses).
 #
 # Environment: P2P_PORT (4242), TIME_PORT (8000), WEB_PORT (8080), DATA_DIR (./storage),
-# BUILD (release); with --cluster also PG_PORT (55432), CLUSTER_DIR (.build/cluster), SERVERS (3).
+# BUILD (release); with --cluster also PG_PORT (55432; etcd, the nodes and their Patroni REST
+# APIs take the six ports after it), CLUSTER_DIR (.build/cluster), SERVERS (3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,11 +85,12 @@ rpcbind_answers() { rpcinfo -p localhost >/dev/null 2>&1; }
 ports=("$P2P_PORT" "$TIME_PORT" "$WEB_PORT")
 programs=("$BIN/p2p-server" "$BIN/p2p-time" rpc/p2p-oplog)
 if [ "$CLUSTER" -eq 1 ]; then
-    ports=("$P2P_PORT" "$TIME_PORT" "$PG_PORT")
+    ports=("$P2P_PORT" "$TIME_PORT")
+    for i in $(seq 0 6); do ports+=($((PG_PORT + i))); done
     for i in $(seq 1 "$SERVERS"); do ports+=($((P2P_PORT + i)) $((WEB_PORT + i - 1))); done
     pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
     [ -n "$pg_bin" ] || fail "PostgreSQL is not installed: run ./setup.sh"
-    programs+=("$pg_bin/postgres" /usr/sbin/haproxy)
+    programs+=("$pg_bin/postgres" /usr/sbin/haproxy /usr/bin/patroni /usr/bin/etcd)
 fi
 for port in "${ports[@]}"; do
     if port_in_use "$port"; then
@@ -114,13 +118,14 @@ wait_for "the operation-log server" oplog_registered
 pids+=($!) stop_signals+=(TERM)
 wait_for "the time service" port_in_use "$TIME_PORT"
 
-# PostgreSQL's programs run as the postgres system user when we are root. A command prefix,
-# not a function: setpriv execs, so `$!` of a background start is the postmaster itself (a
-# function would run in a subshell, which ignores SIGINT).
-as_postgres=()
-if [ "$(id -u)" -eq 0 ]; then as_postgres=(setpriv --reuid=postgres --regid=postgres --init-groups --); fi
 pg_ready() { "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U p2p -d postgres; }
 psql_cluster() { psql -X -q -A -t -h 127.0.0.1 -p "$PG_PORT" -U p2p "$@"; }
+# For the quick questions only (configure, primary, sync): a program that runs in the
+# background is started with scripts/pg-ha.sh itself, which execs it, so that $! is the
+# program (a function would run in a subshell that ignores SIGINT and outlives a kill).
+ha() { scripts/pg-ha.sh "$1" "$cluster_dir" "${@:2}"; }
+# Patroni says "no action" once a second per node when all is well: only its news are shown.
+prefix_patroni() { trap '' INT; exec sed -u -e '/INFO: no action\./d' -e '/INFO: Lock owner: /d' -e "s/^/$1 | /"; }
 
 if [ "$CLUSTER" -eq 0 ]; then
     "$BIN/p2p-server" -p "$P2P_PORT" --data-dir "$DATA_DIR" --http-port "$WEB_PORT" > >(prefix "server") 2>&1 &
@@ -129,20 +134,41 @@ if [ "$CLUSTER" -eq 0 ]; then
 else
     mkdir -p "$CLUSTER_DIR"
     cluster_dir=$(cd "$CLUSTER_DIR" && pwd)
-    pg_data="$cluster_dir/postgres"
-    if [ "$(id -u)" -eq 0 ]; then
-        chown postgres: "$cluster_dir"
-        "${as_postgres[@]}" test -w "$cluster_dir" || fail "the postgres user cannot write to $cluster_dir (set CLUSTER_DIR)"
+    if [ -d "$cluster_dir/postgres" ]; then
+        fail "$cluster_dir holds the single PostgreSQL of an older make run-cluster; move it away (or set CLUSTER_DIR)"
     fi
-    if [ ! -f "$pg_data/PG_VERSION" ]; then
-        say "creating the PostgreSQL cluster in $pg_data"
-        "${as_postgres[@]}" "$pg_bin/initdb" -D "$pg_data" -U p2p --auth=trust -E UTF8 --locale=C >/dev/null ||
-            fail "initdb failed"
+    PG_PORT=$PG_PORT ETCD_PORT=$((PG_PORT + 1)) ETCD_PEER_PORT=$((PG_PORT + 2)) NODE1_PORT=$((PG_PORT + 3)) \
+        NODE2_PORT=$((PG_PORT + 4)) REST1_PORT=$((PG_PORT + 5)) REST2_PORT=$((PG_PORT + 6)) \
+        ha configure || fail "cannot configure the database tier in $cluster_dir"
+    [ -d "$cluster_dir/node1" ] || say "creating the database tier in $cluster_dir (etcd, Patroni, two PostgreSQL nodes)"
+    # `scripts/pg-ha.sh` execs each program, so $! is the program itself. Patroni stops its
+    # PostgreSQL when it gets SIGTERM; the nodes stop before etcd, which they need to stop cleanly.
+    scripts/pg-ha.sh etcd "$cluster_dir" > >(prefix "etcd  ") 2>&1 &
+    pids+=($!) stop_signals+=(TERM)
+    wait_for etcd port_in_use $((PG_PORT + 1))
+    for n in 1 2; do
+        scripts/pg-ha.sh node "$cluster_dir" "$n" > >(prefix_patroni "node$n ") 2>&1 &
+        pids+=($!) stop_signals+=(TERM)
+    done
+    scripts/pg-ha.sh proxy "$cluster_dir" > >(prefix "pgprx ") 2>&1 &
+    pids+=($!) stop_signals+=(TERM)
+    # The first start creates the cluster (initdb, then the replica's copy): up to a minute.
+    for _ in $(seq 1 600); do
+        ha primary >/dev/null && pg_ready && break
+        sleep 0.1
+    done
+    ha primary >/dev/null || fail "no PostgreSQL primary after a minute (see the node lines above)"
+    # The replica's first copy of the primary takes a few seconds more; the servers may start
+    # meanwhile, but the promise of no lost change holds only from then on, so wait for it.
+    for _ in $(seq 1 600); do
+        ha sync >/dev/null && break
+        sleep 0.1
+    done
+    if standby=$(ha sync); then
+        say "PostgreSQL primary: node $(ha primary), synchronous standby: node $standby"
+    else
+        say "warning: PostgreSQL primary: node $(ha primary), no synchronous standby yet (see the node lines)"
     fi
-    "${as_postgres[@]}" "$pg_bin/postgres" -D "$pg_data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
-        -c unix_socket_directories="$cluster_dir" > >(prefix "pgsql ") 2>&1 &
-    pids+=($!) stop_signals+=(INT)
-    wait_for PostgreSQL pg_ready
     if [ "$(psql_cluster -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'directory'")" != 1 ]; then
         psql_cluster -d postgres -c "CREATE DATABASE directory" || fail "cannot create the database"
     fi
@@ -155,7 +181,7 @@ else
         wait_for "directory server $i" port_in_use $((P2P_PORT + i))
         backends+="    server srv$i 127.0.0.1:$((P2P_PORT + i)) send-proxy-v2 check inter 1s"$'\n'
     done
-    cat > "$cluster_dir/haproxy.cfg" <<EOF2
+    cat > "$cluster_dir/directory-haproxy.cfg" <<EOF2
 # Written by scripts/run.sh --cluster.
 global
     maxconn 4096
@@ -174,7 +200,7 @@ backend servers
     balance roundrobin
 $backends
 EOF2
-    /usr/sbin/haproxy -db -f "$cluster_dir/haproxy.cfg" > >(prefix "proxy ") 2>&1 &
+    /usr/sbin/haproxy -db -f "$cluster_dir/directory-haproxy.cfg" > >(prefix "proxy ") 2>&1 &
     pids+=($!) stop_signals+=(TERM)
     wait_for HAProxy port_in_use "$P2P_PORT"
 fi
@@ -194,7 +220,9 @@ else
   The P2P system is up, with $SERVERS directory servers:
     load balancer      haproxy      0.0.0.0:$P2P_PORT   (round robin, PROXY protocol v2, health checks)
     directory servers  p2p-server   127.0.0.1:$((P2P_PORT + 1))-$((P2P_PORT + SERVERS))
-    database           PostgreSQL   $store   (data in $pg_data)
+    database           PostgreSQL   $store   (HAProxy to the primary)
+      under Patroni    node 1 127.0.0.1:$((PG_PORT + 3)), node 2 127.0.0.1:$((PG_PORT + 4)), synchronous replication,
+                       etcd 127.0.0.1:$((PG_PORT + 1)); state: patronictl -c $cluster_dir/node1.yml list
 EOF2
 fi
 web_note=""

@@ -38,8 +38,9 @@ extension LogServerSuites {
             #expect(!(await OperationLogServer.isRegistered()), "nothing left running")
         }
 
-        /// `make run-cluster`: PostgreSQL, three servers and HAProxy come up; a client through
-        /// HAProxy is served and listed with its own address; Ctrl+C stops all of it.
+        /// `make run-cluster`: the database tier (etcd, two PostgreSQL nodes under Patroni, HAProxy
+        /// to the primary), three servers and HAProxy come up; a client through HAProxy is served
+        /// and listed with its own address; Ctrl+C stops all of it.
         @Test func clusterComesUpServesAndCtrlCLeavesNothing() async throws {
             let folder = try TemporaryDirectory()
             defer { folder.remove() }
@@ -52,11 +53,14 @@ extension LogServerSuites {
                 + "\(packageRoot)/scripts/run.sh --cluster; echo \"run.sh exited $?\""
             // The three servers listen on the ports after P2P_PORT: they must be free too.
             try #require((1...3).allSatisfy { !isListening(ports.p2p + $0) }, "ports after \(ports.p2p) in use")
+            // etcd, the two nodes and their Patroni take the six ports after PG_PORT.
+            try #require((1...6).allSatisfy { !isListening(ports.postgres + $0) }, "ports after \(ports.postgres) in use")
             try await TerminalSession.with(command, directory: packageRoot) { terminal in
                 let screen = try await terminal.waitForScreen("the cluster up", timeout: 120) { screen in
                     screen.contains { $0.contains("Ctrl+C stops everything") }
                 }
                 #expect(screen.contains { $0.contains("with 3 directory servers") }, "\(screen)")
+                #expect(screen.contains { $0.contains("synchronous replication") }, "\(screen)")
 
                 let shared = folder.file("shared")
                 try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
@@ -80,7 +84,8 @@ extension LogServerSuites {
                 #expect(end.contains("run.sh exited 0"), "\(end)")
                 #expect(end.contains { $0.contains("database system is shut down") }, "\(end)")
             }
-            for port in [ports.p2p, ports.p2p + 1, ports.p2p + 2, ports.p2p + 3, ports.postgres, ports.time] {
+            let database = (0...6).map { ports.postgres + $0 }
+            for port in [ports.p2p, ports.p2p + 1, ports.p2p + 2, ports.p2p + 3, ports.time] + database {
                 #expect(!isListening(port), "port \(port) still served after Ctrl+C")
             }
             #expect(!(await OperationLogServer.isRegistered()), "nothing left running")

@@ -111,17 +111,24 @@ public final class PatroniCluster: Sendable {
         return pid_t(first)
     }
 
-    /// Loses `node`'s machine: SIGKILL to its Patroni and its PostgreSQL together.
-    public func killNode(_ node: Int) async throws {
+    /// Loses `node`'s machine: its Patroni and all of its PostgreSQL frozen at once, then
+    /// killed (`pg-ha.sh lose`). Returns an instant just after the freeze: nothing the node
+    /// does can answer a request sent after it.
+    @discardableResult
+    public func killNode(_ node: Int) async throws -> ContinuousClock.Instant {
         guard let patroni = nodes.withLock({ $0[node] }) else { throw SetupError("node \(node) is not running") }
         let postmaster = postmaster(of: node)
-        patroni.signal(SIGKILL)
-        if let postmaster { kill(postmaster, SIGKILL) }
+        let lose = try ChildProcess(Self.script, ["lose", folder.path, String(node)])
+        guard try await lose.waitForExit(timeout: 10) == 0 else {
+            throw SetupError("pg-ha.sh lose: \(lose.stderrLines.suffix(5))")
+        }
+        let lost = ContinuousClock.now
         _ = try await patroni.waitForExit(timeout: 10)
         nodes.withLock { $0[node] = nil }
         if let postmaster {
             try await waitUntil("node \(node)'s PostgreSQL to exit", timeout: 10) { kill(postmaster, 0) != 0 }
         }
+        return lost
     }
 
     /// SIGKILL to `node`'s PostgreSQL only (its Patroni starts it again).

@@ -805,6 +805,12 @@ class HATier:
     def stop_node(self, node):
         stop(self.processes[f"node{node}"])
 
+    def print_logs(self, lines=40):
+        for name in ["node1", "node2"]:
+            with open(os.path.join(self.folder, f"node{name[-1]}.log")) as f:
+                news = [line.rstrip() for line in f if "no action." not in line and "Lock owner" not in line]
+            print(f"--- {name}\n" + "\n".join(news[-lines:]))
+
     def stop(self):
         for name in ["proxy", "node2", "node1", "etcd"]:
             process = self.processes.get(name)
@@ -915,8 +921,9 @@ def failover_benchmark(work):
         stream = RegisterStream(front)
         HATier.wait("a steady stream", lambda: len(stream.acknowledged_since(0)) >= 500, 60)
         primary = int(tier.ask("primary"))
+        postmaster = int(tier.ask("postmaster", str(primary)))
         crash = time.time()
-        os.kill(int(tier.ask("postmaster", str(primary))), signal.SIGKILL)
+        os.kill(postmaster, signal.SIGKILL)
         restarted = stream.wait_recovery(crash)
         tier.wait_synchronous()
         primary = int(tier.ask("primary"))
@@ -940,6 +947,9 @@ def failover_benchmark(work):
             f"{failed_over:.1f} s; {note}")
         tier.start("node", str(primary))
         tier.wait_synchronous()
+    except Exception:
+        tier.print_logs()
+        raise
     finally:
         if balancer:
             stop(balancer)

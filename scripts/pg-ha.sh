@@ -189,12 +189,24 @@ proxy)
     load
     exec /usr/sbin/haproxy -db -f "$dir/haproxy.cfg"
     ;;
-primary | sync)
+sync)
+    load
+    # From etcd itself (what a failover would go by), not a node's view of it, which lags by up
+    # to a loop: right after the primary restarts in place, the key names no standby for a
+    # few seconds, and a node's REST API may still say it is synchronous.
+    patronictl -c "$dir/node1.yml" list -f json 2>/dev/null | python3 -c '
+import json, sys
+for member in json.load(sys.stdin):
+    if member.get("Role") == "Sync Standby" and member.get("State") in ("running", "streaming"):
+        print(member["Member"].removeprefix("node"))
+        sys.exit(0)
+sys.exit(1)'
+    ;;
+primary)
     load
     for n in 1 2; do
         rest=$([ "$n" = 1 ] && echo "$REST1_PORT" || echo "$REST2_PORT")
-        path=$([ "$command" = primary ] && echo /primary || echo /sync)
-        if curl -fsS -m 5 -o /dev/null -X OPTIONS "http://127.0.0.1:$rest$path" 2>/dev/null; then
+        if curl -fsS -m 5 -o /dev/null -X OPTIONS "http://127.0.0.1:$rest/primary" 2>/dev/null; then
             echo "$n"
             exit 0
         fi

@@ -61,6 +61,64 @@ import Testing
         for server in servers { await server.stop() }
     }
 
+    /// A server that dies holding its claims: once they run out (two rounds and a check) the
+    /// others check its users, and its dead peer expires, once, within the bound.
+    @Test func aServerKilledMidRoundLeavesItsPeersToTheOthers() async throws {
+        let interval = 0.5
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let url = try await PostgresServer.shared().newDatabase()
+        func start(_ index: Int) async throws -> ServerProcess {
+            try await ServerProcess(
+                dataDirectory: folder.file("unused-\(index)"),
+                arguments: [
+                    "--no-oplog", "--peer-check-interval", String(interval), "--peer-check-failures", "3",
+                    "--store", url.connectionString,
+                ])
+        }
+        // The first server alone, so that it claims every user.
+        let first = try await start(0)
+        let peers = try (0..<4).map { _ in try FragilePeer() }
+        defer { for peer in peers { peer.stop() } }
+        let dead = try ClosedPort()
+        for (index, peer) in peers.enumerated() {
+            #expect(try await Self.send(.register(user: "live\(index)"), to: first.port) == .status(0))
+            #expect(try await Self.send(.connect(user: "live\(index)", port: String(peer.port)), to: first.port) == .status(0))
+        }
+        #expect(try await Self.send(.register(user: "gone"), to: first.port) == .status(0))
+        #expect(try await Self.send(.connect(user: "gone", port: String(dead.port)), to: first.port) == .status(0))
+        let checks = { peers.map { $0.seen.requests.filter { $0 == ReservedFileName.peerCheck }.count } }
+        try await waitUntil("the first server's checks") { checks().allSatisfy { $0 >= 1 } }
+        let others = [try await start(1), try await start(2)]
+
+        first.process.signal(SIGKILL)
+        _ = try await first.process.waitForExit()
+        let killed = ContinuousClock.now
+        let before = checks()
+        // Its claims last 2 x 0.5 + 0.5 s; then a round of the others checks everybody.
+        try await waitUntil("the others to check the first server's users", timeout: 10) {
+            zip(checks(), before).allSatisfy { $0 >= $1 + 2 }
+        }
+        // gone: the claim runs out (1.5 s), then three failed checks in a row, 0.5 s apart.
+        try await waitUntil("gone to expire", timeout: 15) {
+            guard case .users(let users) = try await Self.send(.listUsers(user: "live0"), to: others[0].port) else {
+                return false
+            }
+            return !users.contains { $0.name == "gone" }
+        }
+        let expiredAfter = ContinuousClock.now - killed
+        #expect(expiredAfter < .seconds(6), "gone expired \(expiredAfter) after its checker died (bound about 3.5 s)")
+        let expiries = others.flatMap { $0.process.stdoutLines }.filter { $0.hasPrefix("s> EXPIRE gone:") }
+        #expect(expiries.count == 1, "\(expiries)")
+        // The live users stay.
+        guard case .users(let users) = try await Self.send(.listUsers(user: "live0"), to: others[1].port) else {
+            Issue.record("LIST_USERS failed")
+            return
+        }
+        #expect(Set(users.map(\.name)) == ["live0", "live1", "live2", "live3"])
+        for server in others { await server.stop() }
+    }
+
     @Test func aChangeAnsweredByOneIsSeenByTheNextRequestToAnother() async throws {
         let (_, servers, folder) = try await Self.servers(3)
         defer { folder.remove() }

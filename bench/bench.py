@@ -489,6 +489,73 @@ def answering_peer_check_benchmark(work):
         responder.wait()
 
 
+def shared_peer_check_benchmark(work):
+    """Three servers on one PostgreSQL with 100,000 connected users: the peer checks are shared
+    (each round a server claims the users nobody has claimed), so the peers see about 100,000
+    checks per round, not 300,000. Every user's address is one responder, the C floor server,
+    which counts the GET_FILE requests it answers; a round is a burst of them."""
+    users = int(os.environ.get("BENCH_CHECK_USERS", "100000"))
+    interval = 30
+    postgres, pg_port, url = start_postgres(work)
+    responder_port = free_port()
+    responder = subprocess.Popen([os.path.join(TOOLS, "floor_server"), str(responder_port)],
+                                 stdout=subprocess.PIPE, text=True)
+    servers = []
+    try:
+        responder.stdout.readline()
+        port = free_port()
+        stop(start_server(os.path.join(work, "checks-pg-0"), port, extra=["--store", url]))  # the schema
+        subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "p2p", "-d", "directory",
+                        "-c", f"INSERT INTO directory_user (name, ip, port) SELECT 'u' || lpad(i::text, 6, '0'), "
+                              f"'127.0.0.1', '{responder_port}' FROM generate_series(0, {users - 1}) AS i"],
+                       check=True)
+        started = time.time()
+        for index in range(3):
+            servers.append(start_server(os.path.join(work, f"checks-pg-{index + 1}"), free_port(),
+                                        extra=["--store", url, "--peer-check-interval", str(interval),
+                                               "--peer-check-failures", "1000000"]))
+
+        def answered():
+            responder.send_signal(signal.SIGUSR1)
+            return int(responder.stdout.readline().split()[1])
+
+        # A round is a burst of checks (spread over 80% of the interval) followed by a pause:
+        # sampled twice a second until three whole bursts were seen.
+        bursts, current, last, quiet = [], 0, answered(), 0.0
+        deadline = started + 6 * interval
+        while len(bursts) < 3 and time.time() < deadline:
+            time.sleep(0.5)
+            now = answered()
+            if now > last:
+                current += now - last
+                quiet = 0.0
+            else:
+                quiet += 0.5
+                if current and quiet >= 2.5:
+                    bursts.append(current)
+                    current = 0
+            last = now
+        if len(bursts) < 3:
+            raise RuntimeError(f"saw {len(bursts)} rounds of peer checks ({bursts}) in {6 * interval} s")
+        per_round = statistics.median(bursts)
+        total, finished = sum(bursts), len(bursts)
+        by_server = "rounds: " + ", ".join(f"{b:,}" for b in bursts)
+        result = {"rps": per_round, "plain": True,
+                  "note": f"{users:,} connected users, 3 servers, interval {interval} s; checks answered by the peer "
+                          f"{total:,} in {finished} rounds; {by_server} (every server checking everybody: "
+                          f"{3 * users:,} a round)"}
+        rows.append(("peer checks", "checks per round at the peers, 3 servers on PostgreSQL", result, None))
+        log(f"shared peer checks: {per_round:,.0f} checks a round for {users:,} users ({per_round / users:.2f} per "
+            f"user); {by_server}")
+    finally:
+        for server in servers:
+            stop(server)
+        responder.terminate()
+        responder.wait()
+        postgres.send_signal(signal.SIGINT)
+        postgres.wait(timeout=30)
+
+
 def web_benchmark(work):
     """The directory's throughput while its web side is in use: a /metrics scrape every second
     and 16 people reading the front page (each a page a second), against the same server with
@@ -956,6 +1023,112 @@ def failover_benchmark(work):
         for server in servers:
             stop(server)
         tier.stop()
+
+
+def fill_postgres_directory(pg_port, users):
+    """The large directory's rows (as fill_large_directory makes them for SQLite) bulk-inserted
+    into the PostgreSQL store's tables, with the search words the store keeps for each file.
+    The word table's keys are dropped for the insert and put back after, as the schema has them."""
+    files = users * LARGE_FILES_PER_USER
+    sql = f"""
+        SET synchronous_commit = off;
+        SET maintenance_work_mem = '256MB';
+        INSERT INTO directory_user (name, ip, port)
+        SELECT 'big-u' || lpad(i::text, 7, '0'),
+               CASE WHEN i % {LARGE_CONNECTED_EVERY} = 0 THEN '127.0.0.1' END,
+               CASE WHEN i % {LARGE_CONNECTED_EVERY} = 0 THEN (1024 + i % 60000)::text END
+        FROM generate_series(0, {users - 1}) AS i;
+        INSERT INTO directory_file (owner, name, description)
+        SELECT 'big-u' || lpad((i / {LARGE_FILES_PER_USER})::text, 7, '0'), 'file' || (i % {LARGE_FILES_PER_USER}) || '.txt',
+               'w' || (i * 7919) % 20000 || ' w' || (i * 104729 + 13) % 20000 || ' w' || (i * 1299709 + 7) % 20000
+        FROM generate_series(0::bigint, {files - 1}) AS i;
+        ALTER TABLE directory_file_word DROP CONSTRAINT directory_file_word_pkey;
+        ALTER TABLE directory_file_word DROP CONSTRAINT directory_file_word_file_id_fkey;
+        DROP INDEX directory_file_word_file;
+        -- The words of name and description as DirectoryRules.searchWords makes them of ASCII
+        -- text: runs of letters and digits, lower-cased, each once per file.
+        INSERT INTO directory_file_word (word, file_id)
+        SELECT DISTINCT word, id FROM directory_file,
+            regexp_split_to_table(lower(name || ' ' || description), '[^a-z0-9]+') AS word
+        WHERE word <> '';
+        ALTER TABLE directory_file_word ADD PRIMARY KEY (word, file_id);
+        ALTER TABLE directory_file_word ADD FOREIGN KEY (file_id) REFERENCES directory_file (id) ON DELETE CASCADE;
+        CREATE INDEX directory_file_word_file ON directory_file_word (file_id);
+        ANALYZE;
+    """
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "p2p",
+                    "-d", "directory", "-c", sql], check=True)
+
+
+def postgres_search_benchmark(work):
+    """SEARCH on the PostgreSQL store at 10,000,000 files (BENCH_PG_SEARCH_USERS users, 10 files
+    each): one client searching back to back, and at 50 a second, while 64 clients run the
+    mixed load, against the mixed load alone (two rounds of each)."""
+    users = int(os.environ.get("BENCH_PG_SEARCH_USERS", str(LARGE_USERS)))
+    postgres, pg_port, url = start_postgres(work)
+    server = None
+    try:
+        port = free_port()
+        stop(start_server(os.path.join(work, "pgsearch-schema"), port, extra=["--store", url]))
+        started = time.time()
+        fill_postgres_directory(pg_port, users)
+        log(f"postgres search: {users:,} users, {users * LARGE_FILES_PER_USER:,} files filled in "
+            f"{time.time() - started:.0f} s")
+        server = start_server(os.path.join(work, "pgsearch"), port, extra=["--store", url])
+        queries = ["w123 w456", "w77", "file3 w999", "w1234", "nothing-like-this", "W42 TXT"]
+        warm_until = time.time() + 5
+        while time.time() < warm_until:
+            for query in queries:
+                search(port, "big-u0000000", query)
+
+        def searching(rate, tag):
+            searches, done = [], threading.Event()
+
+            def keep_searching():
+                begun = time.time()
+                while not done.is_set():
+                    searches.append(search(port, "big-u0000000", queries[len(searches) % len(queries)]))
+                    if rate:
+                        time.sleep(max(0.0, begun + len(searches) / rate - time.time()))
+            searcher = threading.Thread(target=keep_searching)
+            searcher.start()
+            run = loadgen(port, "mixed-rw", 64, tag)
+            done.set()
+            searcher.join()
+            return run, searches
+        alone, runs = [], {"back to back": ([], []), "50 a second": ([], [])}
+        for round_ in range(2):
+            alone.append(loadgen(port, "mixed-rw", 64, f"pgs-mixed{round_}"))
+            for how, rate in (("back to back", None), ("50 a second", 50)):
+                run, searches = searching(rate, f"pgs-{rate or 'b2b'}{round_}")
+                runs[how][0].append(run)
+                runs[how][1].extend(searches)
+        def mean(results):
+            return {"rps": statistics.mean(r["rps"] for r in results),
+                    "p50_ms": statistics.mean(r["p50_ms"] for r in results),
+                    "p99_ms": max(r["p99_ms"] for r in results), "errors": sum(r["errors"] for r in results)}
+        base = mean(alone)
+        base["note"] = f"{users * LARGE_FILES_PER_USER:,} files on PostgreSQL; two runs, averaged"
+        rows.append(("postgres search", "mixed-rw, 64 clients", base, None))
+        summary = []
+        for how, (results, searches) in runs.items():
+            if not searches or any(code != 0 for code, _, _ in searches):
+                raise RuntimeError(f"SEARCH on PostgreSQL failed: {searches[:3]}")
+            times = sorted(ms for _, _, ms in searches)
+            p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+            result = mean(results)
+            result["note"] = (f"with SEARCH {how} from one more client: {len(searches)} searches, p50 "
+                              f"{times[len(times) // 2]:.1f} ms, p99 {p99:.1f} ms (target < 50), "
+                              f"{statistics.mean(n for _, n, _ in searches):.0f} hits on average")
+            rows.append(("postgres search", f"mixed-rw, 64 clients, with SEARCH {how}", result, base))
+            summary.append(f"{how}: p50 {times[len(times) // 2]:.1f} ms, p99 {p99:.1f} ms, "
+                           f"mixed {result['rps'] / base['rps']:.2f}")
+        log(f"search on PostgreSQL, {users * LARGE_FILES_PER_USER:,} files: " + "; ".join(summary))
+    finally:
+        if server:
+            stop(server)
+        postgres.send_signal(signal.SIGINT)
+        postgres.wait(timeout=60)
 
 
 def oplog_benchmark(work):
@@ -1574,8 +1747,8 @@ def print_table():
 
 
 def main():
-    only = sys.argv[1:] or ["directory", "fairness", "large", "peercheck", "web", "oplog", "time", "getfile", "share", "peers",
-                            "postgres", "failover", "copy", "nat"]
+    only = sys.argv[1:] or ["directory", "fairness", "large", "peercheck", "sharedchecks", "web", "oplog", "time", "getfile", "share", "peers",
+                            "postgres", "pgsearch", "failover", "copy", "nat"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -1587,6 +1760,8 @@ def main():
             large_directory_benchmark(work)
         if "peercheck" in only:
             answering_peer_check_benchmark(work)
+        if "sharedchecks" in only:
+            shared_peer_check_benchmark(work)
         if "web" in only:
             web_benchmark(work)
         if "oplog" in only:
@@ -1601,6 +1776,8 @@ def main():
             peer_extension_benchmark(work)
         if "postgres" in only:
             postgres_benchmark(work)
+        if "pgsearch" in only:
+            postgres_search_benchmark(work)
         if "failover" in only:
             failover_benchmark(work)
         if "copy" in only:

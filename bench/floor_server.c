@@ -6,6 +6,9 @@
  * this machine. Single-threaded epoll, non-blocking sockets.
  *
  * usage: floor_server PORT   (prints "listening <port>" once ready; PORT 0 picks a free one)
+ *
+ * SIGUSR1 makes it print "get_file <count>": the GET_FILE requests (peer checks) it has
+ * answered so far, for the benchmark that counts the directory servers' checks.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -17,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -30,6 +34,13 @@ struct connection {
 };
 
 static struct connection connections[MAX_CONNECTIONS];
+static unsigned long get_files_answered;
+static volatile sig_atomic_t report_requested;
+
+static void request_report(int signal_number) {
+    (void)signal_number;
+    report_requested = 1;
+}
 
 static int fields_for(const char *name) {
     if (strcmp(name, "CONNECT") == 0 || strcmp(name, "DELETE") == 0 || strcmp(name, "LIST_CONTENT") == 0) return 4;
@@ -62,6 +73,11 @@ int main(int argc, char **argv) {
     printf("listening %d\n", ntohs(address.sin_port));
     fflush(stdout);
 
+    /* No SA_RESTART: the signal interrupts epoll_wait, and the loop prints the count. */
+    struct sigaction action = {.sa_handler = request_report};
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGUSR1, &action, NULL);
+
     int epoll_fd = epoll_create1(0);
     struct epoll_event event = {.events = EPOLLIN, .data.fd = listener};
     epoll_ctl(epoll_fd, EPOLL_CTL_ADD, listener, &event);
@@ -69,6 +85,11 @@ int main(int argc, char **argv) {
     char buffer[4096];
     for (;;) {
         int ready = epoll_wait(epoll_fd, events, 256, -1);
+        if (report_requested) {
+            report_requested = 0;
+            printf("get_file %lu\n", get_files_answered);
+            fflush(stdout);
+        }
         for (int i = 0; i < ready; i++) {
             int fd = events[i].data.fd;
             if (fd == listener) {
@@ -103,7 +124,10 @@ int main(int argc, char **argv) {
                     if (c->fields >= c->expected) done = 1;
                 }
             }
-            if (done) finish(epoll_fd, fd, 1);
+            if (done) {
+                if (strcmp(c->name, "GET_FILE") == 0) get_files_answered++;
+                finish(epoll_fd, fd, 1);
+            }
         }
     }
 }

@@ -570,18 +570,23 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// online owners' hits come first, each group in publishing order.
     private func search(_ text: String, _ connection: PostgresConnection) async throws -> [SearchHit] {
         var bindings = PostgresBindings()
-        var conditions: [String] = []
+        var matches: [String] = []
         for word in Set(DirectoryRules.searchWords(text)).sorted() {
             bindings.append(word)
             bindings.append(word + "\u{10FFFF}")
-            conditions.append(
-                "f.id IN (SELECT file_id FROM directory_file_word WHERE word >= $\(bindings.count - 1) "
-                    + "AND word < $\(bindings.count))")
+            matches.append(
+                "SELECT file_id FROM directory_file_word WHERE word >= $\(bindings.count - 1) "
+                    + "AND word < $\(bindings.count)")
         }
         bindings.append(DirectoryRules.maxSearchHits)
+        // The files matching every word first, from the word index alone (INTERSECT also makes
+        // each file id appear once: one file can match a prefix through several words), then
+        // their rows by key. Written as `f.id IN (...) AND ...`, PostgreSQL read the whole file
+        // table to join it, even when a word matched nothing (2 s at 10 million files).
+        let matching = matches.count == 1 ? "SELECT DISTINCT file_id FROM (\(matches[0])) AS w" : matches.joined(separator: " INTERSECT ")
         let sql = """
-            SELECT f.owner, f.name, f.description FROM directory_file f JOIN directory_user u ON u.name = f.owner
-            WHERE \(conditions.joined(separator: " AND "))
+            SELECT f.owner, f.name, f.description
+            FROM (\(matching)) AS m JOIN directory_file f ON f.id = m.file_id JOIN directory_user u ON u.name = f.owner
             ORDER BY u.ip IS NULL, f.id LIMIT $\(bindings.count)
             """
         let rows = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger)

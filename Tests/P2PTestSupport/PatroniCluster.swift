@@ -140,17 +140,7 @@ public final class PatroniCluster: Sendable {
     /// Runs `sql` with psql, on `node` directly or (nil) through HAProxy; returns its rows.
     @discardableResult
     public func psql(_ sql: String, database: String = "postgres", node: Int? = nil) async throws -> [String] {
-        let port = node.map { nodePorts[$0 - 1] } ?? self.port
-        let run = try ChildProcess(
-            "/usr/bin/psql",
-            [
-                "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", String(port), "-U", "p2p",
-                "-d", database, "-c", sql,
-            ])
-        guard try await run.waitForExit(timeout: 60) == 0 else {
-            throw SetupError("psql \(sql): \(run.stderrLines.suffix(5))")
-        }
-        return run.stdoutLines
+        try await runPSQL(sql, port: node.map { nodePorts[$0 - 1] } ?? port, database: database)
     }
 
     /// Creates an empty database (on the primary) and returns its URL through HAProxy.

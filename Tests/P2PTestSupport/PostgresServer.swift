@@ -121,16 +121,7 @@ public final class PostgresServer: Sendable {
     /// Runs `sql` with psql on `database`; returns its output lines (unaligned, tuples only).
     @discardableResult
     public func psql(_ sql: String, database: String = "postgres") async throws -> [String] {
-        let run = try ChildProcess(
-            "/usr/bin/psql",
-            [
-                "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", String(port), "-U", "p2p",
-                "-d", database, "-c", sql,
-            ])
-        guard try await run.waitForExit(timeout: 60) == 0 else {
-            throw SetupError("psql \(sql): \(run.stderrLines.suffix(5))")
-        }
-        return run.stdoutLines
+        try await runPSQL(sql, port: port, database: database)
     }
 
     /// One server for the whole test process, started by the first test that needs it and
@@ -162,6 +153,21 @@ public final class PostgresServer: Sendable {
         if postmaster.isRunning { postmaster.signal(SIGKILL) }
         folder.remove()
     }
+}
+
+/// Runs `sql` with psql as `p2p` on 127.0.0.1:`port`; returns its output lines (unaligned,
+/// tuples only), or throws with psql's last error lines.
+func runPSQL(_ sql: String, port: Int, database: String) async throws -> [String] {
+    let run = try ChildProcess(
+        "/usr/bin/psql",
+        [
+            "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", String(port), "-U", "p2p",
+            "-d", database, "-c", sql,
+        ])
+    guard try await run.waitForExit(timeout: 60) == 0 else {
+        throw SetupError("psql \(sql): \(run.stderrLines.suffix(5))")
+    }
+    return run.stdoutLines
 }
 
 private let sharedServer = Locked<Task<PostgresServer, any Error>?>(nil)

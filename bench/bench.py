@@ -1033,16 +1033,19 @@ def fill_postgres_directory(pg_port, users):
         FROM generate_series(0::bigint, {files - 1}) AS i;
         ALTER TABLE directory_file_word DROP CONSTRAINT directory_file_word_pkey;
         ALTER TABLE directory_file_word DROP CONSTRAINT directory_file_word_file_id_fkey;
-        DROP INDEX directory_file_word_file;
+        DROP INDEX directory_file_word_file_word;
+        DROP INDEX directory_file_word_order;
         -- The words of name and description as DirectoryRules.searchWords makes them of ASCII
-        -- text: runs of letters and digits, lower-cased, each once per file.
-        INSERT INTO directory_file_word (word, file_id)
-        SELECT DISTINCT word, id FROM directory_file,
-            regexp_split_to_table(lower(name || ' ' || description), '[^a-z0-9]+') AS word
+        -- text: runs of letters and digits, lower-cased, each once per file; with the owner's
+        -- being offline, the order SEARCH answers in.
+        INSERT INTO directory_file_word (word, file_id, offline)
+        SELECT DISTINCT word, f.id, u.ip IS NULL FROM directory_file f JOIN directory_user u ON u.name = f.owner,
+            regexp_split_to_table(lower(f.name || ' ' || f.description), '[^a-z0-9]+') AS word
         WHERE word <> '';
         ALTER TABLE directory_file_word ADD PRIMARY KEY (word, file_id);
         ALTER TABLE directory_file_word ADD FOREIGN KEY (file_id) REFERENCES directory_file (id) ON DELETE CASCADE;
-        CREATE INDEX directory_file_word_file ON directory_file_word (file_id);
+        CREATE INDEX directory_file_word_file_word ON directory_file_word (file_id, word);
+        CREATE INDEX directory_file_word_order ON directory_file_word (word, offline, file_id);
     """
     for statement in (sql, "VACUUM (ANALYZE)"):
         # VACUUM apart (it cannot run in the one transaction psql makes of -c), as autovacuum

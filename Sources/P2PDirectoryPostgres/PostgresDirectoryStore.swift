@@ -190,6 +190,26 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 "ALTER TABLE directory_user ADD COLUMN check_by TEXT, ADD COLUMN check_until TIMESTAMPTZ"
             ]
         ),
+        (
+            4, "search order in the word index",
+            [
+                // SEARCH answers online owners' files first, then in publishing order: with that
+                // order in the index, a word's first hits are read without visiting every match
+                // (and its owner). Kept equal to the owner's `ip IS NULL` by CONNECT,
+                // DISCONNECT and expiry, which update the user's files' words.
+                "ALTER TABLE directory_file_word ADD COLUMN offline BOOLEAN NOT NULL DEFAULT true",
+                """
+                UPDATE directory_file_word w SET offline = false
+                FROM directory_file f JOIN directory_user u ON u.name = f.owner
+                WHERE f.id = w.file_id AND u.ip IS NOT NULL
+                """,
+                "CREATE INDEX directory_file_word_order ON directory_file_word (word, offline, file_id)",
+                // Whether a file has a word with a given prefix, in one index descent (with the
+                // file id alone PostgreSQL preferred to scan the prefix's whole range instead).
+                "CREATE INDEX directory_file_word_file_word ON directory_file_word (file_id, word)",
+                "DROP INDEX directory_file_word_file",
+            ]
+        ),
     ]
 
     /// Applies the migrations this database has not had. Several servers starting at once
@@ -354,15 +374,19 @@ public final class PostgresDirectoryStore: DirectoryStore {
         case .connect(let user, let ip, let port):
             try await connection.query(
                 "UPDATE directory_user SET ip = \(ip), port = \(port) WHERE name = \(user)", logger: logger)
+            try await setSearchOrder(of: user, offline: false, connection)
             return .ok
 
         case .disconnect(let user, _), .expire(let user, _, _):
             try await connection.query(
                 "UPDATE directory_user SET ip = NULL, port = NULL WHERE name = \(user)", logger: logger)
+            try await setSearchOrder(of: user, offline: true, connection)
             return .ok
 
         case .publish(let user, let fileName, let description, _):
             let words = Array(Set(DirectoryRules.searchWords(fileName) + DirectoryRules.searchWords(description)))
+            let offline: Bool
+            if case .online = presence { offline = false } else { offline = true }
             let inserted = try await Self.count(
                 connection,
                 """
@@ -370,8 +394,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
                     INSERT INTO directory_file (owner, name, description) VALUES (\(user), \(fileName), \(description))
                     ON CONFLICT (owner, name) DO NOTHING RETURNING id),
                 w AS (
-                    INSERT INTO directory_file_word (word, file_id)
-                    SELECT words.word, f.id FROM f CROSS JOIN unnest(\(words)::text[]) AS words (word))
+                    INSERT INTO directory_file_word (word, file_id, offline)
+                    SELECT words.word, f.id, \(offline) FROM f CROSS JOIN unnest(\(words)::text[]) AS words (word))
                 SELECT 1 FROM f
                 """, logger: logger)
             return inserted == 1 ? .ok : 3
@@ -382,6 +406,16 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 logger: logger)
             return deleted == 1 ? .ok : 3
         }
+    }
+
+    /// Marks the search words of `user`'s files as an online or offline owner's (the order
+    /// SEARCH answers in). Only rows that change are written.
+    private func setSearchOrder(of user: String, offline: Bool, _ connection: PostgresConnection) async throws {
+        try await connection.query(
+            """
+            UPDATE directory_file_word w SET offline = \(offline) FROM directory_file f
+            WHERE f.owner = \(user) AND w.file_id = f.id AND w.offline <> \(offline)
+            """, logger: logger)
     }
 
     /// `user`'s address, locked until the transaction ends; nil when there is no such user.
@@ -569,25 +603,58 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// prefix followed by U+10FFFF, which sorts after every continuation in byte order); the
     /// online owners' hits come first, each group in publishing order.
     private func search(_ text: String, _ connection: PostgresConnection) async throws -> [SearchHit] {
+        let prefixes = Set(DirectoryRules.searchWords(text)).sorted()
+        // The words each prefix stands for, by a loose index scan (one index descent per
+        // distinct word, however many files have it). A prefix that matches no word: no hits.
+        var wordsOf: [[String]] = []
+        for prefix in prefixes {
+            let end = prefix + "\u{10FFFF}"
+            let rows = try await connection.query(
+                """
+                WITH RECURSIVE w (word) AS (
+                    SELECT min(word) FROM directory_file_word WHERE word >= \(prefix) AND word < \(end)
+                    UNION ALL
+                    SELECT (SELECT min(t.word) FROM directory_file_word t WHERE t.word > w.word AND t.word < \(end))
+                    FROM w WHERE w.word IS NOT NULL)
+                SELECT word FROM w WHERE word IS NOT NULL
+                """, logger: logger)
+            var words: [String] = []
+            for try await word in rows.decode(String.self) { words.append(word) }
+            if words.isEmpty { return [] }
+            wordsOf.append(words)
+        }
+        // Driven by the prefix of fewest words: each of its words' files are read in answer
+        // order (online owners first, then publishing order: the word index's order), those
+        // having the other prefixes too are kept, the first hits of each word suffice (a file
+        // among the first hits overall is among the first of every word it is found by), and
+        // only the chosen files' rows are read.
+        let driver = wordsOf.indices.min { wordsOf[$0].count < wordsOf[$1].count }!
         var bindings = PostgresBindings()
-        var matches: [String] = []
-        for word in Set(DirectoryRules.searchWords(text)).sorted() {
-            bindings.append(word)
-            bindings.append(word + "\u{10FFFF}")
-            matches.append(
-                "SELECT file_id FROM directory_file_word WHERE word >= $\(bindings.count - 1) "
-                    + "AND word < $\(bindings.count)")
+        bindings.append(wordsOf[driver])
+        var others = ""
+        for index in prefixes.indices where index != driver {
+            bindings.append(prefixes[index])
+            bindings.append(prefixes[index] + "\u{10FFFF}")
+            // A scalar subquery, not EXISTS: PostgreSQL would turn EXISTS into a join over
+            // every file of the driving word (it cannot know how many a word has), where
+            // this is asked of one file at a time, in order, until enough hits are found.
+            others += """
+                 AND (SELECT true FROM directory_file_word o WHERE o.file_id = t.file_id \
+                AND o.word >= $\(bindings.count - 1) AND o.word < $\(bindings.count) LIMIT 1)
+                """
         }
         bindings.append(DirectoryRules.maxSearchHits)
-        // The files matching every word first, from the word index alone (INTERSECT also makes
-        // each file id appear once: one file can match a prefix through several words), then
-        // their rows by key. Written as `f.id IN (...) AND ...`, PostgreSQL read the whole file
-        // table to join it, even when a word matched nothing (2 s at 10 million files).
-        let matching = matches.count == 1 ? "SELECT DISTINCT file_id FROM (\(matches[0])) AS w" : matches.joined(separator: " INTERSECT ")
+        let limit = "$\(bindings.count)"
         let sql = """
-            SELECT f.owner, f.name, f.description
-            FROM (\(matching)) AS m JOIN directory_file f ON f.id = m.file_id JOIN directory_user u ON u.name = f.owner
-            ORDER BY u.ip IS NULL, f.id LIMIT $\(bindings.count)
+            SELECT f.owner, f.name, f.description FROM (
+                SELECT DISTINCT c.file_id, c.offline FROM unnest($1::text[]) AS d (word)
+                CROSS JOIN LATERAL (
+                    SELECT t.file_id, t.offline FROM directory_file_word t
+                    WHERE t.word = d.word\(others)
+                    ORDER BY t.offline, t.file_id LIMIT \(limit)) AS c
+                ORDER BY c.offline, c.file_id LIMIT \(limit)) AS m
+            JOIN directory_file f ON f.id = m.file_id
+            ORDER BY m.offline, m.file_id
             """
         let rows = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger)
         var hits: [SearchHit] = []
@@ -807,7 +874,10 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 }
                 try await connection.query(
                     """
-                    INSERT INTO directory_file_word (word, file_id) SELECT * FROM unnest(\(words)::text[], \(wordIDs)::bigint[])
+                    INSERT INTO directory_file_word (word, file_id, offline)
+                    SELECT w.word, w.id, u.ip IS NULL
+                    FROM unnest(\(words)::text[], \(wordIDs)::bigint[]) AS w (word, id)
+                    JOIN directory_file f ON f.id = w.id JOIN directory_user u ON u.name = f.owner
                     """, logger: self.logger)
             }
             return counts

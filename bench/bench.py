@@ -283,6 +283,40 @@ def search(port, requester, query):
     return list_reply(port, "SEARCH", "SEARCH", "25/11/2026 13:05:09", requester, query)
 
 
+# Descriptions in the large directory are three words of a 20,000-word vocabulary (w0 ...
+# w19999); names file0.txt ... file9.txt.
+SEARCH_QUERIES = ["w123 w456", "w77", "file3 w999", "w1234", "nothing-like-this", "W42 TXT"]
+
+
+def warm_searches(port, seconds=5):
+    """The search queries in turn for `seconds`, as a server that has been searched."""
+    warm_until = time.time() + seconds
+    while time.time() < warm_until:
+        for query in SEARCH_QUERIES:
+            search(port, "big-u0000000", query)
+
+
+def searching_during_load(port, rate, tag):
+    """SEARCH from one client (back to back, or `rate` a second) while the load generator runs
+    mixed-rw at 64 clients; returns the run (with the searching client's cores) and the searches."""
+    searches, cpu, done = [], [], threading.Event()
+
+    def keep_searching():
+        started = time.time()
+        while not done.is_set():
+            searches.append(search(port, "big-u0000000", SEARCH_QUERIES[len(searches) % len(SEARCH_QUERIES)]))
+            if rate:
+                time.sleep(max(0.0, started + len(searches) / rate - time.time()))
+        cpu.append(time.thread_time())
+    searcher = threading.Thread(target=keep_searching)
+    searcher.start()
+    run = loadgen(port, "mixed-rw", 64, tag)
+    done.set()
+    searcher.join()
+    run["searcher_cores"] = cpu[0] / DURATION
+    return run, searches
+
+
 def large_directory_benchmark(work):
     empty_dir, large_dir = os.path.join(work, "empty-directory"), os.path.join(work, "large-directory")
     # The server creates the schema; the rows are then bulk-inserted into it.
@@ -325,32 +359,13 @@ def large_directory_benchmark(work):
                 # workload alone is the baseline. Three rounds of the three, averaged: one run
                 # against one run moves by 10-15% here by itself.
                 # Descriptions are three words of a 20,000-word vocabulary (w0 ... w19999).
-                queries = ["w123 w456", "w77", "file3 w999", "w1234", "nothing-like-this", "W42 TXT"]
                 # The first searches make the server build, in the background, the bitmaps of
                 # the frequent prefixes and of the online files (about 3 s here): measured
                 # after 5 s of the same searches alone, as a server that has been searched.
-                warm_until = time.time() + 5
-                while time.time() < warm_until:
-                    for query in queries:
-                        search(port, "big-u0000000", query)
+                warm_searches(port)
 
                 def searching(rate, tag):
-                    searches, cpu, done = [], [], threading.Event()
-
-                    def keep_searching():
-                        started = time.time()
-                        while not done.is_set():
-                            searches.append(search(port, "big-u0000000", queries[len(searches) % len(queries)]))
-                            if rate:
-                                time.sleep(max(0.0, started + len(searches) / rate - time.time()))
-                        cpu.append(time.thread_time())
-                    searcher = threading.Thread(target=keep_searching)
-                    searcher.start()
-                    run = loadgen(port, "mixed-rw", 64, tag)
-                    done.set()
-                    searcher.join()
-                    run["searcher_cores"] = cpu[0] / DURATION
-                    return run, searches
+                    return searching_during_load(port, rate, tag)
                 for key in ("mixed", "mixed+search", "mixed+paced", "search", "paced"):
                     measured[key] = []
                 for round_ in range(3):
@@ -1069,27 +1084,11 @@ def postgres_search_benchmark(work):
         log(f"postgres search: {users:,} users, {users * LARGE_FILES_PER_USER:,} files filled in "
             f"{time.time() - started:.0f} s")
         server = start_server(os.path.join(work, "pgsearch"), port, extra=["--store", url])
-        queries = ["w123 w456", "w77", "file3 w999", "w1234", "nothing-like-this", "W42 TXT"]
-        warm_until = time.time() + 5
-        while time.time() < warm_until:
-            for query in queries:
-                search(port, "big-u0000000", query)
+        queries = SEARCH_QUERIES
+        warm_searches(port)
 
         def searching(rate, tag):
-            searches, done = [], threading.Event()
-
-            def keep_searching():
-                begun = time.time()
-                while not done.is_set():
-                    searches.append(search(port, "big-u0000000", queries[len(searches) % len(queries)]))
-                    if rate:
-                        time.sleep(max(0.0, begun + len(searches) / rate - time.time()))
-            searcher = threading.Thread(target=keep_searching)
-            searcher.start()
-            run = loadgen(port, "mixed-rw", 64, tag)
-            done.set()
-            searcher.join()
-            return run, searches
+            return searching_during_load(port, rate, tag)
         alone, runs = [], {"back to back": ([], []), "50 a second": ([], [])}
         for round_ in range(2):
             alone.append(loadgen(port, "mixed-rw", 64, f"pgs-mixed{round_}"))

@@ -109,8 +109,10 @@ import Testing
         let expiredAfter = ContinuousClock.now - killed
         print("a server killed mid-round: its dead peer expired \(expiredAfter) after the kill")
         #expect(expiredAfter < .seconds(6), "gone expired \(expiredAfter) after its checker died (bound about 3.5 s)")
-        let expiries = others.flatMap { $0.process.stdoutLines }.filter { $0.hasPrefix("s> EXPIRE gone:") }
-        #expect(expiries.count == 1, "\(expiries)")
+        // The console line follows the change: wait for it rather than race it.
+        let expiries = { others.flatMap { $0.process.stdoutLines }.filter { $0.hasPrefix("s> EXPIRE gone:") } }
+        try await waitUntil("the EXPIRE line of gone") { !expiries().isEmpty }
+        #expect(expiries().count == 1, "\(expiries())")
         // The live users stay.
         guard case .users(let users) = try await Self.send(.listUsers(user: "live0"), to: others[1].port) else {
             Issue.record("LIST_USERS failed")

@@ -73,7 +73,8 @@ final class ConnectionLimits: Sendable {
     /// What `ip` is counted as: an IPv4 address itself, an IPv6 one its /64
     /// (`2001:db8:0:7::/64`).
     static func key(for ip: String) -> String {
-        guard ip.contains(":") else { return ip }
+        // Asked twice per connection: bytes, not Foundation's string search.
+        guard ip.utf8.contains(UInt8(ascii: ":")) else { return ip }
         var address = in6_addr()
         guard inet_pton(AF_INET6, ip, &address) == 1 else { return ip }
         let bytes = withUnsafeBytes(of: &address) { Array($0.prefix(8)) }
@@ -93,11 +94,18 @@ extension SocketAddress {
 
     /// `ip` without the IPv4-mapped IPv6 prefix, if it has one.
     static func unmapped(_ ip: String) -> String {
-        let prefix = "::ffff:"
-        guard ip.count > prefix.count, ip.lowercased().hasPrefix(prefix) else { return ip }
-        let rest = ip.dropFirst(prefix.count)
+        // Asked for every connection: compared as bytes, without copies.
+        let prefix = "::ffff:".utf8
+        let utf8 = ip.utf8
+        guard utf8.count > prefix.count,
+            zip(utf8, prefix).allSatisfy({ byte, expected in
+                // ASCII case-insensitive: `::FFFF:` too.
+                byte == expected || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) && byte | 0x20 == expected
+            })
+        else { return ip }
+        let rest = utf8.dropFirst(prefix.count)
         // Only the dotted form is an IPv4 address (`::ffff:1:2` is an ordinary IPv6 one).
-        guard rest.contains("."), !rest.contains(":") else { return ip }
-        return String(rest)
+        guard rest.contains(UInt8(ascii: ".")), !rest.contains(UInt8(ascii: ":")) else { return ip }
+        return String(Substring(rest))
     }
 }

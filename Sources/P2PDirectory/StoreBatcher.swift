@@ -91,8 +91,17 @@ final class StoreBatcher: @unchecked Sendable {
                 let batch = group.map(\.0)
                 let completions = NIOLoopBound(group.map(\.1), eventLoop: loop)
                 store.read(batch) { answers in
+                    // The LIST_USERS of one batch usually get the same list (a store reads it
+                    // once per batch): encoded once, the replies share the bytes.
+                    var lastUsers: (users: [ConnectedUser], encoded: (ByteBuffer, ResultCode))?
                     let replies = zip(batch, answers).map { query, reply in
-                        Self.encode(reply, of: query.operation, with: encoder, logger: logger)
+                        if case .users(let users) = reply {
+                            if let lastUsers, lastUsers.users == users { return lastUsers.encoded }
+                            let encoded = Self.encode(reply, of: query.operation, with: encoder, logger: logger)
+                            lastUsers = (users, encoded)
+                            return encoded
+                        }
+                        return Self.encode(reply, of: query.operation, with: encoder, logger: logger)
                     }
                     loop.execute {
                         for (completion, reply) in zip(completions.value, replies) { completion(reply.0, reply.1) }

@@ -530,7 +530,11 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
         let queries = reads.flatMap(\.queries)
         var replies: [Reply]
         do {
-            replies = try reader.read { db in try queries.map { try Self.answer($0, in: db, bitmaps: bitmaps) } }
+            replies = try reader.read { db in
+                // Every LIST_USERS of the batch reads the same snapshot: the list is read once.
+                var users: [ConnectedUser]?
+                return try queries.map { try Self.answer($0, in: db, bitmaps: bitmaps, connectedUsers: &users) }
+            }
         } catch {
             logger.error("directory read failed: \(error)")
             replies = queries.map { .status($0.operation.otherErrorCode) }
@@ -543,11 +547,15 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
         }
     }
 
-    private static func answer(_ query: DirectoryQuery, in db: Database, bitmaps: SearchBitmaps?) throws -> Reply {
+    /// `connectedUsers`: the connected users once read in this transaction.
+    private static func answer(
+        _ query: DirectoryQuery, in db: Database, bitmaps: SearchBitmaps?, connectedUsers users: inout [ConnectedUser]?
+    ) throws -> Reply {
         switch query {
         case .listUsers(let requester):
             if let code = DirectoryRules.requesterCode(try presence(of: requester, db)) { return .status(code) }
-            return .users(try connectedUsers(db))
+            if users == nil { users = try connectedUsers(db) }
+            return .users(users ?? [])
 
         case .listContent(let requester, let owner):
             if let code = DirectoryRules.requesterCode(try presence(of: requester, db)) { return .status(code) }

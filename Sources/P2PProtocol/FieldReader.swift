@@ -1,5 +1,13 @@
 import NIOCore
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// Reads NUL-terminated fields out of a buffer, enforcing the field size limit.
 ///
 /// Nothing is consumed until a whole field is there, so a caller can feed bytes as they arrive
@@ -34,16 +42,32 @@ extension ByteBuffer {
     /// Writes `fields` each followed by NUL, checking the protocol's limits first so that
     /// nothing is written when one of them is invalid.
     mutating func writeFields(_ fields: [String]) throws(ProtocolError) {
-        for (index, field) in fields.enumerated() {
-            let utf8 = field.utf8
-            if utf8.count > ProtocolLimits.maxFieldBytes {
-                throw .fieldTooLong(index: index, length: utf8.count)
-            }
-            if utf8.contains(0) { throw .fieldContainsNUL(index: index) }
-        }
-        for field in fields {
-            writeString(field)
-            writeInteger(UInt8(0))
-        }
+        var bytes = 0
+        for (index, field) in fields.enumerated() { bytes += try Self.checkedFieldLength(field, index: index) + 1 }
+        reserveCapacity(minimumWritableBytes: bytes)
+        for field in fields { writeCheckedField(field) }
+    }
+
+    /// The length of `field` in bytes, once it is known to fit the protocol: at most
+    /// ``ProtocolLimits/maxFieldBytes`` and no NUL (which would end it early).
+    static func checkedFieldLength(_ field: String, index: Int) throws(ProtocolError) -> Int {
+        let utf8 = field.utf8
+        let length = utf8.count
+        if length > ProtocolLimits.maxFieldBytes { throw .fieldTooLong(index: index, length: length) }
+        // Replies of thousands of fields check every byte: memchr over the string's storage
+        // when it is contiguous (a native string always is).
+        let hasNUL =
+            utf8.withContiguousStorageIfAvailable { bytes in
+                guard let base = bytes.baseAddress else { return false }
+                return memchr(base, 0, bytes.count) != nil
+            } ?? utf8.contains(0)
+        if hasNUL { throw .fieldContainsNUL(index: index) }
+        return length
+    }
+
+    /// Writes `field` and its NUL; `field` must have passed ``checkedFieldLength(_:index:)``.
+    mutating func writeCheckedField(_ field: String) {
+        writeString(field)
+        writeInteger(UInt8(0))
     }
 }

@@ -14,14 +14,33 @@ public struct ReplyEncoder: Sendable {
         case .status:
             break
         case .users(let users):
-            try buffer.writeFields([String(users.count)])
-            for user in users { try buffer.writeFields([user.name, user.ip, user.port]) }
+            try Self.writeRecords(users, into: &buffer) { ($0.name, $0.ip, $0.port) }
         case .content(let files):
-            try buffer.writeFields([String(files.count)])
-            for file in files { try buffer.writeFields([file.name, file.description]) }
+            try Self.writeRecords(files, into: &buffer) { ($0.name, $0.description) }
         case .hits(let hits):
-            try buffer.writeFields([String(hits.count)])
-            for hit in hits { try buffer.writeFields([hit.owner, hit.name, hit.description]) }
+            try Self.writeRecords(hits, into: &buffer) { ($0.owner, $0.name, $0.description) }
+        }
+    }
+
+    /// Writes the count of `records` and then each record's fields (`fields` gives them as a
+    /// tuple of strings), with one capacity reservation for the whole list: a LIST_USERS of a
+    /// large directory is hundreds of thousands of fields.
+    private static func writeRecords<Record, each Field: StringProtocol>(
+        _ records: [Record], into buffer: inout ByteBuffer, fields: (Record) -> (repeat each Field)
+    ) throws(ProtocolError) {
+        let count = String(records.count)
+        var bytes = count.utf8.count + 1
+        var index = 1
+        for record in records {
+            for field in repeat each fields(record) {
+                bytes += try ByteBuffer.checkedFieldLength(String(field), index: index) + 1
+                index += 1
+            }
+        }
+        buffer.reserveCapacity(minimumWritableBytes: bytes)
+        buffer.writeCheckedField(count)
+        for record in records {
+            for field in repeat each fields(record) { buffer.writeCheckedField(String(field)) }
         }
     }
 

@@ -98,6 +98,16 @@ import Testing
         #expect(summaries.first?.contains(" \(counted ?? 0) connections closed at accept") == true, "\(summaries)")
     }
 
+    @Test func anIPv4ClientOfADualStackSocketIsListedAsIPv4() {
+        #expect(SocketAddress.unmapped("::ffff:192.0.2.7") == "192.0.2.7")
+        #expect(SocketAddress.unmapped("::FFFF:192.0.2.7") == "192.0.2.7")
+        #expect(SocketAddress.unmapped("::ffff:1:2") == "::ffff:1:2", "an ordinary IPv6 address")
+        #expect(SocketAddress.unmapped("::ffff:") == "::ffff:")
+        #expect(SocketAddress.unmapped("::fffe:192.0.2.7") == "::fffe:192.0.2.7")
+        #expect(SocketAddress.unmapped("2001:db8::1") == "2001:db8::1")
+        #expect(SocketAddress.unmapped("192.0.2.7") == "192.0.2.7")
+    }
+
     @Test func anIPv6ClientCountsWithItsWhole64() {
         #expect(ConnectionLimits.key(for: "192.0.2.7") == "192.0.2.7")
         #expect(ConnectionLimits.key(for: "2001:db8:0:7::1") == "2001:db8:0:7::/64")

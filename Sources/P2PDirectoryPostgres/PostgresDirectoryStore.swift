@@ -602,43 +602,197 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// SEARCH: each word of the query is a range of the word index (its prefix up to the
     /// prefix followed by U+10FFFF, which sorts after every continuation in byte order); the
     /// online owners' hits come first, each group in publishing order.
+    ///
+    /// One prefix drives: the one the planner expects the fewest rows for (its statistics of
+    /// the word index; a prefix such as `txt` or `file3`, one word in a tenth of all files,
+    /// must not drive however few words it has). Its words' files are read in answer order
+    /// (the word index's order: offline, then file id), merged, and each candidate is asked
+    /// for the other prefixes, a batch at a time, until enough hits are found: the work is
+    /// about the hits' share of the driver's files, not the size of either prefix.
     private func search(_ text: String, _ connection: PostgresConnection) async throws -> [SearchHit] {
         let prefixes = Set(DirectoryRules.searchWords(text)).sorted()
         // The words each prefix stands for, by a loose index scan (one index descent per
         // distinct word, however many files have it). A prefix that matches no word: no hits.
         var wordsOf: [[String]] = []
+        var estimates: [Double] = []
         for prefix in prefixes {
-            let end = prefix + "\u{10FFFF}"
-            let rows = try await connection.query(
-                """
-                WITH RECURSIVE w (word) AS (
-                    SELECT min(word) FROM directory_file_word WHERE word >= \(prefix) AND word < \(end)
-                    UNION ALL
-                    SELECT (SELECT min(t.word) FROM directory_file_word t WHERE t.word > w.word AND t.word < \(end))
-                    FROM w WHERE w.word IS NOT NULL)
-                SELECT word FROM w WHERE word IS NOT NULL
-                """, logger: logger)
-            var words: [String] = []
-            for try await word in rows.decode(String.self) { words.append(word) }
+            let words = try await words(startingWith: prefix, connection)
             if words.isEmpty { return [] }
             wordsOf.append(words)
+            estimates.append(try await estimatedRows(startingWith: prefix, connection))
         }
-        // Driven by the prefix of fewest words: each of its words' files are read in answer
-        // order (online owners first, then publishing order: the word index's order), those
-        // having the other prefixes too are kept, the first hits of each word suffice (a file
-        // among the first hits overall is among the first of every word it is found by), and
-        // only the chosen files' rows are read.
-        let driver = wordsOf.indices.min { wordsOf[$0].count < wordsOf[$1].count }!
+        let driver = prefixes.indices.min {
+            (estimates[$0], wordsOf[$0].count) < (estimates[$1], wordsOf[$1].count)
+        }!
+        let others = prefixes.indices.filter { $0 != driver }
+        let ids: [Int64]
+        if wordsOf[driver].count <= Self.maxMergedWords {
+            // The share of the driver's files expected to be hits: each other prefix's rows
+            // over all files (its words are about one row per file).
+            var share = 1.0
+            if !others.isEmpty {
+                let files = try await estimatedFiles(connection)
+                for index in others { share *= min(1, estimates[index] / max(files, 1)) }
+            }
+            ids = try await mergedSearch(
+                words: wordsOf[driver], others: others.map { (prefixes[$0], estimates[$0]) }, expectedShare: share,
+                connection)
+        } else {
+            ids = try await perWordSearch(words: wordsOf[driver], others: others.map { prefixes[$0] }, connection)
+        }
+        guard !ids.isEmpty else { return [] }
+        let rows = try await connection.query(
+            "SELECT id, owner, name, description FROM directory_file WHERE id = ANY(\(ids))", logger: logger)
+        var found: [Int64: SearchHit] = [:]
+        for try await (id, owner, name, description) in rows.decode((Int64, String, String, String).self) {
+            found[id] = SearchHit(owner: owner, name: name, description: description)
+        }
+        // A file deleted meanwhile is left out.
+        return ids.compactMap { found[$0] }
+    }
+
+    /// The most words a driving prefix is merged over (one index range each per batch); a
+    /// prefix of more words (`w`, say) drives through ``perWordSearch(words:others:_:)``.
+    static let maxMergedWords = 256
+
+    /// The distinct words of the word index that start with `prefix`, by a loose index scan.
+    private func words(startingWith prefix: String, _ connection: PostgresConnection) async throws -> [String] {
+        let end = prefix + "\u{10FFFF}"
+        let rows = try await connection.query(
+            """
+            WITH RECURSIVE w (word) AS (
+                SELECT min(word) FROM directory_file_word WHERE word >= \(prefix) AND word < \(end)
+                UNION ALL
+                SELECT (SELECT min(t.word) FROM directory_file_word t WHERE t.word > w.word AND t.word < \(end))
+                FROM w WHERE w.word IS NOT NULL)
+            SELECT word FROM w WHERE word IS NOT NULL
+            """, logger: logger)
+        var words: [String] = []
+        for try await word in rows.decode(String.self) { words.append(word) }
+        return words
+    }
+
+    /// How many rows of the word index the planner expects for `prefix` (from its statistics:
+    /// planning only, nothing is read).
+    private func estimatedRows(startingWith prefix: String, _ connection: PostgresConnection) async throws -> Double {
+        let end = prefix + "\u{10FFFF}"
+        let rows = try await connection.query(
+            "EXPLAIN (FORMAT JSON) SELECT 1 FROM directory_file_word WHERE word >= \(prefix) AND word < \(end)",
+            logger: logger)
+        for try await plan in rows.decode(String.self) {
+            if let range = plan.range(of: "\"Plan Rows\": ") {
+                return Double(plan[range.upperBound...].prefix { $0.isNumber || $0 == "." }) ?? .infinity
+            }
+        }
+        return .infinity
+    }
+
+    /// How many files the planner's statistics count (kept by autovacuum and ANALYZE).
+    private func estimatedFiles(_ connection: PostgresConnection) async throws -> Double {
+        let rows = try await connection.query(
+            "SELECT reltuples::float8 FROM pg_class WHERE oid = 'directory_file'::regclass", logger: logger)
+        for try await files in rows.decode(Double.self) { return files }
+        return 0
+    }
+
+    /// The ids of the first hits, in answer order: the driving `words`' files merged in answer
+    /// order, a batch at a time, each batch's candidates asked for every prefix of `others`.
+    ///
+    /// A batch reads up to `perWord` rows of each word after the position reached; the merge of
+    /// what came back is complete up to the smallest last row of a word that gave all
+    /// `perWord` (a word that gave fewer has nothing more), so only that part is used and the
+    /// next batch starts after it, with `perWord` four times larger. The first batch is sized
+    /// for the hits wanted at `expectedShare` of the candidates being hits (four times that:
+    /// each batch costs a round trip and, for many candidates, a hash of the other prefixes'
+    /// files, so a batch too large costs less than one batch more). All of it runs in the
+    /// database; a batch returns only its hits and where the next one starts.
+    private func mergedSearch(
+        words: [String], others: [(prefix: String, estimatedRows: Double)], expectedShare: Double,
+        _ connection: PostgresConnection
+    ) async throws -> [Int64] {
+        let wanted = DirectoryRules.maxSearchHits
+        let expectedCandidates = Double(wanted) / max(expectedShare, 1e-4)
+        var perWord = Int(min(16384, max(8, 4 * expectedCandidates / Double(words.count))))
         var bindings = PostgresBindings()
-        bindings.append(wordsOf[driver])
-        var others = ""
-        for index in prefixes.indices where index != driver {
-            bindings.append(prefixes[index])
-            bindings.append(prefixes[index] + "\u{10FFFF}")
-            // A scalar subquery, not EXISTS: PostgreSQL would turn EXISTS into a join over
-            // every file of the driving word (it cannot know how many a word has), where
-            // this is asked of one file at a time, in order, until enough hits are found.
-            others += """
+        bindings.append(words)
+        var conditions: [String] = []
+        for (prefix, rows) in others {
+            bindings.append(prefix)
+            bindings.append(prefix + "\u{10FFFF}")
+            let range = "o.word >= $\(bindings.count - 1) AND o.word < $\(bindings.count)"
+            if rows < Self.hashOverProbe * Double(perWord * words.count) {
+                // Reading the prefix's rows once (a hash) costs less than a probe per candidate.
+                conditions.append("s.file_id IN (SELECT o.file_id FROM directory_file_word o WHERE \(range))")
+            } else {
+                // One probe of (file_id, word) per candidate, in answer order, until enough hits.
+                conditions.append(
+                    "(SELECT true FROM directory_file_word o WHERE o.file_id = s.file_id AND \(range) LIMIT 1)")
+            }
+        }
+        let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let position = bindings.count + 1
+        // A row's place in answer order as one number: offline rows after every online one.
+        let key = "(CASE WHEN t.offline THEN t.file_id + \(Self.offlineKeyOffset) ELSE t.file_id END)"
+        let sql = """
+            WITH c AS MATERIALIZED (
+                SELECT d.n, t.file_id, \(key) AS k FROM unnest($1::text[]) WITH ORDINALITY AS d (word, n)
+                CROSS JOIN LATERAL (
+                    SELECT t.offline, t.file_id FROM directory_file_word t
+                    WHERE t.word = d.word AND (t.offline, t.file_id) > ($\(position), $\(position + 1))
+                    ORDER BY t.offline, t.file_id LIMIT $\(position + 2)) AS t),
+            b AS (
+                SELECT min(last) AS bound FROM (
+                    SELECT max(k) AS last FROM c GROUP BY n HAVING count(*) = $\(position + 2)) AS full_words)
+            SELECT b.bound, h.file_id FROM b LEFT JOIN LATERAL (
+                -- OFFSET 0 keeps the conditions out of the subquery: asked in order, lazily.
+                SELECT s.k, s.file_id FROM (
+                    SELECT DISTINCT c.k, c.file_id FROM c WHERE b.bound IS NULL OR c.k <= b.bound
+                    ORDER BY c.k OFFSET 0) AS s
+                \(filter)
+                LIMIT $\(position + 3)) AS h ON true
+            ORDER BY h.k
+            """
+        var hits: [Int64] = []
+        var after = (offline: false, id: Int64(0))  // ids start at 1
+        while hits.count < wanted {
+            var batch = bindings
+            batch.append(after.offline)
+            batch.append(after.id)
+            batch.append(perWord)
+            batch.append(wanted - hits.count)
+            let rows = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: batch), logger: logger)
+            var bound: Int64?
+            for try await (rowBound, id) in rows.decode((Int64?, Int64?).self) {
+                bound = rowBound
+                if let id, !hits.contains(id) { hits.append(id) }
+            }
+            // No word had more: everything was read.
+            guard let bound else { break }
+            after = bound >= Self.offlineKeyOffset ? (true, bound - Self.offlineKeyOffset) : (false, bound)
+            perWord = min(perWord * 4, 65536)
+        }
+        return hits
+    }
+
+    /// How many rows of a prefix reading them all (into a hash) costs about as much as one probe
+    /// of the (file_id, word) index (measured at 10 million files: about 0.4 and 16 µs).
+    static let hashOverProbe = 40.0
+
+    /// Added to an offline row's file id in `mergedSearch`'s order key (ids stay far below).
+    static let offlineKeyOffset: Int64 = 1 << 62
+
+    /// The ids of the first hits for a driving prefix of very many words: each word's first
+    /// hits (the others asked per file) in one statement, merged.
+    private func perWordSearch(words: [String], others: [String], _ connection: PostgresConnection) async throws
+        -> [Int64]
+    {
+        var bindings = PostgresBindings()
+        bindings.append(words)
+        var conditions = ""
+        for prefix in others {
+            bindings.append(prefix)
+            bindings.append(prefix + "\u{10FFFF}")
+            conditions += """
                  AND (SELECT true FROM directory_file_word o WHERE o.file_id = t.file_id \
                 AND o.word >= $\(bindings.count - 1) AND o.word < $\(bindings.count) LIMIT 1)
                 """
@@ -646,22 +800,17 @@ public final class PostgresDirectoryStore: DirectoryStore {
         bindings.append(DirectoryRules.maxSearchHits)
         let limit = "$\(bindings.count)"
         let sql = """
-            SELECT f.owner, f.name, f.description FROM (
-                SELECT DISTINCT c.file_id, c.offline FROM unnest($1::text[]) AS d (word)
-                CROSS JOIN LATERAL (
-                    SELECT t.file_id, t.offline FROM directory_file_word t
-                    WHERE t.word = d.word\(others)
-                    ORDER BY t.offline, t.file_id LIMIT \(limit)) AS c
-                ORDER BY c.offline, c.file_id LIMIT \(limit)) AS m
-            JOIN directory_file f ON f.id = m.file_id
-            ORDER BY m.offline, m.file_id
+            SELECT DISTINCT c.offline, c.file_id FROM unnest($1::text[]) AS d (word)
+            CROSS JOIN LATERAL (
+                SELECT t.file_id, t.offline FROM directory_file_word t
+                WHERE t.word = d.word\(conditions)
+                ORDER BY t.offline, t.file_id LIMIT \(limit)) AS c
+            ORDER BY c.offline, c.file_id LIMIT \(limit)
             """
         let rows = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger)
-        var hits: [SearchHit] = []
-        for try await (owner, name, description) in rows.decode((String, String, String).self) {
-            hits.append(SearchHit(owner: owner, name: name, description: description))
-        }
-        return hits
+        var ids: [Int64] = []
+        for try await (_, id) in rows.decode((Bool, Int64).self) { ids.append(id) }
+        return ids
     }
 
     // MARK: Reads for the server itself

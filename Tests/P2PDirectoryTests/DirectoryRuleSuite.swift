@@ -514,6 +514,52 @@ extension RuleCase {
             ])
     }
 
+    /// SEARCH over more files than one batch of a store's search reads: prefixes whose files
+    /// rarely meet (the store must go on to the end of the driving prefix's files), a prefix of
+    /// more words than a store merges at once, owners online and offline (online hits first).
+    /// Each store answers as the reference does.
+    @Test(arguments: StoreUnderTest.all.filter { $0.name != "in-memory reference" })
+    func searchAgreesWithTheReferenceBeyondOneBatch(_ store: StoreUnderTest) async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let reference = InMemoryDirectoryStore()
+        let tested = try await store.open(folder)
+        var changes: [DirectoryChange] = []
+        for owner in 0..<20 {
+            changes.append(.register(user: "u\(owner)"))
+            if owner % 3 == 0 { changes.append(.connect(user: "u\(owner)", ip: "10.0.0.\(owner)", port: "4000")) }
+        }
+        for index in 0..<2400 {
+            // xk on the even files, yk on the odd ones and on every 50th even one: 24 files
+            // have both. pN (300 words) on one file each.
+            var words = [index % 2 == 0 ? "xk" : "yk"]
+            if index % 50 == 0 { words.append("yk") }
+            if index < 300 { words.append("p\(index)") }
+            words.append("n\(index % 7)")
+            changes.append(
+                .publish(user: "u\(index % 20)", fileName: "file\(index)", description: words.joined(separator: " "),
+                    from: nil))
+        }
+        for start in stride(from: 0, to: changes.count, by: 500) {
+            let batch = Array(changes[start..<min(start + 500, changes.count)])
+            let expected = await reference.apply(batch)
+            #expect(await tested.apply(batch) == expected)
+        }
+        // Files of offline owners come back online mid-way through the index's order.
+        for owner in [1, 2] {
+            let change = DirectoryChange.connect(user: "u\(owner)", ip: "10.0.1.\(owner)", port: "5000")
+            #expect(await tested.apply([change]) == reference.apply([change]))
+        }
+        let queries = ["xk yk", "yk xk", "xk", "p", "p1 xk", "p yk", "n3 yk xk", "xk nothing", "p29 n1", "YK N6"]
+            .map { DirectoryQuery.search(requester: "u0", query: $0) }
+        let expected = await reference.read(queries)
+        let actual = await tested.read(queries)
+        for (query, (want, got)) in zip(queries, zip(expected, actual)) {
+            #expect(got == want, "\(query)")
+        }
+        try await tested.close()
+    }
+
     /// Random sequences of changes, in random batches, give the same codes and lists on each
     /// store (SQLite, PostgreSQL) as on the in-memory reference.
     @Test(arguments: StoreUnderTest.all.filter { $0.name != "in-memory reference" })

@@ -50,6 +50,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
     private let runner: Task<Void, Never>
     private let settings: Settings
     private let logger: Logger
+    /// The planner's count of files and when it was asked (see `estimatedFiles`).
+    private let fileEstimate = Mutex<(files: Double, at: ContinuousClock.Instant)?>(nil)
     private let metrics: DirectoryMetrics
     private let state = Mutex(State())
 
@@ -619,13 +621,16 @@ public final class PostgresDirectoryStore: DirectoryStore {
             let words = try await words(startingWith: prefix, connection)
             if words.isEmpty { return [] }
             wordsOf.append(words)
+        }
+        // One prefix drives: no estimate needed.
+        for prefix in prefixes where prefixes.count > 1 {
             estimates.append(try await estimatedRows(startingWith: prefix, connection))
         }
+        if estimates.isEmpty { estimates = [0] }
         let driver = prefixes.indices.min {
             (estimates[$0], wordsOf[$0].count) < (estimates[$1], wordsOf[$1].count)
         }!
         let others = prefixes.indices.filter { $0 != driver }
-        let ids: [Int64]
         if wordsOf[driver].count <= Self.maxMergedWords {
             // The share of the driver's files expected to be hits: each other prefix's rows
             // over all files (its words are about one row per file).
@@ -634,21 +639,12 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 let files = try await estimatedFiles(connection)
                 for index in others { share *= min(1, estimates[index] / max(files, 1)) }
             }
-            ids = try await mergedSearch(
+            return try await mergedSearch(
                 words: wordsOf[driver], others: others.map { (prefixes[$0], estimates[$0]) }, expectedShare: share,
                 connection)
         } else {
-            ids = try await perWordSearch(words: wordsOf[driver], others: others.map { prefixes[$0] }, connection)
+            return try await perWordSearch(words: wordsOf[driver], others: others.map { prefixes[$0] }, connection)
         }
-        guard !ids.isEmpty else { return [] }
-        let rows = try await connection.query(
-            "SELECT id, owner, name, description FROM directory_file WHERE id = ANY(\(ids))", logger: logger)
-        var found: [Int64: SearchHit] = [:]
-        for try await (id, owner, name, description) in rows.decode((Int64, String, String, String).self) {
-            found[id] = SearchHit(owner: owner, name: name, description: description)
-        }
-        // A file deleted meanwhile is left out.
-        return ids.compactMap { found[$0] }
     }
 
     /// The most words a driving prefix is merged over (one index range each per batch); a
@@ -687,12 +683,17 @@ public final class PostgresDirectoryStore: DirectoryStore {
         return .infinity
     }
 
-    /// How many files the planner's statistics count (kept by autovacuum and ANALYZE).
+    /// How many files the planner's statistics count (kept by autovacuum and ANALYZE), asked
+    /// at most once a minute: an estimate, and a round trip less per search.
     private func estimatedFiles(_ connection: PostgresConnection) async throws -> Double {
+        let now = ContinuousClock.now
+        if let known = fileEstimate.withLock({ $0 }), now - known.at < .seconds(60) { return known.files }
         let rows = try await connection.query(
             "SELECT reltuples::float8 FROM pg_class WHERE oid = 'directory_file'::regclass", logger: logger)
-        for try await files in rows.decode(Double.self) { return files }
-        return 0
+        var files = 0.0
+        for try await count in rows.decode(Double.self) { files = count }
+        fileEstimate.withLock { $0 = (files, now) }
+        return files
     }
 
     /// The ids of the first hits, in answer order: the driving `words`' files merged in answer
@@ -709,7 +710,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
     private func mergedSearch(
         words: [String], others: [(prefix: String, estimatedRows: Double)], expectedShare: Double,
         _ connection: PostgresConnection
-    ) async throws -> [Int64] {
+    ) async throws -> [SearchHit] {
         let wanted = DirectoryRules.maxSearchHits
         let expectedCandidates = Double(wanted) / max(expectedShare, 1e-4)
         var perWord = Int(min(16384, max(8, 4 * expectedCandidates / Double(words.count))))
@@ -743,16 +744,18 @@ public final class PostgresDirectoryStore: DirectoryStore {
             b AS (
                 SELECT min(last) AS bound FROM (
                     SELECT max(k) AS last FROM c GROUP BY n HAVING count(*) = $\(position + 2)) AS full_words)
-            SELECT b.bound, h.file_id FROM b LEFT JOIN LATERAL (
+            SELECT b.bound, h.file_id, f.owner, f.name, f.description FROM b LEFT JOIN LATERAL (
                 -- OFFSET 0 keeps the conditions out of the subquery: asked in order, lazily.
                 SELECT s.k, s.file_id FROM (
                     SELECT DISTINCT c.k, c.file_id FROM c WHERE b.bound IS NULL OR c.k <= b.bound
                     ORDER BY c.k OFFSET 0) AS s
                 \(filter)
                 LIMIT $\(position + 3)) AS h ON true
+            LEFT JOIN directory_file f ON f.id = h.file_id
             ORDER BY h.k
             """
-        var hits: [Int64] = []
+        var hits: [SearchHit] = []
+        var found = Set<Int64>()
         var after = (offline: false, id: Int64(0))  // ids start at 1
         while hits.count < wanted {
             var batch = bindings
@@ -762,9 +765,14 @@ public final class PostgresDirectoryStore: DirectoryStore {
             batch.append(wanted - hits.count)
             let rows = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: batch), logger: logger)
             var bound: Int64?
-            for try await (rowBound, id) in rows.decode((Int64?, Int64?).self) {
+            for try await (rowBound, id, owner, name, description) in rows.decode(
+                (Int64?, Int64?, String?, String?, String?).self)
+            {
                 bound = rowBound
-                if let id, !hits.contains(id) { hits.append(id) }
+                // (No owner: the file was deleted meanwhile.)
+                if let id, let owner, let name, let description, found.insert(id).inserted {
+                    hits.append(SearchHit(owner: owner, name: name, description: description))
+                }
             }
             // No word had more: everything was read.
             guard let bound else { break }
@@ -784,7 +792,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// The ids of the first hits for a driving prefix of very many words: each word's first
     /// hits (the others asked per file) in one statement, merged.
     private func perWordSearch(words: [String], others: [String], _ connection: PostgresConnection) async throws
-        -> [Int64]
+        -> [SearchHit]
     {
         var bindings = PostgresBindings()
         bindings.append(words)
@@ -800,17 +808,22 @@ public final class PostgresDirectoryStore: DirectoryStore {
         bindings.append(DirectoryRules.maxSearchHits)
         let limit = "$\(bindings.count)"
         let sql = """
-            SELECT DISTINCT c.offline, c.file_id FROM unnest($1::text[]) AS d (word)
-            CROSS JOIN LATERAL (
-                SELECT t.file_id, t.offline FROM directory_file_word t
-                WHERE t.word = d.word\(conditions)
-                ORDER BY t.offline, t.file_id LIMIT \(limit)) AS c
-            ORDER BY c.offline, c.file_id LIMIT \(limit)
+            SELECT f.owner, f.name, f.description FROM (
+                SELECT DISTINCT c.file_id, c.offline FROM unnest($1::text[]) AS d (word)
+                CROSS JOIN LATERAL (
+                    SELECT t.file_id, t.offline FROM directory_file_word t
+                    WHERE t.word = d.word\(conditions)
+                    ORDER BY t.offline, t.file_id LIMIT \(limit)) AS c
+                ORDER BY c.offline, c.file_id LIMIT \(limit)) AS m
+            JOIN directory_file f ON f.id = m.file_id
+            ORDER BY m.offline, m.file_id
             """
         let rows = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger)
-        var ids: [Int64] = []
-        for try await (_, id) in rows.decode((Bool, Int64).self) { ids.append(id) }
-        return ids
+        var hits: [SearchHit] = []
+        for try await (owner, name, description) in rows.decode((String, String, String).self) {
+            hits.append(SearchHit(owner: owner, name: name, description: description))
+        }
+        return hits
     }
 
     // MARK: Reads for the server itself

@@ -616,17 +616,18 @@ public final class PostgresDirectoryStore: DirectoryStore {
         // The words each prefix stands for, by a loose index scan (one index descent per
         // distinct word, however many files have it). A prefix that matches no word: no hits.
         var wordsOf: [[String]] = []
-        var estimates: [Double] = []
         for prefix in prefixes {
             let words = try await words(startingWith: prefix, connection)
             if words.isEmpty { return [] }
             wordsOf.append(words)
         }
-        // One prefix drives: no estimate needed.
-        for prefix in prefixes where prefixes.count > 1 {
-            estimates.append(try await estimatedRows(startingWith: prefix, connection))
+        // A prefix alone drives without an estimate.
+        var estimates = [Double](repeating: 0, count: prefixes.count)
+        if prefixes.count > 1 {
+            for (index, prefix) in prefixes.enumerated() {
+                estimates[index] = try await estimatedRows(startingWith: prefix, connection)
+            }
         }
-        if estimates.isEmpty { estimates = [0] }
         let driver = prefixes.indices.min {
             (estimates[$0], wordsOf[$0].count) < (estimates[$1], wordsOf[$1].count)
         }!

@@ -558,9 +558,7 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
             return .users(users ?? [])
 
         case .listContent(let requester, let owner):
-            if let code = DirectoryRules.requesterCode(try presence(of: requester, db)) { return .status(code) }
-            guard try presence(of: owner, db) != .unknown else { return .status(3) }
-            return .content(try files(of: owner, db))
+            return try listContent(requester: requester, owner: owner, db)
 
         case .search(let requester, let query):
             if let code = DirectoryRules.requesterCode(try presence(of: requester, db)) { return .status(code) }
@@ -779,6 +777,34 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
             }
             return (files, last)
         }
+    }
+
+    /// LIST_CONTENT in one statement (it is the most frequent read): the requester's row, the
+    /// owner's and the owner's files, which are read only for a connected requester.
+    private static func listContent(requester: String, owner: String, _ db: Database) throws -> Reply {
+        let rows = try Row.fetchCursor(
+            db.cachedStatement(
+                sql: """
+                    SELECT r.name IS NOT NULL, r.ip IS NOT NULL, o.name IS NOT NULL, f.name, f.description
+                    FROM (SELECT ?1 AS requester, ?2 AS owner) AS q
+                    LEFT JOIN user r ON r.name = q.requester
+                    LEFT JOIN user o ON o.name = q.owner
+                    LEFT JOIN file f ON f.owner = o.name AND r.ip IS NOT NULL
+                    ORDER BY f.id
+                    """), arguments: [requester, owner])
+        var files: [PublishedFile] = []
+        var first = true
+        while let row = try rows.next() {
+            if first {
+                first = false
+                if let code = DirectoryRules.requesterCode(registered: row[0], connected: row[1]) {
+                    return .status(code)
+                }
+                guard row[2] as Bool else { return .status(3) }
+            }
+            if let name: String = row[3] { files.append(PublishedFile(name: name, description: row[4])) }
+        }
+        return .content(files)
     }
 
     private static func files(of owner: String, _ db: Database) throws -> [PublishedFile] {

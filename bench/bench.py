@@ -666,6 +666,15 @@ def start_postgres(work):
     return process, port, f"postgres://p2p@127.0.0.1:{port}/directory?sslmode=disable"
 
 
+def wait_for(what, condition, timeout=60):
+    """Polls `condition` every 0.1 s until it holds; raises after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
 def cpu_seconds(pids):
     """User + system CPU seconds used so far by the processes `pids` (and their reaped children)."""
     total = 0.0
@@ -831,7 +840,7 @@ class HATier:
         self.start("etcd")
         wait_port(self.ports["ETCD_PORT"])
         self.start("node", "1")
-        self.wait("node 1 to be the primary", lambda: self.ask("primary") == "1", 120)
+        wait_for("node 1 to be the primary", lambda: self.ask("primary") == "1", 120)
         self.start("node", "2")
         self.start("proxy")
         self.wait_synchronous()
@@ -848,19 +857,11 @@ class HATier:
         run = subprocess.run([HA_SCRIPT, command, self.folder, *args], capture_output=True, text=True)
         return run.stdout.strip() if run.returncode == 0 else None
 
-    @staticmethod
-    def wait(what, condition, timeout=60):
-        deadline = time.time() + timeout
-        while not condition():
-            if time.time() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}")
-            time.sleep(0.1)
-
     def wait_synchronous(self, timeout=120):
         def ready():
             primary, standby = self.ask("primary"), self.ask("sync")
             return primary and standby and primary != standby
-        self.wait("a synchronous standby", ready, timeout)
+        wait_for("a synchronous standby", ready, timeout)
 
     def psql(self, sql, database="directory", node=None):
         port = self.ports[f"NODE{node}_PORT"] if node else self.ports["PG_PORT"]
@@ -943,7 +944,7 @@ class RegisterStream:
     def wait_recovery(self, moment, timeout=60):
         """Seconds from `moment` until the first request sent after it was answered 0 (waits for
         100 such answers, so that the service is back, not one lucky request)."""
-        HATier.wait("requests to succeed again", lambda: len(self.acknowledged_since(moment)) >= 100, timeout)
+        wait_for("requests to succeed again", lambda: len(self.acknowledged_since(moment)) >= 100, timeout)
         return min(o[3] for o in self.acknowledged_since(moment)) - moment
 
     def stop(self):
@@ -975,7 +976,7 @@ def failover_benchmark(work):
         for round_ in range(2):
             with_replica.append(loadgen(front, "register", 64, f"hasync{round_}"))
             tier.stop_node(2)
-            HATier.wait("the primary to go on alone", lambda: tier.ask("sync") is None, 30)
+            wait_for("the primary to go on alone", lambda: tier.ask("sync") is None, 30)
             alone.append(loadgen(front, "register", 64, f"haalone{round_}"))
             tier.start("node", "2")
             tier.wait_synchronous()
@@ -990,7 +991,7 @@ def failover_benchmark(work):
             f"{synced['rps'] / base['rps']:.2f}")
 
         stream = RegisterStream(front)
-        HATier.wait("a steady stream", lambda: len(stream.acknowledged_since(0)) >= 500, 60)
+        wait_for("a steady stream", lambda: len(stream.acknowledged_since(0)) >= 500, 60)
         primary = int(tier.ask("primary"))
         postmaster = int(tier.ask("postmaster", str(primary)))
         crash = time.time()

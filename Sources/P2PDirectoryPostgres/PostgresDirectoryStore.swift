@@ -654,7 +654,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
 
     /// The distinct words of the word index that start with `prefix`, by a loose index scan.
     private func words(startingWith prefix: String, _ connection: PostgresConnection) async throws -> [String] {
-        let end = prefix + "\u{10FFFF}"
+        let end = Self.rangeEnd(of: prefix)
         let rows = try await connection.query(
             """
             WITH RECURSIVE w (word) AS (
@@ -672,7 +672,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// How many rows of the word index the planner expects for `prefix` (from its statistics:
     /// planning only, nothing is read).
     private func estimatedRows(startingWith prefix: String, _ connection: PostgresConnection) async throws -> Double {
-        let end = prefix + "\u{10FFFF}"
+        let end = Self.rangeEnd(of: prefix)
         let rows = try await connection.query(
             "EXPLAIN (FORMAT JSON) SELECT 1 FROM directory_file_word WHERE word >= \(prefix) AND word < \(end)",
             logger: logger)
@@ -719,16 +719,13 @@ public final class PostgresDirectoryStore: DirectoryStore {
         bindings.append(words)
         var conditions: [String] = []
         for (prefix, rows) in others {
-            bindings.append(prefix)
-            bindings.append(prefix + "\u{10FFFF}")
-            let range = "o.word >= $\(bindings.count - 1) AND o.word < $\(bindings.count)"
+            let range = Self.bindRange(of: prefix, on: "o.word", into: &bindings)
             if rows < Self.hashOverProbe * Double(perWord * words.count) {
                 // Reading the prefix's rows once (a hash) costs less than a probe per candidate.
                 conditions.append("s.file_id IN (SELECT o.file_id FROM directory_file_word o WHERE \(range))")
             } else {
                 // One probe of (file_id, word) per candidate, in answer order, until enough hits.
-                conditions.append(
-                    "(SELECT true FROM directory_file_word o WHERE o.file_id = s.file_id AND \(range) LIMIT 1)")
+                conditions.append(Self.probe(file: "s.file_id", range: range))
             }
         }
         let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
@@ -783,6 +780,26 @@ public final class PostgresDirectoryStore: DirectoryStore {
         return hits
     }
 
+    /// Where `prefix`'s range of the word index ends: the prefix followed by U+10FFFF, which
+    /// sorts after every continuation in byte order.
+    static func rangeEnd(of prefix: String) -> String {
+        prefix + "\u{10FFFF}"
+    }
+
+    /// Binds `prefix` and its range's end; the condition that `column` is in that range.
+    static func bindRange(of prefix: String, on column: String, into bindings: inout PostgresBindings) -> String {
+        bindings.append(prefix)
+        bindings.append(rangeEnd(of: prefix))
+        return "\(column) >= $\(bindings.count - 1) AND \(column) < $\(bindings.count)"
+    }
+
+    /// Whether the file `file` (an SQL expression) has a word in `range` (on `o.word`): one
+    /// probe of the (file_id, word) index. A scalar subquery, not EXISTS, which PostgreSQL
+    /// would turn into a join over every file of the range.
+    static func probe(file: String, range: String) -> String {
+        "(SELECT true FROM directory_file_word o WHERE o.file_id = \(file) AND \(range) LIMIT 1)"
+    }
+
     /// How many rows of a prefix reading them all (into a hash) costs about as much as one probe
     /// of the (file_id, word) index (measured at 10 million files: about 0.4 and 16 µs).
     static let hashOverProbe = 40.0
@@ -799,12 +816,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
         bindings.append(words)
         var conditions = ""
         for prefix in others {
-            bindings.append(prefix)
-            bindings.append(prefix + "\u{10FFFF}")
-            conditions += """
-                 AND (SELECT true FROM directory_file_word o WHERE o.file_id = t.file_id \
-                AND o.word >= $\(bindings.count - 1) AND o.word < $\(bindings.count) LIMIT 1)
-                """
+            let range = Self.bindRange(of: prefix, on: "o.word", into: &bindings)
+            conditions += " AND " + Self.probe(file: "t.file_id", range: range)
         }
         bindings.append(DirectoryRules.maxSearchHits)
         let limit = "$\(bindings.count)"

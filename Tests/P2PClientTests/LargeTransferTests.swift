@@ -109,7 +109,9 @@ import Testing
             second.send(["REGISTER user2", "CONNECT user2", "GET_FILE user1 huge.bin copy.bin"])
             // Kill the serving peer once the download is well under way: chunks recorded as arrived.
             let record = folder.file("second/.copy.bin.p2p-partial.info")
-            try await waitUntil("the download to start", timeout: 60) {
+            // Generous: the owner hashes all 4 GiB before the first chunk (about 15 s here, and
+            // once over 60 s on a busy shared machine).
+            try await waitUntil("the download to start", timeout: 180) {
                 let text = (try? String(contentsOfFile: record, encoding: .utf8)) ?? ""
                 return text.contains("\ndone 0")
             }

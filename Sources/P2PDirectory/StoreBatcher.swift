@@ -91,17 +91,21 @@ final class StoreBatcher: @unchecked Sendable {
                 let batch = group.map(\.0)
                 let completions = NIOLoopBound(group.map(\.1), eventLoop: loop)
                 store.read(batch) { answers in
-                    // The LIST_USERS of one batch usually get the same list (a store reads it
-                    // once per batch): encoded once, the replies share the bytes.
-                    var lastUsers: (users: [ConnectedUser], encoded: (ByteBuffer, ResultCode))?
+                    // The LIST_USERS of one batch usually get the same list, and the
+                    // LIST_CONTENTs of a popular owner the same files (a store reads each once
+                    // per batch and shares the array, so comparing is cheap): encoded once,
+                    // the replies share the bytes.
+                    var last: (reply: Reply, encoded: (ByteBuffer, ResultCode))?
                     let replies = zip(batch, answers).map { query, reply in
-                        if case .users(let users) = reply {
-                            if let lastUsers, lastUsers.users == users { return lastUsers.encoded }
+                        switch reply {
+                        case .users, .content:
+                            if let last, last.reply == reply { return last.encoded }
                             let encoded = Self.encode(reply, of: query.operation, with: encoder, logger: logger)
-                            lastUsers = (users, encoded)
+                            last = (reply, encoded)
                             return encoded
+                        case .status, .hits:
+                            return Self.encode(reply, of: query.operation, with: encoder, logger: logger)
                         }
-                        return Self.encode(reply, of: query.operation, with: encoder, logger: logger)
                     }
                     loop.execute {
                         for (completion, reply) in zip(completions.value, replies) { completion(reply.0, reply.1) }

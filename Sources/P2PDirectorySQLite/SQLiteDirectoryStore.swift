@@ -531,9 +531,8 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
         var replies: [Reply]
         do {
             replies = try reader.read { db in
-                // Every LIST_USERS of the batch reads the same snapshot: the list is read once.
-                var users: [ConnectedUser]?
-                return try queries.map { try Self.answer($0, in: db, bitmaps: bitmaps, connectedUsers: &users) }
+                var memo = ReadMemo()
+                return try queries.map { try Self.answer($0, in: db, bitmaps: bitmaps, memo: &memo) }
             }
         } catch {
             logger.error("directory read failed: \(error)")
@@ -547,18 +546,33 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
         }
     }
 
-    /// `connectedUsers`: the connected users once read in this transaction.
+    /// What one read transaction has already read, for the rest of its batch: every query of a
+    /// batch reads the same snapshot, so the connected users are read once, and each owner's
+    /// files once however many LIST_CONTENTs ask for them (a popular owner is listed by many
+    /// clients at once). The replies share the arrays, which lets the batcher encode them once.
+    struct ReadMemo {
+        var connectedUsers: [ConnectedUser]?
+        /// An owner's LIST_CONTENT reply for a connected requester: its files, or 3.
+        var contents: [String: Reply] = [:]
+    }
+
     private static func answer(
-        _ query: DirectoryQuery, in db: Database, bitmaps: SearchBitmaps?, connectedUsers users: inout [ConnectedUser]?
+        _ query: DirectoryQuery, in db: Database, bitmaps: SearchBitmaps?, memo: inout ReadMemo
     ) throws -> Reply {
         switch query {
         case .listUsers(let requester):
             if let code = DirectoryRules.requesterCode(try presence(of: requester, db)) { return .status(code) }
-            if users == nil { users = try connectedUsers(db) }
-            return .users(users ?? [])
+            if memo.connectedUsers == nil { memo.connectedUsers = try connectedUsers(db) }
+            return .users(memo.connectedUsers ?? [])
 
         case .listContent(let requester, let owner):
-            return try listContent(requester: requester, owner: owner, db)
+            if let known = memo.contents[owner] {
+                if let code = DirectoryRules.requesterCode(try presence(of: requester, db)) { return .status(code) }
+                return known
+            }
+            let (reply, ownersAnswer) = try listContent(requester: requester, owner: owner, db)
+            if ownersAnswer { memo.contents[owner] = reply }
+            return reply
 
         case .search(let requester, let query):
             if let code = DirectoryRules.requesterCode(try presence(of: requester, db)) { return .status(code) }
@@ -781,7 +795,11 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
 
     /// LIST_CONTENT in one statement (it is the most frequent read): the requester's row, the
     /// owner's and the owner's files, which are read only for a connected requester.
-    private static func listContent(requester: String, owner: String, _ db: Database) throws -> Reply {
+    /// `ownersAnswer`: the requester may read, so the reply is the owner's (its files or 3)
+    /// for any requester that may.
+    private static func listContent(
+        requester: String, owner: String, _ db: Database
+    ) throws -> (reply: Reply, ownersAnswer: Bool) {
         let rows = try Row.fetchCursor(
             db.cachedStatement(
                 sql: """
@@ -798,13 +816,13 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
             if first {
                 first = false
                 if let code = DirectoryRules.requesterCode(registered: row[0], connected: row[1]) {
-                    return .status(code)
+                    return (.status(code), false)
                 }
-                guard row[2] as Bool else { return .status(3) }
+                guard row[2] as Bool else { return (.status(3), true) }
             }
             if let name: String = row[3] { files.append(PublishedFile(name: name, description: row[4])) }
         }
-        return .content(files)
+        return (.content(files), true)
     }
 
     private static func files(of owner: String, _ db: Database) throws -> [PublishedFile] {

@@ -412,7 +412,8 @@ extension RuleCase {
     }
 
     /// A batch of reads of every kind, several LIST_CONTENTs among them (which a store may
-    /// answer together): each gets its own answer.
+    /// answer together, reading an owner's files once): each gets its own answer, the
+    /// requester checked for every one.
     @Test(arguments: StoreUnderTest.all)
     func batchOfReads(_ store: StoreUnderTest) async throws {
         let folder = try TemporaryDirectory()
@@ -429,6 +430,9 @@ extension RuleCase {
             .listUsers(requester: "b"), .listContent(requester: "nobody", owner: "b"),
             .listContent(requester: "b", owner: "nobody"), .listContent(requester: "b", owner: "a"),
             .listContent(requester: "a", owner: "off"), .search(requester: "a", query: "b"),
+            .listContent(requester: "b", owner: "b"), .listContent(requester: "a", owner: "nobody"),
+            .listContent(requester: "off", owner: "nobody"), .listContent(requester: "off", owner: "a"),
+            .listContent(requester: "a", owner: "a"),
         ])
         #expect(
             replies == [
@@ -437,6 +441,8 @@ extension RuleCase {
                 .users([ConnectedUser(name: "a", ip: "1.1.1.1", port: "1"), ConnectedUser(name: "b", ip: "2.2.2.2", port: "2")]),
                 .status(1), .status(3), .content([PublishedFile(name: "a1", description: "x")]), .content([]),
                 .hits([SearchHit(owner: "b", name: "b1", description: "one"), SearchHit(owner: "b", name: "b2", description: "two")]),
+                .content([PublishedFile(name: "b1", description: "one"), PublishedFile(name: "b2", description: "two")]),
+                .status(3), .status(2), .status(2), .content([PublishedFile(name: "a1", description: "x")]),
             ])
         try await directory.close()
     }

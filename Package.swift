@@ -269,6 +269,7 @@ let package = Package(
                 "P2POperationLog",
                 "P2PTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

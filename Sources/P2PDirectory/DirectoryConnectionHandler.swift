@@ -12,7 +12,7 @@ import P2PProtocol
 /// discards what the client still sends, so that the reply is not destroyed by a reset.
 ///
 /// The handler also gives the request its deadline (covering a client that sends nothing and
-/// one that never finishes) and gives the connection's slot back to the ``ConnectionCounter``
+/// one that never finishes; its loop's ``RequestDeadlines`` tells it when it passed) and gives the connection's slot back to the ``ConnectionCounter``
 /// when the connection ends. When the server shuts down, a connection that has not sent a byte
 /// yet is closed at once; one with a request under way is served. It is the only handler of the
 /// pipeline: with one short request per connection, each extra handler and future is a
@@ -20,7 +20,7 @@ import P2PProtocol
 ///
 /// What happens when is decided by a ``DirectoryConnectionStateMachine`` (no I/O, tested event
 /// by event); this handler feeds it the channel's events and carries out its actions.
-final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
+final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelHandler, RequestDeadlines.Waiting {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -33,7 +33,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private let handler: DirectoryRequestHandler
     private let batcher: StoreBatcher
     private let encoder: ReplyEncoder
-    private let requestTimeout: TimeAmount
+    private let deadlines: RequestDeadlines
     private let limits: ConnectionLimits
     private let problems: ConnectionProblemReport
     private let metrics: DirectoryMetrics
@@ -41,7 +41,6 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     /// Where a `CONTROL` request's connection goes once admitted.
     private let controls: ControlSessions?
     private var machine: DirectoryConnectionStateMachine
-    private var deadline: Scheduled<Void>?
     /// The socket's address (unmapped), or the PROXY header's once it has named one.
     private var clientIP: String
     /// Whether `clientIP` holds one of its slots in `limits`, to give back at the end.
@@ -53,7 +52,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         handler: DirectoryRequestHandler,
         batcher: StoreBatcher,
         encoder: ReplyEncoder,
-        requestTimeout: TimeAmount,
+        deadlines: RequestDeadlines,
         expectsProxyHeader: Bool = false,
         clientIP: String,
         holdsAddressSlot: Bool,
@@ -66,7 +65,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         self.handler = handler
         self.batcher = batcher
         self.encoder = encoder
-        self.requestTimeout = requestTimeout
+        self.deadlines = deadlines
         machine = DirectoryConnectionStateMachine(expectsProxyHeader: expectsProxyHeader)
         self.clientIP = clientIP
         self.holdsAddressSlot = holdsAddressSlot
@@ -78,18 +77,16 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let timeout = requestTimeout
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        deadline = context.eventLoop.scheduleTask(in: timeout) {
-            let (handler, context) = loopBound.value
-            handler.errorCaught(context: context, error: TimedOut(timeout: timeout))
-        }
+        deadlines.start(self, context: context)
+    }
+
+    func deadlinePassed(context: ChannelHandlerContext) {
+        errorCaught(context: context, error: TimedOut(timeout: deadlines.timeout))
     }
 
     /// Runs once per connection, when its pipeline is torn down.
     func handlerRemoved(context: ChannelHandlerContext) {
-        deadline?.cancel()
-        deadline = nil
+        deadlines.stop(self)
         if holdsAddressSlot {
             limits.release(clientIP)
             holdsAddressSlot = false
@@ -178,8 +175,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
 
     private func serve(_ request: Request, peerIP: String, context: ChannelHandlerContext) {
         // The whole request is here: the deadline no longer applies.
-        deadline?.cancel()
-        deadline = nil
+        deadlines.stop(self)
         guard let work = handler.accept(request, peerIP: peerIP) else {
             if case .relay(let user, let token) = request.command {
                 joinRelay(request, user: user, token: token, peerIP: peerIP, context: context)

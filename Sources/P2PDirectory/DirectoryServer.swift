@@ -131,13 +131,17 @@ public final class DirectoryServer: Service, Sendable {
             logger: logger, interval: configuration.problemReportInterval, metrics: metrics.factory)
         let refusals = RefusedConnections(delay: configuration.refusalDelay, limit: configuration.maxConnections)
         let quiescing = ServerQuiescingHelper(group: eventLoopGroup)
-        var batchers: [ObjectIdentifier: StoreBatcher] = [:]
+        // Each event loop's own batcher and request deadlines (they are confined to it).
+        var perLoop: [ObjectIdentifier: (batcher: StoreBatcher, deadlines: RequestDeadlines)] = [:]
         for loop in eventLoopGroup.makeIterator() {
-            batchers[ObjectIdentifier(loop)] = StoreBatcher(
-                store: store, eventLoop: loop, encoder: ReplyEncoder(codeEncoding: configuration.codeEncoding),
-                logger: logger)
+            perLoop[ObjectIdentifier(loop)] = (
+                StoreBatcher(
+                    store: store, eventLoop: loop, encoder: ReplyEncoder(codeEncoding: configuration.codeEncoding),
+                    logger: logger),
+                RequestDeadlines(timeout: configuration.idleTimeout, eventLoop: loop)
+            )
         }
-        let batcherOfLoop = batchers
+        let ofLoop = perLoop
         let channel = try await DualStack.configure(ServerBootstrap(group: eventLoopGroup), for: configuration.host)
             .serverChannelOption(.backlog, value: 1024)
             // Accept up to 16 connections per pass of the event loop instead of NIO's 4: with
@@ -178,7 +182,7 @@ public final class DirectoryServer: Service, Sendable {
                     // The handler gives the slot back when it is removed, which happens when the
                     // channel closes, also if the initializer fails after this point.
                     do {
-                        guard let batcher = batcherOfLoop[ObjectIdentifier(channel.eventLoop)] else {
+                        guard let (batcher, deadlines) = ofLoop[ObjectIdentifier(channel.eventLoop)] else {
                             throw ChannelError.inappropriateOperationForState
                         }
                         try channel.pipeline.syncOperations.addHandler(
@@ -186,7 +190,7 @@ public final class DirectoryServer: Service, Sendable {
                                 handler: handler,
                                 batcher: batcher,
                                 encoder: ReplyEncoder(codeEncoding: configuration.codeEncoding),
-                                requestTimeout: configuration.idleTimeout,
+                                deadlines: deadlines,
                                 expectsProxyHeader: configuration.proxyProtocol,
                                 clientIP: clientIP,
                                 holdsAddressSlot: holdsAddressSlot,

@@ -861,7 +861,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
     public func holdControl(_ users: [ConnectedUser], until: Date) async throws {
         let names = users.map(\.name)
         try await serverRead { connection in
-            try await connection.query(
+            _ = try await connection.query(
                 "UPDATE directory_user SET control_until = \(until) WHERE name = ANY(\(names)) AND ip IS NOT NULL",
                 logger: self.logger)
         }
@@ -883,7 +883,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
     public func forwardControl(_ fields: [String], to user: String) async throws {
         let payload = String(decoding: try JSONEncoder().encode([user] + fields), as: UTF8.self)
         try await serverRead { connection in
-            try await connection.query("SELECT pg_notify(\(Self.controlChannel), \(payload))", logger: self.logger)
+            _ = try await connection.query("SELECT pg_notify(\(Self.controlChannel), \(payload))", logger: self.logger)
         }
     }
 

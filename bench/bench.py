@@ -506,9 +506,11 @@ def answering_peer_check_benchmark(work):
 
 def shared_peer_check_benchmark(work):
     """Three servers on one PostgreSQL with 100,000 connected users: the peer checks are shared
-    (each round a server claims the users nobody has claimed), so the peers see about 100,000
-    checks per round, not 300,000. Every user's address is one responder, the C floor server,
-    which counts the GET_FILE requests it answers; a round is a burst of them."""
+    (each server claims its share of the users in the database), so the peers see about 100,000
+    checks per round, not 300,000, and each server makes about a third of them (its claims, read
+    from the database after the rounds; the first server claims everybody in its first round and
+    gives back all but its share in its second). Every user's address is one responder, the C
+    floor server, which counts the GET_FILE requests it answers; a round is a burst of them."""
     users = int(os.environ.get("BENCH_CHECK_USERS", "100000"))
     interval = 30
     postgres, pg_port, url = start_postgres(work)
@@ -554,14 +556,19 @@ def shared_peer_check_benchmark(work):
             raise RuntimeError(f"saw {len(bursts)} rounds of peer checks ({bursts}) in {6 * interval} s")
         per_round = statistics.median(bursts)
         total, finished = sum(bursts), len(bursts)
-        by_server = "rounds: " + ", ".join(f"{b:,}" for b in bursts)
+        by_round = "rounds: " + ", ".join(f"{b:,}" for b in bursts)
+        claims = subprocess.run(
+            ["psql", "-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "p2p", "-d", "directory", "-c",
+             "SELECT count(*) FROM directory_user WHERE check_until > now() GROUP BY check_by ORDER BY 1 DESC"],
+            check=True, capture_output=True, text=True).stdout.split()
+        by_server = "claims per server after them: " + ", ".join(f"{int(n):,}" for n in claims)
         result = {"rps": per_round, "plain": True,
                   "note": f"{users:,} connected users, 3 servers, interval {interval} s; checks answered by the peer "
-                          f"{total:,} in {finished} rounds; {by_server} (every server checking everybody: "
-                          f"{3 * users:,} a round)"}
+                          f"{total:,} in {finished} rounds; {by_round}; {by_server} (every server checking "
+                          f"everybody: {3 * users:,} a round)"}
         rows.append(("peer checks", "checks per round at the peers, 3 servers on PostgreSQL", result, None))
         log(f"shared peer checks: {per_round:,.0f} checks a round for {users:,} users ({per_round / users:.2f} per "
-            f"user); {by_server}")
+            f"user); {by_round}; {by_server}")
     finally:
         for server in servers:
             stop(server)

@@ -212,6 +212,19 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 "DROP INDEX directory_file_word_file",
             ]
         ),
+        (
+            5, "peer checkers",
+            [
+                // The servers checking peers, each until when it is alive (renewed every round):
+                // a server takes its share of the connected users, the count over the live ones.
+                """
+                CREATE TABLE directory_checker (
+                    id TEXT COLLATE "C" PRIMARY KEY,
+                    alive_until TIMESTAMPTZ NOT NULL
+                )
+                """
+            ]
+        ),
     ]
 
     /// Applies the migrations this database has not had. Several servers starting at once
@@ -909,23 +922,74 @@ public final class PostgresDirectoryStore: DirectoryStore {
         }
     }
 
+    /// The users `checker` checks this round: its share of the connected users (their count
+    /// over the servers alive, which renew their row here every round), its own claims first.
+    ///
+    /// It keeps up to a tenth more than its share of what it held (so that users connecting
+    /// and leaving do not move others between servers, whose failures in a row would start
+    /// again) and gives back the rest at once; unclaimed users (new, given back, or whose
+    /// server died and let its claims run out) are taken up to the share. A server joining
+    /// gets its share within two rounds of each of the others. Rows another server is
+    /// claiming right now are skipped, not waited for.
     public func usersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser] {
-        try await serverRead { connection in
-            // Rows another server is claiming right now are skipped, not waited for.
+        guard !isClosed else { throw PostgresStoreError.closed }
+        do {
+            let users = try await Self.withDeadline(settings.timeout) {
+                try await self.claimUsersToCheck(checker: checker, lease: lease)
+            }
+            succeeded()
+            return users
+        } catch {
+            failed(error, doing: "claiming the peers to check failed")
+            throw PostgresStoreError.unavailable(Self.describe(error))
+        }
+    }
+
+    private func claimUsersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser] {
+        try await transaction { connection in
+            try await connection.query(
+                """
+                INSERT INTO directory_checker (id, alive_until) VALUES (\(checker), now() + make_interval(secs => \(lease)))
+                ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until
+                """, logger: self.logger)
+            // A server gone for a day is forgotten.
+            try await connection.query(
+                "DELETE FROM directory_checker WHERE alive_until < now() - interval '1 day'", logger: self.logger)
             let rows = try await connection.query(
                 """
-                UPDATE directory_user SET check_by = \(checker), check_until = now() + make_interval(secs => \(lease))
-                WHERE name IN (
+                WITH share AS (
+                    SELECT ceil(
+                        (SELECT count(*) FROM directory_user
+                         WHERE ip IS NOT NULL AND (control_until IS NULL OR control_until < now()))::float8
+                        / greatest(1, (SELECT count(*) FROM directory_checker WHERE alive_until > now())))::bigint AS n),
+                kept AS (
+                    SELECT name FROM directory_user
+                    WHERE check_by = \(checker) AND ip IS NOT NULL AND (control_until IS NULL OR control_until < now())
+                    ORDER BY name LIMIT (SELECT n + n / 10 FROM share)
+                    FOR UPDATE SKIP LOCKED),
+                taken AS (
                     SELECT name FROM directory_user
                     WHERE ip IS NOT NULL AND (control_until IS NULL OR control_until < now())
-                        AND (check_by = \(checker) OR check_until IS NULL OR check_until < now())
+                        AND check_by IS DISTINCT FROM \(checker) AND (check_until IS NULL OR check_until < now())
+                    ORDER BY name LIMIT (SELECT greatest(0, n - (SELECT count(*) FROM kept)) FROM share)
                     FOR UPDATE SKIP LOCKED)
+                UPDATE directory_user
+                SET check_by = \(checker), check_until = now() + make_interval(secs => \(lease))
+                WHERE name IN (SELECT name FROM kept UNION ALL SELECT name FROM taken)
                 RETURNING name, ip, port
                 """, logger: self.logger)
             var users: [ConnectedUser] = []
             for try await (name, ip, port) in rows.decode((String, String?, String?).self) {
                 if let ip, let port { users.append(ConnectedUser(name: name, ip: ip, port: port)) }
             }
+            // What it held beyond that goes back to the others now, not when the lease ends:
+            // its claims not renewed above (now() is the transaction's start, so a renewed
+            // claim ends exactly at now() + lease).
+            try await connection.query(
+                """
+                UPDATE directory_user SET check_by = NULL, check_until = NULL
+                WHERE check_by = \(checker) AND check_until < now() + make_interval(secs => \(lease))
+                """, logger: self.logger)
             return users.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
         }
     }

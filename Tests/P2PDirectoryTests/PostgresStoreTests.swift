@@ -33,4 +33,49 @@ import P2PDirectoryStores
         try await one.close()
         try await two.close()
     }
+
+    /// Servers sharing the directory share the peer checks evenly: one alone claims everybody;
+    /// when two more start, it gives back all but its share, the others take theirs, and each
+    /// user stays claimed by one of them; when one dies, its users go to the others once its
+    /// claims and its heartbeat run out.
+    @Test func peerChecksAreSharedEvenlyAndTakenOverFromADeadServer() async throws {
+        let server = try await PostgresServer.shared()
+        let url = try await server.newDatabase()
+        let store = try await DirectoryStoreLocation.postgres(url).open(logger: Logger(label: "test"))
+        let names = (0..<30).map { "user\($0)" }
+        let codes = await store.apply(
+            names.map { .register(user: $0) } + names.map { .connect(user: $0, ip: "127.0.0.1", port: "9") })
+        #expect(codes.allSatisfy { $0 == .ok })
+        func claim(_ checker: String, lease: TimeInterval = 60) async throws -> Set<String> {
+            Set(try await store.usersToCheck(checker: checker, lease: lease).map(\.name))
+        }
+
+        #expect(try await claim("a") == Set(names))
+        // b and c start: a's claims still hold, so they get nobody yet.
+        #expect(try await claim("b").isEmpty)
+        #expect(try await claim("c").isEmpty)
+        // a keeps its share (10, and up to a tenth more), b and c take the rest.
+        var a = try await claim("a")
+        let b = try await claim("b")
+        let c = try await claim("c")
+        #expect(a.count == 11 && b.count == 10 && c.count == 9, "\(a.count) \(b.count) \(c.count)")
+        #expect(a.isDisjoint(with: b) && a.isDisjoint(with: c) && b.isDisjoint(with: c))
+        #expect(a.union(b).union(c) == Set(names))
+        // The next rounds change nothing.
+        a = try await claim("a")
+        #expect(try await claim("b") == b)
+        #expect(try await claim("c") == c)
+        #expect(a.count == 11)
+
+        // a dies: its last round asked for a short lease, which runs out; b and c share all.
+        _ = try await claim("a", lease: 0.5)
+        var shared: (b: Set<String>, c: Set<String>) = ([], [])
+        try await waitUntil("b and c to take over a's users", timeout: 15) {
+            shared = (try await claim("b"), try await claim("c"))
+            return shared.b.union(shared.c) == Set(names)
+        }
+        #expect(shared.b.isDisjoint(with: shared.c))
+        #expect(abs(shared.b.count - shared.c.count) <= 2, "\(shared.b.count) \(shared.c.count)")
+        try await store.close()
+    }
 }

@@ -70,11 +70,17 @@ public protocol DirectoryStore: Sendable {
 
     /// The connected users this server's peer checks should try this round: those no server
     /// holds a control connection for (``holdControl(_:until:)``) and no other server has
-    /// claimed for its own checks. The users returned are claimed for `checker` for `lease`
-    /// seconds (a server keeps claiming its own, so each user is checked by one server per
-    /// round, and the failures in a row are counted by that one). Has a default: every
-    /// connected user (a store only one server uses).
+    /// claimed for its own checks, up to this server's share of them when several check. The
+    /// users returned are claimed for `checker` for `lease` seconds (a server keeps claiming
+    /// its own, so each user is checked by one server per round, and the failures in a row are
+    /// counted by that one). Has a default: every connected user (a store only one server uses).
     func usersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser]
+
+    /// `checker` stops checking for good (its server is shutting down): its claims are given
+    /// back and it no longer counts among the servers sharing the checks, so that the others
+    /// take its users at their next round instead of when its claims run out. Has a default
+    /// that does nothing.
+    func stopChecking(checker: String) async throws
 
     /// Whether some server sharing the directory holds `user`'s control connection now (its
     /// lease has not run out). Has a default: false.
@@ -131,6 +137,8 @@ extension DirectoryStore {
     public func usersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser] {
         try await connectedUsers()
     }
+
+    public func stopChecking(checker: String) async throws {}
 
     public func isControlHeld(_ user: String) async throws -> Bool { false }
 

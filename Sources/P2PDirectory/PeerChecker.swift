@@ -91,6 +91,19 @@ public final class PeerChecker: Service, Sendable {
     public func run() async throws {
         guard settings.isEnabled else { return }
         await cancelWhenGracefulShutdown { await self.checkUntilCancelled() }
+        // Shutting down: the users this server claimed go to the others at their next round,
+        // not when the claims run out. In a task of its own, which the cancellation that
+        // ended the checks does not reach (the store bounds it with its deadline).
+        let store = self.store
+        let checker = checkerID
+        let logger = self.logger
+        await Task {
+            do {
+                try await store.stopChecking(checker: checker)
+            } catch {
+                logger.warning("peer check: cannot give back this server's claims: \(error)")
+            }
+        }.value
     }
 
     private func checkUntilCancelled() async {

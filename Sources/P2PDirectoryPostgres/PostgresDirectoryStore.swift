@@ -52,6 +52,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
     private let logger: Logger
     /// The planner's count of files and when it was asked (see `estimatedFiles`).
     private let fileEstimate = Mutex<(files: Double, at: ContinuousClock.Instant)?>(nil)
+    /// The planner's row counts of search prefixes and when each was asked (see `estimatedRows`).
+    private let prefixEstimates = Mutex<[String: (rows: Double, at: ContinuousClock.Instant)]>([:])
     private let metrics: DirectoryMetrics
     private let state = Mutex(State())
 
@@ -626,14 +628,9 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// about the hits' share of the driver's files, not the size of either prefix.
     private func search(_ text: String, _ connection: PostgresConnection) async throws -> [SearchHit] {
         let prefixes = Set(DirectoryRules.searchWords(text)).sorted()
-        // The words each prefix stands for, by a loose index scan (one index descent per
-        // distinct word, however many files have it). A prefix that matches no word: no hits.
-        var wordsOf: [[String]] = []
-        for prefix in prefixes {
-            let words = try await words(startingWith: prefix, connection)
-            if words.isEmpty { return [] }
-            wordsOf.append(words)
-        }
+        // The words each prefix stands for. A prefix that matches no word: no hits.
+        let wordsOf = try await words(startingWith: prefixes, connection)
+        if wordsOf.contains(where: \.isEmpty) { return [] }
         // A prefix alone drives without an estimate.
         var estimates = [Double](repeating: 0, count: prefixes.count)
         if prefixes.count > 1 {
@@ -665,36 +662,53 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// prefix of more words (`w`, say) drives through ``perWordSearch(words:others:_:)``.
     static let maxMergedWords = 256
 
-    /// The distinct words of the word index that start with `prefix`, by a loose index scan.
-    private func words(startingWith prefix: String, _ connection: PostgresConnection) async throws -> [String] {
-        let end = Self.rangeEnd(of: prefix)
+    /// The distinct words of the word index that start with each of `prefixes`, in one
+    /// statement: a loose index scan per prefix (one index descent per distinct word, however
+    /// many files have it).
+    private func words(startingWith prefixes: [String], _ connection: PostgresConnection) async throws -> [[String]] {
+        let ends = prefixes.map(Self.rangeEnd(of:))
         let rows = try await connection.query(
             """
-            WITH RECURSIVE w (word) AS (
-                SELECT min(word) FROM directory_file_word WHERE word >= \(prefix) AND word < \(end)
-                UNION ALL
-                SELECT (SELECT min(t.word) FROM directory_file_word t WHERE t.word > w.word AND t.word < \(end))
-                FROM w WHERE w.word IS NOT NULL)
-            SELECT word FROM w WHERE word IS NOT NULL
+            SELECT p.i, m.word FROM unnest(\(prefixes)::text[], \(ends)::text[]) WITH ORDINALITY AS p (prefix, stop, i)
+            CROSS JOIN LATERAL (
+                WITH RECURSIVE w (word) AS (
+                    SELECT min(word) FROM directory_file_word WHERE word >= p.prefix AND word < p.stop
+                    UNION ALL
+                    SELECT (SELECT min(t.word) FROM directory_file_word t WHERE t.word > w.word AND t.word < p.stop)
+                    FROM w WHERE w.word IS NOT NULL)
+                SELECT word FROM w WHERE word IS NOT NULL) AS m
+            ORDER BY p.i, m.word
             """, logger: logger)
-        var words: [String] = []
-        for try await word in rows.decode(String.self) { words.append(word) }
+        var words = [[String]](repeating: [], count: prefixes.count)
+        for try await (position, word) in rows.decode((Int, String).self) { words[position - 1].append(word) }
         return words
     }
 
     /// How many rows of the word index the planner expects for `prefix` (from its statistics:
     /// planning only, nothing is read).
+    ///
+    /// Kept a minute per prefix: the statistics change only when autovacuum analyzes the table,
+    /// an estimate only chooses how the search runs (never what it finds), and a popular
+    /// search then costs a round trip less per other prefix.
     private func estimatedRows(startingWith prefix: String, _ connection: PostgresConnection) async throws -> Double {
+        let now = ContinuousClock.now
+        if let known = prefixEstimates.withLock({ $0[prefix] }), now - known.at < .seconds(60) { return known.rows }
         let end = Self.rangeEnd(of: prefix)
         let rows = try await connection.query(
             "EXPLAIN (FORMAT JSON) SELECT 1 FROM directory_file_word WHERE word >= \(prefix) AND word < \(end)",
             logger: logger)
+        var estimate = Double.infinity
         for try await plan in rows.decode(String.self) {
             if let range = plan.range(of: "\"Plan Rows\": ") {
-                return Double(plan[range.upperBound...].prefix { $0.isNumber || $0 == "." }) ?? .infinity
+                estimate = Double(plan[range.upperBound...].prefix { $0.isNumber || $0 == "." }) ?? .infinity
             }
         }
-        return .infinity
+        prefixEstimates.withLock { known in
+            // Bounded: past 10,000 prefixes it starts again (a minute's worth is all it keeps anyway).
+            if known.count >= 10_000 { known.removeAll() }
+            known[prefix] = (estimate, now)
+        }
+        return estimate
     }
 
     /// How many files the planner's statistics count (kept by autovacuum and ANALYZE), asked
@@ -991,6 +1005,16 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 WHERE check_by = \(checker) AND check_until < now() + make_interval(secs => \(lease))
                 """, logger: self.logger)
             return users.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+        }
+    }
+
+    public func stopChecking(checker: String) async throws {
+        try await serverRead { connection in
+            _ = try await connection.query(
+                """
+                WITH gone AS (DELETE FROM directory_checker WHERE id = \(checker))
+                UPDATE directory_user SET check_by = NULL, check_until = NULL WHERE check_by = \(checker)
+                """, logger: self.logger)
         }
     }
 

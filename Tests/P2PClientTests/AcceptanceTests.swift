@@ -210,7 +210,7 @@ import Testing
             _ = try await first.finish()
             let secondFolder = try environment.clientFolder("second")
             #expect(lines.contains("c> GET_FILE OK"), "output: \(lines)")
-            #expect(try Data(contentsOf: URL(fileURLWithPath: "\(secondFolder)/copy.txt")) == authors)
+            try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: "\(secondFolder)/copy.txt")), authors)
             #expect(lines.suffix(2) == ["c> GET_FILE FAIL / FILE NOT EXIST", "c> DISCONNECT OK"])
             // Nothing is left behind for the failed one, not even a temporary file.
             #expect(try FileManager.default.contentsOfDirectory(atPath: secondFolder) == ["copy.txt"])

@@ -111,7 +111,7 @@ struct NATTraversalTests {
         let before = world.internet.bytes(through: world.serverHost)
         #expect(try await bob.run("GET_FILE alice movie.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
         let through = world.internet.bytes(through: world.serverHost) - before
-        #expect(try Data(contentsOf: URL(fileURLWithPath: world.folder.file("bob/copy.bin"))) == content)
+        try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: world.folder.file("bob/copy.bin"))), content)
         #expect(bob.process.stderrLines.contains { $0.contains("alice is behind a NAT") && $0.contains("reversed") })
         // The server's host saw the requests, not the file.
         #expect(through < 64 * 1024, "\(through) bytes went through the server's host")
@@ -134,7 +134,7 @@ struct NATTraversalTests {
             let line = try await dave.run("GET_FILE alice movie.bin copy\(attempt).bin", timeout: 60)
             let through = world.internet.bytes(through: world.serverHost) - before
             #expect(line == "c> GET_FILE OK", "try \(attempt): \(dave.process.stderrLines.suffix(3))")
-            #expect(try Data(contentsOf: URL(fileURLWithPath: world.folder.file("dave/copy\(attempt).bin"))) == content)
+            try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: world.folder.file("dave/copy\(attempt).bin"))), content)
             #expect(through < 64 * 1024, "\(through) bytes went through the server's host")
         }
         #expect(dave.process.stderrLines.filter { $0.contains("punching a connection") }.count == tries)
@@ -183,7 +183,7 @@ struct NATTraversalTests {
         let start = ContinuousClock.now
         #expect(try await dave.run("GET_FILE alice movie.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
         let took = ContinuousClock.now - start
-        #expect(try Data(contentsOf: URL(fileURLWithPath: world.folder.file("dave/copy.bin"))) == content)
+        try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: world.folder.file("dave/copy.bin"))), content)
         let seconds = Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18
         let rate = Double(content.count) / seconds
         #expect(abs(rate / Double(limit) - 1) < 0.1, "relayed at \(Int(rate)) bytes/s, the limit is \(limit); \(world.server.process.stderrLines.suffix(6))")

@@ -152,7 +152,7 @@ let quietLogger: Logger = {
             let peer = try await ScriptedPeer.start(send: prefix + content, thenReset: false)
             let target = folder.file("out.bin")
             try await FileDownloader().download("f", fromHost: "127.0.0.1", port: peer.port, to: target)
-            #expect(Array(try Data(contentsOf: URL(fileURLWithPath: target))) == content, "prefix \(prefix)")
+            try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: target)), content, "prefix \(prefix)")
             await peer.stop()
         }
     }

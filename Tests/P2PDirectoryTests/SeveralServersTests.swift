@@ -122,6 +122,41 @@ import Testing
         for server in others { await server.stop() }
     }
 
+    /// A server shut down (SIGTERM) gives back the users it claimed and leaves the checkers'
+    /// table as it goes, well before its claims would run out (two rounds and a check: 6 s
+    /// here), so the one left takes everybody at its next round.
+    @Test func aServerShutDownGivesBackItsClaimsAtOnce() async throws {
+        let peer = try FragilePeer()
+        defer { peer.stop() }
+        let (url, servers, folder) = try await Self.servers(2, extraArguments: ["--peer-check-interval", "2"])
+        defer { folder.remove() }
+        for index in 0..<6 {
+            #expect(try await Self.send(.register(user: "u\(index)"), to: servers[0].port) == .status(0))
+            #expect(
+                try await Self.send(.connect(user: "u\(index)", port: String(peer.port)), to: servers[0].port)
+                    == .status(0))
+        }
+        let postgres = try await PostgresServer.shared()
+        func count(_ sql: String) async throws -> Int {
+            Int(try await postgres.psql(sql, database: url.database).first ?? "") ?? -1
+        }
+        let liveCheckers = "SELECT count(*) FROM directory_checker WHERE alive_until > now()"
+        let claimedByTheGone =
+            "SELECT count(*) FROM directory_user WHERE check_until > now() AND check_by NOT IN (SELECT id FROM directory_checker)"
+        try await waitUntil("both servers to check, each its share", timeout: 20) {
+            let checkers = try await count(liveCheckers)
+            let claiming = try await count("SELECT count(DISTINCT check_by) FROM directory_user WHERE check_until > now()")
+            return checkers == 2 && claiming == 2
+        }
+        await servers[1].stop()
+        #expect(try await count(liveCheckers) == 1)
+        #expect(try await count(claimedByTheGone) == 0)
+        try await waitUntil("the server left to claim everybody", timeout: 10) {
+            try await count("SELECT count(*) FROM directory_user WHERE check_until > now()") == 6
+        }
+        await servers[0].stop()
+    }
+
     @Test func aChangeAnsweredByOneIsSeenByTheNextRequestToAnother() async throws {
         let (_, servers, folder) = try await Self.servers(3)
         defer { folder.remove() }

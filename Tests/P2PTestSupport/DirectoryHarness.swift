@@ -49,10 +49,14 @@ public final class DirectoryHarness: Sendable {
     ) async throws {
         self.dataDirectory = dataDirectory
         self.operationLog = operationLog
-        var logger = logger ?? Logger(label: "test-directory")
-        if logger == nil {
-            logger.logLevel = ProcessInfo.processInfo.environment["P2P_TEST_LOG"] != nil ? .debug : .critical
-        }
+        // Quiet unless asked for (P2P_TEST_LOG), when the test gives no logger of its own.
+        let logger =
+            logger
+            ?? {
+                var quiet = Logger(label: "test-directory")
+                quiet.logLevel = ProcessInfo.processInfo.environment["P2P_TEST_LOG"] != nil ? .debug : .critical
+                return quiet
+            }()
         let application = try await DirectoryApplication.build(
             configuration: configuration, store: store ?? .sqlite(dataDirectory: dataDirectory),
             operationLog: operationLog, peerChecks: peerChecks, metrics: metrics, console: { _ in }, logger: logger)

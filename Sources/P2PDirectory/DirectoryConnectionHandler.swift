@@ -12,8 +12,8 @@ import P2PProtocol
 /// discards what the client still sends, so that the reply is not destroyed by a reset.
 ///
 /// The handler also gives the request its deadline (covering a client that sends nothing and
-/// one that never finishes; its loop's ``RequestDeadlines`` tells it when it passed) and gives the connection's slot back to the ``ConnectionCounter``
-/// when the connection ends. When the server shuts down, a connection that has not sent a byte
+/// one that never finishes; its loop's ``RequestDeadlines`` tells it when it passed) and gives
+/// the connection's slot back to the ``ConnectionCounter`` when the connection ends. When the server shuts down, a connection that has not sent a byte
 /// yet is closed at once; one with a request under way is served. It is the only handler of the
 /// pipeline: with one short request per connection, each extra handler and future is a
 /// noticeable share of the work.

@@ -50,10 +50,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
     private let runner: Task<Void, Never>
     private let settings: Settings
     private let logger: Logger
-    /// The planner's count of files and when it was asked (see `estimatedFiles`).
-    private let fileEstimate = Mutex<(files: Double, at: ContinuousClock.Instant)?>(nil)
-    /// The planner's row counts of search prefixes and when each was asked (see `estimatedRows`).
-    private let prefixEstimates = Mutex<[String: (rows: Double, at: ContinuousClock.Instant)]>([:])
+    /// The planner's estimates SEARCH asked for and when (see `remembered(_:ask:)`).
+    private let estimates = Mutex<[Estimate: (value: Double, at: ContinuousClock.Instant)]>([:])
     private let metrics: DirectoryMetrics
     private let state = Mutex(State())
 
@@ -691,37 +689,50 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// an estimate only chooses how the search runs (never what it finds), and a popular
     /// search then costs a round trip less per other prefix.
     private func estimatedRows(startingWith prefix: String, _ connection: PostgresConnection) async throws -> Double {
-        let now = ContinuousClock.now
-        if let known = prefixEstimates.withLock({ $0[prefix] }), now - known.at < .seconds(60) { return known.rows }
-        let end = Self.rangeEnd(of: prefix)
-        let rows = try await connection.query(
-            "EXPLAIN (FORMAT JSON) SELECT 1 FROM directory_file_word WHERE word >= \(prefix) AND word < \(end)",
-            logger: logger)
-        var estimate = Double.infinity
-        for try await plan in rows.decode(String.self) {
-            if let range = plan.range(of: "\"Plan Rows\": ") {
-                estimate = Double(plan[range.upperBound...].prefix { $0.isNumber || $0 == "." }) ?? .infinity
+        try await remembered(.rows(prefix: prefix)) {
+            let end = Self.rangeEnd(of: prefix)
+            let rows = try await connection.query(
+                "EXPLAIN (FORMAT JSON) SELECT 1 FROM directory_file_word WHERE word >= \(prefix) AND word < \(end)",
+                logger: logger)
+            var estimate = Double.infinity
+            for try await plan in rows.decode(String.self) {
+                if let range = plan.range(of: "\"Plan Rows\": ") {
+                    estimate = Double(plan[range.upperBound...].prefix { $0.isNumber || $0 == "." }) ?? .infinity
+                }
             }
+            return estimate
         }
-        prefixEstimates.withLock { known in
-            // Bounded: past 10,000 prefixes it starts again (a minute's worth is all it keeps anyway).
-            if known.count >= 10_000 { known.removeAll() }
-            known[prefix] = (estimate, now)
-        }
-        return estimate
     }
 
     /// How many files the planner's statistics count (kept by autovacuum and ANALYZE), asked
     /// at most once a minute: an estimate, and a round trip less per search.
     private func estimatedFiles(_ connection: PostgresConnection) async throws -> Double {
+        try await remembered(.files) {
+            let rows = try await connection.query(
+                "SELECT reltuples::float8 FROM pg_class WHERE oid = 'directory_file'::regclass", logger: logger)
+            var files = 0.0
+            for try await count in rows.decode(Double.self) { files = count }
+            return files
+        }
+    }
+
+    /// A planner's estimate SEARCH uses: the files, or the word index's rows of a prefix.
+    enum Estimate: Hashable {
+        case files
+        case rows(prefix: String)
+    }
+
+    /// `estimate` as asked at most a minute ago, else `ask`ed now. Bounded: past 10,000
+    /// estimates the cache starts again (a minute's worth is all it keeps anyway).
+    private func remembered(_ estimate: Estimate, ask: () async throws -> Double) async throws -> Double {
         let now = ContinuousClock.now
-        if let known = fileEstimate.withLock({ $0 }), now - known.at < .seconds(60) { return known.files }
-        let rows = try await connection.query(
-            "SELECT reltuples::float8 FROM pg_class WHERE oid = 'directory_file'::regclass", logger: logger)
-        var files = 0.0
-        for try await count in rows.decode(Double.self) { files = count }
-        fileEstimate.withLock { $0 = (files, now) }
-        return files
+        if let known = estimates.withLock({ $0[estimate] }), now - known.at < .seconds(60) { return known.value }
+        let value = try await ask()
+        estimates.withLock { known in
+            if known.count >= 10_000 { known.removeAll() }
+            known[estimate] = (value, now)
+        }
+        return value
     }
 
     /// The ids of the first hits, in answer order: the driving `words`' files merged in answer
@@ -946,18 +957,13 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// gets its share within two rounds of each of the others. Rows another server is
     /// claiming right now are skipped, not waited for.
     public func usersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser] {
-        guard !isClosed else { throw PostgresStoreError.closed }
-        do {
-            let users = try await Self.withDeadline(settings.timeout) {
-                try await self.claimUsersToCheck(checker: checker, lease: lease)
-            }
-            succeeded()
-            return users
-        } catch {
-            failed(error, doing: "claiming the peers to check failed")
-            throw PostgresStoreError.unavailable(Self.describe(error))
+        try await serverWork(doing: "claiming the peers to check failed") {
+            try await self.claimUsersToCheck(checker: checker, lease: lease)
         }
     }
+
+    /// Connected users whose peers may be checked: no server holds their control connection.
+    static let checkable = "ip IS NOT NULL AND (control_until IS NULL OR control_until < now())"
 
     private func claimUsersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser] {
         try await transaction { connection in
@@ -973,18 +979,16 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 """
                 WITH share AS (
                     SELECT ceil(
-                        (SELECT count(*) FROM directory_user
-                         WHERE ip IS NOT NULL AND (control_until IS NULL OR control_until < now()))::float8
+                        (SELECT count(*) FROM directory_user WHERE \(unescaped: Self.checkable))::float8
                         / greatest(1, (SELECT count(*) FROM directory_checker WHERE alive_until > now())))::bigint AS n),
                 kept AS (
                     SELECT name FROM directory_user
-                    WHERE check_by = \(checker) AND ip IS NOT NULL AND (control_until IS NULL OR control_until < now())
+                    WHERE check_by = \(checker) AND \(unescaped: Self.checkable)
                     ORDER BY name LIMIT (SELECT n + n / 10 FROM share)
                     FOR UPDATE SKIP LOCKED),
                 taken AS (
                     SELECT name FROM directory_user
-                    WHERE ip IS NOT NULL AND (control_until IS NULL OR control_until < now())
-                        AND check_by IS DISTINCT FROM \(checker) AND (check_until IS NULL OR check_until < now())
+                    WHERE \(unescaped: Self.checkable) AND check_by IS DISTINCT FROM \(checker) AND (check_until IS NULL OR check_until < now())
                     ORDER BY name LIMIT (SELECT greatest(0, n - (SELECT count(*) FROM kept)) FROM share)
                     FOR UPDATE SKIP LOCKED)
                 UPDATE directory_user
@@ -1059,15 +1063,23 @@ public final class PostgresDirectoryStore: DirectoryStore {
     private func serverRead<T: Sendable>(
         _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
+        try await serverWork(doing: "a read failed") {
+            try await self.client.withConnection { connection in try await body(connection) }
+        }
+    }
+
+    /// The server's own `work` (not a client's request), within the store's deadline; a
+    /// failure is recorded as an outage and thrown as ``PostgresStoreError/unavailable(_:)``.
+    private func serverWork<T: Sendable>(
+        doing what: String, _ work: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
         guard !isClosed else { throw PostgresStoreError.closed }
         do {
-            let value = try await Self.withDeadline(settings.timeout) {
-                try await self.client.withConnection { connection in try await body(connection) }
-            }
+            let value = try await Self.withDeadline(settings.timeout, work)
             succeeded()
             return value
         } catch {
-            failed(error, doing: "a read failed")
+            failed(error, doing: what)
             throw PostgresStoreError.unavailable(Self.describe(error))
         }
     }

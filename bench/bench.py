@@ -1057,18 +1057,24 @@ def fill_postgres_directory(pg_port, users):
         ALTER TABLE directory_file_word DROP CONSTRAINT directory_file_word_pkey;
         ALTER TABLE directory_file_word DROP CONSTRAINT directory_file_word_file_id_fkey;
         DROP INDEX directory_file_word_file_word;
-        DROP INDEX directory_file_word_order;
+        DROP INDEX directory_file_word_search;
         -- The words of name and description as DirectoryRules.searchWords makes them of ASCII
         -- text: runs of letters and digits, lower-cased, each once per file; with the owner's
-        -- being offline, the order SEARCH answers in.
-        INSERT INTO directory_file_word (word, file_id, offline)
-        SELECT DISTINCT word, f.id, u.ip IS NULL FROM directory_file f JOIN directory_user u ON u.name = f.owner,
-            regexp_split_to_table(lower(f.name || ' ' || f.description), '[^a-z0-9]+') AS word
-        WHERE word <> '';
+        -- being offline, the order SEARCH answers in, and all the file's words, each after a
+        -- space (the store's wordsColumn).
+        INSERT INTO directory_file_word (word, file_id, offline, words)
+        WITH w AS MATERIALIZED (
+            SELECT DISTINCT word, f.id AS file_id, u.ip IS NULL AS offline
+            FROM directory_file f JOIN directory_user u ON u.name = f.owner,
+                regexp_split_to_table(lower(f.name || ' ' || f.description), '[^a-z0-9]+') AS word
+            WHERE word <> '')
+        SELECT w.word, w.file_id, w.offline, a.words FROM w JOIN (
+            SELECT file_id, string_agg(' ' || word, '' ORDER BY word) AS words FROM w GROUP BY file_id) AS a
+        USING (file_id);
         ALTER TABLE directory_file_word ADD PRIMARY KEY (word, file_id);
         ALTER TABLE directory_file_word ADD FOREIGN KEY (file_id) REFERENCES directory_file (id) ON DELETE CASCADE;
         CREATE INDEX directory_file_word_file_word ON directory_file_word (file_id, word);
-        CREATE INDEX directory_file_word_order ON directory_file_word (word, offline, file_id);
+        CREATE INDEX directory_file_word_search ON directory_file_word (word, offline, file_id) INCLUDE (words);
     """
     for statement in (sql, "VACUUM (ANALYZE)"):
         # VACUUM apart (it cannot run in the one transaction psql makes of -c), as autovacuum

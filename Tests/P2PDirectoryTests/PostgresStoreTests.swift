@@ -82,4 +82,55 @@ import P2PDirectoryStores
         }
         try await store.close()
     }
+
+    /// A directory kept by a server before the word rows carried their file's words (schema
+    /// version 5) is searched as before once a newer server has opened it: the upgrade fills
+    /// the words of the files already there.
+    @Test func filesPublishedBeforeTheWordsColumnAreFoundAfterTheUpgrade() async throws {
+        let server = try await PostgresServer.shared()
+        let url = try await server.newDatabase()
+        let older = PostgresDirectoryStore.migrations.filter { $0.version <= 5 }
+        #expect(older.count == 5)
+        var setup = ["CREATE TABLE directory_schema (version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"]
+        for migration in older {
+            setup += migration.statements
+            setup.append("INSERT INTO directory_schema (version, name) VALUES (\(migration.version), 'v\(migration.version)')")
+        }
+        // What a version-5 server wrote for alice (connected), bob and their files (ids 1 to 3
+        // in a new database).
+        setup += [
+            "INSERT INTO directory_user (name, ip, port) VALUES ('alice', '127.0.0.1', '4000'), ('bob', NULL, NULL)",
+            """
+            INSERT INTO directory_file (owner, name, description) VALUES
+                ('alice', 'lecture-notes.pdf', 'Week 1 of Algebra'), ('alice', 'beach.jpg', 'Summer photo'),
+                ('bob', 'algebra-notes.txt', 'week 2')
+            """,
+            """
+            INSERT INTO directory_file_word (word, file_id, offline) VALUES
+                ('lecture', 1, false), ('notes', 1, false), ('pdf', 1, false), ('week', 1, false), ('1', 1, false),
+                ('of', 1, false), ('algebra', 1, false), ('beach', 2, false), ('jpg', 2, false), ('summer', 2, false),
+                ('photo', 2, false), ('algebra', 3, true), ('notes', 3, true), ('txt', 3, true), ('week', 3, true),
+                ('2', 3, true)
+            """,
+        ]
+        _ = try await server.psql(setup.joined(separator: ";\n"), database: url.database)
+
+        let store = try await PostgresDirectoryStore.open(url, logger: Logger(label: "test"))
+        let lecture = SearchHit(owner: "alice", name: "lecture-notes.pdf", description: "Week 1 of Algebra")
+        let beach = SearchHit(owner: "alice", name: "beach.jpg", description: "Summer photo")
+        let bobs = SearchHit(owner: "bob", name: "algebra-notes.txt", description: "week 2")
+        for (query, hits) in [
+            ("NOTES alg", [lecture, bobs]), ("wee not", [lecture, bobs]), ("photo bea", [beach]),
+            ("lect photo", []), ("txt week alg", [bobs]), ("summer", [beach]),
+        ] {
+            #expect(
+                await store.read([.search(requester: "alice", query: query)]) == [.hits(hits)], "\(query)")
+        }
+        // And what is published after the upgrade is found with it.
+        #expect(await store.apply([.publish(user: "alice", fileName: "notes-2.txt", description: "Photo album")]) == [.ok])
+        #expect(
+            await store.read([.search(requester: "alice", query: "phot note")])
+                == [.hits([SearchHit(owner: "alice", name: "notes-2.txt", description: "Photo album")])])
+        try await store.close()
+    }
 }

@@ -33,8 +33,9 @@ public final class PostgresDirectoryStore: DirectoryStore {
         /// The longest a request waits for the database before it gets its error code (below
         /// the server's idle timeout, so a client always hears back).
         public var timeout: Duration = .seconds(2)
-        /// The longest connecting at open may take. (Not the migrations: rewriting a large
-        /// directory's tables takes minutes, and a server starting meanwhile waits for them.)
+        /// The longest connecting at open may take, up to the first statement answered. (Not
+        /// the migrations: rewriting a large directory's tables takes minutes, and a server
+        /// starting meanwhile waits for them.)
         public var openTimeout: Duration = .seconds(15)
         /// Connections to PostgreSQL this server keeps at most.
         public var maximumConnections = 20
@@ -96,6 +97,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
         do {
             try await withDeadline(settings.openTimeout) {
                 try await probe(url, settings: settings, logger: logger)
+                try await store.createSchemaTable()
             }
             try await store.migrate()
         } catch {
@@ -285,10 +287,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
         Array(Set(DirectoryRules.searchWords(name) + DirectoryRules.searchWords(description)))
     }
 
-    /// Applies the migrations this database has not had. Several servers starting at once
-    /// each claim a version by inserting its row first: the others wait for that transaction
-    /// and find the version applied.
-    private func migrate() async throws {
+    /// The table of the versions applied, if there is none yet.
+    private func createSchemaTable() async throws {
         for attempt in 1...Self.maxAttempts {
             do {
                 try await client.query(
@@ -302,6 +302,12 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 try await Task.sleep(for: .milliseconds(20 * attempt))
             }
         }
+    }
+
+    /// Applies the migrations this database has not had. Several servers starting at once
+    /// each claim a version by inserting its row first: the others wait for that transaction
+    /// and find the version applied.
+    private func migrate() async throws {
         for migration in Self.migrations {
             try await transaction { connection in
                 let claimed = try await Self.count(

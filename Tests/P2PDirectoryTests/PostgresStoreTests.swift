@@ -133,4 +133,43 @@ import P2PDirectoryStores
                 == [.hits([SearchHit(owner: "alice", name: "notes-2.txt", description: "Photo album")])])
         try await store.close()
     }
+
+    /// A prefix of more words than a merge takes (`maxMergedWords`) drives the search word by
+    /// word, the other prefixes tested in its rows: the hits are the reference's, in its order,
+    /// with the statistics telling the planner that the other prefixes are the larger ones.
+    @Test func aPrefixOfVeryManyWordsDrivesWithTheOthersTestedInItsRows() async throws {
+        let server = try await PostgresServer.shared()
+        let url = try await server.newDatabase()
+        let store = try await PostgresDirectoryStore.open(url, logger: Logger(label: "test"))
+        let reference = InMemoryDirectoryStore()
+        var changes: [DirectoryChange] = [
+            .register(user: "on"), .register(user: "off"), .connect(user: "on", ip: "127.0.0.1", port: "4000"),
+            .connect(user: "off", ip: "127.0.0.1", port: "4001"),
+        ]
+        let many = PostgresDirectoryStore.maxMergedWords + 44
+        for index in 0..<many {
+            changes.append(
+                .publish(
+                    user: index % 3 == 0 ? "off" : "on", fileName: "zqxywvu\(index).bin",
+                    description: index % 2 == 0 ? "common red" : "common blue"))
+        }
+        for index in 0..<(4 * many) {
+            changes.append(.publish(user: "off", fileName: "filler\(index).txt", description: "common red blue"))
+        }
+        // Published while connected (PUBLISH asks that); offline owners' files come last.
+        changes.append(.disconnect(user: "off"))
+        for part in stride(from: 0, to: changes.count, by: 200) {
+            let batch = Array(changes[part..<min(part + 200, changes.count)])
+            let expected = await reference.apply(batch)
+            #expect(expected.allSatisfy { $0 == .ok })
+            #expect(await store.apply(batch) == expected)
+        }
+        _ = try await server.psql("ANALYZE", database: url.database)
+        for query in ["zqxywvu red", "zqxywvu bl", "common zqxywvu", "zqxywvu1 red", "zqxywvu nothing", "zqxywvu"] {
+            let asked: [DirectoryQuery] = [.search(requester: "on", query: query)]
+            let expected = await reference.read(asked)
+            #expect(await store.read(asked) == expected, "\(query)")
+        }
+        try await store.close()
+    }
 }

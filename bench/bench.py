@@ -1061,7 +1061,7 @@ def fill_postgres_directory(pg_port, users):
         -- The words of name and description as DirectoryRules.searchWords makes them of ASCII
         -- text: runs of letters and digits, lower-cased, each once per file; with the owner's
         -- being offline, the order SEARCH answers in, and all the file's words, each after a
-        -- space (the store's wordsColumn).
+        -- space (the store's wordsColumn). In file order, as PUBLISH appends them.
         INSERT INTO directory_file_word (word, file_id, offline, words)
         WITH w AS MATERIALIZED (
             SELECT DISTINCT word, f.id AS file_id, u.ip IS NULL AS offline
@@ -1070,7 +1070,8 @@ def fill_postgres_directory(pg_port, users):
             WHERE word <> '')
         SELECT w.word, w.file_id, w.offline, a.words FROM w JOIN (
             SELECT file_id, string_agg(' ' || word, '' ORDER BY word) AS words FROM w GROUP BY file_id) AS a
-        USING (file_id);
+        USING (file_id)
+        ORDER BY w.file_id;
         ALTER TABLE directory_file_word ADD PRIMARY KEY (word, file_id);
         ALTER TABLE directory_file_word ADD FOREIGN KEY (file_id) REFERENCES directory_file (id) ON DELETE CASCADE;
         CREATE INDEX directory_file_word_file_word ON directory_file_word (file_id, word);

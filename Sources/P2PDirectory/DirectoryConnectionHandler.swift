@@ -13,10 +13,10 @@ import P2PProtocol
 ///
 /// The handler also gives the request its deadline (covering a client that sends nothing and
 /// one that never finishes; its loop's ``RequestDeadlines`` tells it when it passed) and gives
-/// the connection's slot back to the ``ConnectionCounter`` when the connection ends. When the server shuts down, a connection that has not sent a byte
-/// yet is closed at once; one with a request under way is served. It is the only handler of the
-/// pipeline: with one short request per connection, each extra handler and future is a
-/// noticeable share of the work.
+/// the connection's slot back to the ``ConnectionCounter`` when the connection ends. When the
+/// server shuts down, a connection that has not sent a byte yet is closed at once; one with a
+/// request under way is served. It is the only handler of the pipeline: with one short request
+/// per connection, each extra handler and future is a noticeable share of the work.
 ///
 /// What happens when is decided by a ``DirectoryConnectionStateMachine`` (no I/O, tested event
 /// by event); this handler feeds it the channel's events and carries out its actions.

@@ -614,12 +614,15 @@ public final class PostgresDirectoryStore: DirectoryStore {
             return .content(files)
 
         case .search(let requester, let text):
-            let connected = try await presence(of: requester, connection)
-            if let code = DirectoryRules.requesterCode(registered: connected != nil, connected: connected == true) {
-                return .status(code)
+            guard !DirectoryRules.searchWords(text).isEmpty else {
+                let connected = try await presence(of: requester, connection)
+                return .status(
+                    DirectoryRules.requesterCode(registered: connected != nil, connected: connected == true) ?? 3)
             }
-            guard !DirectoryRules.searchWords(text).isEmpty else { return .status(3) }
-            return .hits(try await search(text, connection))
+            switch try await search(text, requester: requester, connection) {
+            case .refused(let code): return .status(code)
+            case .hits(let hits): return .hits(hits)
+            }
         }
     }
 
@@ -680,23 +683,34 @@ public final class PostgresDirectoryStore: DirectoryStore {
         return files
     }
 
+    /// What a SEARCH came to: the requester's code (not registered, not connected), or hits.
+    enum SearchOutcome {
+        case refused(ResultCode)
+        case hits([SearchHit])
+    }
+
     /// SEARCH: each word of the query is a range of the word index (its prefix up to the
     /// prefix followed by U+10FFFF, which sorts after every continuation in byte order); the
-    /// online owners' hits come first, each group in publishing order.
+    /// online owners' hits come first, each group in publishing order. `requester` nil: the
+    /// server's own search (its web page), nobody's presence checked.
     ///
     /// One prefix drives: the one the planner expects the fewest rows for (its statistics of
-    /// the word index; a prefix such as `txt` or `file3`, one word in a tenth of all files,
-    /// must not drive however few words it has). Its words' files are read in answer order
-    /// (the word index's order: offline, then file id), merged, and each candidate is tested
-    /// for the other prefixes in the file's words its row carries, a batch at a time, until
-    /// enough hits are found: the work is about the hits' share of the driver's files, not the
-    /// size of the other prefixes.
-    private func search(_ text: String, _ connection: PostgresConnection) async throws -> [SearchHit] {
+    /// the word index, kept a minute; a prefix such as `txt` or `file3`, one word in a tenth of
+    /// all files, must not drive however few words it has). Its words' files are read in
+    /// answer order (the word index's order: offline, then file id), merged, and each
+    /// candidate is tested for the other prefixes in the file's words its row carries, a batch
+    /// at a time, until enough hits are found: the work is about the hits' share of the
+    /// driver's files, not the size of the other prefixes.
+    ///
+    /// The requester's presence, the driver's words, whether every other prefix matches a
+    /// word, and the first batch are one statement: one round trip for most searches. Under
+    /// the mixed load each round trip waits for a core; three of them (presence, words, batch)
+    /// were most of a search's time there.
+    private func search(_ text: String, requester: String?, _ connection: PostgresConnection) async throws
+        -> SearchOutcome
+    {
         let prefixes = Set(DirectoryRules.searchWords(text)).sorted()
-        // The words each prefix stands for. A prefix that matches no word: no hits.
-        let wordsOf = try await words(startingWith: prefixes, connection)
-        if wordsOf.contains(where: \.isEmpty) { return [] }
-        // A prefix alone drives without an estimate.
+        // A prefix alone drives without an estimate; a tie goes to the longer prefix.
         var estimates = [Double](repeating: 0, count: prefixes.count)
         if prefixes.count > 1 {
             for (index, prefix) in prefixes.enumerated() {
@@ -704,27 +718,151 @@ public final class PostgresDirectoryStore: DirectoryStore {
             }
         }
         let driver = prefixes.indices.min {
-            (estimates[$0], wordsOf[$0].count) < (estimates[$1], wordsOf[$1].count)
+            (estimates[$0], -prefixes[$0].utf8.count) < (estimates[$1], -prefixes[$1].utf8.count)
         }!
-        let others = prefixes.indices.filter { $0 != driver }
-        if wordsOf[driver].count <= Self.maxMergedWords {
-            // The share of the driver's files expected to be hits: each other prefix's rows
-            // over all files (its words are about one row per file).
-            var share = 1.0
-            if !others.isEmpty {
-                let files = try await estimatedFiles(connection)
-                for index in others { share *= min(1, estimates[index] / max(files, 1)) }
-            }
-            return try await mergedSearch(
-                words: wordsOf[driver], others: others.map { prefixes[$0] }, expectedShare: share, connection)
-        } else {
-            return try await perWordSearch(words: wordsOf[driver], others: others.map { prefixes[$0] }, connection)
+        let others = prefixes.indices.filter { $0 != driver }.map { prefixes[$0] }
+        // The share of the driver's files expected to be hits: each other prefix's rows over
+        // all files (its words are about one row per file).
+        var share = 1.0
+        if !others.isEmpty {
+            let files = try await estimatedFiles(connection)
+            for index in prefixes.indices where index != driver { share *= min(1, estimates[index] / max(files, 1)) }
         }
+        let wanted = DirectoryRules.maxSearchHits
+        // The first batch's rows, over all the driver's words: four times the candidates
+        // expected to hold the hits wanted (each batch costs a round trip, so a batch too large
+        // costs less than one batch more).
+        let firstBatch = Int64(min(1e12, 4 * Double(wanted) / max(share, 1e-4)))
+        let batch = MergedSearchStatement(requester: requester, driver: prefixes[driver], others: others)
+
+        var hits: [SearchHit] = []
+        var found = Set<Int64>()
+        var after = (offline: false, id: Int64(0))  // ids start at 1
+        var perWord: Int64 = 0  // the first batch sizes it
+        while hits.count < wanted {
+            let rows = try await connection.query(
+                batch.query(after: after, perWord: perWord, firstBatch: firstBatch, wanted: wanted - hits.count),
+                logger: logger)
+            var bound: Int64?
+            for try await (registered, connected, words, rowPerWord, rowBound, id, owner, name, description)
+                in rows.decode((Bool, Bool, Int64, Int64, Int64?, Int64?, String?, String?, String?).self)
+            {
+                if let code = DirectoryRules.requesterCode(registered: registered, connected: connected) {
+                    return .refused(code)
+                }
+                if words > Self.maxMergedWords {
+                    let driverWords = try await self.words(startingWith: [prefixes[driver]], connection)[0]
+                    return .hits(try await perWordSearch(words: driverWords, others: others, connection))
+                }
+                perWord = rowPerWord
+                bound = rowBound
+                // (No owner: the file was deleted meanwhile.)
+                if let id, let owner, let name, let description, found.insert(id).inserted {
+                    hits.append(SearchHit(owner: owner, name: name, description: description))
+                }
+            }
+            // No word had more: everything was read.
+            guard let bound else { break }
+            after = bound >= Self.offlineKeyOffset ? (true, bound - Self.offlineKeyOffset) : (false, bound)
+            perWord = min(perWord * 4, 65536)
+        }
+        return .hits(hits)
     }
 
     /// The most words a driving prefix is merged over (one index range each per batch); a
     /// prefix of more words (`w`, say) drives through ``perWordSearch(words:others:_:)``.
     static let maxMergedWords = 256
+
+    /// One batch of a search: the driving prefix's words' files merged in answer order, read
+    /// after a position, each candidate tested for every other prefix, the first hits joined
+    /// with their files; with the requester's presence and the driver's word count, so that
+    /// the first batch is the search's only round trip.
+    ///
+    /// A batch reads up to `perWord` rows of each word after the position reached; the merge of
+    /// what came back is complete up to the smallest last row of a word that gave all
+    /// `perWord` (a word that gave fewer has nothing more), so only that part is used and the
+    /// next batch starts after it (`bound`; NULL: nothing more to read). The first batch's
+    /// `perWord` is its row count over the driver's words (at least 8, at most 16,384). Nothing
+    /// is read when the requester is not connected, the driver has no word or more than
+    /// ``maxMergedWords``, or another prefix matches no word.
+    struct MergedSearchStatement {
+        let sql: String
+        let bindings: PostgresBindings
+
+        init(requester: String?, driver: String, others: [String]) {
+            var bindings = PostgresBindings()
+            func bind(_ value: String) -> String {
+                bindings.append(value)
+                return "$\(bindings.count)"
+            }
+            let presence =
+                if let requester {
+                    """
+                    SELECT r.name IS NOT NULL AS registered, r.ip IS NOT NULL AS connected
+                    FROM (VALUES (1)) AS one (x) LEFT JOIN directory_user r ON r.name = \(bind(requester))
+                    """
+                } else {
+                    "SELECT true AS registered, true AS connected"
+                }
+            let (start, stop) = (bind(driver), bind(PostgresDirectoryStore.rangeEnd(of: driver)))
+            let othersExist = others.map { prefix in
+                " AND EXISTS (SELECT FROM directory_file_word WHERE word >= \(bind(prefix))"
+                    + " AND word < \(bind(PostgresDirectoryStore.rangeEnd(of: prefix))))"
+            }.joined()
+            let conditions = PostgresDirectoryStore.otherPrefixes(others, in: "c.words", into: &bindings)
+            let next = bindings.count + 1
+            let (afterOffline, afterID, perWord, firstBatch, wanted) =
+                ("$\(next)", "$\(next + 1)", "$\(next + 2)", "$\(next + 3)", "$\(next + 4)")
+            // A row's place in answer order as one number: offline rows after every online one.
+            let key = "(CASE WHEN t.offline THEN t.file_id + \(PostgresDirectoryStore.offlineKeyOffset) ELSE t.file_id END)"
+            self.bindings = bindings
+            self.sql = """
+                WITH RECURSIVE w (word) AS (
+                    SELECT min(word) FROM directory_file_word WHERE word >= \(start) AND word < \(stop)
+                    UNION ALL
+                    SELECT (SELECT min(t.word) FROM directory_file_word t WHERE t.word > w.word AND t.word < \(stop))
+                    FROM w WHERE w.word IS NOT NULL),
+                d AS MATERIALIZED (
+                    SELECT word FROM w WHERE word IS NOT NULL LIMIT \(PostgresDirectoryStore.maxMergedWords + 1)),
+                q AS MATERIALIZED (
+                    SELECT p.registered, p.connected, n.words,
+                        (CASE WHEN \(perWord)::int8 > 0 THEN \(perWord)::int8
+                            ELSE greatest(8, least(16384, \(firstBatch)::int8 / greatest(n.words, 1))) END) AS per_word,
+                        p.connected AND n.words BETWEEN 1 AND \(PostgresDirectoryStore.maxMergedWords)\(othersExist) AS go
+                    FROM (\(presence)) AS p, (SELECT count(*) AS words FROM d) AS n),
+                c AS MATERIALIZED (
+                    SELECT d.word, t.file_id, t.words, \(key) AS k
+                    FROM d CROSS JOIN LATERAL (
+                        SELECT t.offline, t.file_id, t.words FROM directory_file_word t
+                        WHERE t.word = d.word AND (t.offline, t.file_id) > (\(afterOffline)::bool, \(afterID)::int8)
+                        ORDER BY t.offline, t.file_id LIMIT (SELECT per_word FROM q)) AS t
+                    WHERE (SELECT go FROM q)),
+                b AS (
+                    SELECT min(last) AS bound FROM (
+                        SELECT max(k) AS last FROM c GROUP BY word HAVING count(*) = (SELECT per_word FROM q)) AS full_words)
+                SELECT q.registered, q.connected, q.words, q.per_word, b.bound, h.file_id, f.owner, f.name, f.description
+                FROM q CROSS JOIN b LEFT JOIN LATERAL (
+                    SELECT DISTINCT c.k, c.file_id FROM c
+                    WHERE (b.bound IS NULL OR c.k <= b.bound)\(conditions)
+                    ORDER BY c.k LIMIT \(wanted)::int8) AS h ON true
+                LEFT JOIN directory_file f ON f.id = h.file_id
+                ORDER BY h.k
+                """
+        }
+
+        /// The batch after `after` (the last key of the batch before; `(false, 0)` first),
+        /// `perWord` rows a word (0: the first batch, `firstBatch` rows over the words), for
+        /// up to `wanted` hits.
+        func query(after: (offline: Bool, id: Int64), perWord: Int64, firstBatch: Int64, wanted: Int) -> PostgresQuery {
+            var batch = bindings
+            batch.append(after.offline)
+            batch.append(after.id)
+            batch.append(perWord)
+            batch.append(firstBatch)
+            batch.append(Int64(wanted))
+            return PostgresQuery(unsafeSQL: sql, binds: batch)
+        }
+    }
 
     /// The distinct words of the word index that start with each of `prefixes`, in one
     /// statement: a loose index scan per prefix (one index descent per distinct word, however
@@ -799,74 +937,6 @@ public final class PostgresDirectoryStore: DirectoryStore {
             known[estimate] = (value, now)
         }
         return value
-    }
-
-    /// The first hits, in answer order: the driving `words`' files merged in answer order, a
-    /// batch at a time, each batch's candidates tested for every prefix of `others`.
-    ///
-    /// A batch reads up to `perWord` rows of each word after the position reached; the merge of
-    /// what came back is complete up to the smallest last row of a word that gave all
-    /// `perWord` (a word that gave fewer has nothing more), so only that part is used and the
-    /// next batch starts after it, with `perWord` four times larger. The first batch is sized
-    /// for the hits wanted at `expectedShare` of the candidates being hits (four times that:
-    /// each batch costs a round trip, so a batch too large costs less than one batch more). All
-    /// of it runs in the database; a batch returns only its hits and where the next one starts.
-    private func mergedSearch(
-        words: [String], others: [String], expectedShare: Double, _ connection: PostgresConnection
-    ) async throws -> [SearchHit] {
-        let wanted = DirectoryRules.maxSearchHits
-        let expectedCandidates = Double(wanted) / max(expectedShare, 1e-4)
-        var perWord = Int(min(16384, max(8, 4 * expectedCandidates / Double(words.count))))
-        var bindings = PostgresBindings()
-        bindings.append(words)
-        let conditions = Self.otherPrefixes(others, in: "c.words", into: &bindings)
-        let position = bindings.count + 1
-        // A row's place in answer order as one number: offline rows after every online one.
-        let key = "(CASE WHEN t.offline THEN t.file_id + \(Self.offlineKeyOffset) ELSE t.file_id END)"
-        let sql = """
-            WITH c AS MATERIALIZED (
-                SELECT d.n, t.file_id, t.words, \(key) AS k
-                FROM unnest($1::text[]) WITH ORDINALITY AS d (word, n)
-                CROSS JOIN LATERAL (
-                    SELECT t.offline, t.file_id, t.words FROM directory_file_word t
-                    WHERE t.word = d.word AND (t.offline, t.file_id) > ($\(position), $\(position + 1))
-                    ORDER BY t.offline, t.file_id LIMIT $\(position + 2)) AS t),
-            b AS (
-                SELECT min(last) AS bound FROM (
-                    SELECT max(k) AS last FROM c GROUP BY n HAVING count(*) = $\(position + 2)) AS full_words)
-            SELECT b.bound, h.file_id, f.owner, f.name, f.description FROM b LEFT JOIN LATERAL (
-                SELECT DISTINCT c.k, c.file_id FROM c
-                WHERE (b.bound IS NULL OR c.k <= b.bound)\(conditions)
-                ORDER BY c.k LIMIT $\(position + 3)) AS h ON true
-            LEFT JOIN directory_file f ON f.id = h.file_id
-            ORDER BY h.k
-            """
-        var hits: [SearchHit] = []
-        var found = Set<Int64>()
-        var after = (offline: false, id: Int64(0))  // ids start at 1
-        while hits.count < wanted {
-            var batch = bindings
-            batch.append(after.offline)
-            batch.append(after.id)
-            batch.append(perWord)
-            batch.append(wanted - hits.count)
-            let rows = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: batch), logger: logger)
-            var bound: Int64?
-            for try await (rowBound, id, owner, name, description) in rows.decode(
-                (Int64?, Int64?, String?, String?, String?).self)
-            {
-                bound = rowBound
-                // (No owner: the file was deleted meanwhile.)
-                if let id, let owner, let name, let description, found.insert(id).inserted {
-                    hits.append(SearchHit(owner: owner, name: name, description: description))
-                }
-            }
-            // No word had more: everything was read.
-            guard let bound else { break }
-            after = bound >= Self.offlineKeyOffset ? (true, bound - Self.offlineKeyOffset) : (false, bound)
-            perWord = min(perWord * 4, 65536)
-        }
-        return hits
     }
 
     /// Where `prefix`'s range of the word index ends: the prefix followed by U+10FFFF, which
@@ -1095,7 +1165,10 @@ public final class PostgresDirectoryStore: DirectoryStore {
 
     public func search(_ query: String) async throws -> [SearchHit] {
         try await serverRead { connection in
-            DirectoryRules.searchWords(query).isEmpty ? [] : try await self.search(query, connection)
+            guard !DirectoryRules.searchWords(query).isEmpty,
+                case .hits(let hits) = try await self.search(query, requester: nil, connection)
+            else { return [] }
+            return hits
         }
     }
 

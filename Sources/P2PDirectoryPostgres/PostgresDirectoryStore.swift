@@ -785,6 +785,10 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// `perWord` is its row count over the driver's words (at least 8, at most 16,384). Nothing
     /// is read when the requester is not connected, the driver has no word or more than
     /// ``maxMergedWords``, or another prefix matches no word.
+    ///
+    /// Each word's rows are folded as they are read into one row (the keys of its hits, its
+    /// last key, how many), rather than kept and read twice more for the bound and the hits:
+    /// half the time (`file3 w999` at 10 million files, all of its 16,500 rows: 12.6 -> 6-8 ms).
     struct MergedSearchStatement {
         let sql: String
         let bindings: PostgresBindings
@@ -809,12 +813,13 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 " AND EXISTS (SELECT FROM directory_file_word WHERE word >= \(bind(prefix))"
                     + " AND word < \(bind(PostgresDirectoryStore.rangeEnd(of: prefix))))"
             }.joined()
-            let conditions = PostgresDirectoryStore.otherPrefixes(others, in: "c.words", into: &bindings)
+            let isHit = "true" + PostgresDirectoryStore.otherPrefixes(others, in: "t.words", into: &bindings)
             let next = bindings.count + 1
             let (afterOffline, afterID, perWord, firstBatch, wanted) =
                 ("$\(next)", "$\(next + 1)", "$\(next + 2)", "$\(next + 3)", "$\(next + 4)")
             // A row's place in answer order as one number: offline rows after every online one.
-            let key = "(CASE WHEN t.offline THEN t.file_id + \(PostgresDirectoryStore.offlineKeyOffset) ELSE t.file_id END)"
+            let offset = PostgresDirectoryStore.offlineKeyOffset
+            let key = "(CASE WHEN t.offline THEN t.file_id + \(offset) ELSE t.file_id END)"
             self.bindings = bindings
             self.sql = """
                 WITH RECURSIVE w (word) AS (
@@ -831,21 +836,22 @@ public final class PostgresDirectoryStore: DirectoryStore {
                         p.connected AND n.words BETWEEN 1 AND \(PostgresDirectoryStore.maxMergedWords)\(othersExist) AS go
                     FROM (\(presence)) AS p, (SELECT count(*) AS words FROM d) AS n),
                 c AS MATERIALIZED (
-                    SELECT d.word, t.file_id, t.words, \(key) AS k
+                    SELECT g.hits, g.last, g.taken
                     FROM d CROSS JOIN LATERAL (
-                        SELECT t.offline, t.file_id, t.words FROM directory_file_word t
-                        WHERE t.word = d.word AND (t.offline, t.file_id) > (\(afterOffline)::bool, \(afterID)::int8)
-                        ORDER BY t.offline, t.file_id LIMIT (SELECT per_word FROM q)) AS t
+                        SELECT array_agg(t.k) FILTER (WHERE \(isHit)) AS hits, max(t.k) AS last, count(*) AS taken
+                        FROM (
+                            SELECT \(key) AS k, t.words FROM directory_file_word t
+                            WHERE t.word = d.word AND (t.offline, t.file_id) > (\(afterOffline)::bool, \(afterID)::int8)
+                            ORDER BY t.offline, t.file_id LIMIT (SELECT per_word FROM q)) AS t) AS g
                     WHERE (SELECT go FROM q)),
-                b AS (
-                    SELECT min(last) AS bound FROM (
-                        SELECT max(k) AS last FROM c GROUP BY word HAVING count(*) = (SELECT per_word FROM q)) AS full_words)
-                SELECT q.registered, q.connected, q.words, q.per_word, b.bound, h.file_id, f.owner, f.name, f.description
+                b AS (SELECT min(last) FILTER (WHERE taken = (SELECT per_word FROM q)) AS bound FROM c)
+                SELECT q.registered, q.connected, q.words, q.per_word, b.bound, h.k, f.owner, f.name, f.description
                 FROM q CROSS JOIN b LEFT JOIN LATERAL (
-                    SELECT DISTINCT c.k, c.file_id FROM c
-                    WHERE (b.bound IS NULL OR c.k <= b.bound)\(conditions)
-                    ORDER BY c.k LIMIT \(wanted)::int8) AS h ON true
-                LEFT JOIN directory_file f ON f.id = h.file_id
+                    SELECT DISTINCT hit.k FROM c CROSS JOIN unnest(c.hits) AS hit (k)
+                    WHERE b.bound IS NULL OR hit.k <= b.bound
+                    ORDER BY hit.k LIMIT \(wanted)::int8) AS h ON true
+                LEFT JOIN directory_file f
+                    ON f.id = h.k - (CASE WHEN h.k >= \(offset) THEN \(offset) ELSE 0 END)
                 ORDER BY h.k
                 """
         }

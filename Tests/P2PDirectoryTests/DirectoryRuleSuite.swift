@@ -522,7 +522,8 @@ extension RuleCase {
 
     /// SEARCH over more files than one batch of a store's search reads: prefixes whose files
     /// rarely meet (the store must go on to the end of the driving prefix's files), a prefix of
-    /// more words than a store merges at once, owners online and offline (online hits first).
+    /// more words than a store merges at once, a prefix of several words read past a batch for
+    /// rare hits, owners online and offline (online hits first).
     /// Each store answers as the reference does.
     @Test(arguments: StoreUnderTest.all.filter { $0.name != "in-memory reference" })
     func searchAgreesWithTheReferenceBeyondOneBatch(_ store: StoreUnderTest) async throws {
@@ -542,6 +543,11 @@ extension RuleCase {
             if index % 50 == 0 { words.append("yk") }
             if index < 300 { words.append("p\(index)") }
             words.append("n\(index % 7)")
+            // 24 files (of u0) with 60 words each starting with r: more rows than q's, in few files.
+            if index % 100 == 60 { words = (0..<60).map { "r\($0 / 10)\($0 % 10)" } }
+            // q0...q3 on two files in three, each word in its own quarter of the files: `q r`
+            // merges four words whose batches end far apart, past a batch, for rare hits.
+            if index % 3 != 0 { words.append("q\(index * 4 / 2400)") }
             changes.append(
                 .publish(user: "u\(index % 20)", fileName: "file\(index)", description: words.joined(separator: " "),
                     from: nil))
@@ -556,7 +562,9 @@ extension RuleCase {
             let change = DirectoryChange.connect(user: "u\(owner)", ip: "10.0.1.\(owner)", port: "5000")
             #expect(await tested.apply([change]) == reference.apply([change]))
         }
-        let queries = ["xk yk", "yk xk", "xk", "p", "p1 xk", "p yk", "n3 yk xk", "xk nothing", "p29 n1", "YK N6"]
+        let queries = [
+            "xk yk", "yk xk", "xk", "p", "p1 xk", "p yk", "n3 yk xk", "xk nothing", "p29 n1", "YK N6", "q r", "r q",
+        ]
             .map { DirectoryQuery.search(requester: "u0", query: $0) }
         let expected = await reference.read(queries)
         let actual = await tested.read(queries)

@@ -757,7 +757,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
                     return .refused(code)
                 }
                 if words > Self.maxMergedWords {
-                    let driverWords = try await self.words(startingWith: [prefixes[driver]], connection)[0]
+                    let driverWords = try await self.words(startingWith: prefixes[driver], connection)
                     return .hits(try await perWordSearch(words: driverWords, others: others, connection))
                 }
                 perWord = rowPerWord
@@ -819,7 +819,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 } else {
                     "SELECT true AS registered, true AS connected"
                 }
-            let (start, stop) = (bind(driver), bind(PostgresDirectoryStore.rangeEnd(of: driver)))
+            let driverWords = PostgresDirectoryStore.wordsQuery(startingWith: driver, into: &bindings)
             let othersExist = others.map { prefix in
                 " AND EXISTS (SELECT FROM directory_file_word WHERE word >= \(bind(prefix))"
                     + " AND word < \(bind(PostgresDirectoryStore.rangeEnd(of: prefix))))"
@@ -833,11 +833,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
             let key = "(CASE WHEN t.offline THEN t.file_id + \(offset) ELSE t.file_id END)"
             self.bindings = bindings
             self.sql = """
-                WITH RECURSIVE w (word) AS (
-                    SELECT min(word) FROM directory_file_word WHERE word >= \(start) AND word < \(stop)
-                    UNION ALL
-                    SELECT (SELECT min(t.word) FROM directory_file_word t WHERE t.word > w.word AND t.word < \(stop))
-                    FROM w WHERE w.word IS NOT NULL),
+                \(driverWords),
                 d AS MATERIALIZED (
                     SELECT word FROM w WHERE word IS NOT NULL LIMIT \(PostgresDirectoryStore.maxMergedWords + 1)),
                 q AS MATERIALIZED (
@@ -881,26 +877,34 @@ public final class PostgresDirectoryStore: DirectoryStore {
         }
     }
 
-    /// The distinct words of the word index that start with each of `prefixes`, in one
-    /// statement: a loose index scan per prefix (one index descent per distinct word, however
-    /// many files have it).
-    private func words(startingWith prefixes: [String], _ connection: PostgresConnection) async throws -> [[String]] {
-        let ends = prefixes.map(Self.rangeEnd(of:))
-        let rows = try await connection.query(
-            """
-            SELECT p.i, m.word FROM unnest(\(prefixes)::text[], \(ends)::text[]) WITH ORDINALITY AS p (prefix, stop, i)
-            CROSS JOIN LATERAL (
-                WITH RECURSIVE w (word) AS (
-                    SELECT min(word) FROM directory_file_word WHERE word >= p.prefix AND word < p.stop
-                    UNION ALL
-                    SELECT (SELECT min(t.word) FROM directory_file_word t WHERE t.word > w.word AND t.word < p.stop)
-                    FROM w WHERE w.word IS NOT NULL)
-                SELECT word FROM w WHERE word IS NOT NULL) AS m
-            ORDER BY p.i, m.word
-            """, logger: logger)
-        var words = [[String]](repeating: [], count: prefixes.count)
-        for try await (position, word) in rows.decode((Int, String).self) { words[position - 1].append(word) }
+    /// The distinct words of the word index that start with `prefix`, in order.
+    private func words(startingWith prefix: String, _ connection: PostgresConnection) async throws -> [String] {
+        var bindings = PostgresBindings()
+        let sql = Self.wordsQuery(startingWith: prefix, into: &bindings) + "\nSELECT word FROM w WHERE word IS NOT NULL"
+        var words: [String] = []
+        for try await word in try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger)
+            .decode(String.self)
+        {
+            words.append(word)
+        }
         return words
+    }
+
+    /// `WITH RECURSIVE w (word)`: the distinct words of the word index that start with
+    /// `prefix`, in order, by a loose index scan (one index descent per word, however many
+    /// files have it), then NULL. Binds the prefix and its range's end into `bindings`.
+    static func wordsQuery(startingWith prefix: String, into bindings: inout PostgresBindings) -> String {
+        bindings.append(prefix)
+        let start = "$\(bindings.count)"
+        bindings.append(rangeEnd(of: prefix))
+        let stop = "$\(bindings.count)"
+        return """
+            WITH RECURSIVE w (word) AS (
+                SELECT min(word) FROM directory_file_word WHERE word >= \(start) AND word < \(stop)
+                UNION ALL
+                SELECT (SELECT min(t.word) FROM directory_file_word t WHERE t.word > w.word AND t.word < \(stop))
+                FROM w WHERE w.word IS NOT NULL)
+            """
     }
 
     /// How many rows of the word index the planner expects for `prefix` (from its statistics:

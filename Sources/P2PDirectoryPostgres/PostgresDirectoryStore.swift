@@ -39,6 +39,9 @@ public final class PostgresDirectoryStore: DirectoryStore {
         public var openTimeout: Duration = .seconds(15)
         /// Connections to PostgreSQL this server keeps at most.
         public var maximumConnections = 20
+        /// How long SEARCH uses a planner's estimate before asking for it again (in the
+        /// background; see `remembered(_:on:ask:)`).
+        public var estimateLifetime: Duration = .seconds(60)
 
         public init() {}
     }
@@ -52,7 +55,7 @@ public final class PostgresDirectoryStore: DirectoryStore {
     private let runner: Task<Void, Never>
     private let settings: Settings
     private let logger: Logger
-    /// The planner's estimates SEARCH asked for and when (see `remembered(_:ask:)`).
+    /// The planner's estimates SEARCH asked for and when (see `remembered(_:on:ask:)`).
     private let estimates = Mutex<[Estimate: (value: Double, at: ContinuousClock.Instant)]>([:])
     private let metrics: DirectoryMetrics
     private let state = Mutex(State())
@@ -914,7 +917,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// an estimate only chooses how the search runs (never what it finds), and a popular
     /// search then costs a round trip less per other prefix.
     private func estimatedRows(startingWith prefix: String, _ connection: PostgresConnection) async throws -> Double {
-        try await remembered(.rows(prefix: prefix)) {
+        let logger = self.logger
+        return try await remembered(.rows(prefix: prefix), on: connection) { connection in
             let end = Self.rangeEnd(of: prefix)
             let rows = try await connection.query(
                 "EXPLAIN (FORMAT JSON) SELECT 1 FROM directory_file_word WHERE word >= \(prefix) AND word < \(end)",
@@ -932,7 +936,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// How many files the planner's statistics count (kept by autovacuum and ANALYZE), asked
     /// at most once a minute: an estimate, and a round trip less per search.
     private func estimatedFiles(_ connection: PostgresConnection) async throws -> Double {
-        try await remembered(.files) {
+        let logger = self.logger
+        return try await remembered(.files, on: connection) { connection in
             let rows = try await connection.query(
                 "SELECT reltuples::float8 FROM pg_class WHERE oid = 'directory_file'::regclass", logger: logger)
             var files = 0.0
@@ -947,17 +952,46 @@ public final class PostgresDirectoryStore: DirectoryStore {
         case rows(prefix: String)
     }
 
-    /// `estimate` as asked at most a minute ago, else `ask`ed now. Bounded: past 10,000
-    /// estimates the cache starts again (a minute's worth is all it keeps anyway).
-    private func remembered(_ estimate: Estimate, ask: () async throws -> Double) async throws -> Double {
+    /// `estimate` as last asked. Only an estimate never asked is `ask`ed on `connection`, while
+    /// the search waits; one asked more than ``estimateLifetime`` ago is used as it is, and
+    /// asked again on a connection of its own in the background for the searches after. Under
+    /// the mixed load each round trip costs a search several milliseconds, and a search of two
+    /// words would otherwise pay three more once a minute: enough to be the slowest of a
+    /// hundred. Bounded: past 10,000 estimates the cache starts again.
+    private func remembered(
+        _ estimate: Estimate, on connection: PostgresConnection,
+        ask: @escaping @Sendable (PostgresConnection) async throws -> Double
+    ) async throws -> Double {
         let now = ContinuousClock.now
-        if let known = estimates.withLock({ $0[estimate] }), now - known.at < .seconds(60) { return known.value }
-        let value = try await ask()
+        let lifetime = settings.estimateLifetime
+        let known = estimates.withLock { known -> (value: Double, stale: Bool)? in
+            guard let entry = known[estimate] else { return nil }
+            guard now - entry.at >= lifetime else { return (entry.value, false) }
+            // This search asks again; the ones until the answer is back use the value as well.
+            known[estimate]!.at = now
+            return (entry.value, true)
+        }
+        if let known {
+            if known.stale {
+                Task {
+                    guard let value = try? await self.client.withConnection({ try await ask($0) }) else { return }
+                    self.estimates.withLock { $0[estimate] = (value, .now) }
+                }
+            }
+            return known.value
+        }
+        let value = try await ask(connection)
         estimates.withLock { known in
             if known.count >= 10_000 { known.removeAll() }
             known[estimate] = (value, now)
         }
         return value
+    }
+
+    /// The planner's estimate of how many rows of the word index a prefix has, as remembered
+    /// now (nil when never asked); for tests.
+    func rememberedEstimate(ofRowsStartingWith prefix: String) -> Double? {
+        estimates.withLock { $0[.rows(prefix: prefix)]?.value }
     }
 
     /// Where `prefix`'s range of the word index ends: the prefix followed by U+10FFFF, which

@@ -172,4 +172,46 @@ import P2PDirectoryStores
         }
         try await store.close()
     }
+    /// A planner's estimate SEARCH has used before is never asked again while a search waits:
+    /// once older than its lifetime, the search after uses it as it is (and answers the same
+    /// hits) and it is asked again in the background, for the searches after that.
+    @Test func aStaleEstimateIsUsedAndAskedAgainInTheBackground() async throws {
+        let server = try await PostgresServer.shared()
+        let url = try await server.newDatabase()
+        var settings = PostgresDirectoryStore.Settings()
+        settings.estimateLifetime = .zero  // stale as soon as asked
+        let store = try await PostgresDirectoryStore.open(url, settings: settings, logger: Logger(label: "test"))
+        let reference = InMemoryDirectoryStore()
+        func apply(_ changes: [DirectoryChange]) async {
+            let expected = await reference.apply(changes)
+            #expect(expected.allSatisfy { $0 == .ok })
+            #expect(await store.apply(changes) == expected)
+        }
+        func search(_ query: String) async {
+            let asked: [DirectoryQuery] = [.search(requester: "u", query: query)]
+            let expected = await reference.read(asked)
+            #expect(await store.read(asked) == expected, "\(query)")
+        }
+        await apply([.register(user: "u"), .connect(user: "u", ip: "127.0.0.1", port: "4000")])
+        await apply((0..<20).map { .publish(user: "u", fileName: "alpha\($0).txt", description: "beta") })
+        _ = try await server.psql("ANALYZE directory_file_word", database: url.database)
+        await search("alpha beta")
+        let first = try #require(store.rememberedEstimate(ofRowsStartingWith: "alpha"))
+
+        // Many more rows for the prefix, and statistics that say so.
+        for part in 0..<10 {
+            await apply(
+                (0..<200).map { .publish(user: "u", fileName: "alpha-\(part)-\($0).txt", description: "gamma") })
+        }
+        _ = try await server.psql("ANALYZE directory_file_word", database: url.database)
+        // This search decides with the old estimate and starts asking again.
+        await search("alpha beta")
+        let refreshed = await ConnectionFairnessTests.eventually(10) {
+            (store.rememberedEstimate(ofRowsStartingWith: "alpha") ?? 0) > 10 * first
+        }
+        #expect(refreshed, "the estimate of alpha stayed \(first)")
+        await search("alpha beta")
+        await search("alpha gamma")
+        try await store.close()
+    }
 }

@@ -973,8 +973,14 @@ public final class PostgresDirectoryStore: DirectoryStore {
         }
         if let known {
             if known.stale {
+                // Within the store's deadline, as every statement: a database that stopped
+                // answering leaves the old value in use, asked again a lifetime later.
                 Task {
-                    guard let value = try? await self.client.withConnection({ try await ask($0) }) else { return }
+                    guard
+                        let value = try? await Self.withDeadline(self.settings.timeout, {
+                            try await self.client.withConnection { try await ask($0) }
+                        })
+                    else { return }
                     self.estimates.withLock { $0[estimate] = (value, .now) }
                 }
             }

@@ -913,9 +913,10 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// How many rows of the word index the planner expects for `prefix` (from its statistics:
     /// planning only, nothing is read).
     ///
-    /// Kept a minute per prefix: the statistics change only when autovacuum analyzes the table,
-    /// an estimate only chooses how the search runs (never what it finds), and a popular
-    /// search then costs a round trip less per other prefix.
+    /// Kept a minute per prefix, then asked again in the background (`remembered(_:on:ask:)`):
+    /// the statistics change only when autovacuum analyzes the table, an estimate only chooses
+    /// how the search runs (never what it finds), and a popular search then costs a round trip
+    /// less per other prefix.
     private func estimatedRows(startingWith prefix: String, _ connection: PostgresConnection) async throws -> Double {
         let logger = self.logger
         return try await remembered(.rows(prefix: prefix), on: connection) { connection in
@@ -934,7 +935,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
     }
 
     /// How many files the planner's statistics count (kept by autovacuum and ANALYZE), asked
-    /// at most once a minute: an estimate, and a round trip less per search.
+    /// again at most once a minute, in the background: an estimate, and a round trip less per
+    /// search.
     private func estimatedFiles(_ connection: PostgresConnection) async throws -> Double {
         let logger = self.logger
         return try await remembered(.files, on: connection) { connection in

@@ -172,6 +172,7 @@ import P2PDirectoryStores
         }
         try await store.close()
     }
+
     /// A planner's estimate SEARCH has used before is never asked again while a search waits:
     /// once older than its lifetime, the search after uses it as it is (and answers the same
     /// hits) and it is asked again in the background, for the searches after that.

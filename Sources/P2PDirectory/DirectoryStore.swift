@@ -109,6 +109,13 @@ public protocol DirectoryStore: Sendable {
     /// Finishes what is in flight and releases the store. Later calls fail with "other" codes.
     func close() async throws
 
+    /// A number that grows with every commit that changes the directory, before any of its
+    /// changes is answered. Read before a batch of reads is submitted, it tells how long their
+    /// replies stay true: until it grows, the same query gets the same reply, so the server
+    /// answers it again from memory (``StoreBatcher``). Has a default: nil, the store cannot
+    /// tell (as when other servers change the same database), and every read goes to the store.
+    var directoryVersion: UInt64? { get }
+
     /// ``apply(_:)-(Array<DirectoryChange>)``, calling `completion` (on any thread) instead of
     /// returning. Has a default.
     func apply(_ changes: [DirectoryChange], completion: @escaping @Sendable ([P2PProtocol.ResultCode]) -> Void)
@@ -145,6 +152,8 @@ extension DirectoryStore {
     public func forwardControl(_ fields: [String], to user: String) async throws {}
 
     public func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws {}
+
+    public var directoryVersion: UInt64? { nil }
 
     /// Runs the async form in a task.
     public func apply(

@@ -13,6 +13,10 @@ import P2PProtocol
 /// NIO runs tasks scheduled with `execute` after the I/O of the pass, so a flush scheduled by
 /// the first request of a pass sees every request read in it.
 ///
+/// It also remembers the replies to LIST_USERS and LIST_CONTENT: until the store changes
+/// (``DirectoryStore/directoryVersion``) the same query is answered again from memory, on the
+/// loop, without the trip to the store's threads and back.
+///
 /// Confined to its event loop: every method runs on it.
 final class StoreBatcher: @unchecked Sendable {
     /// Gets the encoded reply and its result code.
@@ -27,6 +31,15 @@ final class StoreBatcher: @unchecked Sendable {
     private var queries: [DirectoryQuery] = []
     private var queryCompletions: [Completion] = []
     private var flushScheduled = false
+    /// Encoded replies read while the store's version was `rememberedVersion`; emptied when it
+    /// changes.
+    private var remembered: [DirectoryQuery: (reply: ByteBuffer, code: ResultCode)] = [:]
+    private var rememberedVersion: UInt64 = 0
+
+    /// At most this many remembered replies (each query is a requester and an owner)...
+    static let rememberedLimit = 4096
+    /// ...of at most this many bytes each: a LIST_USERS of a large directory is read each time.
+    static let rememberedReplyLimit = 16 * 1024
 
     init(store: any DirectoryStore, eventLoop: any EventLoop, encoder: ReplyEncoder, logger: Logger) {
         self.store = store
@@ -43,6 +56,10 @@ final class StoreBatcher: @unchecked Sendable {
             changes.append(change)
             changeCompletions.append(completion)
         case .query(let query):
+            if let (reply, code) = rememberedReply(to: query) {
+                completion(reply, code)
+                return
+            }
             queries.append(query)
             queryCompletions.append(completion)
         case .answer(let reply, let operation):
@@ -87,6 +104,9 @@ final class StoreBatcher: @unchecked Sendable {
             }
             queries = []
             queryCompletions = []
+            // Read before the store is asked: its replies are at least as new as this.
+            let version = store.directoryVersion
+            let batcher = NIOLoopBound(self, eventLoop: loop)
             for group in groups.values {
                 let batch = group.map(\.0)
                 let completions = NIOLoopBound(group.map(\.1), eventLoop: loop)
@@ -108,10 +128,39 @@ final class StoreBatcher: @unchecked Sendable {
                         }
                     }
                     loop.execute {
+                        // Not when the store changed meanwhile: already out of date.
+                        if let version, store.directoryVersion == version {
+                            batcher.value.remember(replies, to: batch, readAt: version)
+                        }
                         for (completion, reply) in zip(completions.value, replies) { completion(reply.0, reply.1) }
                     }
                 }
             }
+        }
+    }
+
+    /// The reply remembered for `query`, if the store has not changed since it was read.
+    private func rememberedReply(to query: DirectoryQuery) -> (ByteBuffer, ResultCode)? {
+        guard !remembered.isEmpty, let version = store.directoryVersion else { return nil }
+        guard version == rememberedVersion else {
+            remembered.removeAll(keepingCapacity: true)
+            return nil
+        }
+        return remembered[query]
+    }
+
+    private func remember(_ replies: [(ByteBuffer, ResultCode)], to queries: [DirectoryQuery], readAt version: UInt64) {
+        if version != rememberedVersion {
+            // Older than what is remembered: already out of date. Newer: what is remembered is.
+            guard version > rememberedVersion else { return }
+            remembered.removeAll(keepingCapacity: true)
+            rememberedVersion = version
+        }
+        for (query, reply) in zip(queries, replies) {
+            if case .search = query { continue }
+            guard reply.0.readableBytes <= Self.rememberedReplyLimit else { continue }
+            if remembered.count >= Self.rememberedLimit { remembered.removeAll(keepingCapacity: true) }
+            remembered[query] = reply
         }
     }
 

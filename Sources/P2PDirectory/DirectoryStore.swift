@@ -111,10 +111,16 @@ public protocol DirectoryStore: Sendable {
 
     /// A number that grows with every commit that changes the directory, before any of its
     /// changes is answered. Read before a batch of reads is submitted, it tells how long their
-    /// replies stay true: until it grows, the same query gets the same reply, so the server
-    /// answers it again from memory (``StoreBatcher``). Has a default: nil, the store cannot
-    /// tell (as when other servers change the same database), and every read goes to the store.
+    /// replies stay true: until a change affects them (``changes(since:)``), the same query
+    /// gets the same reply, so the server answers it again from memory (``StoreBatcher``).
+    /// Has a default: nil, the store cannot tell (as when other servers change the same
+    /// database), and every read goes to the store.
     var directoryVersion: UInt64? { get }
+
+    /// What the commits after `version` changed, through the version returned; nil changes
+    /// when the store cannot tell (everything remembered is then forgotten). Has a default
+    /// that cannot tell. A store keeps a ``DirectoryChangeJournal`` for both.
+    func changes(since version: UInt64) -> (through: UInt64, changes: DirectoryChanges?)
 
     /// ``apply(_:)-(Array<DirectoryChange>)``, calling `completion` (on any thread) instead of
     /// returning. Has a default.
@@ -154,6 +160,10 @@ extension DirectoryStore {
     public func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws {}
 
     public var directoryVersion: UInt64? { nil }
+
+    public func changes(since version: UInt64) -> (through: UInt64, changes: DirectoryChanges?) {
+        (directoryVersion ?? 0, nil)
+    }
 
     /// Runs the async form in a task.
     public func apply(

@@ -13,9 +13,10 @@ import P2PProtocol
 /// NIO runs tasks scheduled with `execute` after the I/O of the pass, so a flush scheduled by
 /// the first request of a pass sees every request read in it.
 ///
-/// It also remembers the replies to LIST_USERS and LIST_CONTENT: until the store changes
-/// (``DirectoryStore/directoryVersion``) the same query is answered again from memory, on the
-/// loop, without the trip to the store's threads and back.
+/// It also remembers the replies to LIST_USERS and LIST_CONTENT: until a change affects one
+/// (``DirectoryStore/directoryVersion``, ``DirectoryStore/changes(since:)``), the same query is
+/// answered again from memory, on the loop, without the trip to the store's threads and back.
+/// A PUBLISH forgets the LIST_CONTENTs of its owner's files, a CONNECT every LIST_USERS.
 ///
 /// Confined to its event loop: every method runs on it.
 final class StoreBatcher: @unchecked Sendable {
@@ -31,13 +32,14 @@ final class StoreBatcher: @unchecked Sendable {
     private var queries: [DirectoryQuery] = []
     private var queryCompletions: [Completion] = []
     private var flushScheduled = false
-    /// Encoded replies read while the store's version was `rememberedVersion`; emptied when it
-    /// changes.
+    /// Encoded replies still true at the store's version `rememberedVersion`: the changes up to
+    /// it have been taken into account.
     private var remembered: [DirectoryQuery: (reply: ByteBuffer, code: ResultCode)] = [:]
     private var rememberedVersion: UInt64 = 0
 
-    /// At most this many remembered replies (each query is a requester and an owner)...
-    static let rememberedLimit = 4096
+    /// At most this many remembered replies (each query is a requester and an owner; every
+    /// change looks through them)...
+    static let rememberedLimit = 1024
     /// ...of at most this many bytes each: a LIST_USERS of a large directory is read each time.
     static let rememberedReplyLimit = 16 * 1024
 
@@ -128,10 +130,7 @@ final class StoreBatcher: @unchecked Sendable {
                         }
                     }
                     loop.execute {
-                        // Not when the store changed meanwhile: already out of date.
-                        if let version, store.directoryVersion == version {
-                            batcher.value.remember(replies, to: batch, readAt: version)
-                        }
+                        if let version { batcher.value.remember(replies, to: batch, readAt: version) }
                         for (completion, reply) in zip(completions.value, replies) { completion(reply.0, reply.1) }
                     }
                 }
@@ -139,26 +138,35 @@ final class StoreBatcher: @unchecked Sendable {
         }
     }
 
-    /// The reply remembered for `query`, if the store has not changed since it was read.
+    /// The reply remembered for `query`, if no change since it was read affects it.
     private func rememberedReply(to query: DirectoryQuery) -> (ByteBuffer, ResultCode)? {
-        guard !remembered.isEmpty, let version = store.directoryVersion else { return nil }
-        guard version == rememberedVersion else {
-            remembered.removeAll(keepingCapacity: true)
-            return nil
-        }
+        guard !remembered.isEmpty else { return nil }
+        catchUp()
         return remembered[query]
     }
 
-    private func remember(_ replies: [(ByteBuffer, ResultCode)], to queries: [DirectoryQuery], readAt version: UInt64) {
-        if version != rememberedVersion {
-            // Older than what is remembered: already out of date. Newer: what is remembered is.
-            guard version > rememberedVersion else { return }
+    /// Forgets the replies the store's changes since `rememberedVersion` affect.
+    private func catchUp() {
+        guard let version = store.directoryVersion, version != rememberedVersion else { return }
+        let (through, changes) = store.changes(since: rememberedVersion)
+        rememberedVersion = through
+        guard !remembered.isEmpty else { return }
+        guard let changes else {
             remembered.removeAll(keepingCapacity: true)
-            rememberedVersion = version
+            return
         }
+        for query in remembered.keys.filter(changes.affect) { remembered[query] = nil }
+    }
+
+    /// Remembers the replies to `queries`, read at the store's version `version` or later,
+    /// that no change since has affected.
+    private func remember(_ replies: [(ByteBuffer, ResultCode)], to queries: [DirectoryQuery], readAt version: UInt64) {
+        catchUp()
+        let (_, changes) = store.changes(since: version)
+        guard let changes else { return }
         for (query, reply) in zip(queries, replies) {
             if case .search = query { continue }
-            guard reply.0.readableBytes <= Self.rememberedReplyLimit else { continue }
+            guard reply.0.readableBytes <= Self.rememberedReplyLimit, !changes.affect(query) else { continue }
             if remembered.count >= Self.rememberedLimit { remembered.removeAll(keepingCapacity: true) }
             remembered[query] = reply
         }

@@ -35,9 +35,9 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
     private let pool: DatabasePool
     private let checkpointer: WALCheckpointer
     private let pending = Mutex(PendingWrites())
-    /// ``directoryVersion``: one more after every commit that changed something, before its
-    /// changes are answered. Only this server's writer changes the file.
-    private let version = Atomic<UInt64>(0)
+    /// ``directoryVersion`` and ``changes(since:)``: every commit that changed something is
+    /// recorded before its changes are answered. Only this server's writer changes the file.
+    private let journal = DirectoryChangeJournal()
     /// Runs the transactions; blocking SQLite calls never touch the NIO event loops or the
     /// Swift concurrency pool.
     private let writerQueue = DispatchQueue(label: "p2p.directory.writer", qos: .userInitiated)
@@ -378,7 +378,9 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
                 // Committed; the search bitmaps learn it before anyone is answered.
                 searchBitmaps.didCommit(committed)
                 if codes.contains(.ok) {
-                    version.add(1, ordering: .releasing)
+                    var changed = DirectoryChanges()
+                    for (change, code) in zip(changes, codes) where code == .ok { changed.add(change) }
+                    journal.record(changed)
                     checkpointer.didCommit()
                     metrics.commits.increment()
                     metrics.changesPerCommit.record(changes.count)
@@ -548,7 +550,11 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
 
     // MARK: Reads
 
-    public var directoryVersion: UInt64? { version.load(ordering: .acquiring) }
+    public var directoryVersion: UInt64? { journal.version }
+
+    public func changes(since version: UInt64) -> (through: UInt64, changes: DirectoryChanges?) {
+        journal.changes(since: version)
+    }
 
     public func read(_ queries: [DirectoryQuery]) async -> [Reply] {
         await withCheckedContinuation { continuation in

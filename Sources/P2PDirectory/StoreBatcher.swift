@@ -37,9 +37,10 @@ final class StoreBatcher: @unchecked Sendable {
     private var remembered: [DirectoryQuery: (reply: ByteBuffer, code: ResultCode)] = [:]
     private var rememberedVersion: UInt64 = 0
 
-    /// At most this many remembered replies (each query is a requester and an owner; every
-    /// change looks through them)...
-    static let rememberedLimit = 1024
+    /// At most this many remembered replies (each query is a requester and an owner). Every
+    /// commit that changes something makes each loop look through them all, so they are few:
+    /// enough for the queries asked over and over.
+    static let rememberedLimit = 256
     /// ...of at most this many bytes each: a LIST_USERS of a large directory is read each time.
     static let rememberedReplyLimit = 16 * 1024
 

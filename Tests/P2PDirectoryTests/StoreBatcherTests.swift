@@ -60,6 +60,15 @@ import P2PDirectorySQLite
         }
     }
 
+    /// A batcher on a loop of its own, in front of a counting store.
+    static func batcher(versioned: Bool) -> (MultiThreadedEventLoopGroup, CountingStore, StoreBatcher) {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let store = CountingStore(versioned: versioned)
+        let batcher = StoreBatcher(
+            store: store, eventLoop: group.next(), encoder: ReplyEncoder(), logger: Logger(label: "test"))
+        return (group, store, batcher)
+    }
+
     static func encoded(_ reply: Reply) throws -> ByteBuffer {
         var buffer = ByteBuffer()
         try ReplyEncoder().encode(reply, into: &buffer)
@@ -67,10 +76,7 @@ import P2PDirectorySQLite
     }
 
     @Test func repliesAreRememberedUntilTheStoreChanges() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let store = CountingStore(versioned: true)
-        let batcher = StoreBatcher(
-            store: store, eventLoop: group.next(), encoder: ReplyEncoder(), logger: Logger(label: "test"))
+        let (group, store, batcher) = Self.batcher(versioned: true)
         #expect(
             await store.apply([
                 .register(user: "a"), .connect(user: "a", ip: "10.0.0.1", port: "4000"),
@@ -103,10 +109,7 @@ import P2PDirectorySQLite
     }
 
     @Test func onlyTheChangesThatAffectAReplyForgetIt() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let store = CountingStore(versioned: true)
-        let batcher = StoreBatcher(
-            store: store, eventLoop: group.next(), encoder: ReplyEncoder(), logger: Logger(label: "test"))
+        let (group, store, batcher) = Self.batcher(versioned: true)
         #expect(
             await store.apply([
                 .register(user: "a"), .connect(user: "a", ip: "10.0.0.1", port: "4000"),
@@ -150,10 +153,7 @@ import P2PDirectorySQLite
 
     /// Random changes and queries: every reply the batcher gives is the one the store gives.
     @Test func rememberedRepliesAreTheStoresOnRandomSequences() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let store = CountingStore(versioned: true)
-        let batcher = StoreBatcher(
-            store: store, eventLoop: group.next(), encoder: ReplyEncoder(), logger: Logger(label: "test"))
+        let (group, store, batcher) = Self.batcher(versioned: true)
         var random = SplitMix64(seed: 20_261_204)
         let users = ["a", "b", "c"]
         func pick<T>(_ values: [T]) -> T { values[Int(random.next() % UInt64(values.count))] }
@@ -200,10 +200,7 @@ import P2PDirectorySQLite
     }
 
     @Test func aStoreWithoutAVersionIsAskedEveryTime() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let store = CountingStore(versioned: false)
-        let batcher = StoreBatcher(
-            store: store, eventLoop: group.next(), encoder: ReplyEncoder(), logger: Logger(label: "test"))
+        let (group, store, batcher) = Self.batcher(versioned: false)
         #expect(await store.apply([.register(user: "a"), .connect(user: "a", ip: "10.0.0.1", port: "4000")]) == [.ok, .ok])
         let query = DirectoryQuery.listUsers(requester: "a")
         let first = try await Self.ask(batcher, query)

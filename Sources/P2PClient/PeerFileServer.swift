@@ -55,6 +55,30 @@ public final class PeerFileServer: Sendable {
     private let serverChannel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
     private let task: Task<Void, Never>
     private let context: Context
+    private let accepted: AcceptedConnections
+
+    /// The connections accepted and not yet taken by the accept loop. NIO can accept one just
+    /// as the listener closes and then never hand it to the loop (swift-nio #3481); freed
+    /// without `executeThenClose`, its writer traps. So each is held here until the loop takes
+    /// it, and ``stop()`` closes what is left.
+    private final class AcceptedConnections: Sendable {
+        private let waiting = Mutex<[ObjectIdentifier: NIOAsyncChannel<ByteBuffer, ByteBuffer>]>([:])
+
+        func add(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) {
+            waiting.withLock { $0[ObjectIdentifier(connection.channel)] = connection }
+        }
+
+        func take(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) {
+            _ = waiting.withLock { $0.removeValue(forKey: ObjectIdentifier(connection.channel)) }
+        }
+
+        func takeAll() -> [NIOAsyncChannel<ByteBuffer, ByteBuffer>] {
+            waiting.withLock { waiting in
+                defer { waiting = [:] }
+                return Array(waiting.values)
+            }
+        }
+    }
 
     /// Where connections that owners open back to this client (for its downloads) arrive.
     var reversedConnections: ReversedConnections { context.reversed }
@@ -88,13 +112,16 @@ public final class PeerFileServer: Sendable {
         limits: UploadLimits = UploadLimits(),
         logger: Logger
     ) async throws -> PeerFileServer {
+        let accepted = AcceptedConnections()
         func bind(_ host: String) async throws -> NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never> {
             try await DualStack.configure(ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton), for: host)
                 .serverChannelOption(.backlog, value: 256)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .bind(host: DualStack.unbracketed(host), port: 0) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        let connection = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        accepted.add(connection)
+                        return connection
                     }
                 }
         }
@@ -106,16 +133,18 @@ public final class PeerFileServer: Sendable {
         } else {
             channel = try await bind("0.0.0.0")
         }
-        return PeerFileServer(channel: channel, folder: folder, limits: limits, logger: logger)
+        return PeerFileServer(channel: channel, accepted: accepted, folder: folder, limits: limits, logger: logger)
     }
 
     private init(
         channel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>,
+        accepted: AcceptedConnections,
         folder: SharedFolder,
         limits: UploadLimits,
         logger: Logger
     ) {
         serverChannel = channel
+        self.accepted = accepted
         port = channel.channel.localAddress?.port ?? 0
         let context = Context(folder: folder, logger: logger, limits: limits)
         self.context = context
@@ -123,6 +152,7 @@ public final class PeerFileServer: Sendable {
             try? await withThrowingDiscardingTaskGroup { group in
                 try await channel.executeThenClose { inbound in
                     for try await connection in inbound {
+                        accepted.take(connection)
                         group.addTask { await Self.serve(connection, context) }
                     }
                 }
@@ -169,6 +199,9 @@ public final class PeerFileServer: Sendable {
     public func stop() async {
         try? await serverChannel.channel.close()
         await task.value
+        for connection in accepted.takeAll() {
+            try? await connection.executeThenClose { _, _ in }
+        }
     }
 
     /// A connection this client opened to serve a downloader: what comes first on it (the token,

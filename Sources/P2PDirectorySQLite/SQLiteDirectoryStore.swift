@@ -349,24 +349,20 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
                     refusals = []
                     committed = []
                     var presence: [String: Bool] = [:]
-                    var filesChanged = false
                     let codes = try changes.map { change in
                         try Self.decide(
                             change, in: db,
                             refused: { refusals.append(change.ownerCheckRefusal(connectedFrom: $0)) },
                             published: { id in
-                                filesChanged = true
                                 if case .publish(_, let name, let description, _) = change {
                                     committed.append(.published(id: id, name: name, description: description))
                                 }
                             },
-                            deleted: {
-                                filesChanged = true
-                                committed.append(.deleted(ids: $0))
-                            },
+                            deleted: { committed.append(.deleted(ids: $0)) },
                             presenceChanged: { user, online in presence[user] = online })
                     }
-                    if filesChanged { try Self.updateSearchIndex(db) }
+                    // So far `committed` holds only the files published and deleted.
+                    if !committed.isEmpty { try Self.updateSearchIndex(db) }
                     // The files of the users whose presence changed, as the batch left them.
                     for (user, online) in presence {
                         let ids = try Int64.fetchAll(

@@ -32,6 +32,8 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
 
     /// The database file.
     public let path: String
+    /// Held from before the file is opened until it is closed: one store per file.
+    private let fileLock: StoreFileLock
     private let pool: DatabasePool
     private let checkpointer: WALCheckpointer
     private let pending = Mutex(PendingWrites())
@@ -87,6 +89,8 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         }
         self.path = path
+        // Before SQLite touches the file: a second server does not even run the migrations.
+        fileLock = try StoreFileLock(databasePath: path)
         self.logger = logger
         self.metrics = metrics
         var configuration = Configuration()
@@ -279,6 +283,8 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
     }
 
     private func closeOnWriter() throws {
+        // Last: the next process may open the file once this one has let go of it.
+        defer { fileLock.release() }
         // Queued reads are answered before the pool closes.
         contentReader.stop()
         usersReader.stop()

@@ -66,6 +66,60 @@ import Testing
         #expect(second.stderrLines.contains { $0.contains("cannot listen on 127.0.0.1:\(first.port)") })
     }
 
+    /// A second server on the same data folder would serve stale remembered replies and search
+    /// bitmaps (each store assumes it alone writes its file): it is refused, and the first one
+    /// goes on serving what it acknowledged.
+    @Test func secondServerOnTheSameDataFolderIsRefused() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let first = try await ServerProcess(dataDirectory: folder.path)
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: first.port)
+        let register = Request(dateTime: "25/11/2026 13:05:09", command: .register(user: "alice"))
+        #expect(try await RawConnection.send(register, to: address) == .status(0))
+
+        let second = try ChildProcess(
+            builtProduct("p2p-server"), ["--host", "127.0.0.1", "-p", "0", "--data-dir", folder.path, "--no-oplog"])
+        let status = try await second.waitForExit()
+        #expect(status == 1)
+        #expect(
+            second.stderrLines.contains {
+                $0.contains("is in use by process \(first.process.pid)") && $0.contains("stop it first")
+            }, "\(second.stderrLines)")
+
+        // The first server is untouched: it still knows alice and takes new users.
+        #expect(try await RawConnection.send(register, to: address) == .status(1))
+        let bob = Request(dateTime: "25/11/2026 13:05:09", command: .register(user: "bob"))
+        #expect(try await RawConnection.send(bob, to: address) == .status(0))
+        await first.stop()
+
+        // Once it stopped, the folder opens again and holds both.
+        let store = try SQLiteDirectoryStore(dataDirectory: folder.path)
+        #expect(try await store.registeredUsers().sorted() == ["alice", "bob"])
+        try await store.close()
+    }
+
+    /// The lock is per store, not per process: a second store on an open file fails at once,
+    /// a store that was closed (or dropped) lets the next one in.
+    @Test func oneStorePerFileInOneProcess() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let store = try SQLiteDirectoryStore(dataDirectory: folder.path)
+        let path = folder.file(SQLiteDirectoryStore.fileName)
+        #expect(throws: SQLiteDirectoryStoreError.inUse(path: path, byProcess: getpid())) {
+            try SQLiteDirectoryStore(dataDirectory: folder.path)
+        }
+        #expect(await store.apply([.register(user: "alice")]) == [.ok])
+        try await store.close()
+
+        var reopened: SQLiteDirectoryStore? = try SQLiteDirectoryStore(dataDirectory: folder.path)
+        #expect(try await reopened?.registeredUsers() == ["alice"])
+        // Dropped without a close (a failed start, say): the lock goes with it.
+        reopened = nil
+        let last = try SQLiteDirectoryStore(dataDirectory: folder.path)
+        #expect(try await last.registeredUsers() == ["alice"])
+        try await last.close()
+    }
+
     @Test func threadCountOutOfRangeIsRejected() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }

@@ -51,7 +51,14 @@ struct CopyDirectoryCommand: AsyncParsableCommand {
             throw ValidationError("--to: \(error)")
         }
 
-        let source = try SQLiteDirectoryStore(path: sourcePath, logger: logger)
+        // Opened first: a source still in use by its server is refused before the target is
+        // touched.
+        let source: SQLiteDirectoryStore
+        do {
+            source = try SQLiteDirectoryStore(path: sourcePath, logger: logger)
+        } catch {
+            throw failure("cannot open \(sourcePath): \(error)")
+        }
         let destination: PostgresDirectoryStore
         do {
             destination = try await PostgresDirectoryStore.open(url, logger: logger)

@@ -367,6 +367,14 @@ import Testing
             let status = try await run.waitForExit(timeout: 60)
             return (status, run.stdoutLines, run.stderrLines)
         }
+        // Not while a server uses the folder: refused before the target is touched.
+        let running = try await ServerProcess(dataDirectory: folder.path)
+        let busy = try await copy()
+        await running.stop()
+        #expect(busy.status == 1)
+        #expect(
+            busy.errors.contains { $0.contains("is in use by process \(running.process.pid)") }, "\(busy.errors)")
+
         let first = try await copy()
         #expect(first.status == 0, "\(first.errors)")
         #expect(first.output.contains { $0.hasPrefix("copied 3 users (2 connected) and 3 files") })

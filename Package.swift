@@ -236,6 +236,17 @@ let package = Package(
             ],
             path: "bench/nio-floor"
         ),
+        // The path floor of `make bench`: the server's request path over the in-memory store.
+        .executableTarget(
+            name: "path-floor",
+            dependencies: [
+                "P2PDirectory",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "bench/path-floor"
+        ),
         // Helpers shared by the test targets: temporary folders, a server harness, raw sockets.
         .target(
             name: "P2PTestSupport",

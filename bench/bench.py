@@ -6,8 +6,9 @@ measured in the same run:
   - directory server: against a minimal stateless C server (bench/floor_server.c), the floor
     cost of one connection per request here, driven by the same load generator; the floor is
     measured with 1, 2 and 4 generator threads to show that the generator is not the limit;
-    and against the NIO floor (bench/nio-floor), the least a SwiftNIO server of this shape does,
-    with the CPU per request of each;
+    against the NIO floor (bench/nio-floor), the least a SwiftNIO server of this shape does;
+    and against the path floor (bench/path-floor), our request path over the in-memory store,
+    so that what is left is the durable store's; with the CPU per request of each;
   - web page: the directory while its page and /metrics are read, against the same server idle;
   - large directory: the same server on a directory of 1,000,000 users (100,000 connected) and
     10,000,000 files, built by bulk insert, against the same server on an empty directory;
@@ -138,14 +139,18 @@ def measured(port, pid, workload, clients, tag):
 
 
 def directory_benchmark(work):
-    """The directory server against two floors in the same run: the C floor (the machine's
-    cost of one connection per request) and the NIO floor (bench/nio-floor: what SwiftNIO
-    itself allows for a server of this shape), with the CPU each used per request."""
-    floor_port, nio_port = free_port(), free_port()
+    """The directory server against three floors in the same run: the C floor (the machine's
+    cost of one connection per request), the NIO floor (bench/nio-floor: what SwiftNIO
+    itself allows for a server of this shape) and the path floor (bench/path-floor: our own
+    request path over the in-memory reference store, so what is left is the durable store's),
+    with the CPU each used per request."""
+    floor_port, nio_port, path_port = free_port(), free_port(), free_port()
     floor = subprocess.Popen([os.path.join(TOOLS, "floor_server"), str(floor_port)], stdout=subprocess.DEVNULL)
     nio = subprocess.Popen([os.path.join(BIN, "nio-floor"), str(nio_port)], stdout=subprocess.DEVNULL)
+    path = subprocess.Popen([os.path.join(BIN, "path-floor"), str(path_port)], stdout=subprocess.DEVNULL)
     wait_port(floor_port)
     wait_port(nio_port)
+    wait_port(path_port)
     port = free_port()
     server = start_server(os.path.join(work, "directory"), port)
     try:
@@ -164,17 +169,25 @@ def directory_benchmark(work):
             nio_base["note"] += f"; {nio_base['cpu_us']:.0f} us of CPU per request"
             rows.append(("directory", f"NIO floor, {clients} clients", nio_base, base))
             for workload in WORKLOADS:
+                path_base = measured(path_port, path.pid, workload, clients, f"path{workload}{clients}")
+                path_base["note"] += (f"; {path_base['rps'] / nio_base['rps']:.2f} of the NIO floor; "
+                                      f"{path_base['cpu_us']:.0f} us of CPU per request")
+                rows.append(("directory", f"path floor {workload}, {clients} clients", path_base, base))
                 result = measured(port, server.pid, workload, clients, f"{workload}{clients}")
-                result["note"] += (f"; {result['rps'] / nio_base['rps']:.2f} of the NIO floor; "
+                result["note"] += (f"; {result['rps'] / nio_base['rps']:.2f} of the NIO floor, "
+                                   f"{result['rps'] / path_base['rps']:.2f} of the path floor; "
                                    f"{result['cpu_us']:.0f} us of CPU per request")
                 rows.append(("directory", f"{workload}, {clients} clients", result, base))
                 log(f"{workload:12} clients={clients:2} rps={result['rps']:.0f} (floor {base['rps']:.0f}, "
-                    f"NIO floor {nio_base['rps']:.0f}) p50={result['p50_ms']:.2f} ms p99={result['p99_ms']:.2f} ms "
-                    f"errors={result['errors']:.0f} cpu/request {result['cpu_us']:.0f} us")
+                    f"NIO floor {nio_base['rps']:.0f}, path floor {path_base['rps']:.0f}) "
+                    f"p50={result['p50_ms']:.2f} ms p99={result['p99_ms']:.2f} ms "
+                    f"errors={result['errors']:.0f} cpu/request {result['cpu_us']:.0f} us "
+                    f"(path floor {path_base['cpu_us']:.0f} us)")
     finally:
         stop(server)
         stop(floor)
         stop(nio)
+        stop(path)
 
 
 def rss_mib(pid, field="VmRSS"):

@@ -25,7 +25,9 @@ final class StoreFileLock: Sendable {
     /// Takes the lock for the database at `databasePath`, or throws
     /// ``SQLiteDirectoryStoreError/inUse(path:byProcess:)`` when another descriptor holds it.
     init(databasePath: String) throws(SQLiteDirectoryStoreError) {
-        path = databasePath + ".lock"
+        // Beside the file itself, whatever name it was reached by (a symlinked data folder, a
+        // relative path): two names of one database must not give two locks.
+        path = Self.canonical(databasePath) + ".lock"
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .cannotLock(path: path, reason: String(cString: strerror(errno))) }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
@@ -53,6 +55,21 @@ final class StoreFileLock: Sendable {
 
     deinit {
         release()
+    }
+
+    /// `path` with every symbolic link resolved: the file's own real path when it exists, else
+    /// its folder's (the store creates the folder first) and its name.
+    static func canonical(_ path: String) -> String {
+        func real(_ path: String) -> String? {
+            guard let resolved = realpath(path, nil) else { return nil }
+            defer { free(resolved) }
+            return String(cString: resolved)
+        }
+        if let file = real(path) { return file }
+        let folder = (path as NSString).deletingLastPathComponent
+        let name = (path as NSString).lastPathComponent
+        guard let realFolder = real(folder.isEmpty ? "." : folder) else { return path }
+        return (realFolder as NSString).appendingPathComponent(name)
     }
 
     /// The process id the holder wrote into the lock file, if it is readable.

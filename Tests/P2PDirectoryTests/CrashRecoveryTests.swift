@@ -99,7 +99,8 @@ import Testing
     }
 
     /// The lock is per store, not per process: a second store on an open file fails at once,
-    /// a store that was closed (or dropped) lets the next one in.
+    /// also when it names the file through a symbolic link; a store that was closed (or
+    /// dropped) lets the next one in.
     @Test func oneStorePerFileInOneProcess() async throws {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
@@ -107,6 +108,12 @@ import Testing
         let path = folder.file(SQLiteDirectoryStore.fileName)
         #expect(throws: SQLiteDirectoryStoreError.inUse(path: path, byProcess: getpid())) {
             try SQLiteDirectoryStore(dataDirectory: folder.path)
+        }
+        // Nor through another name of the same file.
+        let link = folder.file("other.sqlite")
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: path)
+        #expect(throws: SQLiteDirectoryStoreError.inUse(path: link, byProcess: getpid())) {
+            try SQLiteDirectoryStore(path: link)
         }
         #expect(await store.apply([.register(user: "alice")]) == [.ok])
         try await store.close()

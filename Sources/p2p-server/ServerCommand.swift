@@ -55,7 +55,8 @@ struct ServeCommand: AsyncParsableCommand {
             """)
     var host: String = "0.0.0.0"
 
-    @Option(help: "Folder holding directory.sqlite (created if missing), when --store is not given.")
+    @Option(
+        help: "Folder holding directory.sqlite (created if missing), when --store is not given; one server per folder.")
     var dataDir: String = "./storage"
 
     @Option(

@@ -9,6 +9,8 @@ measured in the same run:
     against the NIO floor (bench/nio-floor), the least a SwiftNIO server of this shape does;
     and against the path floor (bench/path-floor), our request path over the in-memory store,
     so that what is left is the durable store's; with the CPU per request of each;
+  - SQLite: REGISTER's insert on the server's schema and writer settings in group commits of 16
+    and 64, with and without the sync, against all of them in one transaction;
   - web page: the directory while its page and /metrics are read, against the same server idle;
   - large directory: the same server on a directory of 1,000,000 users (100,000 connected) and
     10,000,000 files, built by bulk insert, against the same server on an empty directory;
@@ -26,7 +28,9 @@ measured in the same run:
     changes lost (0).
 """
 import os
+import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -188,6 +192,50 @@ def directory_benchmark(work):
         stop(floor)
         stop(nio)
         stop(path)
+
+
+def sqlite_commit_benchmark(work):
+    """SQLite's own cost of REGISTER's insert on the server's schema and writer settings (WAL,
+    the writer's cache, foreign keys), from Python's sqlite3 on one thread: all inserts in one
+    transaction (the baseline: the b-tree work alone), then group commits of 16 and 64 random
+    names with `synchronous=OFF` and `FULL` (the server's). What a commit adds per insert is the
+    log: each insert dirties its own page, and every commit checksums and writes each dirty page.
+    Rows give inserts a second and the CPU (user + system) per insert."""
+    template = os.path.join(work, "sqlite-template")
+    stop(start_server(template, free_port()))  # the server's schema, as it creates it
+    count = int(os.environ.get("BENCH_SQLITE_INSERTS", "50000"))
+    generator = random.Random(7)
+    # In random order: the server's commits gather one request from each of many clients,
+    # whose names lie in as many places of the index (the generator's are TAG-cN-SEQ).
+    names = [f"u{index}-{generator.randrange(1 << 40):010x}" for index in range(count)]
+    generator.shuffle(names)
+    base = None
+    for batch, synchronous in ((count, "OFF"), (16, "OFF"), (16, "FULL"), (64, "FULL")):
+        path = os.path.join(work, f"sqlite-{batch}-{synchronous}.sqlite")
+        shutil.copy(os.path.join(template, "directory.sqlite"), path)
+        db = sqlite3.connect(path, isolation_level=None)
+        for pragma in ("journal_mode = WAL", f"synchronous = {synchronous}", "wal_autocheckpoint = 0",
+                       "cache_size = -32768", "foreign_keys = ON"):
+            db.execute(f"PRAGMA {pragma}")
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.time()
+        for first in range(0, count, batch):
+            db.execute("BEGIN IMMEDIATE")
+            for name in names[first:first + batch]:
+                db.execute("INSERT INTO user (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (name,))
+            db.execute("COMMIT")
+            if first % 10000 < batch and first:
+                db.execute("PRAGMA wal_checkpoint(RESTART)")  # as the server's checkpointer keeps the log short
+        elapsed = time.time() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        db.close()
+        cpu_us = ((after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)) / count * 1e6
+        result = {"rps": count / elapsed, "note": f"{cpu_us:.1f} us of CPU per insert"}
+        what = ("REGISTER's insert, all in one transaction" if batch == count
+                else f"REGISTER's insert, {batch} per commit, synchronous={synchronous}")
+        rows.append(("sqlite", what, result, base))
+        base = base or result
+        log(f"sqlite {what}: {result['rps']:.0f} inserts/s, {cpu_us:.1f} us of CPU per insert")
 
 
 def rss_mib(pid, field="VmRSS"):
@@ -1779,13 +1827,15 @@ def print_table():
 
 
 def main():
-    only = sys.argv[1:] or ["directory", "fairness", "large", "peercheck", "sharedchecks", "web", "oplog", "time", "getfile", "share", "peers",
+    only = sys.argv[1:] or ["directory", "sqlite", "fairness", "large", "peercheck", "sharedchecks", "web", "oplog", "time", "getfile", "share", "peers",
                             "postgres", "pgsearch", "failover", "copy", "nat"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
         if "directory" in only:
             directory_benchmark(work)
+        if "sqlite" in only:
+            sqlite_commit_benchmark(work)
         if "fairness" in only:
             fairness_benchmark(work)
         if "large" in only:

@@ -18,16 +18,14 @@ import Glibc
 /// the same record locks. The lock file stays in place after a stop (removing it would let a
 /// starting process lock a file that another one is about to unlink).
 final class StoreFileLock: Sendable {
-    /// The lock file's path.
-    let path: String
     private let descriptor: Mutex<Int32?>
 
     /// Takes the lock for the database at `databasePath`, or throws
     /// ``SQLiteDirectoryStoreError/inUse(path:byProcess:)`` when another descriptor holds it.
     init(databasePath: String) throws(SQLiteDirectoryStoreError) {
-        // Beside the file itself, whatever name it was reached by (a symlinked data folder, a
+        // Beside the file itself, whatever name it was reached by (a symbolic link to it, a
         // relative path): two names of one database must not give two locks.
-        path = Self.canonical(databasePath) + ".lock"
+        let path = Self.canonical(databasePath) + ".lock"
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .cannotLock(path: path, reason: String(cString: strerror(errno))) }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {

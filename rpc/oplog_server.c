@@ -233,13 +233,47 @@ static int bound_socket(const char *address, int type) {
 /* Appends the record's line to `out`: "<user> <OP> <datetime>" or, with a file name,
  * "<user> <OP> <file> <datetime>"; with --show-result, " -> <code>" (or " -> ?" when the
  * sender did not say) follows. */
+/* Copies `text` into `out` (at most `size` bytes, NUL included) with control bytes written out
+ * (\n, \r, \t, else \xHH), so that no record, whoever sent it, prints a line of its own or an
+ * escape sequence. Returns the length written. */
+static size_t escape_field(const char *text, char *out, size_t size) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t used = 0;
+    for (const unsigned char *p = (const unsigned char *)(text != NULL ? text : ""); *p != '\0'; p++) {
+        char piece[5];
+        size_t length = 1;
+        piece[0] = (char)*p;
+        if (*p == '\n' || *p == '\r' || *p == '\t') {
+            piece[0] = '\\';
+            piece[1] = *p == '\n' ? 'n' : *p == '\r' ? 'r' : 't';
+            length = 2;
+        } else if (*p < 0x20 || *p == 0x7F) {
+            piece[0] = '\\';
+            piece[1] = 'x';
+            piece[2] = hex[*p >> 4];
+            piece[3] = hex[*p & 0xF];
+            length = 4;
+        }
+        if (used + length + 1 > size) break;
+        memcpy(out + used, piece, length);
+        used += length;
+    }
+    if (size > 0) out[used] = '\0';
+    return used;
+}
+
 static void format_record(const operation_record *record, int result, char *out, size_t size) {
-    const char *file = record->file_name != NULL ? record->file_name : "";
+    char user[4 * OPLOG_MAX_STRING + 1], operation[4 * OPLOG_MAX_STRING + 1];
+    char file[4 * OPLOG_MAX_STRING + 1], date_time[4 * OPLOG_MAX_STRING + 1];
+    escape_field(record->user, user, sizeof user);
+    escape_field(record->operation, operation, sizeof operation);
+    escape_field(record->file_name, file, sizeof file);
+    escape_field(record->date_time, date_time, sizeof date_time);
     int length;
     if (file[0] != '\0') {
-        length = snprintf(out, size, "%s %s %s %s", record->user, record->operation, file, record->date_time);
+        length = snprintf(out, size, "%s %s %s %s", user, operation, file, date_time);
     } else {
-        length = snprintf(out, size, "%s %s %s", record->user, record->operation, record->date_time);
+        length = snprintf(out, size, "%s %s %s", user, operation, date_time);
     }
     size_t used = length < 0 ? 0 : (size_t)length < size ? (size_t)length : size - 1;
     if (show_result && result != NO_RESULT) {
@@ -253,7 +287,7 @@ static void format_record(const operation_record *record, int result, char *out,
 
 /* Writes one record's line. */
 static void write_line(const operation_record *record, int result) {
-    char line[4 * (OPLOG_MAX_STRING + 1) + 32];
+    char line[4 * (4 * OPLOG_MAX_STRING + 1) + 32];
     format_record(record, result, line, sizeof line);
     fputs(line, stdout);
     if (log_file != NULL) {

@@ -1,8 +1,10 @@
 import Foundation
 import NIOCore
 import Logging
+import P2PNetworkSupport
 import P2PProtocol
 import P2PTimeClient
+import Synchronization
 
 /// Where the client's output goes: result lines on stdout (the caller adds nothing), reasons
 /// for failures on stderr.
@@ -37,6 +39,12 @@ public actor ClientSession {
     /// Plain GET_FILE to every peer: no size, digest, ranges or resume (`--plain-get-file`).
     private let plainGetFile: Bool
     private let workingDirectory: String
+    /// Where the record of published files is kept (``PublishedRecord``); nil: in memory only,
+    /// for this run.
+    private let stateDirectory: String?
+    /// The largest file a download accepts from an owner that announces its size (nil: what
+    /// fits on the disk).
+    private let maxDownloadSize: Int64?
     private let output: ClientOutput
     private let logger: Logger
 
@@ -78,9 +86,13 @@ public actor ClientSession {
         plainGetFile: Bool = false,
         controlConnection: Bool = true,
         workingDirectory: String = FileManager.default.currentDirectoryPath,
+        stateDirectory: String? = nil,
+        maxDownloadSize: Int64? = nil,
         output: ClientOutput,
         logger: Logger
     ) {
+        self.stateDirectory = stateDirectory
+        self.maxDownloadSize = maxDownloadSize
         self.directory = directory
         self.timeService = timeService
         self.folder = folder
@@ -154,6 +166,10 @@ public actor ClientSession {
             report(.publish, code)
             if code == 0, let opened = folder.open(fileName) {
                 close(opened.descriptor)
+            } else if code == 0, SharedFolder.hasHiddenPart(fileName) {
+                output.diagnostic(
+                    "PUBLISH: \(fileName) is hidden (a part of its name starts with a dot); "
+                        + "peers asking for it get FILE NOT EXIST, as SHARE never publishes hidden files")
             } else if code == 0 {
                 output.diagnostic(
                     "PUBLISH: \(fileName) is not a file in the shared folder \(folder.root); "
@@ -173,14 +189,21 @@ public actor ClientSession {
             let reply = await request(.listUsers(user: actingUser))
             report(.listUsers, reply?.code)
             if case .users(let users)? = reply {
-                for user in users { output.line("\(user.name) \(user.ip) \(user.port)") }
+                // A third-party server may list names with control characters (ours refuses
+                // them): printed escaped, they cannot forge lines or drive the terminal.
+                for user in users {
+                    output.line(
+                        "\(ControlCharacters.escaped(user.name)) \(ControlCharacters.escaped(user.ip)) \(ControlCharacters.escaped(user.port))")
+                }
             }
 
         case .listContent(let owner):
             let reply = await request(.listContent(user: actingUser, owner: owner))
             report(.listContent, reply?.code)
             if case .content(let files)? = reply {
-                for file in files { output.line("\(file.name) \"\(file.description)\"") }
+                for file in files {
+                    output.line("\(ControlCharacters.escaped(file.name)) \"\(ControlCharacters.escaped(file.description))\"")
+                }
             }
 
         case .getFile(let user, let remoteName, let localName):
@@ -192,7 +215,11 @@ public actor ClientSession {
             let reply = await request(.search(user: actingUser, query: query), extension: true)
             report(.search, reply?.code)
             if case .hits(let hits)? = reply {
-                for hit in hits { output.line("\(hit.owner) \(hit.name) \"\(hit.description)\"") }
+                for hit in hits {
+                    output.line(
+                        "\(ControlCharacters.escaped(hit.owner)) \(ControlCharacters.escaped(hit.name)) "
+                            + "\"\(ControlCharacters.escaped(hit.description))\"")
+                }
             }
 
         case .share(let path):
@@ -309,16 +336,34 @@ public actor ClientSession {
         }
     }
 
-    /// After CONNECT: the files this user published earlier are served again (the directory
-    /// lists them), and the shared folders are brought in line.
+    /// After CONNECT: the files this client published for `user` earlier (its record on disk)
+    /// are served again where the directory still lists them; what the directory lists and this
+    /// client never published (someone else's PUBLISH in her name while she was offline) is
+    /// deleted from the directory, never served. Then the shared folders are brought in line.
     private func startServing(_ user: String) async {
+        var record: PublishedRecord?
+        if let stateDirectory {
+            do {
+                record = try PublishedRecord(
+                    stateDirectory: stateDirectory, server: DualStack.hostAndPort(directory.host, directory.port), user: user)
+            } catch {
+                output.diagnostic("CONNECT: \(error); files published in earlier runs are not served until published again")
+            }
+        }
+        let recorded = record?.names ?? []
         var existing: [String] = []
         if case .content(let files)? = await request(.listContent(user: user, owner: user)) {
-            existing = files.map(\.name)
-            folder.publish(contentsOf: existing)
+            let listed = Set(files.map(\.name))
+            // Gone from the directory (deleted from elsewhere): no longer published.
+            record?.remove(recorded.subtracting(listed))
+            existing = files.map(\.name).filter { recorded.contains($0) }
+            await deleteUnaccounted(files.map(\.name).filter { !recorded.contains($0) }, of: user)
         } else {
             output.diagnostic("CONNECT: cannot read the files \(user) published earlier; they are served once published again")
+            record?.remove(recorded)
         }
+        folder.attach(record)
+        if record == nil { folder.publish(contentsOf: existing) }
         let outcome = await sharing.connected(user: user, existing: existing) { command in
             try await self.stampedSend(command)
         }
@@ -334,6 +379,35 @@ public actor ClientSession {
                 + "\(folder.root)); nothing else is served: PUBLISH <file> adds one, SHARE <folder> a whole folder")
     }
 
+    /// DELETEs from the directory the entries of `user` that this client did not publish, and
+    /// says which on stderr.
+    private func deleteUnaccounted(_ names: [String], of user: String) async {
+        guard !names.isEmpty else { return }
+        var deleted: [String] = []
+        var failed = 0
+        await withTaskGroup(of: (String, ResultCode?).self) { group in
+            var next = 0
+            func start() {
+                let name = names[next]
+                next += 1
+                group.addTask { (name, try? await self.stampedSend(.delete(user: user, fileName: name)).code) }
+            }
+            while next < min(FolderSharing.concurrency, names.count) { start() }
+            while let (name, code) = await group.next() {
+                if next < names.count { start() }
+                // 3: not published (any more): gone all the same.
+                if code == 0 || code == 3 { deleted.append(name) } else { failed += 1 }
+            }
+        }
+        let shown = deleted.sorted().prefix(10).map { ControlCharacters.escaped($0) }.joined(separator: ", ")
+        output.diagnostic(
+            "CONNECT: the directory listed \(names.count) files for \(ControlCharacters.escaped(user)) that this client "
+                + "never published (someone else's PUBLISH in that name, or a record of this client's that was lost); "
+                + "\(deleted.count) deleted from the directory"
+                + (deleted.isEmpty ? "" : ": \(shown)\(deleted.count > 10 ? " and \(deleted.count - 10) more" : "")")
+                + (failed > 0 ? "; \(failed) could not be deleted (not served all the same)" : ""))
+    }
+
     /// After CONNECT, against a server that announces it: the control connection. Against any
     /// other server nothing is sent but a LIST_CONTENT for a user that does not exist.
     private func openControl(_ user: String, server: PeerFileServer) async {
@@ -346,13 +420,22 @@ public actor ClientSession {
         let directory = self.directory
         serverPunches = capabilities.contains(ServerCapabilities.punch)
         serverRelays = capabilities.contains(ServerCapabilities.relay)
+        // Connections opened at the server's request (to downloaders, to rendezvous, to the
+        // relay), at most this many at once whatever arrives on the control connection.
+        let outgoing = OutgoingConnections(limit: 16)
         let connection = ControlConnection(
             directory: directory, user: user, dateTime: { await self.dateTime() },
             onDial: { token, host, port in
-                Task { await server.dial(host: host, port: port, token: token) }
+                guard outgoing.start() else { return }
+                Task {
+                    defer { outgoing.finish() }
+                    await server.dial(host: host, port: port, token: token)
+                }
             },
             onMeet: { token in
+                guard outgoing.start() else { return }
                 Task {
+                    defer { outgoing.finish() }
                     do {
                         let connection = try await HolePunch.connect(
                             directory: directory, user: user, token: token, dateTime: await self.dateTime())
@@ -363,7 +446,9 @@ public actor ClientSession {
                 }
             },
             onRelayTo: { token in
+                guard outgoing.start() else { return }
                 Task {
+                    defer { outgoing.finish() }
                     do {
                         let connection = try await RelayConnection.open(
                             directory: directory, user: user, token: token, dateTime: await self.dateTime())
@@ -470,9 +555,9 @@ public actor ClientSession {
         let output = self.output
         do {
             if plainGetFile {
-                try await FileDownloader().download(remoteName, from: sources[0], to: localPath, progress: progress)
+                try await FileDownloader(maxSize: maxDownloadSize).download(remoteName, from: sources[0], to: localPath, progress: progress)
             } else {
-                try await FileDownloader().fetch(
+                try await FileDownloader(maxSize: maxDownloadSize).fetch(
                     remoteName, from: sources, to: localPath, progress: progress,
                     notice: { output.diagnostic("GET_FILE \(remoteName): \($0)") })
             }
@@ -639,6 +724,25 @@ public actor ClientSession {
         }
         return DateTimeFormat.string(from: Date())
     }
+}
+
+/// Counts connections this client opens at the directory server's request, to a bound.
+final class OutgoingConnections: Sendable {
+    private let count = Atomic<Int>(0)
+    private let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    /// False (nothing counted) when `limit` are under way.
+    func start() -> Bool {
+        guard count.wrappingAdd(1, ordering: .relaxed).newValue <= limit else {
+            count.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    func finish() { count.wrappingSubtract(1, ordering: .relaxed) }
 }
 
 /// `1.5 MiB` and the like.

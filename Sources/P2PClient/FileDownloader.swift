@@ -21,6 +21,9 @@ public enum DownloadError: Error, Equatable, CustomStringConvertible {
     case invalidReply(String)
     /// The local file could not be written.
     case localFile(String)
+    /// The announced size is beyond what this client accepts (`--max-download-size`) or beyond
+    /// the free space where the file goes: why.
+    case tooLarge(size: Int64, reason: String)
     /// The whole file arrived but its SHA-256 is not the one its owners announced.
     case digestMismatch(expected: String, got: String)
 
@@ -32,6 +35,7 @@ public enum DownloadError: Error, Equatable, CustomStringConvertible {
         case .interrupted(let received, let reason): return "transfer cut after \(received) bytes: \(reason)"
         case .invalidReply(let reason): return "invalid reply from the peer: \(reason)"
         case .localFile(let reason): return "cannot write the local file: \(reason)"
+        case .tooLarge(let size, let reason): return "the owner announces \(size) bytes, \(reason); nothing was written"
         case .digestMismatch(let expected, let got):
             return "the file arrived damaged: its SHA-256 is \(got.prefix(16))..., the owner's \(expected.prefix(16))...; "
                 + "nothing was kept"
@@ -52,8 +56,13 @@ public struct FileDownloader: Sendable {
     /// Called now and then with the bytes received so far, and the file's size when known.
     public typealias Progress = @Sendable (_ bytes: Int64, _ total: Int64?) -> Void
 
-    public init(idleTimeout: TimeAmount = .seconds(30)) {
+    /// The largest file accepted from an owner that announces its size; nil: what fits on the
+    /// disk. A larger announcement fails the download before anything is written.
+    public var maxSize: Int64?
+
+    public init(idleTimeout: TimeAmount = .seconds(30), maxSize: Int64? = nil) {
         self.idleTimeout = idleTimeout
+        self.maxSize = maxSize
     }
 
     /// The temporary files of downloads in progress in this process.
@@ -179,7 +188,7 @@ public struct FileDownloader: Sendable {
         }
         let download = RangedDownload(
             remoteName: remoteName, info: reference, sources: usable, localPath: localPath, idleTimeout: idleTimeout,
-            progress: progress, notice: notice)
+            maxSize: maxSize, progress: progress, notice: notice)
         Self.resumable.withLock { _ = $0.insert(download.partialPath) }
         defer { Self.resumable.withLock { _ = $0.remove(download.partialPath) } }
         return try await download.run()

@@ -15,6 +15,8 @@ public enum SkipReason: String, Sendable, CaseIterable, Comparable {
     case tooLong = "name over 255 bytes"
     /// Text on the wire is UTF-8.
     case notUTF8 = "name not UTF-8"
+    /// Directory servers of ours refuse names with control characters (a newline, an escape).
+    case controlCharacter = "a control character in the name"
     /// Not followed, so that nothing leads out of the folder.
     case symbolicLink = "symbolic link"
     /// A FIFO, socket or device.
@@ -101,6 +103,7 @@ enum FolderScanner {
         if kind == S_IFLNK { return .symbolicLink }
         if kind != S_IFREG { return .notRegular }
         if wireName.contains(" ") || wireName.contains("\t") { return .space }
+        if ControlCharacters.containsControlCharacters(wireName) { return .controlCharacter }
         if wireName.utf8.count > ProtocolLimits.maxFieldBytes { return .tooLong }
         if access(path, R_OK) != 0 { return .unreadable }
         return nil

@@ -16,6 +16,12 @@ struct PeerRequestTimedOut: Error, CustomStringConvertible {
     var description: String { "no complete GET_FILE request within 10 s" }
 }
 
+/// The downloader took no bytes for the stall timeout: the upload was cut.
+struct UploadStalled: Error, CustomStringConvertible {
+    var timeout: Duration
+    var description: String { "the downloader took nothing for \(timeout); upload cut to free its slot" }
+}
+
 /// How much this peer gives to others at once.
 public struct UploadLimits: Sendable, Equatable {
     /// `10M` (per second): a number of bytes with an optional K, M or G (powers of 1024).
@@ -37,10 +43,21 @@ public struct UploadLimits: Sendable, Equatable {
     public var bytesPerSecond: Int?
     /// Downloads served at once; more are answered 2 (other error) at once.
     public var maxUploads: Int
+    /// Connections from one address at once; more are answered 2 and closed without being
+    /// read, so that one peer cannot take every slot.
+    public var maxConnectionsPerAddress: Int
+    /// An upload whose downloader has taken no bytes for this long is closed and gives its slot
+    /// back (a peer that asks for a large file and never reads would hold it for good).
+    public var stallTimeout: Duration
 
-    public init(bytesPerSecond: Int? = nil, maxUploads: Int = 32) {
+    public init(
+        bytesPerSecond: Int? = nil, maxUploads: Int = 32, maxConnectionsPerAddress: Int = 8,
+        stallTimeout: Duration = .seconds(30)
+    ) {
         self.bytesPerSecond = bytesPerSecond
         self.maxUploads = maxUploads
+        self.maxConnectionsPerAddress = maxConnectionsPerAddress
+        self.stallTimeout = stallTimeout
     }
 }
 
@@ -90,17 +107,51 @@ public final class PeerFileServer: Sendable {
         let digests = FileDigests()
         let limiter: UploadLimiter?
         let maxUploads: Int
+        let maxConnectionsPerAddress: Int
+        let stallTimeout: Duration
         /// Downloads being served now.
         let uploads = Atomic<Int>(0)
         /// Connections owners opened to this client for its downloads (reversed connections).
         let reversed = ReversedConnections()
+        /// The connections being served, to close what is left when the server stops, and how
+        /// many come from each address.
+        private let open = Mutex<(channels: [ObjectIdentifier: any Channel], perAddress: [String: Int])>(([:], [:]))
 
         init(folder: SharedFolder, logger: Logger, limits: UploadLimits) {
             self.folder = folder
             self.logger = logger
             limiter = limits.bytesPerSecond.map { UploadLimiter(bytesPerSecond: $0) }
             maxUploads = limits.maxUploads
+            maxConnectionsPerAddress = limits.maxConnectionsPerAddress
+            stallTimeout = limits.stallTimeout
         }
+
+        /// Counts a connection in; false when its address has its share already (nothing counted).
+        /// Connections this client opened itself (`address` nil) count only for the stop.
+        func admit(_ channel: any Channel, address: String?) -> Bool {
+            open.withLock { open in
+                if let address {
+                    let count = open.perAddress[address, default: 0]
+                    guard count < maxConnectionsPerAddress else { return false }
+                    open.perAddress[address] = count + 1
+                }
+                open.channels[ObjectIdentifier(channel)] = channel
+                return true
+            }
+        }
+
+        func release(_ channel: any Channel, address: String?) {
+            open.withLock { open in
+                open.channels[ObjectIdentifier(channel)] = nil
+                if let address {
+                    let count = open.perAddress[address, default: 1] - 1
+                    open.perAddress[address] = count > 0 ? count : nil
+                }
+            }
+        }
+
+        /// Every connection still served.
+        var openChannels: [any Channel] { open.withLock { Array($0.channels.values) } }
     }
 
     /// Starts listening on `host` on a free port. By default on every address, IPv6 and IPv4
@@ -195,9 +246,31 @@ public final class PeerFileServer: Sendable {
         }
     }
 
-    /// Stops accepting peers; transfers in progress finish.
+    /// How long ``stop()`` lets transfers in progress go on before it closes them: DISCONNECT
+    /// and QUIT must answer promptly whatever peers are doing.
+    static let stopGrace: Duration = .milliseconds(500)
+
+    /// Stops accepting peers; transfers still in progress after a short grace are cut (their
+    /// downloaders see a reset, as for any interrupted transfer).
     public func stop() async {
         try? await serverChannel.channel.close()
+        let task = self.task
+        let finished = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await task.value
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: Self.stopGrace)
+                return false
+            }
+            let first = await group.next() ?? true
+            group.cancelAll()
+            return first
+        }
+        if !finished {
+            for channel in context.openChannels { channel.close(promise: nil) }
+        }
         await task.value
         for connection in accepted.takeAll() {
             try? await connection.executeThenClose { _, _ in }
@@ -214,6 +287,18 @@ public final class PeerFileServer: Sendable {
         let logger = context.logger
         let channel = connection.channel
         let peer = channel.remoteAddress?.description ?? "?"
+        // Connections this client opened (a prelude) are not a peer's to count.
+        let address = prelude == nil ? channel.remoteAddress?.ipAddress ?? "?" : nil
+        guard context.admit(channel, address: address) else {
+            logger.notice("GET_FILE from \(peer): refused, \(context.maxConnectionsPerAddress) connections from that address already")
+            try? await connection.executeThenClose { _, outbound in
+                var buffer = ByteBuffer()
+                ReplyEncoder().writeCode(FileReplyCode.otherError, into: &buffer)
+                try await outbound.write(buffer)
+            }
+            return
+        }
+        defer { context.release(channel, address: address) }
         // Until the whole file is handed to the kernel, closing (also by a crash of this
         // process) resets the connection, so the downloader can tell a cut transfer from a
         // complete one: the protocol carries no length.
@@ -282,8 +367,9 @@ public final class PeerFileServer: Sendable {
                 let handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: descriptor)
                 defer { try? handle.close() }
                 let start = range?.offset ?? 0
+                // No overflow: PeerRequest refuses a range whose end is not an Int64.
                 let end = range.map { $0.offset + $0.length } ?? Int64(size)
-                guard end <= Int64(size) else {
+                guard start <= Int64(size), end <= Int64(size) else {
                     logger.info("GET_FILE \(name) from \(peer): range \(start)-\(end) outside its \(size) bytes")
                     try await Self.finish(channel, code: FileReplyCode.otherError)
                     return
@@ -298,7 +384,9 @@ public final class PeerFileServer: Sendable {
                 var code = ByteBuffer()
                 ReplyEncoder().writeCode(FileReplyCode.ok, into: &code)
                 channel.write(IOData.byteBuffer(code), promise: nil)
-                try await Self.send(handle, from: Int(start), to: Int(end), on: channel, limiter: context.limiter)
+                try await Self.send(
+                    handle, from: Int(start), to: Int(end), on: channel, limiter: context.limiter,
+                    stallTimeout: context.stallTimeout)
                 logger.info("GET_FILE \(name) to \(peer): \(end - start) bytes")
                 try await Self.closeGracefully(channel)
             }
@@ -307,18 +395,45 @@ public final class PeerFileServer: Sendable {
         }
     }
 
-    /// Bytes `start..<end` of the file with sendfile: in one go, or in slices on the upload
-    /// limiter's schedule.
+    /// Bytes handed to sendfile at once without an upload cap: each slice must be taken by the
+    /// downloader within the stall timeout. Two are in flight, so the socket never runs dry
+    /// between them.
+    static let sendSlice = 8 << 20
+
+    /// Bytes `start..<end` of the file with sendfile, in slices: as fast as the downloader takes
+    /// them, or on the upload limiter's schedule. A slice not taken within `stallTimeout`
+    /// closes the connection.
     private static func send(
-        _ handle: NIOFileHandle, from start: Int, to end: Int, on channel: any Channel, limiter: UploadLimiter?
+        _ handle: NIOFileHandle, from start: Int, to end: Int, on channel: any Channel, limiter: UploadLimiter?,
+        stallTimeout: Duration
     ) async throws {
         guard end > start else {
             try await channel.writeAndFlush(IOData.byteBuffer(ByteBuffer())).get()
             return
         }
+        let timeout = TimeAmount.nanoseconds(
+            stallTimeout.components.seconds * 1_000_000_000 + stallTimeout.components.attoseconds / 1_000_000_000)
+        /// Waits for `write`, closing the connection when it is not done within the timeout.
+        func taken(_ write: EventLoopFuture<Void>) async throws {
+            let stalled = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+            defer { stalled.cancel() }
+            do {
+                try await write.get()
+            } catch {
+                throw channel.isActive ? error : UploadStalled(timeout: stallTimeout)
+            }
+        }
         guard let limiter else {
-            let region = FileRegion(fileHandle: handle, readerIndex: start, endIndex: end)
-            try await channel.writeAndFlush(IOData.fileRegion(region)).get()
+            var inFlight: [EventLoopFuture<Void>] = []
+            var offset = start
+            while offset < end {
+                let next = min(end, offset + sendSlice)
+                let region = FileRegion(fileHandle: handle, readerIndex: offset, endIndex: next)
+                inFlight.append(channel.writeAndFlush(IOData.fileRegion(region)))
+                offset = next
+                if inFlight.count == 2 { try await taken(inFlight.removeFirst()) }
+            }
+            for write in inFlight { try await taken(write) }
             return
         }
         // Slices of about 50 ms at the cap: the rate holds over short spans too.
@@ -329,7 +444,7 @@ public final class PeerFileServer: Sendable {
             let due = limiter.reserve(next - offset)
             if due > .now { try await Task.sleep(until: due) }
             let region = FileRegion(fileHandle: handle, readerIndex: offset, endIndex: next)
-            try await channel.writeAndFlush(IOData.fileRegion(region)).get()
+            try await taken(channel.writeAndFlush(IOData.fileRegion(region)))
             offset = next
         }
     }

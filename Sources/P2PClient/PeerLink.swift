@@ -101,24 +101,41 @@ final class ReversedConnections: Sendable {
 
     private let slots = Mutex<[String: Slot]>([:])
 
-    /// Called by the file server with a connection that presented `token`: false when no download
-    /// asked for it or is about to (after `waitLimit` it is dropped).
+    /// Connections kept at once for downloads that have not asked for them yet: anyone can
+    /// connect and present a token, so the table is bounded (a download's own owner connects
+    /// within a second or two of the server's request).
+    static let maxParked = 16
+
+    /// Called by the file server with a connection that presented `token`: false when it is not
+    /// taken (the caller closes it): a connection for that token is here already, or too many
+    /// are. One no download claims is dropped after `waitLimit`.
     func deliver(_ token: String, _ handed: Handed, waitLimit: Duration = .seconds(10)) -> Bool {
-        let waiter = slots.withLock { slots -> CheckedContinuation<Handed?, Never>? in
+        enum Outcome { case handOver(CheckedContinuation<Handed?, Never>), parked, refused }
+        let outcome = slots.withLock { slots -> Outcome in
             switch slots[token] {
             case .waiting(let continuation)?:
                 slots[token] = nil
-                return continuation
+                return .handOver(continuation)
             case .arrived?:
-                return nil
+                return .refused
             case nil:
+                let parked = slots.values.reduce(0) { count, slot in
+                    if case .arrived = slot { return count + 1 }
+                    return count
+                }
+                guard parked < Self.maxParked else { return .refused }
                 slots[token] = .arrived(handed)
-                return nil
+                return .parked
             }
         }
-        if let waiter {
+        switch outcome {
+        case .handOver(let waiter):
             waiter.resume(returning: handed)
             return true
+        case .refused:
+            return false
+        case .parked:
+            break
         }
         // Kept a while for the download that will ask; then let go.
         Task {

@@ -51,6 +51,7 @@ struct RangedDownload: Sendable {
     let sources: [PeerSource]
     let localPath: String
     let idleTimeout: TimeAmount
+    let maxSize: Int64?
     let progress: FileDownloader.Progress?
     let notice: @Sendable (String) -> Void
 
@@ -109,9 +110,20 @@ struct RangedDownload: Sendable {
 
     /// Runs the download; returns the size.
     func run() async throws(DownloadError) -> Int64 {
-        let done = prepare()
-        let descriptor = open(partialPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard descriptor >= 0 else { throw .localFile("\(partialPath): \(String(cString: strerror(errno)))") }
+        try checkSize()
+        var done = prepare()
+        var resumed: Int32?
+        if !done.isEmpty {
+            resumed = resumePartial()
+            if resumed == nil {
+                notice("\(partialPath) is not the partial file of the interrupted download (a link, or another file): starting over")
+                done = []
+                unlink(partialPath)
+                unlink(recordPath)
+            }
+        }
+        let descriptor: Int32
+        if let resumed { descriptor = resumed } else { descriptor = try createPartial() }
         defer { close(descriptor) }
         guard ftruncate(descriptor, off_t(info.size)) == 0 else {
             throw .localFile("\(partialPath): \(String(cString: strerror(errno)))")
@@ -211,6 +223,48 @@ struct RangedDownload: Sendable {
             throw .localFile("\(error)")
         }
         return info.size
+    }
+
+    /// The size the owners announce, against `maxSize` and the free space of the destination's
+    /// file system (what a partial file of an earlier attempt holds already counts as free):
+    /// an owner cannot make this client reserve more than it can hold.
+    private func checkSize() throws(DownloadError) {
+        if let maxSize, info.size > maxSize {
+            throw .tooLarge(size: info.size, reason: "over the \(maxSize) bytes this client accepts (--max-download-size)")
+        }
+        let folder = URL(fileURLWithPath: localPath).deletingLastPathComponent().path
+        var space = statvfs()
+        guard statvfs(folder, &space) == 0 else { return }
+        let free = Int64(clamping: UInt64(space.f_bavail).multipliedReportingOverflow(by: UInt64(space.f_frsize)).partialValue)
+        var partial = stat()
+        let already = lstat(partialPath, &partial) == 0 && (partial.st_mode & S_IFMT) == S_IFREG ? Int64(partial.st_blocks) * 512 : 0
+        if info.size > free + already {
+            throw .tooLarge(size: info.size, reason: "more than the \(free) bytes free in \(folder)")
+        }
+    }
+
+    /// The hidden partial file of an earlier attempt, opened safely in a folder others may
+    /// write to: never through a symbolic link, never another file's hard link, only a regular
+    /// file of this user's of the announced size; nil otherwise.
+    private func resumePartial() -> Int32? {
+        let descriptor = open(partialPath, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, (status.st_mode & S_IFMT) == S_IFREG, status.st_nlink == 1,
+            status.st_uid == getuid(), Int64(status.st_size) == info.size
+        else {
+            close(descriptor)
+            return nil
+        }
+        return descriptor
+    }
+
+    /// A new partial file. O_EXCL and O_NOFOLLOW: whatever stands at the name (planted after
+    /// `prepare` removed it) is an error, never opened or truncated.
+    private func createPartial() throws(DownloadError) -> Int32 {
+        let descriptor = open(partialPath, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw .localFile("\(partialPath): \(String(cString: strerror(errno)))") }
+        return descriptor
     }
 
     /// The chunks a partial file from an earlier attempt already holds, when it is the same

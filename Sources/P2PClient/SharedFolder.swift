@@ -5,17 +5,25 @@ import Synchronization
     import Glibc
 #endif
 
-/// What a peer may download (PROTOCOL.md section 4): the files the connected user published,
-/// and nothing else. A name is served only while it is in the published set (filled by
-/// PUBLISH, by SHARE, and at CONNECT from the directory's own list of this user's files). A
-/// relative name is looked up inside the share folder (no `..`, no symlink leading out); an
-/// absolute name only as the exact path it was published as. Either way only a regular file
-/// is served: anything else (a directory, a device, a FIFO) is "no such file", as is every
-/// name that was not published.
+/// What a peer may download (PROTOCOL.md section 4): the files this client itself published
+/// for the connected user, and nothing else. A name is served only while it is in the
+/// published set, filled by PUBLISH and SHARE in this run and, from the ``PublishedRecord`` on
+/// disk, in earlier ones: never from the directory's list of the user's files, which anyone
+/// may have added to while she was offline. A relative name is looked up inside the share
+/// folder (no `..`, no hidden part, no symlink leading out); an absolute name only as the exact
+/// path it was published as. Either way only a regular file is served: anything else (a
+/// directory, a device, a FIFO) is "no such file", as is every name that was not published.
 public final class SharedFolder: Sendable {
     /// The share folder, symlinks resolved.
     public let root: String
-    private let published = Mutex<Set<String>>([])
+
+    private struct Served {
+        var names: Set<String> = []
+        /// Where the names are recorded while a user is connected.
+        var record: PublishedRecord?
+    }
+
+    private let served = Mutex(Served())
 
     public init(path: String) throws {
         guard let resolved = Self.realPath(path) else {
@@ -25,27 +33,57 @@ public final class SharedFolder: Sendable {
     }
 
     /// Records that this user published `name` (served by that exact name from now on).
-    public func publish(_ name: String) { _ = published.withLock { $0.insert(name) } }
+    public func publish(_ name: String) { publish(contentsOf: CollectionOfOne(name)) }
 
     /// Records several published names at once.
     public func publish<Names: Sequence<String>>(contentsOf names: Names) {
-        published.withLock { $0.formUnion(names) }
+        served.withLock { served in
+            let names = Array(names)
+            served.names.formUnion(names)
+            served.record?.insert(names)
+        }
     }
 
-    public func unpublish(_ name: String) { _ = published.withLock { $0.remove(name) } }
+    public func unpublish(_ name: String) {
+        served.withLock { served in
+            served.names.remove(name)
+            served.record?.remove(CollectionOfOne(name))
+        }
+    }
 
-    public func unpublishAll() { published.withLock { $0.removeAll() } }
+    /// Serves `record`'s names, and records every PUBLISH and DELETE there, until
+    /// ``unpublishAll()``.
+    public func attach(_ record: PublishedRecord?) {
+        served.withLock { served in
+            served.record = record
+            served.names = record?.names ?? []
+        }
+    }
+
+    /// Serves nothing (the user went offline); the record on disk stays as it is.
+    public func unpublishAll() {
+        served.withLock { served in
+            served.names.removeAll()
+            served.record = nil
+        }
+    }
 
     /// Whether `name` is served (published by this user).
-    public func isPublished(_ name: String) -> Bool { published.withLock { $0.contains(name) } }
+    public func isPublished(_ name: String) -> Bool { served.withLock { $0.names.contains(name) } }
 
     /// How many names are served.
-    public var publishedCount: Int { published.withLock { $0.count } }
+    public var publishedCount: Int { served.withLock { $0.names.count } }
 
-    /// The path to serve for `name`, or nil when it must be refused.
+    /// The path to serve for `name`, or nil when it must be refused: not published, or a
+    /// relative name with a hidden part (which SHARE never publishes either).
     public func resolve(_ name: String) -> String? {
-        guard !name.isEmpty, !name.utf8.contains(0), isPublished(name) else { return nil }
+        guard !name.isEmpty, !name.utf8.contains(0), isPublished(name), !Self.hasHiddenPart(name) else { return nil }
         return location(of: name)
+    }
+
+    /// Whether a relative name has a part starting with a dot (`.ssh/id_ed25519`, `..`).
+    static func hasHiddenPart(_ name: String) -> Bool {
+        !name.hasPrefix("/") && name.split(separator: "/").contains { $0.hasPrefix(".") }
     }
 
     /// Where the file a name stands for is, whether published or not: the absolute path for an

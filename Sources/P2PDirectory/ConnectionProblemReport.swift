@@ -13,6 +13,8 @@ enum ConnectionProblem: Int, CaseIterable, Sendable {
     case addressLimit
     /// `--proxy-protocol` and no valid PROXY header.
     case missingProxyHeader
+    /// `--proxy-protocol` and the connection came from an address `--proxy-from` does not name.
+    case untrustedProxy
     /// A request the protocol does not allow (PROTOCOL.md section 6).
     case badRequest
     /// The request did not arrive whole before the deadline (`--idle-timeout`).
@@ -24,6 +26,7 @@ enum ConnectionProblem: Int, CaseIterable, Sendable {
         case .connectionLimit: "connections closed at accept: the connection limit was reached"
         case .addressLimit: "connections closed at accept: their address had reached its connection limit"
         case .missingProxyHeader: "connections closed without a valid PROXY header"
+        case .untrustedProxy: "connections closed at accept: not from a load balancer named by --proxy-from"
         case .badRequest: "bad requests"
         case .timeout: "requests not complete before the deadline"
         }
@@ -35,6 +38,7 @@ enum ConnectionProblem: Int, CaseIterable, Sendable {
         case .connectionLimit: ("p2p_connections_refused_total", "connection_limit")
         case .addressLimit: ("p2p_connections_refused_total", "address_limit")
         case .missingProxyHeader: ("p2p_connections_refused_total", "no_proxy_header")
+        case .untrustedProxy: ("p2p_connections_refused_total", "untrusted_proxy")
         case .badRequest: ("p2p_bad_requests_total", "malformed")
         case .timeout: ("p2p_bad_requests_total", "timeout")
         }

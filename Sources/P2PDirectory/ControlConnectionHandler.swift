@@ -25,6 +25,12 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
     /// its client opens a new control connection when the server is back (or, if it does not,
     /// the peer checks take it offline).
     private var expiresOnEnd = true
+    /// Tokens for requests that make other users' clients act (a token bucket).
+    private var requestTokens: Double
+    private var tokensCounted = NIODeadline.now()
+    /// WHO requests are cheap but not free: a client sending them far faster than any download
+    /// asks is closed.
+    private var whoTokens: Double = 200
 
     init(sessions: ControlSessions, user: String, ip: String, port: String, logger: Logger) {
         self.sessions = sessions
@@ -32,6 +38,38 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
         self.ip = ip
         self.port = port
         self.logger = logger
+        requestTokens = Double(sessions.settings.requestBurst)
+    }
+
+    /// Adds the tokens earned since the last request.
+    private func refill() {
+        let now = NIODeadline.now()
+        let seconds = Double((now - tokensCounted).nanoseconds) / 1e9
+        tokensCounted = now
+        let settings = sessions.settings
+        requestTokens = min(Double(settings.requestBurst), requestTokens + seconds * settings.requestsPerSecond)
+        whoTokens = min(200, whoTokens + seconds * 100)
+    }
+
+    /// Takes one token for a request that makes another client act; false when the session is
+    /// over its rate (the request is answered 2).
+    private func takeRequestToken() -> Bool {
+        refill()
+        guard requestTokens >= 1 else {
+            logger.notice(
+                "control connection of \(user) from \(ip): over \(sessions.settings.requestsPerSecond) requests a second; answered 2")
+            return false
+        }
+        requestTokens -= 1
+        return true
+    }
+
+    /// Takes one WHO token; false when the client is over 100 a second for long.
+    private func takeWhoToken() -> Bool {
+        refill()
+        guard whoTokens >= 1 else { return false }
+        whoTokens -= 1
+        return true
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -79,12 +117,21 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
         case .ping:
             break
         case .whoRequest(let id, let user):
+            guard takeWhoToken() else {
+                endReason = "sent WHO requests faster than 100 a second"
+                channel.close(promise: nil)
+                return
+            }
             let sessions = self.sessions
             Task {
                 let route = await sessions.route(of: user)
                 ControlSessions.send(.whoReply(id: id, route: route), on: channel)
             }
         case .reverseRequest(let id, let owner):
+            guard takeRequestToken() else {
+                ControlSessions.send(.reverseReply(id: id, code: 2, token: ""), on: channel)
+                return
+            }
             let sessions = self.sessions
             let user = self.user
             Task {
@@ -92,9 +139,17 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
                 ControlSessions.send(.reverseReply(id: id, code: code, token: token), on: channel)
             }
         case .punchRequest(let id, let owner):
+            guard takeRequestToken() else {
+                ControlSessions.send(.punchReply(id: id, code: 2, token: ""), on: channel)
+                return
+            }
             let (code, token) = sessions.punch(requester: user, owner: owner)
             ControlSessions.send(.punchReply(id: id, code: code, token: token), on: channel)
         case .relayRequest(let id, let owner):
+            guard takeRequestToken() else {
+                ControlSessions.send(.relayReply(id: id, code: 2, token: ""), on: channel)
+                return
+            }
             let (code, token) = sessions.relay(requester: user, owner: owner)
             ControlSessions.send(.relayReply(id: id, code: code, token: token), on: channel)
         case .keepalive, .reachability, .whoReply, .reverseReply, .dial, .punchReply, .meet, .relayReply, .relayTo:

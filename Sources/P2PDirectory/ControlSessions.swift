@@ -20,15 +20,29 @@ public struct ControlSettings: Sendable {
     /// the other servers' peer checks away (renewed every third of it): a server that dies
     /// leaves its users to the others' checks after at most this long.
     public var lease: TimeInterval
+    /// Control connections from one address at once (a household or a campus behind one NAT
+    /// has several users; one attacker must not hold them all).
+    public var maxSessionsPerAddress: Int
+    /// Requests that make another user's client act (`REVERSE`, `PUNCH`, `RELAY`) one session
+    /// may send: this many at once, then `requestsPerSecond`; beyond, they are answered 2.
+    public var requestBurst: Int
+    public var requestsPerSecond: Double
+    /// Punches waiting for their rendezvous that one user may be part of at once.
+    public var maxPendingPunchesPerUser: Int
 
     public init(
         keepalive: TimeAmount = .seconds(2), maxSessions: Int = 100_000, reachabilityTimeout: Duration = .seconds(2),
-        lease: TimeInterval = 15
+        lease: TimeInterval = 15, maxSessionsPerAddress: Int = 64, requestBurst: Int = 16, requestsPerSecond: Double = 2,
+        maxPendingPunchesPerUser: Int = 8
     ) {
         self.keepalive = keepalive
         self.maxSessions = maxSessions
         self.reachabilityTimeout = reachabilityTimeout
         self.lease = lease
+        self.maxSessionsPerAddress = maxSessionsPerAddress
+        self.requestBurst = requestBurst
+        self.requestsPerSecond = requestsPerSecond
+        self.maxPendingPunchesPerUser = maxPendingPunchesPerUser
     }
 }
 
@@ -56,7 +70,7 @@ public final class ControlSessions: Sendable {
     private let operationLog: (any OperationLogSink)?
     private let console: @Sendable (String) -> Void
     private let logger: Logger
-    private let state = Mutex<(sessions: [String: Session], nextID: Int)>(([:], 0))
+    private let state = Mutex<(sessions: [String: Session], nextID: Int, perAddress: [String: Int])>(([:], 0, [:]))
 
     /// A hole punch under way: its two users, and the first of them to show up at the
     /// rendezvous, waiting for the other.
@@ -118,6 +132,14 @@ public final class ControlSessions: Sendable {
                 logger.notice("CONTROL for \(user) refused: \(settings.maxSessions) control connections are open")
                 return (3, nil)
             }
+            let fromAddress = state.withLock { $0.perAddress[ip, default: 0] }
+            // The user's own earlier session (replaced on register) does not count against it.
+            let replacing = state.withLock { $0.sessions[user]?.ip == ip } ? 1 : 0
+            guard fromAddress - replacing < settings.maxSessionsPerAddress else {
+                logger.notice(
+                    "CONTROL for \(user) from \(ip) refused: \(settings.maxSessionsPerAddress) control connections from that address are open")
+                return (3, nil)
+            }
             return (0, port)
         }
     }
@@ -128,8 +150,10 @@ public final class ControlSessions: Sendable {
         let (id, previous) = state.withLock { state -> (Int, Session?) in
             state.nextID += 1
             let previous = state.sessions[user]
+            if let previous { Self.uncount(previous.ip, in: &state.perAddress) }
             state.sessions[user] = Session(
                 id: state.nextID, user: user, ip: ip, port: port, channel: channel, route: .unknown)
+            state.perAddress[ip, default: 0] += 1
             return (state.nextID, previous)
         }
         previous?.channel.close(promise: nil)
@@ -168,6 +192,7 @@ public final class ControlSessions: Sendable {
     func ended(_ id: Int, user: String, reason: String, expire: Bool) {
         let session = state.withLock { state -> Session? in
             guard let session = state.sessions[user], session.id == id else { return nil }
+            Self.uncount(session.ip, in: &state.perAddress)
             state.sessions[user] = nil
             return session
         }
@@ -246,6 +271,11 @@ public final class ControlSessions: Sendable {
         }
     }
 
+    private static func uncount(_ ip: String, in perAddress: inout [String: Int]) {
+        let count = perAddress[ip, default: 1] - 1
+        perAddress[ip] = count > 0 ? count : nil
+    }
+
     /// `PUNCH`: both `requester` and `owner` are behind NATs. Tells the owner to take part
     /// (`MEET`) and returns the code and the punch's token. The punch is forgotten after 30 s.
     func punch(requester: String, owner: String) -> (code: Int, token: String) {
@@ -253,7 +283,23 @@ public final class ControlSessions: Sendable {
         guard let to else { return (1, "") }
         guard from != nil else { return (2, "") }
         let token = ControlMessage.makeToken()
-        punches.withLock { $0[token] = Punch(owner: owner, downloader: requester) }
+        // Bounded per user: a loop of PUNCH bob would otherwise grow the table without end and
+        // make bob's client open a rendezvous connection for each.
+        let limit = settings.maxPendingPunchesPerUser
+        let admitted = punches.withLock { punches -> Bool in
+            var involving = (owner: 0, requester: 0)
+            for punch in punches.values {
+                if punch.owner == owner || punch.downloader == owner { involving.owner += 1 }
+                if punch.owner == requester || punch.downloader == requester { involving.requester += 1 }
+            }
+            guard involving.owner < limit, involving.requester < limit else { return false }
+            punches[token] = Punch(owner: owner, downloader: requester)
+            return true
+        }
+        guard admitted else {
+            logger.notice("PUNCH from \(requester) to \(owner) refused: \(limit) punches of one of them are waiting")
+            return (2, "")
+        }
         Self.send(.meet(token: token), on: to.channel)
         logger.info("PUNCH: \(requester) and \(owner) are to punch through their NATs")
         Task {

@@ -51,10 +51,10 @@ extension DirectoryRules {
             // Only the connection that was checked: not one made again meanwhile.
             return presence == .online(ip: ip, port: port) ? .proceed : .refuse(2)
 
-        case .publish(_, let fileName, _, let from):
+        case .publish(_, let fileName, let description, let from):
             if let refusal = requiresConnected(presence) { return refusal }
             if let refusal = ownerCheck(presence, from, code: 4) { return refusal }
-            return isValidFileName(fileName) ? .proceed : .refuse(4)
+            return isValidFileName(fileName) && isValidDescription(description) ? .proceed : .refuse(4)
 
         case .delete(_, _, let from):
             if let refusal = requiresConnected(presence) { return refusal }

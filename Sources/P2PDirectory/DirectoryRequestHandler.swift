@@ -34,12 +34,14 @@ public struct DirectoryRequestHandler: Sendable {
     /// Records in the operation log that `request` was answered `code`; once per request,
     /// when its reply is ready.
     public func served(_ request: Request, code: P2PProtocol.ResultCode) {
+        // Refused requests are logged too, with whatever they carried: escaped, so that no
+        // name writes a line of its own in the log (and cut to the log's 256 bytes a field).
         operationLog?.submit(
             OperationRecord(
-                user: request.user,
+                user: ControlCharacters.escaped(request.user, maxBytes: 256),
                 operation: request.operation.rawValue,
-                fileName: request.fileName ?? "",
-                dateTime: request.dateTime,
+                fileName: ControlCharacters.escaped(request.fileName ?? "", maxBytes: 256),
+                dateTime: ControlCharacters.escaped(request.dateTime, maxBytes: 256),
                 result: Int32(code.rawValue)))
     }
 
@@ -48,7 +50,7 @@ public struct DirectoryRequestHandler: Sendable {
     /// for it: nil for `CONTROL`, which is no store work (``ControlSessions``). Prints the
     /// console line; `served` logs the operation once answered.
     public func accept(_ request: Request, peerIP: @autoclosure () -> String) -> StoreWork? {
-        console("s> \(request.operation.rawValue) FROM \(request.user)")
+        console("s> \(request.operation.rawValue) FROM \(ControlCharacters.escaped(request.user))")
         switch request.command {
         case .register(let user):
             return .change(.register(user: user))

@@ -40,6 +40,10 @@ public struct DirectoryServerConfiguration: Sendable {
     /// balancer, whose client address then stands for the connection's (CONNECT records it,
     /// the owner check compares it). A connection without a valid one is closed.
     public var proxyProtocol: Bool
+    /// With `proxyProtocol`, where a PROXY header is believed from (the load balancers):
+    /// a connection from any other address is closed unread, so that nobody reaching the port
+    /// directly can claim another client's address.
+    public var trustedProxies: [AddressPrefix]
 
     public init(
         host: String = "0.0.0.0",
@@ -52,7 +56,8 @@ public struct DirectoryServerConfiguration: Sendable {
         refusalDelay: TimeAmount = .seconds(1),
         shutdownGracePeriod: TimeAmount = .seconds(10),
         ownerCheck: Bool = true,
-        proxyProtocol: Bool = false
+        proxyProtocol: Bool = false,
+        trustedProxies: [AddressPrefix] = AddressPrefix.loopback
     ) {
         self.host = host
         self.port = port
@@ -65,6 +70,7 @@ public struct DirectoryServerConfiguration: Sendable {
         self.shutdownGracePeriod = shutdownGracePeriod
         self.ownerCheck = ownerCheck
         self.proxyProtocol = proxyProtocol
+        self.trustedProxies = trustedProxies
     }
 }
 
@@ -166,6 +172,13 @@ public final class DirectoryServer: Service, Sendable {
                         .connectionLimit, from: clientIP,
                         detail: "closing connection from \(clientIP): \(configuration.maxConnections) connections are open (--max-connections)")
                     return refusals.refuse(channel)
+                }
+                if configuration.proxyProtocol, !AddressPrefix.any(configuration.trustedProxies, contains: clientIP) {
+                    limits.close()
+                    problems.record(
+                        .untrustedProxy, from: clientIP,
+                        detail: "closing connection from \(clientIP): not a load balancer named by --proxy-from, so its PROXY header is not believed")
+                    return channel.eventLoop.makeFailedFuture(RefusedConnections.Refused())
                 }
                 // Behind the balancer the socket's address is the balancer's: the client's
                 // share is taken once its PROXY header is read.

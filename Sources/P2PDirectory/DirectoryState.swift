@@ -164,9 +164,16 @@ public struct DirectoryState: Sendable {
 /// The checks on a change's values that every store makes the same way, before it looks at
 /// the directory.
 public enum DirectoryRules {
-    /// A user name to register: not empty.
+    /// A user name to register: not empty, and no control characters (a newline in a name
+    /// would forge lines on the console, in the operation log and in every client's
+    /// LIST_USERS; ``ControlCharacters``).
     public static func isValidUserName(_ name: String) -> Bool {
-        !name.isEmpty
+        !name.isEmpty && !ControlCharacters.containsControlCharacters(name)
+    }
+
+    /// A file's description: anything but control characters.
+    public static func isValidDescription(_ text: String) -> Bool {
+        !ControlCharacters.containsControlCharacters(text)
     }
 
     /// A listening port: decimal digits only, 1 to 65535.
@@ -236,8 +243,9 @@ public enum DirectoryRules {
         }
     }
 
-    /// File names are one word (the console splits on spaces) and not empty.
+    /// File names are one word (the console splits on spaces), not empty, and hold no control
+    /// characters.
     public static func isValidFileName(_ name: String) -> Bool {
-        !name.isEmpty && !name.contains(where: { $0.isWhitespace })
+        !name.isEmpty && !name.contains(where: { $0.isWhitespace }) && !ControlCharacters.containsControlCharacters(name)
     }
 }

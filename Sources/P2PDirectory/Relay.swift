@@ -17,14 +17,24 @@ public struct RelaySettings: Sendable {
     public var perTransfer: Int
     /// Relayed transfers at once; more are refused.
     public var maxTransfers: Int
+    /// Relays (set up or under way) one user may take part in at once, as downloader or owner:
+    /// two accounts cannot hold every slot.
+    public var maxTransfersPerUser: Int
     /// How long the first side of a relay waits for the second.
     public var joinTimeout: Duration
+    /// A relay through which no byte has passed, either way, for this long is closed.
+    public var idleTimeout: Duration
 
-    public init(bytesPerSecond: Int = 0, perTransfer: Int? = nil, maxTransfers: Int = 8, joinTimeout: Duration = .seconds(10)) {
+    public init(
+        bytesPerSecond: Int = 0, perTransfer: Int? = nil, maxTransfers: Int = 8, maxTransfersPerUser: Int = 2,
+        joinTimeout: Duration = .seconds(10), idleTimeout: Duration = .seconds(30)
+    ) {
         self.bytesPerSecond = bytesPerSecond
         self.perTransfer = min(perTransfer ?? bytesPerSecond, bytesPerSecond)
         self.maxTransfers = maxTransfers
+        self.maxTransfersPerUser = maxTransfersPerUser
         self.joinTimeout = joinTimeout
+        self.idleTimeout = idleTimeout
     }
 
     public var isEnabled: Bool { bytesPerSecond > 0 && maxTransfers > 0 }
@@ -93,7 +103,21 @@ final class RelayHub: Sendable {
         var waiting: (user: String, channel: any Channel, done: @Sendable (Outcome) -> Void)?
     }
 
-    private let state = Mutex<(pending: [String: Pending], active: Int)>(([:], 0))
+    private struct State {
+        var pending: [String: Pending] = [:]
+        var active = 0
+        /// Relays each user takes part in (pending or active).
+        var perUser: [String: Int] = [:]
+
+        mutating func release(_ owner: String, _ downloader: String) {
+            for user in Set([owner, downloader]) {
+                let count = perUser[user, default: 1] - 1
+                perUser[user] = count > 0 ? count : nil
+            }
+        }
+    }
+
+    private let state = Mutex(State())
 
     init(settings: RelaySettings, metrics: DirectoryMetrics, logger: Logger) {
         self.settings = settings
@@ -108,19 +132,30 @@ final class RelayHub: Sendable {
     func create(owner: String, downloader: String) -> (code: Int, token: String) {
         guard settings.isEnabled else { return (2, "") }
         let token = ControlMessage.makeToken()
-        let admitted = state.withLock { state -> Bool in
-            guard state.active + state.pending.count < settings.maxTransfers else { return false }
+        let users = Set([owner, downloader])
+        let refusal = state.withLock { state -> String? in
+            guard state.active + state.pending.count < settings.maxTransfers else {
+                return "\(settings.maxTransfers) relays already"
+            }
+            if let busy = users.first(where: { state.perUser[$0, default: 0] >= settings.maxTransfersPerUser }) {
+                return "\(busy) takes part in \(settings.maxTransfersPerUser) relays already"
+            }
             state.pending[token] = Pending(owner: owner, downloader: downloader)
-            return true
+            for user in users { state.perUser[user, default: 0] += 1 }
+            return nil
         }
-        guard admitted else {
-            logger.notice("RELAY for \(downloader) from \(owner) refused: \(settings.maxTransfers) relays already")
+        if let refusal {
+            logger.notice("RELAY for \(downloader) from \(owner) refused: \(refusal)")
             return (2, "")
         }
         // Forgotten if nobody comes.
         Task {
             try? await Task.sleep(for: settings.joinTimeout)
-            let stale = state.withLock { $0.pending.removeValue(forKey: token) }
+            let stale = state.withLock { state -> Pending? in
+                guard let stale = state.pending.removeValue(forKey: token) else { return nil }
+                state.release(stale.owner, stale.downloader)
+                return stale
+            }
             stale?.waiting?.done(.refused(2))
         }
         return (0, token)
@@ -136,7 +171,7 @@ final class RelayHub: Sendable {
         enum Step {
             case unknown
             case wait
-            case paired(partner: any Channel, partnerDone: @Sendable (Outcome) -> Void)
+            case paired(partner: any Channel, partnerDone: @Sendable (Outcome) -> Void, owner: String, downloader: String)
         }
         let step = state.withLock { state -> Step in
             guard var pending = state.pending[token], pending.owner == user || pending.downloader == user else {
@@ -145,7 +180,8 @@ final class RelayHub: Sendable {
             if let waiting = pending.waiting, waiting.user != user {
                 state.pending[token] = nil
                 state.active += 1
-                return .paired(partner: waiting.channel, partnerDone: waiting.done)
+                return .paired(
+                    partner: waiting.channel, partnerDone: waiting.done, owner: pending.owner, downloader: pending.downloader)
             }
             guard pending.waiting == nil else { return .unknown }
             pending.waiting = (user, channel, done)
@@ -157,7 +193,7 @@ final class RelayHub: Sendable {
             done(.refused(1))
         case .wait:
             break
-        case .paired(let partner, let partnerDone):
+        case .paired(let partner, let partnerDone, let pendingOwner, let pendingDownloader):
             started.increment()
             activeGauge.record(state.withLock { $0.active })
             // Both zeros are queued before either side's handler can forward a byte, so each
@@ -167,7 +203,8 @@ final class RelayHub: Sendable {
             partner.writeAndFlush(zero, promise: nil)
             channel.writeAndFlush(zero, promise: nil)
             let limiter = RelayLimiter(
-                transfer: RateSchedule(bytesPerSecond: settings.perTransfer), total: total, hub: self)
+                transfer: RateSchedule(bytesPerSecond: settings.perTransfer), total: total, hub: self,
+                users: (pendingOwner, pendingDownloader), idleTimeout: settings.idleTimeout)
             logger.info("RELAY: \(user)'s transfer relayed (token \(token.prefix(8))...)")
             partnerDone(.relaying(partner: channel, limiter: limiter))
             done(.relaying(partner: partner, limiter: limiter))
@@ -178,9 +215,10 @@ final class RelayHub: Sendable {
         bytes.increment(by: count)
     }
 
-    func ended(bytes: Int, after duration: Duration) {
+    func ended(bytes: Int, after duration: Duration, owner: String, downloader: String) {
         let active = state.withLock { state -> Int in
             state.active -= 1
+            state.release(owner, downloader)
             return state.active
         }
         activeGauge.record(active)
@@ -198,23 +236,41 @@ final class RelayLimiter: Sendable {
     private let sides = Atomic<Int>(2)
     private let bytes = Atomic<Int>(0)
     private let started = ContinuousClock.now
+    private let users: (owner: String, downloader: String)
+    let idleTimeout: Duration
+    /// When a byte last went through, either way (NIODeadline's uptime nanoseconds).
+    private let lastByte = Atomic<UInt64>(NIODeadline.now().uptimeNanoseconds)
 
-    init(transfer: RateSchedule, total: RateSchedule, hub: RelayHub) {
+    init(
+        transfer: RateSchedule, total: RateSchedule, hub: RelayHub, users: (owner: String, downloader: String),
+        idleTimeout: Duration
+    ) {
         self.transfer = transfer
         self.total = total
         self.hub = hub
+        self.users = users
+        self.idleTimeout = idleTimeout
     }
 
     func reserve(_ count: Int) -> ContinuousClock.Instant {
         hub.relayed(count)
         bytes.add(count, ordering: .relaxed)
+        lastByte.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
         return max(transfer.reserve(count), total.reserve(count))
+    }
+
+    /// Whether no byte has gone through for the idle timeout.
+    var isIdle: Bool {
+        let idle = NIODeadline.now().uptimeNanoseconds &- lastByte.load(ordering: .relaxed)
+        return Int64(clamping: idle) > idleTimeout.nanosecondsClamped
     }
 
     /// One side's connection ended; the relay is over when both have.
     func sideEnded() {
         if sides.subtract(1, ordering: .relaxed).newValue == 0 {
-            hub.ended(bytes: bytes.load(ordering: .relaxed), after: ContinuousClock.now - started)
+            hub.ended(
+                bytes: bytes.load(ordering: .relaxed), after: ContinuousClock.now - started, owner: users.owner,
+                downloader: users.downloader)
         }
     }
 }
@@ -245,6 +301,7 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var readRequested = false
     private var inputClosed = false
     private var outputClosed = false
+    private var idleCheck: RepeatedTask?
 
     init(partner: any Channel, limiter: RelayLimiter) {
         self.partner = partner
@@ -254,6 +311,15 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
         requestRead(context: context)
+        // A relay nobody sends through gives its slot back (both sides are cut).
+        let interval = TimeAmount.nanoseconds(max(50_000_000, limiter.idleTimeout.nanosecondsClamped / 4))
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        idleCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            let (handler, context) = loopBound.value
+            guard handler.limiter.isIdle else { return }
+            handler.reset(handler.partner)
+            handler.reset(context.channel)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -330,6 +396,8 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
         // Gone without a clean end of its input (or before all of it was passed on): the other
         // side must see the cut.
         if inputClosed, queue.isEmpty { partner.close(promise: nil) } else { reset(partner) }
+        idleCheck?.cancel()
+        idleCheck = nil
         queue.removeAll()
         limiter.sideEnded()
         context.fireChannelInactive()

@@ -61,8 +61,10 @@ public enum PeerRequest: Sendable, Hashable {
             }
             let bounds = rest[..<slash].split(separator: "-", omittingEmptySubsequences: false)
             let name = String(rest[rest.index(after: slash)...])
+            // The end of the range must be a number too: a peer asking for 2^63-1 bytes from
+            // offset 1 must get "other error", not an overflow.
             guard bounds.count == 2, let offset = Int64(bounds[0]), let length = Int64(bounds[1]), offset >= 0,
-                length >= 0, !name.isEmpty
+                length >= 0, !offset.addingReportingOverflow(length).overflow, !name.isEmpty
             else {
                 self = .unknownReserved
                 return
@@ -116,7 +118,8 @@ public struct FileInfoDecoder: Sendable {
         guard codeDecoder.skipTerminator(&buffer) else { return nil }
         if size == nil {
             guard let text = try reader.readField(from: &buffer) else { return nil }
-            guard let value = Int64(text), value >= 0 else { throw .invalidCount(text) }
+            // At most 2^62: sizes are added to and rounded up to chunks by the downloader.
+            guard let value = Int64(text), value >= 0, value <= 1 << 62 else { throw .invalidCount(text) }
             size = value
         }
         guard let digest = try reader.readField(from: &buffer) else { return nil }

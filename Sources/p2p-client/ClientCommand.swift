@@ -61,6 +61,12 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "How many peers this client serves at once; more are answered GET_FILE FAIL (code 2).")
     var maxUploads: Int = 32
 
+    @Option(help: "Connections one address may have open to this client's file server at once; more are refused.")
+    var maxPeerConnectionsPerAddress: Int = 8
+
+    @Option(help: "Seconds an upload may go without the downloader taking a byte before it is cut.")
+    var uploadStallTimeout: Double = 30
+
     @Option(
         help: """
             Address the file server for peers listens on while a user is connected (default: every \
@@ -85,6 +91,21 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "Where the prompt keeps its history on a terminal; empty for none (default: ~/.p2p_client_history).")
     var historyFile: String?
 
+    @Option(
+        help: """
+            Where the client keeps what it must remember between runs: the names it published, \
+            per directory server and user, which are all it serves to peers (default: \
+            $XDG_STATE_HOME/p2p-client, else ~/.local/state/p2p-client).
+            """)
+    var stateDir: String?
+
+    @Option(
+        help: """
+            The largest file GET_FILE accepts from an owner that announces its size: 10G, 500M \
+            (powers of 1024). Default: whatever fits on the disk.
+            """)
+    var maxDownloadSize: String?
+
     @Flag(help: "Log each file served to peers on stderr.")
     var verbose = false
 
@@ -104,6 +125,13 @@ struct ClientCommand: AsyncParsableCommand {
             throw ValidationError("--upload-limit \(uploadLimit): give a rate such as 500K, 10M or 1G (at least 1K)")
         }
         guard maxUploads >= 1 else { throw ValidationError("--max-uploads must be at least 1") }
+        guard maxPeerConnectionsPerAddress >= 1 else {
+            throw ValidationError("--max-peer-connections-per-address must be at least 1")
+        }
+        guard uploadStallTimeout >= 0.1 else { throw ValidationError("--upload-stall-timeout must be at least 0.1") }
+        if let maxDownloadSize, UploadLimits.parseRate(maxDownloadSize) == nil {
+            throw ValidationError("--max-download-size \(maxDownloadSize): give a size such as 500M or 10G (at least 1K)")
+        }
         do {
             _ = try TimeServiceClient(url: timeService)
         } catch {
@@ -140,10 +168,15 @@ struct ClientCommand: AsyncParsableCommand {
             directory: DirectoryClient(host: server, port: port),
             timeService: try TimeServiceClient(url: timeService, method: timeMethod),
             folder: folder,
-            uploadLimits: UploadLimits(bytesPerSecond: uploadLimit.flatMap(UploadLimits.parseRate), maxUploads: maxUploads),
+            uploadLimits: UploadLimits(
+                bytesPerSecond: uploadLimit.flatMap(UploadLimits.parseRate), maxUploads: maxUploads,
+                maxConnectionsPerAddress: maxPeerConnectionsPerAddress,
+                stallTimeout: .milliseconds(Int64(uploadStallTimeout * 1000))),
             peerHost: peerHost,
             plainGetFile: plainGetFile,
             controlConnection: !noControlConnection,
+            stateDirectory: stateDir ?? PublishedRecord.defaultStateDirectory,
+            maxDownloadSize: maxDownloadSize.flatMap(UploadLimits.parseRate).map(Int64.init),
             output: output,
             logger: Logger(label: "p2p-client"))
         for path in shareFolders {

@@ -108,6 +108,14 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(
         help: """
+            With --proxy-protocol: the load balancers whose PROXY headers are believed, \
+            comma-separated addresses or networks (ADDR or ADDR/PREFIX); a connection from \
+            anywhere else is closed before a byte of it is read.
+            """)
+    var proxyFrom: String = "127.0.0.0/8,::1"
+
+    @Option(
+        help: """
             Seconds between two checks of every connected user's peer address (a TCP connection \
             opened and closed at once); 0 turns the checks off.
             """)
@@ -139,6 +147,15 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(help: "Relayed transfers at once; more are refused.")
     var relayMaxTransfers: Int = 8
+
+    @Option(help: "Relayed transfers one user may take part in at once (as downloader or owner).")
+    var relayMaxTransfersPerUser: Int = 2
+
+    @Option(help: "Seconds a relayed transfer may pass no byte either way before it is closed.")
+    var relayIdleTimeout: Double = 30
+
+    @Option(help: "Control connections open at once from one address.")
+    var maxControlConnectionsPerAddress: Int = 64
 
     @Option(help: "Port of the read-only web page, /metrics and /health (none when not given).")
     var httpPort: Int?
@@ -172,11 +189,31 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--relay-transfer-limit must be a positive rate such as 2M")
         }
         guard relayMaxTransfers >= 0 else { throw ValidationError("--relay-max-transfers must be 0 or more") }
+        guard relayMaxTransfersPerUser >= 1 else { throw ValidationError("--relay-max-transfers-per-user must be at least 1") }
+        guard relayIdleTimeout >= 0.1 else { throw ValidationError("--relay-idle-timeout must be at least 0.1") }
+        guard maxControlConnectionsPerAddress >= 1 else {
+            throw ValidationError("--max-control-connections-per-address must be at least 1")
+        }
+        _ = try trustedProxies
         if let store = storeText {
             do {
                 _ = try DirectoryStoreLocation(parsing: store)
             } catch {
                 throw ValidationError("\(store == self.store ? "--store" : "$P2P_STORE"): \(error)")
+            }
+        }
+    }
+
+    /// `--proxy-from`, parsed.
+    var trustedProxies: [AddressPrefix] {
+        get throws {
+            let entries = proxyFrom.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !entries.isEmpty else { throw ValidationError("--proxy-from needs at least one address") }
+            return try entries.map { entry in
+                guard let prefix = AddressPrefix(entry) else {
+                    throw ValidationError("--proxy-from: \(entry) is not an IPv4 or IPv6 address (ADDR or ADDR/PREFIX)")
+                }
+                return prefix
             }
         }
     }
@@ -225,7 +262,8 @@ struct ServeCommand: AsyncParsableCommand {
             maxConnections: maxConnections,
             maxConnectionsPerAddress: maxConnectionsPerAddress,
             ownerCheck: ownerCheck == .on,
-            proxyProtocol: proxyProtocol)
+            proxyProtocol: proxyProtocol,
+            trustedProxies: try trustedProxies)
 
         // Metrics go to Prometheus' registry when the web side is on, nowhere otherwise.
         let registry = PrometheusCollectorRegistry()
@@ -240,10 +278,12 @@ struct ServeCommand: AsyncParsableCommand {
                     interval: .milliseconds(Int64(peerCheckInterval * 1000)), failuresToExpire: peerCheckFailures,
                     timeout: min(.seconds(2), .milliseconds(Int64(peerCheckInterval * 1000)))),
                 control: ControlSettings(
-                    keepalive: .milliseconds(Int64(controlKeepalive * 1000)), maxSessions: maxControlConnections),
+                    keepalive: .milliseconds(Int64(controlKeepalive * 1000)), maxSessions: maxControlConnections,
+                    maxSessionsPerAddress: maxControlConnectionsPerAddress),
                 relay: RelaySettings(
                     bytesPerSecond: RelaySettings.parseRate(relayLimit) ?? 0,
-                    perTransfer: relayTransferLimit.flatMap(RelaySettings.parseRate), maxTransfers: relayMaxTransfers),
+                    perTransfer: relayTransferLimit.flatMap(RelaySettings.parseRate), maxTransfers: relayMaxTransfers,
+                    maxTransfersPerUser: relayMaxTransfersPerUser, idleTimeout: .milliseconds(Int64(relayIdleTimeout * 1000))),
                 metrics: metrics, console: console.write, logger: logger)
         } catch {
             console.close()

@@ -66,7 +66,10 @@ public final class ClientProcess: Sendable {
         let (executable, commandLine) = SimulatedInternet.command(
             in: namespace, builtProduct("p2p-client"),
             ["-s", serverHost, "-p", String(serverPort), "--time-service", timeURL] + extraArguments)
-        process = try ChildProcess(executable, commandLine, directory: directory)
+        // What the client remembers between runs (the names it published) stays with the
+        // test's folder, hidden, so that it is never shared.
+        process = try ChildProcess(
+            executable, commandLine, directory: directory, environment: ["XDG_STATE_HOME": directory + "/.state"])
     }
 
     /// Sends `commands`, one per line.

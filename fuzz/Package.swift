@@ -22,5 +22,8 @@ let package = Package(
         .executableTarget(name: "fuzz-proxy-header", dependencies: ["P2PProtocol", "FuzzDriver", nioCore]),
         // The replies the client reads: the directory's, a peer's file and its file information.
         .executableTarget(name: "fuzz-reply", dependencies: ["P2PProtocol", "FuzzDriver", nioCore]),
+        // A GET_FILE request to a client's file server, with our reserved names (info, range,
+        // reversed) inside.
+        .executableTarget(name: "fuzz-peer-request", dependencies: ["P2PProtocol", "FuzzDriver", nioCore]),
     ]
 )

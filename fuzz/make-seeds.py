@@ -74,6 +74,18 @@ seeds = {
         "huge-count": bytes([3]) + struct.pack(">I", 0x7FFFFFFF),
         "long-string": bytes([0]) + struct.pack(">I", 300) + b"a" * 300,
     },
+    "fuzz-peer-request": {
+        "plain": fields("GET_FILE", "notes.txt"),
+        "absolute": fields("GET_FILE", "/home/alice/.ssh/id_ed25519"),
+        "peer-check": fields("GET_FILE", "/.p2p-reserved/peer-check"),
+        "info": fields("GET_FILE", "/.p2p-reserved/v1/info/notes.txt"),
+        "range": fields("GET_FILE", "/.p2p-reserved/v1/range/4194304-4194304/notes.txt"),
+        "range-overflow": fields("GET_FILE", "/.p2p-reserved/v1/range/9223372036854775807-1/notes.txt"),
+        "range-negative": fields("GET_FILE", "/.p2p-reserved/v1/range/-1-5/notes.txt"),
+        "reversed": fields("GET_FILE", "/.p2p-reserved/v1/reversed/0123456789abcdef0123456789abcdef"),
+        "control-characters": fields("GET_FILE", "x\nalice UNREGISTER 01/01/2026 00:00:00\x1b[2J"),
+        "wrong-operation": fields("PUT_FILE", "notes.txt"),
+    },
 }
 
 for target, inputs in seeds.items():

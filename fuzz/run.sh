@@ -5,13 +5,13 @@
 # left in .build/fuzz/artifacts/ and the script fails. Then keep the input as a regression
 # case in the ordinary tests (Tests/P2PProtocolTests/FuzzRegressionTests.swift) and fix it.
 #
-#   fuzz/run.sh [SECONDS] [TARGET...]     targets: fuzz-request fuzz-proxy-header fuzz-reply fuzz-oplog-xdr
+#   fuzz/run.sh [SECONDS] [TARGET...]     targets: fuzz-request fuzz-proxy-header fuzz-reply fuzz-peer-request fuzz-oplog-xdr
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz-request fuzz-proxy-header fuzz-reply fuzz-oplog-xdr)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz-request fuzz-proxy-header fuzz-reply fuzz-peer-request fuzz-oplog-xdr)
 
 work=.build/fuzz
 mkdir -p "$work/artifacts" "$work/bin"
@@ -30,7 +30,7 @@ if ! (cd fuzz && ../scripts/swift.sh build -c release --build-path ../$work/swif
     grep -v "Cannot export local symbol" "$work/build.log" | tail -40 >&2
     exit 1
 fi
-for target in fuzz-request fuzz-proxy-header fuzz-reply; do
+for target in fuzz-request fuzz-proxy-header fuzz-reply fuzz-peer-request; do
     cp "$work/swift/release/$target" "$work/bin/$target"
 done
 # The C log server's XDR routines, with clang's own libFuzzer.

@@ -16,6 +16,12 @@ struct PeerRequestTimedOut: Error, CustomStringConvertible {
     var description: String { "no complete GET_FILE request within 10 s" }
 }
 
+/// A value shared by reference between tasks.
+final class Box<Value: ~Copyable & Sendable>: Sendable {
+    let value: Value
+    init(_ value: consuming Value) { self.value = value }
+}
+
 /// The downloader took no bytes for the stall timeout: the upload was cut.
 struct UploadStalled: Error, CustomStringConvertible {
     var timeout: Duration
@@ -97,6 +103,12 @@ public final class PeerFileServer: Sendable {
         }
     }
 
+    /// Connections being served from `address` now.
+    func connectionCount(from address: String) -> Int { context.connectionCount(from: address) }
+
+    /// Downloads being served now.
+    var uploadCount: Int { context.uploads.load(ordering: .relaxed) }
+
     /// Where connections that owners open back to this client (for its downloads) arrive.
     var reversedConnections: ReversedConnections { context.reversed }
 
@@ -152,6 +164,8 @@ public final class PeerFileServer: Sendable {
 
         /// Every connection still served.
         var openChannels: [any Channel] { open.withLock { Array($0.channels.values) } }
+
+        func connectionCount(from address: String) -> Int { open.withLock { $0.perAddress[address, default: 0] } }
     }
 
     /// Starts listening on `host` on a free port. By default on every address, IPv6 and IPv4
@@ -255,20 +269,21 @@ public final class PeerFileServer: Sendable {
     public func stop() async {
         try? await serverChannel.channel.close()
         let task = self.task
-        let finished = await withTaskGroup(of: Bool.self) { group in
-            group.addTask {
+        // Not a task group: it would wait for the child awaiting `task.value`, grace or not.
+        let finished = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let decided = Box(Atomic<Bool>(false))
+            Task {
                 await task.value
-                return true
+                if !decided.value.exchange(true, ordering: .acquiringAndReleasing) { continuation.resume(returning: true) }
             }
-            group.addTask {
+            Task {
                 try? await Task.sleep(for: Self.stopGrace)
-                return false
+                if !decided.value.exchange(true, ordering: .acquiringAndReleasing) { continuation.resume(returning: false) }
             }
-            let first = await group.next() ?? true
-            group.cancelAll()
-            return first
         }
         if !finished {
+            // Connections parked for downloads wait on the token table, not on their channel.
+            context.reversed.releaseAll()
             for channel in context.openChannels { channel.close(promise: nil) }
         }
         await task.value
@@ -291,10 +306,16 @@ public final class PeerFileServer: Sendable {
         let address = prelude == nil ? channel.remoteAddress?.ipAddress ?? "?" : nil
         guard context.admit(channel, address: address) else {
             logger.notice("GET_FILE from \(peer): refused, \(context.maxConnectionsPerAddress) connections from that address already")
-            try? await connection.executeThenClose { _, outbound in
+            // The answer, then FIN, and what the peer sent is read (for at most 2 s) before the
+            // close: closing on unread bytes would reset the connection and lose the answer.
+            try? await connection.executeThenClose { inbound, outbound in
                 var buffer = ByteBuffer()
                 ReplyEncoder().writeCode(FileReplyCode.otherError, into: &buffer)
                 try await outbound.write(buffer)
+                try await channel.close(mode: .output)
+                try await withTimeout(.seconds(2), error: PeerRequestTimedOut()) {
+                    for try await _ in inbound {}
+                }
             }
             return
         }

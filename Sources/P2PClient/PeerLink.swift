@@ -150,6 +150,30 @@ final class ReversedConnections: Sendable {
         return true
     }
 
+    /// Lets go of every parked connection and every waiting download (the file server stops).
+    func releaseAll() {
+        let released = slots.withLock { slots -> [Slot] in
+            defer { slots.removeAll() }
+            return Array(slots.values)
+        }
+        for slot in released {
+            switch slot {
+            case .arrived(let handed): handed.done()
+            case .waiting(let continuation): continuation.resume(returning: nil)
+            }
+        }
+    }
+
+    /// Connections parked now, waiting for a download to claim them.
+    var parkedCount: Int {
+        slots.withLock { slots in
+            slots.values.reduce(0) { count, slot in
+                if case .arrived = slot { return count + 1 }
+                return count
+            }
+        }
+    }
+
     /// The connection that presents `token`, waiting at most `timeout`; nil when none came.
     func claim(_ token: String, timeout: Duration) async -> Handed? {
         let handed = await withCheckedContinuation { (continuation: CheckedContinuation<Handed?, Never>) in

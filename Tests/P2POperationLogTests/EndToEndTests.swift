@@ -244,3 +244,38 @@ extension LogServerSuites {
         }
     }
 }
+
+extension LogServerSuites.EndToEndTests {
+    /// Issue 43: a name with a newline and a terminal escape, sent by anyone, is refused by our
+    /// server, and neither its console nor the operation log prints it raw (no forged line).
+    @Test func namesWithControlCharactersForgeNoLines() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let oplog = try await OperationLogServer(logFile: folder.file("oplog.txt"))
+        let server = try await ServerProcess(dataDirectory: folder.file("storage"), arguments: [])
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: server.port)
+        let outsider = try SocketAddress(ipAddress: "127.0.0.5", port: 0)
+        let forged = "x\nalice UNREGISTER 01/01/2026 00:00:00\u{1B}[2J"
+        let dateTime = "25/11/2026 13:05:09"
+        #expect(try await RawConnection.send(Request(dateTime: dateTime, command: .register(user: forged)), to: address, from: outsider) == .status(2))
+        #expect(try await RawConnection.send(Request(dateTime: dateTime, command: .register(user: "bob")), to: address, from: outsider) == .status(0))
+        #expect(try await RawConnection.send(Request(dateTime: dateTime, command: .connect(user: "bob", port: "9999")), to: address, from: outsider) == .status(0))
+        #expect(
+            try await RawConnection.send(
+                Request(dateTime: dateTime, command: .publish(user: "bob", fileName: "a\u{7F}b", description: "x")), to: address,
+                from: outsider) == .status(4))
+        #expect(
+            try await RawConnection.send(
+                Request(dateTime: dateTime, command: .publish(user: "bob", fileName: "ok.txt", description: "two\nlines")),
+                to: address, from: outsider) == .status(4))
+        try await waitUntil("the records logged") { oplog.lines.count >= 5 }
+        await server.stop()
+        await oplog.stop()
+        for lines in [oplog.lines, server.process.stdoutLines] {
+            #expect(!lines.contains { $0.hasPrefix("alice UNREGISTER") }, "\(lines)")
+            #expect(!lines.contains { $0.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x7F } }, "\(lines)")
+        }
+        #expect(oplog.lines.first == "x\\nalice UNREGISTER 01/01/2026 00:00:00\\x1B[2J REGISTER 25/11/2026 13:05:09")
+        #expect(server.process.stdoutLines.contains("s> REGISTER FROM x\\nalice UNREGISTER 01/01/2026 00:00:00\\x1B[2J"))
+    }
+}

@@ -42,6 +42,8 @@ public actor ClientSession {
     /// Where the record of published files is kept (``PublishedRecord``); nil: in memory only,
     /// for this run.
     private let stateDirectory: String?
+    /// Without a state folder: the records of this run, per user.
+    private var memoryRecords: [String: PublishedRecord] = [:]
     /// The largest file a download accepts from an owner that announces its size (nil: what
     /// fits on the disk).
     private let maxDownloadSize: Int64?
@@ -342,12 +344,22 @@ public actor ClientSession {
     /// deleted from the directory, never served. Then the shared folders are brought in line.
     private func startServing(_ user: String) async {
         var record: PublishedRecord?
+        var recordLost = false
+        if stateDirectory == nil {
+            record = memoryRecords[user] ?? PublishedRecord()
+            memoryRecords[user] = record
+        }
         if let stateDirectory {
             do {
                 record = try PublishedRecord(
                     stateDirectory: stateDirectory, server: DualStack.hostAndPort(directory.host, directory.port), user: user)
             } catch {
-                output.diagnostic("CONNECT: \(error); files published in earlier runs are not served until published again")
+                output.diagnostic(
+                    "CONNECT: \(error); files published in earlier runs are not served until published again "
+                        + "(and the directory's list is left as it is)")
+                recordLost = true
+                record = memoryRecords[user] ?? PublishedRecord()
+                memoryRecords[user] = record
             }
         }
         let recorded = record?.names ?? []
@@ -357,13 +369,13 @@ public actor ClientSession {
             // Gone from the directory (deleted from elsewhere): no longer published.
             record?.remove(recorded.subtracting(listed))
             existing = files.map(\.name).filter { recorded.contains($0) }
-            await deleteUnaccounted(files.map(\.name).filter { !recorded.contains($0) }, of: user)
+            if !recordLost { await deleteUnaccounted(files.map(\.name).filter { !recorded.contains($0) }, of: user) }
         } else {
-            output.diagnostic("CONNECT: cannot read the files \(user) published earlier; they are served once published again")
-            record?.remove(recorded)
+            // What this client recorded is its own: served all the same.
+            output.diagnostic(
+                "CONNECT: cannot read the files the directory lists for \(user); serving what this client published")
         }
         folder.attach(record)
-        if record == nil { folder.publish(contentsOf: existing) }
         let outcome = await sharing.connected(user: user, existing: existing) { command in
             try await self.stampedSend(command)
         }

@@ -17,7 +17,8 @@ import Synchronization
 /// (no file name holds one). It is rewritten compactly when it has grown to several times what
 /// it holds. Losing an entry only means a file is not served until published again.
 public final class PublishedRecord: Sendable {
-    public let path: String
+    /// The journal's path; nil for a record kept in memory only (no state folder).
+    public let path: String?
 
     private struct State {
         var names: Set<String> = []
@@ -35,11 +36,17 @@ public final class PublishedRecord: Sendable {
         public var description: String { "cannot keep the record of published files in \(path): \(reason)" }
     }
 
+    /// A record kept in memory, for this run only.
+    public init() {
+        path = nil
+    }
+
     /// Opens (creating it if needed) the record of `user` on `server` (`host:port`) under
     /// `stateDirectory`.
     public init(stateDirectory: String, server: String, user: String) throws(OpenError) {
         let folder = "\(stateDirectory)/published/\(Self.fileName(server))"
-        path = "\(folder)/\(Self.fileName(user))"
+        let path = "\(folder)/\(Self.fileName(user))"
+        self.path = path
         do {
             try FileManager.default.createDirectory(
                 atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -104,13 +111,14 @@ public final class PublishedRecord: Sendable {
                 journal.append(0)
                 state.entries += 1
             }
-            guard !journal.isEmpty else { return }
+            guard !journal.isEmpty, state.descriptor >= 0 else { return }
             Self.writeAll(journal, to: state.descriptor)
         }
     }
 
     /// Rewrites the journal with one entry per name (a new file renamed over the old one).
     private func compact() {
+        guard let path else { return }
         state.withLock { state in
             let temporary = path + ".new"
             unlink(temporary)

@@ -66,10 +66,12 @@ public final class ClientProcess: Sendable {
         let (executable, commandLine) = SimulatedInternet.command(
             in: namespace, builtProduct("p2p-client"),
             ["-s", serverHost, "-p", String(serverPort), "--time-service", timeURL] + extraArguments)
-        // What the client remembers between runs (the names it published) stays with the
-        // test's folder, hidden, so that it is never shared.
+        // What the client remembers between runs (the names it published) stays beside the
+        // test's folder (removed with the test's temporary folder), not in it: tests look at
+        // what the client's folder holds.
+        let folder = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
         process = try ChildProcess(
-            executable, commandLine, directory: directory, environment: ["XDG_STATE_HOME": directory + "/.state"])
+            executable, commandLine, directory: directory, environment: ["XDG_STATE_HOME": folder + ".p2p-state"])
     }
 
     /// Sends `commands`, one per line.

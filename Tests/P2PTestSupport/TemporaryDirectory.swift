@@ -15,6 +15,8 @@ public struct TemporaryDirectory: Sendable {
 
     public func remove() {
         try? FileManager.default.removeItem(atPath: path)
+        // A client process started in the folder itself keeps its state beside it.
+        try? FileManager.default.removeItem(atPath: path + ".p2p-state")
     }
 }
 

@@ -61,6 +61,12 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Keys: the client's identity (Ed25519), its fingerprint, and the keyed sessions'
+        // signatures, key agreement and MACs (both sides).
+        .target(
+            name: "P2PIdentity",
+            dependencies: ["P2PProtocol", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         // The directory: persistent store, request handling and the NIO server.
         .target(
             name: "P2PDirectory",
@@ -68,6 +74,8 @@ let package = Package(
                 "P2PProtocol",
                 "P2POperationLog",
                 "P2PNetworkSupport",
+                "P2PIdentity",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
@@ -160,6 +168,7 @@ let package = Package(
         .target(
             name: "P2PClient",
             dependencies: [
+                "P2PIdentity",
                 "P2PNetworkSupport",
                 "P2PProtocol",
                 "P2PTimeClient",
@@ -194,6 +203,7 @@ let package = Package(
             name: "p2p-server",
             dependencies: [
                 "P2PDirectory",
+                "P2PIdentity",
                 "P2PDirectoryStores",
                 "P2PDirectorySQLite",
                 "P2PDirectoryPostgres",
@@ -215,6 +225,7 @@ let package = Package(
             name: "p2p-client",
             dependencies: [
                 "P2PClient",
+                "P2PIdentity",
                 "CLibEdit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]

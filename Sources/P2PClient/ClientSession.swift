@@ -47,6 +47,8 @@ public actor ClientSession {
     /// The largest file a download accepts from an owner that announces its size (nil: what
     /// fits on the disk).
     private let maxDownloadSize: Int64?
+    /// Where this client's key is kept (for IDENTITY).
+    private let identityFile: String?
     private let output: ClientOutput
     private let logger: Logger
 
@@ -90,9 +92,11 @@ public actor ClientSession {
         workingDirectory: String = FileManager.default.currentDirectoryPath,
         stateDirectory: String? = nil,
         maxDownloadSize: Int64? = nil,
+        identityFile: String? = nil,
         output: ClientOutput,
         logger: Logger
     ) {
+        self.identityFile = identityFile
         self.stateDirectory = stateDirectory
         self.maxDownloadSize = maxDownloadSize
         self.directory = directory
@@ -255,8 +259,25 @@ public actor ClientSession {
             }
             if lines.isEmpty { output.diagnostic("no folder is shared: SHARE <folder> shares one") }
 
+        case .identity:
+            guard let identity = directory.identity else {
+                failures += 1
+                say("IDENTITY FAIL")
+                output.diagnostic("this client runs without a key (--no-identity): the server knows its users by address only")
+                return true
+            }
+            say("IDENTITY OK")
+            output.line("fingerprint \(identity.fingerprint)")
+            if let identityFile { output.line("key file \(identityFile)") }
+            output.diagnostic(
+                "on our servers every user this client registers (or connects while unbound) is bound to this key: "
+                    + "only this key changes it from then on, whatever the address; keep the key file safe. "
+                    + "With it lost or replaced, those users can no longer be changed until the server's operator "
+                    + "unbinds them (p2p-server unbind <user>)")
+
         case .help:
             for line in ConsoleCommand.helpLines { output.line(line) }
+            if let identity = directory.identity { output.line("This client's key: \(identity.fingerprint) (IDENTITY).") }
 
         case .quit:
             await shutdown()
@@ -709,7 +730,7 @@ public actor ClientSession {
         switch error {
         case .invalidReply(let reason): return "\(reason)"
         case .connectionLost(let reason): return "it ended the connection without a reply: \(reason)"
-        case .invalidRequest, .unreachable, .timedOut: return nil
+        case .invalidRequest, .unreachable, .timedOut, .boundToAnotherKey, .keyRefused: return nil
         }
     }
 

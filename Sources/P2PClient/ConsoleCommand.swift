@@ -19,6 +19,8 @@ public enum ConsoleCommand: Equatable, Sendable {
     case unshare(folder: String)
     /// What is shared: each folder, its files, what was skipped and why.
     case shared
+    /// This client's key: its fingerprint and where it is kept (nothing is sent).
+    case identity
     case quit
     /// `help`, `HELP`, `?`: the commands with their arguments (this client only; nothing is sent).
     case help
@@ -65,6 +67,7 @@ public enum ConsoleCommand: Equatable, Sendable {
         ("SHARE", "SHARE <folder>"),
         ("UNSHARE", "UNSHARE <folder>"),
         ("SHARED", "SHARED"),
+        ("IDENTITY", "IDENTITY"),
         ("QUIT", "QUIT"),
         ("HELP", "HELP"),
     ]
@@ -83,6 +86,7 @@ public enum ConsoleCommand: Equatable, Sendable {
         "SHARE": "publish a folder's files and follow its changes",
         "UNSHARE": "stop sharing a folder; its files leave the directory",
         "SHARED": "the shared folders: files published, skipped and why",
+        "IDENTITY": "this client's key: the fingerprint the server binds your names to",
         "QUIT": "disconnect and leave (also end of input)",
         "HELP": "this list (also ?)",
     ]
@@ -116,11 +120,12 @@ public enum ConsoleCommand: Equatable, Sendable {
             var description = String(afterName)
             while let last = description.last, last == " " || last == "\t" { description.removeLast() }
             return .publish(fileName: arguments[0], description: description)
-        case "LIST_USERS", "QUIT", "SHARED":
+        case "LIST_USERS", "QUIT", "SHARED", "IDENTITY":
             guard arguments.isEmpty else { throw usage() }
             switch name {
             case "QUIT": return .quit
             case "SHARED": return .shared
+            case "IDENTITY": return .identity
             default: return .listUsers
             }
         case "SHARE", "UNSHARE":

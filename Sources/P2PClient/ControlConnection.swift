@@ -168,6 +168,8 @@ final class ControlConnection: Sendable {
         case refused(ResultCode)
         /// The connection could not be made or broke (`wasOpen`: after it had been answered 0).
         case lost(String, wasOpen: Bool)
+        /// The server did not know the keyed session (forgotten here: the next try opens one).
+        case unknownSession
     }
 
     private func run(firstAnswer: AsyncStream<ResultCode?>.Continuation) async {
@@ -209,6 +211,9 @@ final class ControlConnection: Sendable {
                     firstAnswer.finish()
                 }
                 if wasOpen { diagnostic("the control connection to the directory server broke (\(reason)); opening it again") }
+            case .unknownSession:
+                // (Answered by `session`, which tries again at once.)
+                break
             }
             failures += 1
             try? await Task.sleep(for: .seconds(min(4, 1 << min(failures - 1, 2))))
@@ -216,10 +221,17 @@ final class ControlConnection: Sendable {
     }
 
     /// One control connection, from the CONTROL request to its end.
-    private func session(opened: () -> Void) async -> End {
+    private func session(retried: Bool = false, opened: () -> Void) async -> End {
         var request = ByteBuffer()
+        let plain = Request(dateTime: await dateTime(), command: .control(user: user))
+        // Keyed when the server has keys: a user bound to one gets its control connection
+        // only so (docs/PROTOCOL.md, "Keys").
+        let keyed: Request?
         do {
-            try RequestEncoder.encode(Request(dateTime: await dateTime(), command: .control(user: user)), into: &request)
+            keyed = try await directory.keyedForm(of: plain)
+            try RequestEncoder.encode(keyed ?? plain, into: &request)
+        } catch let error as DirectoryClientError {
+            return .lost("\(error)", wasOpen: false)
         } catch {
             return .refused(3)
         }
@@ -239,17 +251,33 @@ final class ControlConnection: Sendable {
         let bytes = request
         var wasOpen = false
         do {
-            return try await connection.executeThenClose { inbound, outbound in
+            let end = try await connection.executeThenClose { inbound, outbound -> End in
                 try await outbound.write(bytes)
                 var iterator = inbound.makeAsyncIterator()
                 var buffer = ByteBuffer()
                 var codeDecoder = ResultCodeDecoder()
                 var code: ResultCode?
+                var statusDecoder = ResultCodeDecoder()
+                var verified = keyed == nil
                 while code == nil || !codeDecoder.skipTerminator(&buffer) {
                     guard var chunk = try await iterator.next() else {
                         return .lost("the server closed the connection without answering CONTROL", wasOpen: false)
                     }
                     buffer.writeBuffer(&chunk)
+                    if !verified {
+                        // A keyed request's status comes first (``KeyedStatus``).
+                        guard let status = try statusDecoder.decode(&buffer), statusDecoder.skipTerminator(&buffer)
+                        else { continue }
+                        switch KeyedStatus(rawValue: status.rawValue) {
+                        case .verified?:
+                            verified = true
+                        case .unknownSession?:
+                            await directory.forgetSession(of: keyed!)
+                            return .unknownSession
+                        case .refused?, nil:
+                            return .refused(3)
+                        }
+                    }
                     if code == nil { code = try codeDecoder.decode(&buffer) }
                     if let code, code != .ok { return .refused(code) }
                 }
@@ -272,6 +300,11 @@ final class ControlConnection: Sendable {
                     }
                 }
             }
+            guard case .unknownSession = end else { return end }
+            // Once at once (the server restarted, or this is another server of a cluster).
+            return retried
+                ? .lost("the server did not know this client's keyed session", wasOpen: false)
+                : await session(retried: true, opened: opened)
         } catch {
             return .lost(shortDescription(of: error), wasOpen: wasOpen)
         }

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import P2PIdentity
 import P2PNetworkSupport
 import P2PProtocol
 
@@ -13,6 +14,10 @@ public enum DirectoryClientError: Error, Equatable, CustomStringConvertible {
     case timedOut
     /// The server's bytes are not a valid reply.
     case invalidReply(ProtocolError)
+    /// The server binds the user to another key than this client's (docs/PROTOCOL.md, "Keys").
+    case boundToAnotherKey(user: String, fingerprint: String)
+    /// The server did not accept this client's proof of its key.
+    case keyRefused(String)
 
     public var description: String {
         switch self {
@@ -21,6 +26,11 @@ public enum DirectoryClientError: Error, Equatable, CustomStringConvertible {
         case .connectionLost(let reason): return "the directory server ended the connection without a reply: \(reason)"
         case .timedOut: return "directory server did not answer in time"
         case .invalidReply(let error): return "invalid reply from the directory server: \(error)"
+        case .boundToAnotherKey(let user, let fingerprint):
+            return "the directory server binds \(user) to another key than this client's (\(fingerprint)): "
+                + "only the client holding that key can change \(user); if it was lost, the server's operator "
+                + "can unbind the name (p2p-server unbind)"
+        case .keyRefused(let reason): return "the directory server refused this client's key: \(reason)"
         }
     }
 }
@@ -33,13 +43,78 @@ public struct DirectoryClient: Sendable {
     public let timeout: Duration
 
     /// `host`: a name, an IPv4 address or an IPv6 one (brackets allowed: `[::1]`).
-    public init(host: String, port: Int, timeout: Duration = .seconds(5)) {
+    /// The keyed sessions, when this client has an identity.
+    let keyed: KeyedDirectory?
+
+    /// `host`: a name, an IPv4 address or an IPv6 one (brackets allowed: `[::1]`). With an
+    /// `identity`, a user's changes and control connection are sent keyed to a server that
+    /// announces `identity` (docs/PROTOCOL.md, "Keys"); to any other, plain.
+    public init(host: String, port: Int, timeout: Duration = .seconds(5), identity: IdentityKey? = nil) {
         self.host = DualStack.unbracketed(host)
         self.port = port
         self.timeout = timeout
+        keyed = identity.map { KeyedDirectory(identity: $0) }
     }
 
+    /// The identity this client proves, if any.
+    public var identity: IdentityKey? { keyed?.identity }
+
+    /// Sends `request`, keyed when it is a change of a user and the server has keys.
     public func send(_ request: Request) async throws(DirectoryClientError) -> Reply {
+        guard let keyed, request.operation.isKeyable, request.proof == nil,
+            await keyed.isKeyed(request.user, via: self, dateTime: request.dateTime)
+        else { return try await sendPlain(request) }
+        // A session the server does not know (restarted; another server of a cluster): opened
+        // again once.
+        for _ in 0..<2 {
+            let proved = try await proved(request, keyed)
+            switch try await exchange(proved, decoder: KeyedReplyDecoder(operation: request.operation)) {
+            case .verified(let reply): return reply
+            case .unknownSession: await keyed.forget(user: request.user, session: proved.proof!.session)
+            case .refused: throw .keyRefused("the proof of \(request.operation.rawValue) did not hold")
+            }
+        }
+        throw .keyRefused("the server forgot the session at once")
+    }
+
+    /// `request` with its proof: what a keyed request sends (the control connection uses it).
+    /// nil when it goes plain.
+    func keyedForm(of request: Request) async throws(DirectoryClientError) -> Request? {
+        guard let keyed, request.operation.isKeyable,
+            await keyed.isKeyed(request.user, via: self, dateTime: request.dateTime)
+        else { return nil }
+        return try await proved(request, keyed)
+    }
+
+    /// The control connection found its session unknown.
+    func forgetSession(of request: Request) async {
+        guard let session = request.proof?.session else { return }
+        await keyed?.forget(user: request.user, session: session)
+    }
+
+    private func proved(_ request: Request, _ keyed: KeyedDirectory) async throws(DirectoryClientError) -> Request {
+        do {
+            return try await keyed.prove(request, via: self)
+        } catch let error as DirectoryClientError {
+            throw error
+        } catch {
+            throw .keyRefused("\(error)")
+        }
+    }
+
+    /// `IDENTIFY`, on a connection of its own.
+    func identify(_ request: Request) async throws(DirectoryClientError) -> IdentifyReply {
+        try await exchange(request, decoder: IdentifyReplyDecoder())
+    }
+
+    /// Sends `request` as it is.
+    func sendPlain(_ request: Request) async throws(DirectoryClientError) -> Reply {
+        try await exchange(request, decoder: ReplyDecoder(operation: request.operation))
+    }
+
+    private func exchange<Decoder: ReplyDecoding>(
+        _ request: Request, decoder: Decoder
+    ) async throws(DirectoryClientError) -> Decoder.Decoded {
         var buffer = ByteBuffer()
         do {
             try RequestEncoder.encode(request, into: &buffer)
@@ -49,7 +124,7 @@ public struct DirectoryClient: Sendable {
         let bytes = buffer
         do {
             return try await withTimeout(timeout, error: DirectoryClientError.timedOut) {
-                try await exchange(bytes, operation: request.operation)
+                try await exchange(bytes, decoder: decoder)
             }
         } catch let error as DirectoryClientError {
             throw error
@@ -80,7 +155,7 @@ public struct DirectoryClient: Sendable {
         }
     }
 
-    private func exchange(_ bytes: ByteBuffer, operation: DirectoryOperation) async throws -> Reply {
+    private func exchange<Decoder: ReplyDecoding>(_ bytes: ByteBuffer, decoder: Decoder) async throws -> Decoder.Decoded {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(3))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -91,7 +166,7 @@ public struct DirectoryClient: Sendable {
             }
         return try await channel.executeThenClose { inbound, outbound in
             // The reply is complete once decoded: no waiting for a NUL or a close that may not come.
-            var decoder = ReplyDecoder(operation: operation)
+            var decoder = decoder
             do {
                 try await outbound.write(bytes)
                 for try await var chunk in inbound {
@@ -106,3 +181,14 @@ public struct DirectoryClient: Sendable {
         }
     }
 }
+
+/// A decoder of one kind of reply from the directory server, fed chunks as they arrive.
+protocol ReplyDecoding: Sendable {
+    associatedtype Decoded: Sendable
+    mutating func decode(_ bytes: inout ByteBuffer) throws(ProtocolError) -> Decoded?
+    func finish() -> ProtocolError
+}
+
+extension ReplyDecoder: ReplyDecoding {}
+extension KeyedReplyDecoder: ReplyDecoding {}
+extension IdentifyReplyDecoder: ReplyDecoding {}

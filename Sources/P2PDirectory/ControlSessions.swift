@@ -92,6 +92,9 @@ public final class ControlSessions: Sendable {
     /// Relayed transfers (off unless the operator allows them).
     let relays: RelayHub
 
+    /// The keyed sessions opened here (docs/PROTOCOL.md, "Keys").
+    public let keyed = KeyedSessions()
+
     public init(
         settings: ControlSettings, store: any DirectoryStore, operationLog: (any OperationLogSink)?,
         relay: RelaySettings = RelaySettings(), metrics: DirectoryMetrics = .none,
@@ -112,12 +115,22 @@ public final class ControlSessions: Sendable {
     /// 1 no such user, 2 not connected, 3 connected from another address (always checked: the
     /// control connection is told where downloaders are and hands out their tokens), too
     /// many control connections, or the directory failing.
-    func admit(user: String, from ip: String) async -> (code: ResultCode, port: String?) {
+    ///
+    /// A user bound to a key gets its control connection only from a request proven by that
+    /// key (`key`); anyone else's, from its own address too (a neighbour behind the same NAT),
+    /// is answered 3.
+    func admit(user: String, from ip: String, key: String? = nil) async -> (code: ResultCode, port: String?) {
         let presence: Presence
+        let boundKey: String?
         do {
             presence = try await store.presence(of: user)
+            boundKey = try await store.boundKey(of: user)
         } catch {
             logger.warning("CONTROL for \(user): cannot read the directory: \(error)")
+            return (3, nil)
+        }
+        if let boundKey, boundKey != key {
+            logger.notice("CONTROL for \(user) from \(ip) refused: the user is bound to a key the request did not prove")
             return (3, nil)
         }
         switch presence {
@@ -142,6 +155,23 @@ public final class ControlSessions: Sendable {
             }
             return (0, port)
         }
+    }
+
+    /// `IDENTIFY`: opens a keyed session for `user` if the signature holds and the user is not
+    /// bound to another key (``KeyedSessions/open``).
+    func identify(
+        user: String, publicKey: String, agreementKey: String, signature: String, dateTime: String
+    ) async -> IdentifyReply {
+        let boundKey: String?
+        do {
+            boundKey = try await store.boundKey(of: user)
+        } catch {
+            logger.warning("IDENTIFY for \(user): cannot read the directory: \(error)")
+            return .refused(3)
+        }
+        return keyed.open(
+            user: user, publicKey: publicKey, agreementKey: agreementKey, signature: signature, dateTime: dateTime,
+            boundKey: boundKey)
     }
 
     /// Records the control connection of `user` (replacing, and closing, an earlier one) and

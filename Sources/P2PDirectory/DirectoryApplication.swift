@@ -61,8 +61,9 @@ public final class DirectoryApplication: Service, Sendable {
         let handler = DirectoryRequestHandler(
             operationLog: operationLog, ownerCheck: configuration.ownerCheck,
             capabilities: configuration.proxyProtocol
-                ? [ServerCapabilities.control]
-                : [ServerCapabilities.control, ServerCapabilities.punch] + (relay.isEnabled ? [ServerCapabilities.relay] : []),
+                ? [ServerCapabilities.control, ServerCapabilities.identity]
+                : [ServerCapabilities.control, ServerCapabilities.punch] + (relay.isEnabled ? [ServerCapabilities.relay] : [])
+                    + [ServerCapabilities.identity],
             console: console)
         let controls = ControlSessions(
             settings: control, store: store, operationLog: operationLog, relay: relay, metrics: metrics, console: console,

@@ -27,6 +27,8 @@ public struct DirectoryChanges: Sendable, Hashable {
             connectedUsers = true
         case .publish(let user, _, _, _), .delete(let user, _, _):
             owners.insert(user)
+        case .keyed(let change, _):
+            add(change)
         }
     }
 

@@ -176,7 +176,32 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private func serve(_ request: Request, peerIP: String, context: ChannelHandlerContext) {
         // The whole request is here: the deadline no longer applies.
         deadlines.stop(self)
-        guard let work = handler.accept(request, peerIP: peerIP) else {
+        // A keyed request: its proof first (a MAC: the session's signature was checked when it
+        // opened); one that does not hold is answered its status alone and changes nothing.
+        var key: String?
+        if request.proof != nil {
+            switch controls?.keyed.verify(request) ?? .unknownSession {
+            case .proven(let proven):
+                key = proven
+            case .unknownSession:
+                answerKeyed(request, .unknownSession, context: context)
+                return
+            case .refused:
+                problems.record(
+                    .badRequest, from: peerIP,
+                    detail: "keyed \(request.operation.rawValue) for \(ControlCharacters.escaped(request.user)) from \(peerIP) refused: its proof does not hold")
+                answerKeyed(request, .refused, context: context)
+                return
+            }
+        }
+        if case .identify(let user, let publicKey, let agreementKey, let signature) = request.command {
+            _ = handler.accept(request, peerIP: peerIP)
+            identify(
+                request, user: user, publicKey: publicKey, agreementKey: agreementKey, signature: signature,
+                context: context)
+            return
+        }
+        guard let work = handler.accept(request, peerIP: peerIP, key: key) else {
             if case .relay(let user, let token) = request.command {
                 joinRelay(request, user: user, token: token, peerIP: peerIP, context: context)
             } else if case .rendezvous(let user, let token) = request.command {
@@ -184,7 +209,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
                 let port = proxied ? nil : context.channel.remoteAddress?.port
                 meet(request, user: user, token: token, peerIP: peerIP, port: port, context: context)
             } else {
-                openControl(request, peerIP: peerIP, context: context)
+                openControl(request, peerIP: peerIP, key: key, context: context)
             }
             return
         }
@@ -195,9 +220,62 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
             self.metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
             guard self.machine.replyReady() else { return }
             let channel = context.channel
+            var reply = reply
+            if key != nil {
+                // A keyed request's reply: its status (verified) first.
+                var keyed = ByteBuffer()
+                self.encoder.writeCode(ResultCode(rawValue: KeyedStatus.verified.rawValue)!, into: &keyed)
+                keyed.writeBuffer(&reply)
+                reply = keyed
+            }
             context.writeAndFlush(self.wrapOutboundOut(reply)).whenComplete { _ in
                 channel.close(promise: nil)
             }
+        }
+    }
+
+    /// A keyed request whose proof does not hold: its status alone (nothing was done), logged
+    /// with the operation's "other" code.
+    private func answerKeyed(_ request: Request, _ status: KeyedStatus, context: ChannelHandlerContext) {
+        guard answered(request, code: request.operation.otherErrorCode, since: .now()) else { return }
+        var buffer = ByteBuffer()
+        encoder.writeCode(ResultCode(rawValue: status.rawValue)!, into: &buffer)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// `IDENTIFY`: opens a keyed session (``ControlSessions/identify``) and answers its id and
+    /// the server's agreement key, or a code; then closes.
+    private func identify(
+        _ request: Request, user: String, publicKey: String, agreementKey: String, signature: String,
+        context: ChannelHandlerContext
+    ) {
+        let start = NIODeadline.now()
+        let promise = context.eventLoop.makePromise(of: IdentifyReply.self)
+        if let controls {
+            let dateTime = request.dateTime
+            promise.completeWithTask {
+                await controls.identify(
+                    user: user, publicKey: publicKey, agreementKey: agreementKey, signature: signature,
+                    dateTime: dateTime)
+            }
+        } else {
+            promise.succeed(.refused(request.operation.otherErrorCode))
+        }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        promise.futureResult.whenSuccess { reply in
+            let (self_, context) = loopBound.value
+            var buffer = ByteBuffer()
+            var code: ResultCode = .ok
+            if case .refused(let refusal) = reply { code = refusal }
+            if (try? reply.encode(with: self_.encoder, into: &buffer)) == nil {
+                buffer.clear()
+                code = request.operation.otherErrorCode
+                self_.encoder.writeCode(code, into: &buffer)
+            }
+            guard self_.answered(request, code: code, since: start) else { return }
+            let channel = context.channel
+            context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
         }
     }
 
@@ -213,12 +291,12 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     /// user's control connection (a ``ControlConnectionHandler`` takes this handler's place,
     /// which gives the connection's request slot back: a control connection is counted by
     /// ``ControlSettings/maxSessions`` instead). Any other code is sent and the connection closed.
-    private func openControl(_ request: Request, peerIP: String, context: ChannelHandlerContext) {
+    private func openControl(_ request: Request, peerIP: String, key: String?, context: ChannelHandlerContext) {
         let start = NIODeadline.now()
         let user = request.user
         let promise = context.eventLoop.makePromise(of: (code: ResultCode, port: String?).self)
         if let controls {
-            promise.completeWithTask { await controls.admit(user: user, from: peerIP) }
+            promise.completeWithTask { await controls.admit(user: user, from: peerIP, key: key) }
         } else {
             promise.succeed((request.operation.otherErrorCode, nil))
         }
@@ -235,6 +313,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     ) {
         guard answered(request, code: code, since: start) else { return }
         var buffer = ByteBuffer()
+        if request.proof != nil { encoder.writeCode(ResultCode(rawValue: KeyedStatus.verified.rawValue)!, into: &buffer) }
         encoder.writeCode(code, into: &buffer)
         guard code == .ok, let port, let controls else {
             let channel = context.channel

@@ -28,6 +28,10 @@ extension DirectoryRules {
     /// nothing, to say why), the PostgreSQL store (on the user's locked row).
     public static func gate(_ change: DirectoryChange, _ presence: Presence) -> Gate {
         switch change {
+        case .keyed(let change, _):
+            // (Stores decide the key first, ``keyGate(_:boundKey:)``, and the rest on the change itself.)
+            return gate(change, presence)
+
         case .register(let user):
             return isValidUserName(user) ? .proceed : .refuse(change.operation.otherErrorCode)
 

@@ -49,7 +49,16 @@ public struct DirectoryRequestHandler: Sendable {
     /// it, and for the changes the owner check applies to), and says what the store must do
     /// for it: nil for `CONTROL`, which is no store work (``ControlSessions``). Prints the
     /// console line; `served` logs the operation once answered.
-    public func accept(_ request: Request, peerIP: @autoclosure () -> String) -> StoreWork? {
+    ///
+    /// `key`: the public key that proved the request (``KeyedSessions``); its change is then
+    /// ``DirectoryChange/keyed(_:key:)``, which the store decides by the user's binding.
+    public func accept(_ request: Request, peerIP: @autoclosure () -> String, key: String? = nil) -> StoreWork? {
+        let work = work(for: request, peerIP: peerIP())
+        if let key, case .change(let change)? = work { return .change(.keyed(change, key: key)) }
+        return work
+    }
+
+    private func work(for request: Request, peerIP: @autoclosure () -> String) -> StoreWork? {
         console("s> \(request.operation.rawValue) FROM \(ControlCharacters.escaped(request.user))")
         switch request.command {
         case .register(let user):
@@ -73,7 +82,7 @@ public struct DirectoryRequestHandler: Sendable {
             return .query(.listContent(requester: user, owner: owner))
         case .search(let user, let query):
             return .query(.search(requester: user, query: query))
-        case .control, .rendezvous, .relay:
+        case .control, .rendezvous, .relay, .identify:
             return nil
         }
     }

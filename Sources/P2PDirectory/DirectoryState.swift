@@ -17,6 +17,8 @@ public struct DirectoryState: Sendable {
         var address: Address?
         /// In the order they were published.
         var files: [StoredFile] = []
+        /// The key the user is bound to (docs/PROTOCOL.md, "Keys"), nil while unbound.
+        var key: String?
     }
 
     struct StoredFile: Sendable {
@@ -40,8 +42,31 @@ public struct DirectoryState: Sendable {
     /// nothing changed. The codes that depend on the user's presence are
     /// ``DirectoryRules/gate(_:_:)``'s; only "already there" and "not there" are decided here.
     mutating func apply(_ change: DirectoryChange) -> ResultCode {
+        switch DirectoryRules.keyGate(change, boundKey: users[change.user]?.key) {
+        case .refuse(let code):
+            return code
+        case .proceed(let change, let bind):
+            let code = applyUnkeyed(change)
+            if code == .ok, let bind, users[change.user]?.key == nil { users[change.user]!.key = bind }
+            return code
+        }
+    }
+
+    /// The key `user` is bound to.
+    func boundKey(of user: String) -> String? { users[user]?.key }
+
+    /// Unbinds `user` from its key; false when there is no such user.
+    mutating func unbind(_ user: String) -> Bool {
+        guard users[user] != nil else { return false }
+        users[user]!.key = nil
+        return true
+    }
+
+    private mutating func applyUnkeyed(_ change: DirectoryChange) -> ResultCode {
         if let code = DirectoryRules.gate(change, presence(of: change.user)).code { return code }
         switch change {
+        case .keyed:
+            preconditionFailure("keys are decided by apply")
         case .register(let user):
             guard users[user] == nil else { return 1 }
             users[user] = UserEntry()

@@ -62,6 +62,15 @@ public protocol DirectoryStore: Sendable {
     /// control connection, which belongs to a connected user and its address).
     func presence(of user: String) async throws -> Presence
 
+    /// The key `user` is bound to (docs/PROTOCOL.md, "Keys"); nil while unbound or unknown
+    /// (for the control connection's admission, and for downloaders asking whom to expect).
+    func boundKey(of user: String) async throws -> String?
+
+    /// Unbinds `user` from its key, for its owner who lost the key (the operator's
+    /// `p2p-server unbind`): its next keyed CONNECT binds the new one. False when there is no
+    /// such user.
+    func unbind(_ user: String) async throws -> Bool
+
     /// Records that these connected users' control connections are open on this server until
     /// `until`: the peer checks of every server sharing the directory leave them alone until then
     /// (the holder renews it while they stay open). Has a default that records nothing, for a

@@ -40,6 +40,14 @@ public final class InMemoryDirectoryStore: DirectoryStore {
         state.withLock { $0.presence(of: user) }
     }
 
+    public func boundKey(of user: String) async throws -> String? {
+        state.withLock { $0.boundKey(of: user) }
+    }
+
+    public func unbind(_ user: String) async throws -> Bool {
+        state.withLock { $0.unbind(user) }
+    }
+
     public func overview() async throws -> DirectoryOverview {
         state.withLock { $0.overview }
     }

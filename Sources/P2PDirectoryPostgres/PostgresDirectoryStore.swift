@@ -276,6 +276,11 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 "ANALYZE directory_file_word",
             ]
         ),
+        (
+            7, "keys",
+            // The key a user is bound to (docs/PROTOCOL.md, "Keys"), NULL while unbound.
+            ["ALTER TABLE directory_user ADD COLUMN key TEXT"]
+        ),
     ]
 
     /// A file's words as the word table's `words` column keeps them: each word (folded, as
@@ -423,20 +428,32 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// transaction ends (the codes that depend on it are ``DirectoryRules/gate(_:_:)``'s, as in
     /// every store), and makes it.
     private func decide(
-        _ change: DirectoryChange, on connection: PostgresConnection, refused: (_ connectedFrom: String) -> Void
+        _ original: DirectoryChange, on connection: PostgresConnection, refused: (_ connectedFrom: String) -> Void
     ) async throws -> ResultCode {
-        if case .register(let user) = change {
-            if let code = DirectoryRules.gate(change, .unknown).code { return code }
+        if case .register(let user) = original.unkeyed.change {
+            if let code = DirectoryRules.gate(original, .unknown).code { return code }
+            // A keyed REGISTER binds the name it creates (``DirectoryRules/keyGate(_:boundKey:)``).
+            let key = original.unkeyed.key
             let inserted = try await Self.count(
-                connection, "INSERT INTO directory_user (name) VALUES (\(user)) ON CONFLICT (name) DO NOTHING RETURNING 1",
+                connection,
+                "INSERT INTO directory_user (name, key) VALUES (\(user), \(key)) ON CONFLICT (name) DO NOTHING RETURNING 1",
                 logger: logger)
             return inserted == 1 ? .ok : 1
         }
         let presence: Presence
-        if let row = try await lockedRow(of: change.user, connection) {
+        let row = try await lockedRow(of: original.user, connection)
+        if let row {
             presence = row.ip.map { .online(ip: $0, port: row.port ?? "") } ?? .offline
         } else {
             presence = .unknown
+        }
+        let bind: String?
+        let change: DirectoryChange
+        switch DirectoryRules.keyGate(original, boundKey: row?.key) {
+        case .refuse(let code): return code
+        case .proceed(let unkeyed, let key):
+            change = unkeyed
+            bind = key
         }
         switch DirectoryRules.gate(change, presence) {
         case .proceed: break
@@ -445,8 +462,14 @@ public final class PostgresDirectoryStore: DirectoryStore {
             refused(ip)
             return code
         }
+        if let bind {
+            // Only a CONNECT binds here, and past the gate it is made: bound with it, on the row
+            // locked above.
+            try await connection.query(
+                "UPDATE directory_user SET key = \(bind) WHERE name = \(change.user) AND key IS NULL", logger: logger)
+        }
         switch change {
-        case .register:
+        case .register, .keyed:
             preconditionFailure("decided above")
 
         case .unregister(let user, _):
@@ -505,10 +528,10 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// `user`'s address, locked until the transaction ends; nil when there is no such user.
     private func lockedRow(
         of user: String, _ connection: PostgresConnection
-    ) async throws -> (ip: String?, port: String?)? {
+    ) async throws -> (ip: String?, port: String?, key: String?)? {
         let rows = try await connection.query(
-            "SELECT ip, port FROM directory_user WHERE name = \(user) FOR UPDATE", logger: logger)
-        for try await (ip, port) in rows.decode((String?, String?).self) { return (ip, port) }
+            "SELECT ip, port, key FROM directory_user WHERE name = \(user) FOR UPDATE", logger: logger)
+        for try await (ip, port, key) in rows.decode((String?, String?, String?).self) { return (ip, port, key) }
         return nil
     }
 
@@ -1205,6 +1228,25 @@ public final class PostgresDirectoryStore: DirectoryStore {
         }
     }
 
+    public func boundKey(of user: String) async throws -> String? {
+        try await serverRead { connection in
+            let rows = try await connection.query(
+                "SELECT key FROM directory_user WHERE name = \(user)", logger: self.logger)
+            for try await key in rows.decode(String?.self) { return key }
+            return nil
+        }
+    }
+
+    public func unbind(_ user: String) async throws -> Bool {
+        try await serverWork(doing: "an unbind failed") {
+            try await self.transaction { connection in
+                try await Self.count(
+                    connection, "UPDATE directory_user SET key = NULL WHERE name = \(user) RETURNING 1",
+                    logger: self.logger) == 1
+            }
+        }
+    }
+
     public func overview() async throws -> DirectoryOverview {
         try await serverRead { connection in
             let rows = try await connection.query(
@@ -1488,6 +1530,7 @@ private final class DeadlineRace<T: Sendable>: Sendable {
 }
 
 extension DirectoryChange {
+    /// A plain REGISTER (a keyed one binds its name: decided alone).
     fileprivate var isRegister: Bool {
         if case .register = self { true } else { false }
     }

@@ -263,6 +263,10 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
                     END;
                     """)
         }
+        migrator.registerMigration("v6: keys") { db in
+            // The key a user is bound to (docs/PROTOCOL.md, "Keys"), NULL while unbound.
+            try db.execute(sql: "ALTER TABLE user ADD COLUMN key TEXT")
+        }
         return migrator
     }
 
@@ -360,7 +364,7 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
                             change, in: db,
                             refused: { refusals.append(change.ownerCheckRefusal(connectedFrom: $0)) },
                             published: { id in
-                                if case .publish(_, let name, let description, _) = change {
+                                if case .publish(_, let name, let description, _) = change.unkeyed.change {
                                     committed.append(.published(id: id, name: name, description: description))
                                 }
                             },
@@ -437,6 +441,35 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
         published: (_ id: Int64) -> Void = { _ in }, deleted: (_ ids: [Int64]) -> Void = { _ in },
         presenceChanged: (_ user: String, _ online: Bool) -> Void = { _, _ in }
     ) throws -> ResultCode {
+        // The key first (``DirectoryRules/keyGate(_:boundKey:)``): REGISTER and EXPIRE need no
+        // look at the user's key, the rest one indexed read.
+        let boundKey: String?
+        switch change.unkeyed.change {
+        case .register, .expire, .keyed: boundKey = nil
+        case .unregister, .connect, .disconnect, .publish, .delete:
+            boundKey = try String.fetchOne(
+                db.cachedStatement(sql: "SELECT key FROM user WHERE name = ?"), arguments: [change.user])
+        }
+        switch DirectoryRules.keyGate(change, boundKey: boundKey) {
+        case .refuse(let code):
+            return code
+        case .proceed(let change, let bind):
+            let code = try decideUnkeyed(
+                change, in: db, refused: refused, published: published, deleted: deleted,
+                presenceChanged: presenceChanged)
+            if code == .ok, let bind {
+                try db.cachedStatement(sql: "UPDATE user SET key = ? WHERE name = ? AND key IS NULL")
+                    .execute(arguments: [bind, change.user])
+            }
+            return code
+        }
+    }
+
+    private static func decideUnkeyed(
+        _ change: DirectoryChange, in db: Database, refused: (_ connectedFrom: String) -> Void,
+        published: (_ id: Int64) -> Void, deleted: (_ ids: [Int64]) -> Void,
+        presenceChanged: (_ user: String, _ online: Bool) -> Void
+    ) throws -> ResultCode {
         /// The rules' code for `change` from its user's presence: the codes that need it are
         /// decided by ``DirectoryRules/gate(_:_:)``, as in every store.
         func gateCode() throws -> ResultCode? {
@@ -455,6 +488,9 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
         }
 
         switch change {
+        case .keyed:
+            preconditionFailure("keys are decided by decide")
+
         case .register(let user):
             guard DirectoryRules.isValidUserName(user) else { return change.operation.otherErrorCode }
             try db.cachedStatement(sql: "INSERT INTO user (name) VALUES (?) ON CONFLICT (name) DO NOTHING")
@@ -811,6 +847,28 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
 
     public func presence(of user: String) async throws -> Presence {
         try await readOffThePool { db in try Self.presence(of: user, db) }
+    }
+
+    public func boundKey(of user: String) async throws -> String? {
+        try await readOffThePool { db in
+            try String.fetchOne(db.cachedStatement(sql: "SELECT key FROM user WHERE name = ?"), arguments: [user])
+        }
+    }
+
+    public func unbind(_ user: String) async throws -> Bool {
+        let pool = self.pool
+        return try await withCheckedThrowingContinuation { continuation in
+            // On the writer's queue, behind the changes already submitted.
+            writerQueue.async {
+                continuation.resume(
+                    with: Result {
+                        try pool.write { db in
+                            try db.execute(sql: "UPDATE user SET key = NULL WHERE name = ?", arguments: [user])
+                            return db.changesCount == 1
+                        }
+                    })
+            }
+        }
     }
 
     public func overview() async throws -> DirectoryOverview {

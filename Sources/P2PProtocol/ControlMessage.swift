@@ -16,8 +16,12 @@ public enum ServerCapabilities {
     /// announced only when the operator allows it (`p2p-server --relay-limit`).
     public static let relay = PublishedFile(name: "relay", description: "1")
 
+    /// Keys (``DirectoryOperation/identify``, ``RequestProof``): users bound to a key, changed
+    /// only by requests that prove it.
+    public static let identity = PublishedFile(name: "identity", description: "1")
+
     /// Everything this version of our server can announce.
-    public static let all: [PublishedFile] = [control, punch, relay]
+    public static let all: [PublishedFile] = [control, punch, relay, identity]
 }
 
 /// How a connected user can be reached, as the server knows it (``ControlMessage/whoReply``).

@@ -23,6 +23,10 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     /// Extension: one side of a relayed transfer; the connection then carries the bytes between
     /// the two sides through the server (docs/PROTOCOL.md, "Relay").
     case relay = "RELAY"
+    /// Extension: opens a keyed session for a user (docs/PROTOCOL.md, "Keys"): the client's
+    /// public key, a fresh key-agreement key and a signature over both; answered with the
+    /// session's id and the server's key-agreement key (``IdentifyReply``).
+    case identify = "IDENTIFY"
 
     /// Whether the operation is one of ours that the third-party programs do not speak.
     public var isExtension: Bool { self != .register && self != .unregister && self != .connect && self != .disconnect
@@ -34,6 +38,7 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
         case .register, .unregister, .disconnect, .listUsers, .control: return 2
         case .connect, .delete, .listContent, .search, .rendezvous, .relay: return 3
         case .publish: return 4
+        case .identify: return 5
         }
     }
 
@@ -41,8 +46,17 @@ public enum DirectoryOperation: String, CaseIterable, Sendable, Hashable {
     public var otherErrorCode: ResultCode {
         switch self {
         case .register, .unregister: return 2
-        case .connect, .disconnect, .listUsers, .search, .control, .rendezvous, .relay: return 3
+        case .connect, .disconnect, .listUsers, .search, .control, .rendezvous, .relay, .identify: return 3
         case .publish, .delete, .listContent: return 4
+        }
+    }
+
+    /// Whether a request of this operation may come keyed (``RequestProof``): the changes of a
+    /// user, and its control connection.
+    public var isKeyable: Bool {
+        switch self {
+        case .register, .unregister, .connect, .disconnect, .publish, .delete, .control: return true
+        case .listUsers, .listContent, .search, .rendezvous, .relay, .identify: return false
         }
     }
 

@@ -15,6 +15,8 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
     case invalidResultCode(UInt8)
     /// A list count that is not a decimal number in range.
     case invalidCount(String)
+    /// A keyed request's counter (``RequestProof``) that is not a decimal number.
+    case invalidCounter(String)
 
     public var description: String {
         switch self {
@@ -32,6 +34,8 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
             return "invalid result code byte 0x\(String(byte, radix: 16))"
         case .invalidCount(let text):
             return "invalid list count \"\(text.prefix(40))\""
+        case .invalidCounter(let text):
+            return "invalid keyed request counter \"\(text.prefix(40))\""
         }
     }
 }

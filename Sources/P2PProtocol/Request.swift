@@ -6,10 +6,14 @@ public struct Request: Sendable, Hashable {
     /// The date-time the client stamped on the request, `DD/MM/YYYY HH:MM:SS`.
     public var dateTime: String
     public var command: Command
+    /// Extension: the proof that the request comes from the holder of the user's key, sent
+    /// before it (``RequestProof``); nil for a plain request, the only kind the spec knows.
+    public var proof: RequestProof?
 
-    public init(dateTime: String, command: Command) {
+    public init(dateTime: String, command: Command, proof: RequestProof? = nil) {
         self.dateTime = dateTime
         self.command = command
+        self.proof = proof
     }
 
     /// What is asked, with its arguments.
@@ -33,6 +37,9 @@ public struct Request: Sendable, Hashable {
         case rendezvous(user: String, token: String)
         /// Extension: `user`'s side of the relayed transfer `token`.
         case relay(user: String, token: String)
+        /// Extension: `user` opens a keyed session (``DirectoryOperation/identify``). Keys and
+        /// the signature are base64.
+        case identify(user: String, publicKey: String, agreementKey: String, signature: String)
     }
 
     public var operation: DirectoryOperation {
@@ -49,6 +56,7 @@ public struct Request: Sendable, Hashable {
         case .control: return .control
         case .rendezvous: return .rendezvous
         case .relay: return .relay
+        case .identify: return .identify
         }
     }
 
@@ -58,7 +66,7 @@ public struct Request: Sendable, Hashable {
         case .register(let user), .unregister(let user), .connect(let user, _), .disconnect(let user),
             .publish(let user, _, _), .delete(let user, _), .listUsers(let user), .listContent(let user, _),
             .search(let user, _), .control(let user), .rendezvous(let user, _),
-            .relay(let user, _):
+            .relay(let user, _), .identify(let user, _, _, _):
             return user
         }
     }
@@ -90,6 +98,8 @@ public struct Request: Sendable, Hashable {
             fields += [user, query]
         case .rendezvous(let user, let token), .relay(let user, let token):
             fields += [user, token]
+        case .identify(let user, let publicKey, let agreementKey, let signature):
+            fields += [user, publicKey, agreementKey, signature]
         }
         return fields
     }
@@ -114,6 +124,7 @@ public struct Request: Sendable, Hashable {
         case .control: command = .control(user: a[0])
         case .rendezvous: command = .rendezvous(user: a[0], token: a[1])
         case .relay: command = .relay(user: a[0], token: a[1])
+        case .identify: command = .identify(user: a[0], publicKey: a[1], agreementKey: a[2], signature: a[3])
         }
         self.init(dateTime: dateTime, command: command)
     }

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Logging
 import P2PClient
+import P2PIdentity
 import P2PTimeClient
 import Synchronization
 
@@ -106,6 +107,17 @@ struct ClientCommand: AsyncParsableCommand {
             """)
     var maxDownloadSize: String?
 
+    @Option(
+        help: """
+            This client's key, made at first use (mode 0600): the directory server binds the users \
+            you register to it (default: $XDG_CONFIG_HOME/p2p-client/identity, else \
+            ~/.config/p2p-client/identity).
+            """)
+    var identity: String?
+
+    @Flag(help: "Run without a key: users are known to the server by their address only, as with third-party clients.")
+    var noIdentity = false
+
     @Flag(help: "Log each file served to peers on stderr.")
     var verbose = false
 
@@ -164,8 +176,19 @@ struct ClientCommand: AsyncParsableCommand {
             line: { writeOut($0 + "\n") },
             diagnostic: { writeErr("p2p-client: \($0)\n") },
             progress: stderrIsTerminal ? showProgress : nil)
+        var identityKey: IdentityKey?
+        let identityPath = identity ?? IdentityKey.defaultPath()
+        if !noIdentity {
+            do {
+                let (key, created) = try IdentityKey.loadOrCreate(at: identityPath)
+                identityKey = key
+                if created { writeErr("p2p-client: made this client's key \(key.fingerprint) in \(identityPath)\n") }
+            } catch {
+                throw ValidationError("--identity: \(error)")
+            }
+        }
         let session = ClientSession(
-            directory: DirectoryClient(host: server, port: port),
+            directory: DirectoryClient(host: server, port: port, identity: identityKey),
             timeService: try TimeServiceClient(url: timeService, method: timeMethod),
             folder: folder,
             uploadLimits: UploadLimits(
@@ -177,6 +200,7 @@ struct ClientCommand: AsyncParsableCommand {
             controlConnection: !noControlConnection,
             stateDirectory: stateDir ?? PublishedRecord.defaultStateDirectory,
             maxDownloadSize: maxDownloadSize.flatMap(UploadLimits.parseRate).map(Int64.init),
+            identityFile: noIdentity ? nil : identityPath,
             output: output,
             logger: Logger(label: "p2p-client"))
         for path in shareFolders {

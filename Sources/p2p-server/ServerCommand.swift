@@ -31,7 +31,7 @@ struct ServerCommand: AsyncParsableCommand {
             'p2p-server [OPTIONS]' serves the directory; 'p2p-server help serve' lists its options \
             (port, store, owner check, web page, ...).
             """,
-        subcommands: [ServeCommand.self, CopyDirectoryCommand.self],
+        subcommands: [ServeCommand.self, CopyDirectoryCommand.self, UnbindCommand.self],
         defaultSubcommand: ServeCommand.self)
 }
 

@@ -9,6 +9,8 @@ do {
         // copy-directory, --help, --version: nothing that needs the event loops set up.
         if let copy = parsed as? CopyDirectoryCommand {
             try await copy.run()
+        } else if let unbind = parsed as? UnbindCommand {
+            try await unbind.run()
         } else {
             try parsed.run()
         }

@@ -253,13 +253,19 @@ final class SpecOnlyServer: ChannelInboundHandler, @unchecked Sendable {
         var bytes = unwrapInboundIn(data)
         do {
             guard let request = try decoder.decode(&bytes) else { return }
+            // (Our decoder reads a keyed request's proof: a third-party server knows no KEYED.)
+            guard request.proof == nil else {
+                received.withLock { $0.append(KeyedRequest.prefix) }
+                context.close(promise: nil)
+                return
+            }
             received.withLock { $0.append(request.operation.rawValue) }
             let code: UInt8
             switch request.command {
             case .register, .connect, .disconnect, .publish, .delete, .unregister: code = 0
             case .listContent: code = 3  // no such owner: nobody is ever listed here
             case .listUsers: code = 3
-            case .search, .control, .rendezvous, .relay:
+            case .search, .control, .rendezvous, .relay, .identify:
                 context.close(promise: nil)
                 return
             }

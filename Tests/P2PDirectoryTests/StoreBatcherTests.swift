@@ -45,6 +45,8 @@ import P2PDirectorySQLite
         func registeredUsers() async throws -> [String] { try await inner.registeredUsers() }
         func connectedUsers() async throws -> [ConnectedUser] { try await inner.connectedUsers() }
         func presence(of user: String) async throws -> Presence { try await inner.presence(of: user) }
+        func boundKey(of user: String) async throws -> String? { try await inner.boundKey(of: user) }
+        func unbind(_ user: String) async throws -> Bool { try await inner.unbind(user) }
         func overview() async throws -> DirectoryOverview { try await inner.overview() }
         func files(of owner: String) async throws -> [PublishedFile]? { try await inner.files(of: owner) }
         func search(_ query: String) async throws -> [SearchHit] { try await inner.search(query) }

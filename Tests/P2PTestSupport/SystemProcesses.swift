@@ -66,12 +66,13 @@ public final class ClientProcess: Sendable {
         let (executable, commandLine) = SimulatedInternet.command(
             in: namespace, builtProduct("p2p-client"),
             ["-s", serverHost, "-p", String(serverPort), "--time-service", timeURL] + extraArguments)
-        // What the client remembers between runs (the names it published) stays beside the
-        // test's folder (removed with the test's temporary folder), not in it: tests look at
-        // what the client's folder holds.
+        // What the client remembers between runs (the names it published) and its key stay
+        // beside the test's folder (removed with the test's temporary folder), not in it: tests
+        // look at what the client's folder holds. A client per folder: a key per folder.
         let folder = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
         process = try ChildProcess(
-            executable, commandLine, directory: directory, environment: ["XDG_STATE_HOME": folder + ".p2p-state"])
+            executable, commandLine, directory: directory,
+            environment: ["XDG_STATE_HOME": folder + ".p2p-state", "XDG_CONFIG_HOME": folder + ".p2p-state/config"])
     }
 
     /// Sends `commands`, one per line.

@@ -86,7 +86,7 @@ public enum ConsoleCommand: Equatable, Sendable {
         "SHARE": "publish a folder's files and follow its changes",
         "UNSHARE": "stop sharing a folder; its files leave the directory",
         "SHARED": "the shared folders: files published, skipped and why",
-        "IDENTITY": "this client's key: the fingerprint the server binds your names to",
+        "IDENTITY": "this client's key: its fingerprint, its file",
         "QUIT": "disconnect and leave (also end of input)",
         "HELP": "this list (also ?)",
     ]

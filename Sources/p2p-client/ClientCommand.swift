@@ -180,9 +180,8 @@ struct ClientCommand: AsyncParsableCommand {
         let identityPath = identity ?? IdentityKey.defaultPath()
         if !noIdentity {
             do {
-                let (key, created) = try IdentityKey.loadOrCreate(at: identityPath)
-                identityKey = key
-                if created { writeErr("p2p-client: made this client's key \(key.fingerprint) in \(identityPath)\n") }
+                // Made at first use, quietly: IDENTITY and help show it.
+                identityKey = try IdentityKey.loadOrCreate(at: identityPath).key
             } catch {
                 throw ValidationError("--identity: \(error)")
             }

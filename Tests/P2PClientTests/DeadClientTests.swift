@@ -12,10 +12,13 @@ import Testing
         let server = try await ServerProcess(
             dataDirectory: folder.file("storage"),
             arguments: ["--no-oplog", "--peer-check-interval", "0.2", "--peer-check-failures", "2"])
+        // One person's clients: carol's key is the same in all of them.
+        let identity = folder.file("identity")
         func client(_ name: String) throws -> ClientProcess {
             let directory = folder.file(name)
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            return try ClientProcess(serverPort: server.port, timeURL: time.url, directory: directory)
+            return try ClientProcess(
+                serverPort: server.port, timeURL: time.url, directory: directory, extraArguments: ["--identity", identity])
         }
         let carol = try client("carol")
         #expect(try await carol.run("REGISTER carol") == "c> REGISTER OK")

@@ -155,10 +155,11 @@ import Testing
                 let screen = try await terminal.screen()
                 #expect(!screen.contains { $0.contains("LIST_USERS OK") }, "the half-typed line is not run")
             }
-            // alice is offline: another client can connect her.
+            // alice is offline: another client with her key can connect her.
             let lines = try await ClientProcess.run(
                 ["CONNECT alice", "QUIT"], serverPort: setup.server.port, timeURL: setup.time.url,
-                directory: setup.folder.path)
+                directory: setup.folder.path,
+                extraArguments: ["--identity", setup.home + "/.config/p2p-client/identity"])
             #expect(lines == ["c> CONNECT OK", "c> DISCONNECT OK"])
         }
     }

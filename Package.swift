@@ -278,6 +278,8 @@ let package = Package(
             name: "P2PDirectoryTests",
             dependencies: [
                 "P2PDirectory",
+                "P2PIdentity",
+                .product(name: "Crypto", package: "swift-crypto"),
                 "P2PDirectorySQLite",
                 "P2PDirectoryPostgres",
                 "P2PDirectoryStores",

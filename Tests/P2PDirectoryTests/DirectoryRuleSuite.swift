@@ -337,6 +337,48 @@ extension RuleCase {
                         .hits((0..<100).map { SearchHit(owner: "me", name: "file\($0).txt", description: "many") }))
                 ]),
         RuleCase(
+            name: "keys: a keyed REGISTER binds; then only that key changes the user, from any address",
+            steps: [
+                .change(.keyed(.register(user: "alice"), key: "K1"), 0),
+                // Plain, from anywhere (the owner check is no help for an offline user).
+                .change(.connect(user: "alice", ip: "10.0.0.9", port: "9999"), 3),
+                .change(.publish(user: "alice", fileName: "x", description: "d"), 4),
+                .change(.unregister(user: "alice"), 2),
+                .change(.register(user: "alice"), 1),
+                // Another key.
+                .change(.keyed(.connect(user: "alice", ip: "10.0.0.1", port: "4000"), key: "K2"), 3),
+                .change(.keyed(.connect(user: "alice", ip: "10.0.0.1", port: "4000"), key: "K1"), 0),
+                // Her key from another address passes the owner check's place.
+                .change(.keyed(.publish(user: "alice", fileName: "a.txt", description: "d", from: "10.0.0.2"), key: "K1"), 0),
+                .change(.publish(user: "alice", fileName: "b.txt", description: "d", from: "10.0.0.1"), 4),
+                .change(.delete(user: "alice", fileName: "a.txt", from: "10.0.0.1"), 4),
+                .change(.disconnect(user: "alice", from: "10.0.0.1"), 3),
+                // The server's own EXPIRE needs no key.
+                .change(.expire(user: "alice", ip: "10.0.0.1", port: "4000"), 0),
+                .query(
+                    .listContent(requester: "alice", owner: "alice"), .status(2)),
+                .change(.keyed(.unregister(user: "alice", from: "10.0.0.7"), key: "K1"), 0),
+                // Gone with its binding: the name is free for anyone.
+                .change(.register(user: "alice"), 0),
+                .change(.connect(user: "alice", ip: "10.0.0.9", port: "1"), 0),
+            ]),
+        RuleCase(
+            name: "keys: an unbound user keeps the address rules and is bound by a keyed CONNECT they accept",
+            steps: [
+                register("bob"),
+                // A keyed REGISTER of a name already there binds nothing.
+                .change(.keyed(.register(user: "bob"), key: "K1"), 1),
+                .change(.connect(user: "bob", ip: "10.0.0.1", port: "4000"), 0),
+                .change(.publish(user: "bob", fileName: "a.txt", description: "d", from: "10.0.0.2"), 4),
+                // A keyed CONNECT the rules refuse (bob is online) binds nothing either.
+                .change(.keyed(.connect(user: "bob", ip: "10.0.0.2", port: "4000"), key: "K2"), 2),
+                .change(.disconnect(user: "bob", from: "10.0.0.1"), 0),
+                .change(.keyed(.connect(user: "bob", ip: "10.0.0.3", port: "4000"), key: "K3"), 0),
+                .change(.disconnect(user: "bob", from: "10.0.0.3"), 3),
+                .change(.keyed(.disconnect(user: "bob"), key: "K2"), 3),
+                .change(.keyed(.disconnect(user: "bob"), key: "K3"), 0),
+            ]),
+        RuleCase(
             name: "names and values are data, never SQL or patterns",
             steps: [
                 register("'; DROP TABLE user; --"), register("%"), register("_"),
@@ -372,6 +414,25 @@ extension RuleCase {
                 #expect(reply == expected, "step \(index): \(query)")
             }
         }
+        try await directory.close()
+    }
+
+    /// The key a user is bound to is read back, and the operator's unbind frees the name for
+    /// the next keyed CONNECT.
+    @Test(arguments: StoreUnderTest.all)
+    func unbindFreesTheNameForTheNextKey(_ store: StoreUnderTest) async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let directory = try await store.open(folder)
+        #expect(await directory.apply(.keyed(.register(user: "alice"), key: "K1")) == 0)
+        #expect(try await directory.boundKey(of: "alice") == "K1")
+        #expect(try await directory.boundKey(of: "nobody") == nil)
+        #expect(try await directory.unbind("alice"))
+        #expect(try await !directory.unbind("nobody"))
+        #expect(try await directory.boundKey(of: "alice") == nil)
+        #expect(await directory.apply(.keyed(.connect(user: "alice", ip: "10.0.0.1", port: "1"), key: "K2")) == 0)
+        #expect(try await directory.boundKey(of: "alice") == "K2")
+        #expect(await directory.apply(.keyed(.disconnect(user: "alice"), key: "K1")) == 3)
         try await directory.close()
     }
 

@@ -1,5 +1,5 @@
 /// A directory's rows, for copying it from one store to another (`p2p-server copy-directory`):
-/// its users with their addresses, by name, and its files in publishing order. A copy goes a
+/// its users with their addresses and keys, by name, and its files in publishing order. A copy goes a
 /// page at a time (``DirectoryContentsSource``), so that its memory does not grow with the
 /// directory.
 public struct DirectoryContents: Sendable {
@@ -8,11 +8,14 @@ public struct DirectoryContents: Sendable {
         /// nil while the user is not connected.
         public var ip: String?
         public var port: String?
+        /// The key the user is bound to, nil while unbound (docs/PROTOCOL.md, "Keys").
+        public var key: String?
 
-        public init(name: String, ip: String?, port: String?) {
+        public init(name: String, ip: String?, port: String?, key: String? = nil) {
             self.name = name
             self.ip = ip
             self.port = port
+            self.key = key
         }
     }
 

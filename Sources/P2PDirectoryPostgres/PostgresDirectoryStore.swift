@@ -1332,10 +1332,11 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 counts.connected += part.filter { $0.ip != nil }.count
                 try await connection.query(
                     """
-                    INSERT INTO directory_user (name, ip, port)
-                    SELECT name, nullif(ip, ''), nullif(port, '')
+                    INSERT INTO directory_user (name, ip, port, key)
+                    SELECT name, nullif(ip, ''), nullif(port, ''), nullif(key, '')
                     FROM unnest(\(part.map(\.name))::text[], \(part.map { $0.ip ?? "" })::text[],
-                        \(part.map { $0.port ?? "" })::text[]) AS rows (name, ip, port)
+                        \(part.map { $0.port ?? "" })::text[], \(part.map { $0.key ?? "" })::text[])
+                        AS rows (name, ip, port, key)
                     """, logger: self.logger)
             }
             var lastID: Int64 = 0

@@ -900,11 +900,11 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
     public func users(after name: String?, limit: Int) async throws -> [DirectoryContents.User] {
         try await readOffThePool { db in
             let rows = try Row.fetchCursor(
-                db, sql: "SELECT name, ip, port FROM user WHERE ?1 IS NULL OR name > ?1 ORDER BY name LIMIT ?2",
+                db, sql: "SELECT name, ip, port, key FROM user WHERE ?1 IS NULL OR name > ?1 ORDER BY name LIMIT ?2",
                 arguments: [name, limit])
             var users: [DirectoryContents.User] = []
             while let row = try rows.next() {
-                users.append(DirectoryContents.User(name: row[0], ip: row[1], port: row[2]))
+                users.append(DirectoryContents.User(name: row[0], ip: row[1], port: row[2], key: row[3]))
             }
             return users
         }

@@ -350,10 +350,11 @@ import Testing
         defer { folder.remove() }
         let sqlite = try SQLiteDirectoryStore(dataDirectory: folder.path)
         let changes: [DirectoryChange] = [
-            .register(user: "alice"), .register(user: "bob"), .register(user: "zoë"),
-            .connect(user: "alice", ip: "10.0.0.1", port: "5000"), .connect(user: "zoë", ip: "10.0.0.3", port: "7000"),
-            .publish(user: "alice", fileName: "b.txt", description: "second <b>"),
-            .publish(user: "alice", fileName: "a.txt", description: "first"),
+            .keyed(.register(user: "alice"), key: "alice's key"), .register(user: "bob"), .register(user: "zoë"),
+            .keyed(.connect(user: "alice", ip: "10.0.0.1", port: "5000"), key: "alice's key"),
+            .connect(user: "zoë", ip: "10.0.0.3", port: "7000"),
+            .keyed(.publish(user: "alice", fileName: "b.txt", description: "second <b>"), key: "alice's key"),
+            .keyed(.publish(user: "alice", fileName: "a.txt", description: "first"), key: "alice's key"),
             .publish(user: "zoë", fileName: "naïve.pdf", description: "Ünïcode"),
         ]
         #expect(await sqlite.apply(changes).allSatisfy { $0 == .ok })
@@ -392,6 +393,10 @@ import Testing
             ])
         #expect(try await copied.files(of: "bob") == [])
         #expect(try await copied.search("unico") == [SearchHit(owner: "zoë", name: "naïve.pdf", description: "Ünïcode")])
+        // Keys come along: alice is changed only by hers.
+        #expect(try await copied.boundKey(of: "alice") == "alice's key")
+        #expect(try await copied.boundKey(of: "bob") == nil)
+        #expect(await copied.apply(.delete(user: "alice", fileName: "a.txt")) == 4)
         // The copy is a working directory: the rules go on from there.
         #expect(await copied.apply(.register(user: "alice")) == 1)
         #expect(await copied.apply(.register(user: "dave")) == .ok)

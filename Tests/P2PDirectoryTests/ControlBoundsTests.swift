@@ -81,4 +81,51 @@ import Testing
         for _ in 0..<3 { #expect(fresh.punch(requester: "u0", owner: "u1").code == 0) }
         #expect(fresh.punch(requester: "u2", owner: "u3").code == 0)
     }
+
+    /// A loop of PUNCH on one control connection (each would make another client act): a burst
+    /// of 16 is served, the rest of the loop is answered 2, and the connection stays open.
+    @Test func requestsThatMakeOthersActAreRateLimitedPerSession() async throws {
+        try await DirectoryHarness.with { harness in
+            let closed = try ClosedPort()
+            #expect(await harness.store.apply(.register(user: "u")) == .ok)
+            #expect(await harness.store.apply(.connect(user: "u", ip: "127.0.0.1", port: String(closed.port))) == .ok)
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(to: harness.address) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+            let codes = try await channel.executeThenClose { inbound, outbound -> [Int] in
+                // CONTROL first, the messages once it is answered (as a client does: what follows
+                // the request in the same read is not the control connection's).
+                try await outbound.write(ByteBuffer(string: "CONTROL\u{0}07/12/2026 10:00:00\u{0}u\u{0}"))
+                var codes: [String: Int] = [:]
+                var buffer = ByteBuffer()
+                var code = ResultCodeDecoder()
+                var decoder = ControlMessageDecoder()
+                var iterator = inbound.makeAsyncIterator()
+                while codes.count < 24 {
+                    guard var chunk = try await iterator.next() else { break }
+                    if !code.isSettled {
+                        buffer.writeBuffer(&chunk)
+                        guard try code.decode(&buffer) == .ok, code.skipTerminator(&buffer) else { continue }
+                        chunk = buffer
+                        var punches = ByteBuffer()
+                        for index in 0..<24 {
+                            try ControlMessage.punchRequest(id: "p\(index)", owner: "ghost").encode(into: &punches)
+                        }
+                        try await outbound.write(punches)
+                    }
+                    decoder.append(&chunk)
+                    while let message = try decoder.next() {
+                        if case .punchReply(let id, let answer, _) = message { codes[id] = answer }
+                    }
+                }
+                return (0..<24).map { codes["p\($0)"] ?? -1 }
+            }
+            // 1: the owner has no control connection (served); 2: over the rate.
+            #expect(codes.prefix(16).allSatisfy { $0 == 1 }, "\(codes)")
+            #expect(codes.filter { $0 == 2 }.count >= 6, "\(codes)")
+        }
+    }
 }

@@ -58,10 +58,12 @@ public final class DirectoryApplication: Service, Sendable {
         }
         // Behind a load balancer the server does not see the ports clients connect from, which a
         // hole punch needs; and the balancer may send a punch's two sides to different servers.
+        // Keys neither: a keyed session lives in the memory of the server that opened it, and
+        // the balancer sends the next request elsewhere.
         let handler = DirectoryRequestHandler(
             operationLog: operationLog, ownerCheck: configuration.ownerCheck,
             capabilities: configuration.proxyProtocol
-                ? [ServerCapabilities.control, ServerCapabilities.identity]
+                ? [ServerCapabilities.control]
                 : [ServerCapabilities.control, ServerCapabilities.punch] + (relay.isEnabled ? [ServerCapabilities.relay] : [])
                     + [ServerCapabilities.identity],
             console: console)

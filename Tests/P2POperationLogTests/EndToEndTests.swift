@@ -106,11 +106,14 @@ extension LogServerSuites {
                         "alice 127.0.0.1 " + bobLines.first { $0.hasPrefix("alice ") }!.split(separator: " ")[2]))
                 #expect(bobLines.contains(#"notes.txt "my notes""#))
                 let expected = [
+                    "alice LIST_CONTENT",  // before the first change: does the server have keys?
+                    "alice IDENTIFY",  // it does: alice's keyed session
                     "alice REGISTER", "alice CONNECT",
                     "alice LIST_CONTENT",  // CONNECT serves again what alice published before
                     "alice LIST_CONTENT",  // what the server offers beyond the spec
                     "alice CONTROL",  // which includes the control connection: opened
-                    "alice PUBLISH notes.txt", "bob REGISTER", "bob CONNECT", "bob LIST_CONTENT",
+                    "alice PUBLISH notes.txt", "bob LIST_CONTENT", "bob IDENTIFY", "bob REGISTER", "bob CONNECT",
+                    "bob LIST_CONTENT",
                     "bob LIST_CONTENT", "bob CONTROL",
                     "bob LIST_USERS", "bob LIST_CONTENT",
                     "bob LIST_USERS",  // GET_FILE looks the owner up
@@ -119,9 +122,10 @@ extension LogServerSuites {
                 ]
                 try await waitUntil("\(expected.count) log lines") { system.logEntries.count >= expected.count }
                 #expect(system.logEntries == expected)
-                // The date-times came from the time service: one call per request.
+                // The date-times came from the time service: one call per request (the keys'
+                // LIST_CONTENT and IDENTIFY carry the date-time of the change they come before).
                 let soapCalls = system.time.value!.process.stdoutLines.filter { $0.contains("POST / 200") }
-                #expect(soapCalls.count == expected.count)
+                #expect(soapCalls.count == expected.count - 4)
             }
         }
 
@@ -153,7 +157,8 @@ extension LogServerSuites {
             try await System.with { system in
                 let alice = try system.client("alice")
                 #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
-                try await waitUntil("the first log line") { system.logEntries.count == 1 }
+                // (The capabilities, alice's keyed session, her REGISTER.)
+                try await waitUntil("the first log lines") { system.logEntries.count == 3 }
 
                 await system.oplog.value?.stop()
                 system.oplog.withLock { $0 = nil }
@@ -171,6 +176,8 @@ extension LogServerSuites {
                 let restarted = try await OperationLogServer(logFile: system.logFile)
                 system.oplog.withLock { $0 = restarted }
                 let expected = [
+                    "alice LIST_CONTENT",  // before the first change: does the server have keys?
+                    "alice IDENTIFY",  // it does: alice's keyed session
                     "alice REGISTER", "alice CONNECT", "alice LIST_CONTENT", "alice LIST_CONTENT", "alice CONTROL",
                     "alice PUBLISH a.txt", "alice LIST_USERS", "alice DELETE a.txt",
                 ]
@@ -209,12 +216,14 @@ extension LogServerSuites {
                         ], "client \(n): \(outputs[n]!)")
                     #expect(outputs[n]!.contains(#"file\#(n) "description \#(n)""#))
                 }
-                // Seven commands, and what CONNECT sends besides: the LIST_CONTENT of its own files,
-                // the one asking what the server offers, and CONTROL.
-                try await waitUntil("\(count * 10) log lines", timeout: 30) { system.logEntries.count >= count * 10 }
-                #expect(system.logEntries.count == count * 10)
+                // Seven commands, and what the client sends besides: before its first change the
+                // LIST_CONTENT asking whether the server has keys and IDENTIFY (its keyed session);
+                // at CONNECT the LIST_CONTENT of its own files, the one asking what the server
+                // offers, and CONTROL.
+                try await waitUntil("\(count * 12) log lines", timeout: 30) { system.logEntries.count >= count * 12 }
+                #expect(system.logEntries.count == count * 12)
                 for n in 0..<count {
-                    #expect(system.logEntries.filter { $0.hasPrefix("user\(n) ") }.count == 10)
+                    #expect(system.logEntries.filter { $0.hasPrefix("user\(n) ") }.count == 12)
                 }
                 await system.stopServer()
                 let store = try SQLiteDirectoryStore(dataDirectory: system.folder.file("storage"))

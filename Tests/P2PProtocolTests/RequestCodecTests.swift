@@ -135,6 +135,7 @@ func wire(_ fields: [String]) -> ByteBuffer {
         let expected: [DirectoryOperation: UInt8] = [
             .register: 2, .unregister: 2, .connect: 3, .disconnect: 3,
             .publish: 4, .delete: 4, .listUsers: 3, .listContent: 4, .search: 3, .control: 3, .rendezvous: 3, .relay: 3,
+            .identify: 3,
         ]
         for operation in DirectoryOperation.allCases {
             #expect(operation.otherErrorCode.rawValue == expected[operation])

@@ -86,8 +86,7 @@ actor KeyedDirectory {
         switch reply {
         case .opened(let id, let serverKey):
             guard
-                let key = KeyedSession.sessionKey(
-                    agreement, theirs: serverKey, session: id, user: user, publicKey: publicKey)
+                let key = KeyedSession.sessionKey(agreement, theirs: serverKey, user: user, publicKey: publicKey)
             else { throw DirectoryClientError.keyRefused("the server's agreement key is malformed") }
             return Session(id: id, key: key)
         case .refused(1):

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Logging
 import NIOCore
@@ -92,14 +93,16 @@ public final class ControlSessions: Sendable {
     /// Relayed transfers (off unless the operator allows them).
     let relays: RelayHub
 
-    /// The keyed sessions opened here (docs/PROTOCOL.md, "Keys").
-    public let keyed = KeyedSessions()
+    /// The keyed sessions (docs/PROTOCOL.md, "Keys").
+    public let keyed: KeyedSessions
 
     public init(
         settings: ControlSettings, store: any DirectoryStore, operationLog: (any OperationLogSink)?,
         relay: RelaySettings = RelaySettings(), metrics: DirectoryMetrics = .none,
+        sessionSecret: SymmetricKey = SymmetricKey(size: .bits256),
         console: @escaping @Sendable (String) -> Void, logger: Logger
     ) {
+        keyed = KeyedSessions(secret: sessionSecret)
         relays = RelayHub(settings: relay, metrics: metrics, logger: logger)
         self.settings = settings
         self.store = store

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Logging
 import NIOCore
@@ -58,18 +59,27 @@ public final class DirectoryApplication: Service, Sendable {
         }
         // Behind a load balancer the server does not see the ports clients connect from, which a
         // hole punch needs; and the balancer may send a punch's two sides to different servers.
-        // Keys neither: a keyed session lives in the memory of the server that opened it, and
-        // the balancer sends the next request elsewhere.
         let handler = DirectoryRequestHandler(
             operationLog: operationLog, ownerCheck: configuration.ownerCheck,
             capabilities: configuration.proxyProtocol
-                ? [ServerCapabilities.control]
+                ? [ServerCapabilities.control, ServerCapabilities.identity]
                 : [ServerCapabilities.control, ServerCapabilities.punch] + (relay.isEnabled ? [ServerCapabilities.relay] : [])
                     + [ServerCapabilities.identity],
             console: console)
+        // Keyed sessions are sealed with the directory's secret: any server sharing it verifies them.
+        let secret: SymmetricKey
+        do {
+            guard let bytes = Data(base64Encoded: try await store.sessionSecret()), bytes.count == 32 else {
+                throw SessionSecretMalformed()
+            }
+            secret = SymmetricKey(data: bytes)
+        } catch {
+            try? await store.close()
+            throw .cannotOpenStore(location, error)
+        }
         let controls = ControlSessions(
-            settings: control, store: store, operationLog: operationLog, relay: relay, metrics: metrics, console: console,
-            logger: logger)
+            settings: control, store: store, operationLog: operationLog, relay: relay, metrics: metrics,
+            sessionSecret: secret, console: console, logger: logger)
         do {
             let server = try await DirectoryServer.bind(
                 configuration: configuration, handler: handler, store: store, metrics: metrics, controls: controls,
@@ -132,4 +142,9 @@ public enum DirectoryApplicationError: Error, CustomStringConvertible {
             return "cannot listen on \(host):\(port): \(error)"
         }
     }
+}
+
+/// The secret a directory keeps for its keyed sessions is not 32 bytes of base64.
+struct SessionSecretMalformed: Error, CustomStringConvertible {
+    var description: String { "the directory's secret for keyed sessions is malformed" }
 }

@@ -71,6 +71,11 @@ public protocol DirectoryStore: Sendable {
     /// such user.
     func unbind(_ user: String) async throws -> Bool
 
+    /// The secret keyed sessions are sealed with (``KeyedSessions``): 32 random bytes in base64,
+    /// made by the first server to ask and the same for every server sharing the directory, so
+    /// that any of them verifies a session another opened.
+    func sessionSecret() async throws -> String
+
     /// Records that these connected users' control connections are open on this server until
     /// `until`: the peer checks of every server sharing the directory leave them alone until then
     /// (the holder renews it while they stay open). Has a default that records nothing, for a

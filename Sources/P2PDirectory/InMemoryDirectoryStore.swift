@@ -1,3 +1,4 @@
+import Foundation
 import P2PProtocol
 import Synchronization
 
@@ -7,6 +8,7 @@ import Synchronization
 public final class InMemoryDirectoryStore: DirectoryStore {
     private let state = Mutex(DirectoryState())
     private let closed = Atomic<Bool>(false)
+    private let secret = Data((0..<32).map { _ in UInt8.random(in: .min ... .max) }).base64EncodedString()
 
     public init() {}
 
@@ -47,6 +49,8 @@ public final class InMemoryDirectoryStore: DirectoryStore {
     public func unbind(_ user: String) async throws -> Bool {
         state.withLock { $0.unbind(user) }
     }
+
+    public func sessionSecret() async throws -> String { secret }
 
     public func overview() async throws -> DirectoryOverview {
         state.withLock { $0.overview }

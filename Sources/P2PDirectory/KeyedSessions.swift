@@ -4,36 +4,42 @@ import P2PIdentity
 import P2PProtocol
 import Synchronization
 
-/// The keyed sessions this server has opened (docs/PROTOCOL.md, "Keys"): who opened each, with
-/// which key, the session's MAC key and the last counter seen. Opening one checks a signature;
-/// every keyed request after that costs a MAC.
+/// The keyed sessions of this server (docs/PROTOCOL.md, "Keys"). Opening one checks a
+/// signature; every keyed request after that costs a MAC.
 ///
-/// Sessions live in this server's memory only: after a restart, or at another server of a
-/// cluster, a keyed request is answered ``KeyedStatus/unknownSession`` and the client opens the
-/// session again there. Bounded: at most ``maxSessions`` in all (the least recently used go
-/// first) and ``maxSessionsPerUser`` per user name (its oldest go), whoever opens them.
+/// A session's id is its ticket: the user (hashed), the public key and the session key, sealed
+/// (ChaChaPoly) with a secret every server sharing the directory reads from the store. So any of
+/// them verifies a session another one opened (behind a load balancer the next request goes to
+/// another server) without a signature, and a restart forgets nothing. Each server keeps the
+/// sessions it has seen, with their replay windows, at most ``maxSessions`` (the least recently
+/// used go; a ticket seen again is opened again). A ticket is good for ``lifetime``; after that
+/// the client opens a new session.
 public final class KeyedSessions: Sendable {
     public static let maxSessions = 100_000
-    public static let maxSessionsPerUser = 8
+    public static let lifetime: Duration = .seconds(24 * 3600)
 
     struct Session {
-        var user: String
+        var userHash: [UInt8]
         var publicKey: String
         var key: SymmetricKey
+        var issued: UInt64
         var seen = ReplayWindow()
         var lastUsed: UInt64
     }
 
     struct State {
         var sessions: [String: Session] = [:]
-        var byUser: [String: [String]] = [:]
         var clock: UInt64 = 0
     }
 
     private let state = Mutex(State())
     private let maxSessions: Int
+    private let secret: SymmetricKey
 
-    public init(maxSessions: Int = KeyedSessions.maxSessions) {
+    /// `secret`: what tickets are sealed with (``DirectoryStore/sessionSecret()``: the same for
+    /// every server of a directory).
+    public init(secret: SymmetricKey, maxSessions: Int = KeyedSessions.maxSessions) {
+        self.secret = secret
         self.maxSessions = maxSessions
     }
 
@@ -50,28 +56,25 @@ public final class KeyedSessions: Sendable {
     public func open(
         user: String, publicKey: String, agreementKey: String, signature: String, dateTime: String, boundKey: String?
     ) -> IdentifyReply {
-        guard KeyedSession.isPublicKey(publicKey) else { return .refused(3) }
-        if let boundKey, boundKey != publicKey { return .refused(1) }
+        guard KeyedSession.isPublicKey(publicKey), let raw = Data(base64Encoded: publicKey) else { return .refused(3) }
+        // The key as it is stored and compared: base64 of its bytes, whatever spelling came.
+        let canonical = raw.base64EncodedString()
+        if let boundKey, boundKey != canonical { return .refused(1) }
         guard
             KeyedSession.verify(
                 signature: signature, publicKey: publicKey, user: user, agreementKey: agreementKey, dateTime: dateTime)
         else { return .refused(2) }
-        var idBytes = [UInt8](repeating: 0, count: 16)
-        for index in idBytes.indices { idBytes[index] = UInt8.random(in: .min ... .max) }
-        let id = idBytes.map { String($0, radix: 16).leftPadded(to: 2) }.joined()
         let mine = Curve25519.KeyAgreement.PrivateKey()
-        guard
-            let key = KeyedSession.sessionKey(mine, theirs: agreementKey, session: id, user: user, publicKey: publicKey)
+        let issued = UInt64(Date().timeIntervalSince1970)
+        guard let key = KeyedSession.sessionKey(mine, theirs: agreementKey, user: user, publicKey: publicKey)
         else { return .refused(3) }
-        state.withLock { state in
-            state.clock += 1
-            state.sessions[id] = Session(user: user, publicKey: publicKey, key: key, lastUsed: state.clock)
-            var ids = state.byUser[user, default: []]
-            ids.append(id)
-            while ids.count > Self.maxSessionsPerUser { state.sessions[ids.removeFirst()] = nil }
-            state.byUser[user] = ids
-            if state.sessions.count > maxSessions { Self.evictLeastRecentlyUsed(&state, down: maxSessions * 9 / 10) }
-        }
+        var plain = Self.userHash(user)
+        plain += raw
+        key.withUnsafeBytes { plain += $0 }
+        withUnsafeBytes(of: issued.bigEndian) { plain += $0 }
+        guard let sealed = try? ChaChaPoly.seal(plain, using: secret).combined else { return .refused(3) }
+        let id = sealed.base64EncodedString()
+        remember(id, Session(userHash: Self.userHash(user), publicKey: canonical, key: key, issued: issued, lastUsed: 0))
         return .opened(session: id, agreementKey: mine.publicKey.rawRepresentation.base64EncodedString())
     }
 
@@ -79,9 +82,17 @@ public final class KeyedSessions: Sendable {
     /// (``ReplayWindow``), and the session's user.
     public func verify(_ request: Request) -> Verdict {
         guard let proof = request.proof else { return .refused }
+        if state.withLock({ $0.sessions[proof.session] == nil }) {
+            guard let session = unseal(proof.session) else { return .unknownSession }
+            remember(proof.session, session)
+        }
         return state.withLock { state in
             guard var session = state.sessions[proof.session] else { return .unknownSession }
-            guard session.user == request.user, KeyedSession.isValid(proof, for: request, key: session.key),
+            guard UInt64(Date().timeIntervalSince1970) < session.issued + UInt64(Self.lifetime.components.seconds) else {
+                state.sessions[proof.session] = nil
+                return .unknownSession
+            }
+            guard session.userHash == Self.userHash(request.user), KeyedSession.isValid(proof, for: request, key: session.key),
                 session.seen.accept(proof.counter)
             else { return .refused }
             state.clock += 1
@@ -91,28 +102,35 @@ public final class KeyedSessions: Sendable {
         }
     }
 
-    /// Forgets `user`'s sessions (it was unbound: the key they prove is no longer its own).
-    public func forget(user: String) {
+    var count: Int { state.withLock { $0.sessions.count } }
+
+    private func unseal(_ id: String) -> Session? {
+        guard id.utf8.count < 200, let combined = Data(base64Encoded: id),
+            let box = try? ChaChaPoly.SealedBox(combined: combined),
+            let plain = try? ChaChaPoly.open(box, using: secret), plain.count == 16 + 32 + 32 + 8
+        else { return nil }
+        let bytes = Array(plain)
+        let issued = bytes[80..<88].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        return Session(
+            userHash: Array(bytes[0..<16]), publicKey: Data(bytes[16..<48]).base64EncodedString(),
+            key: SymmetricKey(data: bytes[48..<80]), issued: issued, lastUsed: 0)
+    }
+
+    private func remember(_ id: String, _ session: Session) {
         state.withLock { state in
-            for id in state.byUser.removeValue(forKey: user) ?? [] { state.sessions[id] = nil }
+            state.clock += 1
+            var session = session
+            session.lastUsed = state.clock
+            state.sessions[id] = session
+            if state.sessions.count > maxSessions { Self.evictLeastRecentlyUsed(&state, down: maxSessions * 9 / 10) }
         }
     }
 
-    var count: Int { state.withLock { $0.sessions.count } }
+    private static func userHash(_ user: String) -> [UInt8] { Array(SHA256.hash(data: Array(user.utf8)).prefix(16)) }
 
     private static func evictLeastRecentlyUsed(_ state: inout State, down target: Int) {
         let victims = state.sessions.sorted { $0.value.lastUsed < $1.value.lastUsed }.prefix(state.sessions.count - target)
-        for (id, session) in victims {
-            state.sessions[id] = nil
-            state.byUser[session.user]?.removeAll { $0 == id }
-            if state.byUser[session.user]?.isEmpty == true { state.byUser[session.user] = nil }
-        }
-    }
-}
-
-extension String {
-    fileprivate func leftPadded(to width: Int) -> String {
-        count >= width ? self : String(repeating: "0", count: width - count) + self
+        for (id, _) in victims { state.sessions[id] = nil }
     }
 }
 

@@ -279,7 +279,11 @@ public final class PostgresDirectoryStore: DirectoryStore {
         (
             7, "keys",
             // The key a user is bound to (docs/PROTOCOL.md, "Keys"), NULL while unbound.
-            ["ALTER TABLE directory_user ADD COLUMN key TEXT"]
+            [
+                "ALTER TABLE directory_user ADD COLUMN key TEXT",
+                // What the keyed sessions are sealed with (``DirectoryStore/sessionSecret()``).
+                "CREATE TABLE directory_secret (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            ]
         ),
     ]
 
@@ -1234,6 +1238,21 @@ public final class PostgresDirectoryStore: DirectoryStore {
                 "SELECT key FROM directory_user WHERE name = \(user)", logger: self.logger)
             for try await key in rows.decode(String?.self) { return key }
             return nil
+        }
+    }
+
+    public func sessionSecret() async throws -> String {
+        let made = Data((0..<32).map { _ in UInt8.random(in: .min ... .max) }).base64EncodedString()
+        return try await serverWork(doing: "reading the sessions' secret failed") {
+            try await self.transaction { connection in
+                try await connection.query(
+                    "INSERT INTO directory_secret (name, value) VALUES ('sessions', \(made)) ON CONFLICT (name) DO NOTHING",
+                    logger: self.logger)
+                let rows = try await connection.query(
+                    "SELECT value FROM directory_secret WHERE name = 'sessions'", logger: self.logger)
+                for try await value in rows.decode(String.self) { return value }
+                throw PostgresStoreError.unavailable("no sessions' secret")
+            }
         }
     }
 

@@ -266,6 +266,8 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
         migrator.registerMigration("v6: keys") { db in
             // The key a user is bound to (docs/PROTOCOL.md, "Keys"), NULL while unbound.
             try db.execute(sql: "ALTER TABLE user ADD COLUMN key TEXT")
+            // What the keyed sessions are sealed with (``DirectoryStore/sessionSecret()``).
+            try db.execute(sql: "CREATE TABLE secret (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)")
         }
         return migrator
     }
@@ -865,6 +867,24 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
                         try pool.write { db in
                             try db.execute(sql: "UPDATE user SET key = NULL WHERE name = ?", arguments: [user])
                             return db.changesCount == 1
+                        }
+                    })
+            }
+        }
+    }
+
+    public func sessionSecret() async throws -> String {
+        let pool = self.pool
+        let made = Data((0..<32).map { _ in UInt8.random(in: .min ... .max) }).base64EncodedString()
+        return try await withCheckedThrowingContinuation { continuation in
+            writerQueue.async {
+                continuation.resume(
+                    with: Result {
+                        try pool.write { db in
+                            try db.execute(
+                                sql: "INSERT INTO secret (name, value) VALUES ('sessions', ?) ON CONFLICT (name) DO NOTHING",
+                                arguments: [made])
+                            return try String.fetchOne(db, sql: "SELECT value FROM secret WHERE name = 'sessions'")!
                         }
                     })
             }

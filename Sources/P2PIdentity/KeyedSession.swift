@@ -35,7 +35,7 @@ public enum KeyedSession {
 
     /// The session's key, from one side's private agreement key and the other's public one.
     public static func sessionKey(
-        _ mine: Curve25519.KeyAgreement.PrivateKey, theirs: String, session: String, user: String, publicKey: String
+        _ mine: Curve25519.KeyAgreement.PrivateKey, theirs: String, user: String, publicKey: String
     ) -> SymmetricKey? {
         guard let raw = Data(base64Encoded: theirs),
             let other = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: raw),
@@ -47,7 +47,7 @@ public enum KeyedSession {
             info += field.utf8
         }
         return secret.hkdfDerivedSymmetricKey(
-            using: SHA256.self, salt: Array(session.utf8), sharedInfo: info, outputByteCount: 32)
+            using: SHA256.self, salt: [UInt8](), sharedInfo: info, outputByteCount: 32)
     }
 
     /// The MAC (base64) of `request` as the `counter`th request of `session`.

@@ -29,7 +29,7 @@ import Testing
                 dateTime: KeyedSessionsTests.dateTime, boundKey: boundKey)
             if case .opened(let id, let serverKey) = reply {
                 session = id
-                key = KeyedSession.sessionKey(agreement, theirs: serverKey, session: id, user: user, publicKey: identity.publicKeyText)
+                key = KeyedSession.sessionKey(agreement, theirs: serverKey, user: user, publicKey: identity.publicKeyText)
             }
             return reply
         }
@@ -45,7 +45,8 @@ import Testing
     }
 
     @Test func aSessionProvesItsUsersRequestsOnceEach() throws {
-        let sessions = KeyedSessions()
+        let secret = SymmetricKey(size: .bits256)
+        let sessions = KeyedSessions(secret: secret)
         var alice = Client()
         guard case .opened = alice.open("alice", on: sessions) else { Issue.record("not opened"); return }
         let first = alice.prove(.connect(user: "alice", port: "5000"))
@@ -67,12 +68,19 @@ import Testing
         #expect(sessions.verify(alice.prove(.disconnect(user: "alice"), counter: 3)) == .refused, "too old")
 
         var unknown = first
-        unknown.proof!.session = String(repeating: "0", count: 32)
+        unknown.proof!.session = String(repeating: "A", count: 156)
         #expect(sessions.verify(unknown) == .unknownSession)
+
+        // Another server of the same directory (the same secret) verifies the session without
+        // a signature; one of another directory does not know it.
+        let sibling = KeyedSessions(secret: secret)
+        #expect(sibling.verify(alice.prove(.disconnect(user: "alice"))) == .proven(key: alice.identity.publicKeyText))
+        let stranger = KeyedSessions(secret: SymmetricKey(size: .bits256))
+        #expect(stranger.verify(alice.prove(.disconnect(user: "alice"))) == .unknownSession)
     }
 
     @Test func identifyRefusesAnotherKeyAndABadSignature() {
-        let sessions = KeyedSessions()
+        let sessions = KeyedSessions(secret: SymmetricKey(size: .bits256))
         var alice = Client()
         let other = IdentityKey()
         #expect(alice.open("alice", on: sessions, boundKey: other.publicKeyText) == .refused(1))
@@ -80,26 +88,26 @@ import Testing
             sessions.open(
                 user: "alice", publicKey: alice.identity.publicKeyText,
                 agreementKey: Curve25519.KeyAgreement.PrivateKey().publicKey.rawRepresentation.base64EncodedString(),
-                signature: try! other.sign([1, 2, 3]), dateTime: Self.dateTime, boundKey: nil) == .refused(2))
+                signature: try! other.sign([1, 2, 3]), dateTime: Self.dateTime, boundKey: String?.none) == .refused(2))
         #expect(
             sessions.open(
                 user: "alice", publicKey: "not a key", agreementKey: "x", signature: "y", dateTime: Self.dateTime,
-                boundKey: nil) == .refused(3))
+                boundKey: String?.none) == .refused(3))
         #expect(sessions.count == 0)
     }
 
-    @Test func sessionsAreBoundedPerUserAndInAll() {
-        let sessions = KeyedSessions(maxSessions: 50)
-        for _ in 0..<20 {
-            var client = Client()
-            _ = client.open("alice", on: sessions)
-        }
-        #expect(sessions.count == KeyedSessions.maxSessionsPerUser)
+    /// The sessions a server remembers are bounded; one it forgot is opened again from its
+    /// ticket, without a new IDENTIFY.
+    @Test func rememberedSessionsAreBounded() {
+        let sessions = KeyedSessions(secret: SymmetricKey(size: .bits256), maxSessions: 50)
+        var first = Client()
+        _ = first.open("user-first", on: sessions)
         for index in 0..<100 {
             var client = Client()
             _ = client.open("user\(index)", on: sessions)
         }
         #expect(sessions.count <= 50)
+        #expect(sessions.verify(first.prove(.disconnect(user: "user-first"))) == .proven(key: first.identity.publicKeyText))
     }
 
     /// On the wire: the proof before the request, decoded back whole, however split.

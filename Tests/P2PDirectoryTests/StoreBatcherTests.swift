@@ -47,6 +47,7 @@ import P2PDirectorySQLite
         func presence(of user: String) async throws -> Presence { try await inner.presence(of: user) }
         func boundKey(of user: String) async throws -> String? { try await inner.boundKey(of: user) }
         func unbind(_ user: String) async throws -> Bool { try await inner.unbind(user) }
+        func sessionSecret() async throws -> String { try await inner.sessionSecret() }
         func overview() async throws -> DirectoryOverview { try await inner.overview() }
         func files(of owner: String) async throws -> [PublishedFile]? { try await inner.files(of: owner) }
         func search(_ query: String) async throws -> [SearchHit] { try await inner.search(query) }

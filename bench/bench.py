@@ -23,6 +23,7 @@ measured in the same run:
   - PostgreSQL store: one server on a private PostgreSQL against pgbench running the same SQL
     statements with as many clients (the database's own floor); three servers behind HAProxy
     against one server direct, with the CPU each part used;
+  - keys: CONNECT and DISCONNECT of a keyed user (its proof) against an unkeyed user's;
   - database tier under Patroni: REGISTER with the synchronous replica against the primary alone;
     a failover's time until requests succeed again (against the goal of 15 s) and the acknowledged
     changes lost (0).
@@ -1826,9 +1827,83 @@ def print_table():
               f"{result.get('note', '')} |")
 
 
+def keyed_session(port, user, date):
+    """Opens a keyed session for `user` as our client does (docs/PROTOCOL.md, "Keys"); returns
+    (session, key, the public key's text, the milliseconds IDENTIFY took)."""
+    import base64
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    identity = Ed25519PrivateKey.generate()
+    public = base64.b64encode(identity.public_key().public_bytes(*raw)).decode()
+    agreement = X25519PrivateKey.generate()
+    mine = base64.b64encode(agreement.public_key().public_bytes(*raw)).decode()
+    signed = b"".join(f.encode() + b"\0" for f in ["p2p identify v1", user, public, mine, date])
+    signature = base64.b64encode(identity.sign(signed)).decode()
+    reply, ms = request_fields(port, "IDENTIFY", date, user, public, mine, signature)
+    assert reply[0] == b"0", reply
+    session, theirs = reply[1].decode(), base64.b64decode(reply[2])
+    secret = agreement.exchange(X25519PublicKey.from_public_bytes(theirs))
+    info = b"p2p session v1" + b"\0" + user.encode() + b"\0" + public.encode()
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+    return session, key, public, ms
+
+
+def keyed_fields(session, key, counter, *fields):
+    """A keyed request's fields: the proof, then the request."""
+    import base64
+    import hmac
+    covered = b"".join(f.encode() + b"\0" for f in ["p2p keyed request v1", session, str(counter), *fields])
+    mac = base64.b64encode(hmac.new(key, covered, "sha256").digest()).decode()
+    return ["KEYED", session, str(counter), mac, *fields]
+
+
+def keys_benchmark(work):
+    """CONNECT and DISCONNECT of a keyed user (a MAC each, the session opened once) against the
+    same of an unkeyed one, one request at a time, in alternating rounds on one server."""
+    log("keys: CONNECT with its proof against a plain CONNECT")
+    port = free_port()
+    server = start_server(os.path.join(work, "keys"), port)
+    try:
+        date = "07/12/2026 10:00:00"
+        request_fields(port, "REGISTER", date, "plain")
+        session, key, public, identify_ms = keyed_session(port, "keyed", date)
+        counter = 1
+        reply, _ = request_fields(port, *keyed_fields(session, key, counter, "REGISTER", date, "keyed"))
+        assert reply[:2] == [b"0", b"0"], reply
+        identifies = [keyed_session(port, f"other{n}", date)[3] for n in range(200)]
+        times = {"plain": [], "keyed": []}
+        for _ in range(10):
+            for _ in range(200):
+                _, ms = request_fields(port, "CONNECT", date, "plain", "5000")
+                times["plain"].append(ms)
+                request_fields(port, "DISCONNECT", date, "plain")
+            for _ in range(200):
+                counter += 1
+                reply, ms = request_fields(port, *keyed_fields(session, key, counter, "CONNECT", date, "keyed", "5000"))
+                assert reply[:2] == [b"0", b"0"], reply
+                times["keyed"].append(ms)
+                counter += 1
+                request_fields(port, *keyed_fields(session, key, counter, "DISCONNECT", date, "keyed"))
+        def summary(values):
+            ordered = sorted(values)
+            p50 = statistics.median(ordered)
+            return {"rps": 1000 / p50, "p50_ms": p50, "p99_ms": ordered[int(len(ordered) * 0.99) - 1]}
+        plain, keyed = summary(times["plain"]), summary(times["keyed"])
+        plain["note"] = "2,000 CONNECTs of an unkeyed user, one at a time; throughput = 1 / p50"
+        keyed["note"] = (f"the same keyed (a MAC each); {keyed['p50_ms'] - plain['p50_ms']:+.3f} ms at the median; "
+                         f"IDENTIFY (once per session, a signature checked) p50 {statistics.median(identifies):.2f} ms")
+        rows.append(("keys", "CONNECT, plain (baseline)", plain, None))
+        rows.append(("keys", "CONNECT, keyed", keyed, plain))
+    finally:
+        stop(server)
+
+
 def main():
     only = sys.argv[1:] or ["directory", "sqlite", "fairness", "large", "peercheck", "sharedchecks", "web", "oplog", "time", "getfile", "share", "peers",
-                            "postgres", "pgsearch", "failover", "copy", "nat"]
+                            "postgres", "pgsearch", "failover", "copy", "nat", "keys"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -1866,6 +1941,8 @@ def main():
             copy_benchmark(work)
         if "nat" in only:
             nat_benchmark(work)
+        if "keys" in only:
+            keys_benchmark(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table()

@@ -43,6 +43,7 @@ public final class DirectoryHarness: Sendable {
         store: DirectoryStoreLocation? = nil,
         configuration: DirectoryServerConfiguration = .init(host: "127.0.0.1", port: 0),
         peerChecks: PeerCheckSettings? = nil,
+        relay: RelaySettings = RelaySettings(),
         metrics: DirectoryMetrics = .none,
         operationLog: RecordingOperationLog = RecordingOperationLog(),
         logger: Logger? = nil
@@ -59,7 +60,8 @@ public final class DirectoryHarness: Sendable {
             }()
         let application = try await DirectoryApplication.build(
             configuration: configuration, store: store ?? .sqlite(dataDirectory: dataDirectory),
-            operationLog: operationLog, peerChecks: peerChecks, metrics: metrics, console: { _ in }, logger: logger)
+            operationLog: operationLog, peerChecks: peerChecks, relay: relay, metrics: metrics, console: { _ in },
+            logger: logger)
         self.application = application
         task = Task { try await application.run() }
     }

@@ -392,7 +392,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
             }
             let change = changes[index]
             codes.append(
-                try await decide(change, on: connection) { connectedFrom in
+                try await decide(change, on: connection, keyRefused: { refusals.append(change.keyRefusal) }) {
+                    connectedFrom in
                     refusals.append(change.ownerCheckRefusal(connectedFrom: connectedFrom))
                 })
             index += 1
@@ -432,7 +433,8 @@ public final class PostgresDirectoryStore: DirectoryStore {
     /// transaction ends (the codes that depend on it are ``DirectoryRules/gate(_:_:)``'s, as in
     /// every store), and makes it.
     private func decide(
-        _ original: DirectoryChange, on connection: PostgresConnection, refused: (_ connectedFrom: String) -> Void
+        _ original: DirectoryChange, on connection: PostgresConnection, keyRefused: () -> Void = {},
+        refused: (_ connectedFrom: String) -> Void
     ) async throws -> ResultCode {
         if case .register(let user) = original.unkeyed.change {
             if let code = DirectoryRules.gate(original, .unknown).code { return code }
@@ -454,7 +456,9 @@ public final class PostgresDirectoryStore: DirectoryStore {
         let bind: String?
         let change: DirectoryChange
         switch DirectoryRules.keyGate(original, boundKey: row?.key) {
-        case .refuse(let code): return code
+        case .refuse(let code):
+            keyRefused()
+            return code
         case .proceed(let unkeyed, let key):
             change = unkeyed
             bind = key

@@ -365,6 +365,7 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
                         try Self.decide(
                             change, in: db,
                             refused: { refusals.append(change.ownerCheckRefusal(connectedFrom: $0)) },
+                            keyRefused: { refusals.append(change.keyRefusal) },
                             published: { id in
                                 if case .publish(_, let name, let description, _) = change.unkeyed.change {
                                     committed.append(.published(id: id, name: name, description: description))
@@ -440,6 +441,7 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
     /// a user connected or gone offline to `presenceChanged`.
     static func decide(
         _ change: DirectoryChange, in db: Database, refused: (_ connectedFrom: String) -> Void = { _ in },
+        keyRefused: () -> Void = {},
         published: (_ id: Int64) -> Void = { _ in }, deleted: (_ ids: [Int64]) -> Void = { _ in },
         presenceChanged: (_ user: String, _ online: Bool) -> Void = { _, _ in }
     ) throws -> ResultCode {
@@ -454,6 +456,7 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
         }
         switch DirectoryRules.keyGate(change, boundKey: boundKey) {
         case .refuse(let code):
+            keyRefused()
             return code
         case .proceed(let change, let bind):
             let code = try decideUnkeyed(

@@ -82,6 +82,13 @@ import Testing
                 #expect(try await setting.plain(.unregister(user: "alice"), from: address) == 2)
                 #expect(try await setting.plain(.register(user: "alice"), from: address) == 1)
             }
+            // The server says why on its stderr (nothing of the key in it).
+            let server = setting.server.withLock { $0 }
+            try await waitUntil("the refusal logged") {
+                server.process.stderrLines.contains {
+                    $0.contains("CONNECT of alice refused: the user is bound to a key and the request was plain")
+                }
+            }
             // Another client of ours, with another key, fares no better, and says why.
             let mallory = try setting.client("mallory", key: "mallory.key")
             #expect(try await mallory.run("CONNECT alice") == "c> CONNECT FAIL")

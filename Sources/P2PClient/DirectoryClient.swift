@@ -61,13 +61,14 @@ public struct DirectoryClient: Sendable {
 
     /// Sends `request`, keyed when it is a change of a user and the server has keys.
     public func send(_ request: Request) async throws(DirectoryClientError) -> Reply {
-        guard let keyed, request.operation.isKeyable, request.proof == nil,
-            await keyed.isKeyed(request.user, via: self, dateTime: request.dateTime)
-        else { return try await sendPlain(request) }
-        // A session the server does not know (restarted; another server of a cluster): opened
-        // again once.
-        for _ in 0..<2 {
-            let proved = try await proved(request, keyed)
+        guard request.proof == nil, let first = try await keyedForm(of: request), let keyed else {
+            return try await sendPlain(request)
+        }
+        // A session the server does not know (its ticket expired, or sealed by another
+        // directory): opened again once.
+        var proved = first
+        for attempt in 0..<2 {
+            if attempt > 0 { proved = try await self.proved(request, keyed) }
             switch try await exchange(proved, decoder: KeyedReplyDecoder(operation: request.operation)) {
             case .verified(let reply): return reply
             case .unknownSession: await keyed.forget(user: request.user, session: proved.proof!.session)

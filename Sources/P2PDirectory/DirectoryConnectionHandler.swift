@@ -224,7 +224,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
             if key != nil {
                 // A keyed request's reply: its status (verified) first.
                 var keyed = ByteBuffer()
-                self.encoder.writeCode(ResultCode(rawValue: KeyedStatus.verified.rawValue)!, into: &keyed)
+                self.write(.verified, into: &keyed)
                 keyed.writeBuffer(&reply)
                 reply = keyed
             }
@@ -239,9 +239,14 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private func answerKeyed(_ request: Request, _ status: KeyedStatus, context: ChannelHandlerContext) {
         guard answered(request, code: request.operation.otherErrorCode, since: .now()) else { return }
         var buffer = ByteBuffer()
-        encoder.writeCode(ResultCode(rawValue: status.rawValue)!, into: &buffer)
+        write(status, into: &buffer)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// A keyed request's status, in the server's code encoding.
+    private func write(_ status: KeyedStatus, into buffer: inout ByteBuffer) {
+        encoder.writeCode(ResultCode(rawValue: status.rawValue)!, into: &buffer)
     }
 
     /// `IDENTIFY`: opens a keyed session (``ControlSessions/identify``) and answers its id and
@@ -313,7 +318,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     ) {
         guard answered(request, code: code, since: start) else { return }
         var buffer = ByteBuffer()
-        if request.proof != nil { encoder.writeCode(ResultCode(rawValue: KeyedStatus.verified.rawValue)!, into: &buffer) }
+        if request.proof != nil { write(.verified, into: &buffer) }
         encoder.writeCode(code, into: &buffer)
         guard code == .ok, let port, let controls else {
             let channel = context.channel

@@ -68,13 +68,14 @@ public final class KeyedSessions: Sendable {
         let issued = UInt64(Date().timeIntervalSince1970)
         guard let key = KeyedSession.sessionKey(mine, theirs: agreementKey, user: user, publicKey: publicKey)
         else { return .refused(3) }
-        var plain = Self.userHash(user)
+        let userHash = Self.userHash(user)
+        var plain = userHash
         plain += raw
         key.withUnsafeBytes { plain += $0 }
         withUnsafeBytes(of: issued.bigEndian) { plain += $0 }
         guard let sealed = try? ChaChaPoly.seal(plain, using: secret).combined else { return .refused(3) }
         let id = sealed.base64EncodedString()
-        remember(id, Session(userHash: Self.userHash(user), publicKey: canonical, key: key, issued: issued, lastUsed: 0))
+        remember(id, Session(userHash: userHash, publicKey: canonical, key: key, issued: issued, lastUsed: 0))
         return .opened(session: id, agreementKey: mine.publicKey.rawRepresentation.base64EncodedString())
     }
 

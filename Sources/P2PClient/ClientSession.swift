@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import Logging
+import P2PIdentity
 import P2PNetworkSupport
 import P2PProtocol
 import P2PTimeClient
@@ -64,6 +65,12 @@ public actor ClientSession {
     private var serverPunches = false
     /// Whether the server relays transfers no connection can be made for (it announces "relay").
     private var serverRelays = false
+    /// Whether the server binds users to keys (it announces "identity"): every owner's key is
+    /// then asked for before a download, and one bound to a key is reached over TLS only.
+    private var serverKeys = false
+    /// TLS with other peers of ours, proving this client's key (a throwaway one without an
+    /// identity: downloads still check the owner's); nil if it could not be set up.
+    private let peerTLS: PeerTLS?
     /// Owners no connection could be punched to, when and why: for ten minutes after, GET_FILE
     /// from them goes straight to the relay instead of trying again for seconds.
     private var punchFailures: [String: (at: ContinuousClock.Instant, reason: String)] = [:]
@@ -110,6 +117,12 @@ public actor ClientSession {
         self.output = output
         self.logger = logger
         sharing = FolderSharing(served: folder, output: output)
+        do {
+            peerTLS = try PeerTLS(identity: directory.identity ?? IdentityKey())
+        } catch {
+            output.diagnostic("\(error): downloads from users bound to a key will fail")
+            peerTLS = nil
+        }
     }
 
     /// Shares `path` from the next CONNECT on (the client's `--share` option): nothing printed
@@ -329,7 +342,11 @@ public actor ClientSession {
         // Serve before telling the server where: a peer may come as soon as it knows.
         let server: PeerFileServer
         do {
-            server = try await PeerFileServer.start(folder: folder, host: peerHost, limits: uploadLimits, logger: logger)
+            // Only a client with an identity offers TLS: without one its user is bound to no key,
+            // and nobody asks.
+            server = try await PeerFileServer.start(
+                folder: folder, host: peerHost, limits: uploadLimits, tls: directory.identity == nil ? nil : peerTLS,
+                logger: logger)
         } catch {
             output.diagnostic("cannot open a listening socket for peers: \(error)")
             report(.connect, nil)
@@ -453,6 +470,7 @@ public actor ClientSession {
         let directory = self.directory
         serverPunches = capabilities.contains(ServerCapabilities.punch)
         serverRelays = capabilities.contains(ServerCapabilities.relay)
+        serverKeys = capabilities.contains(ServerCapabilities.identity)
         // Connections opened at the server's request (to downloaders, to rendezvous, to the
         // relay), at most this many at once whatever arrives on the control connection.
         let outgoing = OutgoingConnections(limit: 16)
@@ -509,6 +527,7 @@ public actor ClientSession {
         control = nil
         serverPunches = false
         serverRelays = false
+        serverKeys = false
         await peerServer?.stop()
         peerServer = nil
         connectedUser = nil
@@ -566,7 +585,9 @@ public actor ClientSession {
         var sources: [PeerSource] = []
         for name in owners {
             if let peer = users.first(where: { $0.name == name }), let port = Int(peer.port) {
-                if let source = await route(PeerSource(owner: name, host: peer.ip, port: port), remoteName: remoteName) {
+                if let source = await pinned(PeerSource(owner: name, host: peer.ip, port: port)),
+                    let source = await route(source, remoteName: remoteName)
+                {
                     sources.append(source)
                 }
             } else {
@@ -600,6 +621,32 @@ public actor ClientSession {
         } catch {
             output.diagnostic("GET_FILE \(remoteName) from \(owner): \(error)")
             return ResultLine.getFileFail
+        }
+    }
+
+    /// `source` pinned to its owner's key when the directory holds one: every connection to it
+    /// then runs TLS and goes on only with a peer that proves that key. Nil (with the reason)
+    /// when the server binds keys but cannot say this owner's now: a download in clear from a
+    /// user who may be bound is not an option.
+    private func pinned(_ source: PeerSource) async -> PeerSource? {
+        guard serverKeys else { return source }
+        guard let control else {
+            output.diagnostic(
+                "GET_FILE: cannot learn \(source.owner)'s key: this client has no control connection to the directory server now")
+            return nil
+        }
+        do {
+            guard let key = try await control.key(of: source.owner) else { return source }
+            guard let peerTLS else {
+                output.diagnostic("GET_FILE: \(source.owner) is bound to a key, and this client cannot run TLS to check it")
+                return nil
+            }
+            var pinned = source
+            pinned.pin = PeerPin(key: key, tls: peerTLS)
+            return pinned
+        } catch {
+            output.diagnostic("GET_FILE: \(error); nothing was downloaded from \(source.owner)")
+            return nil
         }
     }
 

@@ -103,6 +103,20 @@ final class ControlConnection: Sendable {
         }
     }
 
+    /// What the directory says of `user`'s key (docs/PROTOCOL.md, "Encrypted transfers"): the
+    /// bound public key, nil when the user is bound to none. Throws when the server did not
+    /// answer, or could not tell: a downloader must not take that for "no key".
+    func key(of user: String) async throws(DownloadError) -> String? {
+        guard case .keyReply(_, let key)? = await ask({ .keyRequest(id: $0, user: user) }) else {
+            throw .unreachable("the directory server did not answer the question of \(user)'s key")
+        }
+        switch key {
+        case ControlMessage.noKey: return nil
+        case ControlMessage.unknownKey: throw .unreachable("the directory server cannot tell \(user)'s key now")
+        default: return key
+        }
+    }
+
     /// Asks the server to have `owner` connect to this client; the token it will present.
     func reverse(owner: String) async throws(DownloadError) -> String {
         guard case .reverseReply(_, let code, let token)? = await ask({ .reverseRequest(id: $0, owner: owner) }) else {
@@ -334,7 +348,7 @@ final class ControlConnection: Sendable {
             var buffer = channel.allocator.buffer(capacity: 8)
             guard (try? ControlMessage.ping.encode(into: &buffer)) != nil else { return }
             channel.writeAndFlush(buffer, promise: nil)
-        case .whoRequest, .reverseRequest, .punchRequest, .relayRequest:
+        case .whoRequest, .keyRequest, .reverseRequest, .punchRequest, .relayRequest:
             break
         case .relayTo(let token):
             onRelayTo(token)
@@ -344,7 +358,7 @@ final class ControlConnection: Sendable {
             keepaliveMilliseconds.store(milliseconds, ordering: .relaxed)
         case .reachability(let reachable):
             state.withLock { $0.reachable = reachable }
-        case .whoReply(let id, _), .reverseReply(let id, _, _), .punchReply(let id, _, _), .relayReply(let id, _, _):
+        case .whoReply(let id, _), .keyReply(let id, _), .reverseReply(let id, _, _), .punchReply(let id, _, _), .relayReply(let id, _, _):
             answer(id, with: message)
         case .dial(let token, let host, let port):
             guard let port = Int(port), (1...65535).contains(port) else { return }

@@ -26,6 +26,8 @@ public enum DownloadError: Error, Equatable, CustomStringConvertible {
     case tooLarge(size: Int64, reason: String)
     /// The whole file arrived but its SHA-256 is not the one its owners announced.
     case digestMismatch(expected: String, got: String)
+    /// The peer did not prove the owner's key (or does not offer TLS to prove it with): why.
+    case unverified(String)
 
     public var description: String {
         switch self {
@@ -39,6 +41,7 @@ public enum DownloadError: Error, Equatable, CustomStringConvertible {
         case .digestMismatch(let expected, let got):
             return "the file arrived damaged: its SHA-256 is \(got.prefix(16))..., the owner's \(expected.prefix(16))...; "
                 + "nothing was kept"
+        case .unverified(let reason): return "\(reason); nothing was downloaded"
         }
     }
 }

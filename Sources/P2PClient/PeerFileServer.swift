@@ -1,6 +1,8 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import P2PIdentity
 import P2PNetworkSupport
 import P2PProtocol
 import Synchronization
@@ -11,6 +13,11 @@ import Synchronization
 
 /// A connection that ended before sending a byte (older directory servers checked peers so).
 struct PeerConnectionWasEmpty: Error {}
+
+/// The file was shorter than when the upload began (it changed meanwhile).
+struct FileShrank: Error, CustomStringConvertible {
+    var description: String { "the file shrank while it was being sent" }
+}
 
 struct PeerRequestTimedOut: Error, CustomStringConvertible {
     var description: String { "no complete GET_FILE request within 10 s" }
@@ -121,6 +128,9 @@ public final class PeerFileServer: Sendable {
         let maxUploads: Int
         let maxConnectionsPerAddress: Int
         let stallTimeout: Duration
+        /// This client's TLS, when it has an identity to prove (downloaders of a user bound to
+        /// a key ask for it, ``PeerRequest/tls``).
+        let tls: PeerTLS?
         /// Downloads being served now.
         let uploads = Atomic<Int>(0)
         /// Connections owners opened to this client for its downloads (reversed connections).
@@ -129,9 +139,10 @@ public final class PeerFileServer: Sendable {
         /// many come from each address.
         private let open = Mutex<(channels: [ObjectIdentifier: any Channel], perAddress: [String: Int])>(([:], [:]))
 
-        init(folder: SharedFolder, logger: Logger, limits: UploadLimits) {
+        init(folder: SharedFolder, logger: Logger, limits: UploadLimits, tls: PeerTLS?) {
             self.folder = folder
             self.logger = logger
+            self.tls = tls
             limiter = limits.bytesPerSecond.map { UploadLimiter(bytesPerSecond: $0) }
             maxUploads = limits.maxUploads
             maxConnectionsPerAddress = limits.maxConnectionsPerAddress
@@ -175,6 +186,7 @@ public final class PeerFileServer: Sendable {
         folder: SharedFolder,
         host: String? = nil,
         limits: UploadLimits = UploadLimits(),
+        tls: PeerTLS? = nil,
         logger: Logger
     ) async throws -> PeerFileServer {
         let accepted = AcceptedConnections()
@@ -198,7 +210,7 @@ public final class PeerFileServer: Sendable {
         } else {
             channel = try await bind("0.0.0.0")
         }
-        return PeerFileServer(channel: channel, accepted: accepted, folder: folder, limits: limits, logger: logger)
+        return PeerFileServer(channel: channel, accepted: accepted, folder: folder, limits: limits, tls: tls, logger: logger)
     }
 
     private init(
@@ -206,12 +218,13 @@ public final class PeerFileServer: Sendable {
         accepted: AcceptedConnections,
         folder: SharedFolder,
         limits: UploadLimits,
+        tls: PeerTLS?,
         logger: Logger
     ) {
         serverChannel = channel
         self.accepted = accepted
         port = channel.channel.localAddress?.port ?? 0
-        let context = Context(folder: folder, logger: logger, limits: limits)
+        let context = Context(folder: folder, logger: logger, limits: limits, tls: tls)
         self.context = context
         task = Task {
             try? await withThrowingDiscardingTaskGroup { group in
@@ -326,31 +339,49 @@ public final class PeerFileServer: Sendable {
         _ = try? await (channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
         do {
             try await connection.executeThenClose { inbound, outbound in
-                let request: FileRequest
+                var request: FileRequest
                 // One reader at a time: this task, or the download a reversed connection is for.
                 let box = PeerLink.Inbound(inbound.makeAsyncIterator())
                 try await prelude?(box, outbound)
-                do {
-                    // A peer that never completes its request is dropped after 10 s.
-                    request = try await withTimeout(.seconds(10), error: PeerRequestTimedOut()) {
-                        var decoder = FileRequestDecoder()
-                        var sawBytes = false
-                        while var chunk = try await box.next() {
-                            sawBytes = true
-                            if let request = try decoder.decode(&chunk) { return request }
+                // The key a downloader proved over TLS, once it asked for TLS.
+                var downloaderKey: Data?
+                while true {
+                    do {
+                        // A peer that never completes its request is dropped after 10 s.
+                        request = try await withTimeout(.seconds(10), error: PeerRequestTimedOut()) {
+                            var decoder = FileRequestDecoder()
+                            var sawBytes = false
+                            while var chunk = try await box.next() {
+                                sawBytes = true
+                                if let request = try decoder.decode(&chunk) { return request }
+                            }
+                            if !sawBytes { throw PeerConnectionWasEmpty() }
+                            throw decoder.finish()
                         }
-                        if !sawBytes { throw PeerConnectionWasEmpty() }
-                        throw decoder.finish()
+                    } catch is PeerConnectionWasEmpty {
+                        // Nothing to answer (how directory servers before the GET_FILE check probed).
+                        logger.debug("empty connection from \(peer)")
+                        return
+                    } catch {
+                        logger.notice("bad GET_FILE request from \(peer): \(error)")
+                        try await Self.finish(channel, code: FileReplyCode.otherError)
+                        return
                     }
-                } catch is PeerConnectionWasEmpty {
-                    // Nothing to answer (how directory servers before the GET_FILE check probed).
-                    logger.debug("empty connection from \(peer)")
-                    return
-                } catch {
-                    logger.notice("bad GET_FILE request from \(peer): \(error)")
-                    try await Self.finish(channel, code: FileReplyCode.otherError)
-                    return
+                    // TLS once, then the downloader's request inside it.
+                    guard downloaderKey == nil, let tls = context.tls, PeerRequest(fileName: request.fileName) == .tls
+                    else { break }
+                    do {
+                        downloaderKey = try await withTimeout(.seconds(10), error: PeerRequestTimedOut()) {
+                            try await tls.accept(on: channel)
+                        }
+                    } catch {
+                        logger.notice("TLS with \(peer) failed: \(error)")
+                        return
+                    }
                 }
+                // The downloader as the log shows it (with --verbose): its address, and the key
+                // it proved when it came over TLS.
+                let downloader = downloaderKey.map { "\(peer) (TLS, key \(IdentityKey.fingerprint(ofPublicKey: $0)))" } ?? peer
                 let name: String
                 var range: (offset: Int64, length: Int64)?
                 switch PeerRequest(fileName: request.fileName) {
@@ -367,7 +398,7 @@ public final class PeerFileServer: Sendable {
                         if !context.reversed.deliver(token, handed) { handed.done() }
                     }
                     return
-                case .peerCheck?, .unknownReserved?:
+                case .peerCheck?, .unknownReserved?, .tls?:
                     // The directory server's peer check, many a minute: answered without a log
                     // line and without touching the disk.
                     try await Self.finish(channel, code: FileReplyCode.noSuchFile)
@@ -381,7 +412,7 @@ public final class PeerFileServer: Sendable {
                 }
                 let opened = try await NIOThreadPool.singleton.runIfActive { context.folder.open(name) }
                 guard let (descriptor, size) = opened else {
-                    logger.info("GET_FILE \(name) from \(peer): no such file")
+                    logger.info("GET_FILE \(name) from \(downloader): no such file")
                     try await Self.finish(channel, code: FileReplyCode.noSuchFile)
                     return
                 }
@@ -407,8 +438,8 @@ public final class PeerFileServer: Sendable {
                 channel.write(IOData.byteBuffer(code), promise: nil)
                 try await Self.send(
                     handle, from: Int(start), to: Int(end), on: channel, limiter: context.limiter,
-                    stallTimeout: context.stallTimeout)
-                logger.info("GET_FILE \(name) to \(peer): \(end - start) bytes")
+                    stallTimeout: context.stallTimeout, encrypted: downloaderKey != nil)
+                logger.info("GET_FILE \(name) to \(downloader): \(end - start) bytes")
                 try await Self.closeGracefully(channel)
             }
         } catch {
@@ -421,12 +452,18 @@ public final class PeerFileServer: Sendable {
     /// between them.
     static let sendSlice = 8 << 20
 
+    /// Bytes read and encrypted at once under TLS (two in flight: the memory an upload holds).
+    static let encryptedSlice = 1 << 20
+
+    /// Reads for uploads over TLS, on NIO's thread pool.
+    private static let fileIO = NonBlockingFileIO(threadPool: .singleton)
+
     /// Bytes `start..<end` of the file with sendfile, in slices: as fast as the downloader takes
     /// them, or on the upload limiter's schedule. A slice not taken within `stallTimeout`
     /// closes the connection.
     private static func send(
         _ handle: NIOFileHandle, from start: Int, to end: Int, on channel: any Channel, limiter: UploadLimiter?,
-        stallTimeout: Duration
+        stallTimeout: Duration, encrypted: Bool
     ) async throws {
         guard end > start else {
             try await channel.writeAndFlush(IOData.byteBuffer(ByteBuffer())).get()
@@ -444,13 +481,24 @@ public final class PeerFileServer: Sendable {
                 throw channel.isActive ? error : UploadStalled(timeout: stallTimeout)
             }
         }
+        /// Writes bytes `from..<to`: handed to sendfile, or, under TLS (which must see the bytes to
+        /// encrypt them), read into memory first.
+        func write(_ from: Int, _ to: Int) async throws -> EventLoopFuture<Void> {
+            guard encrypted else {
+                return channel.writeAndFlush(IOData.fileRegion(FileRegion(fileHandle: handle, readerIndex: from, endIndex: to)))
+            }
+            let bytes = try await fileIO.read(
+                fileHandle: handle, fromOffset: Int64(from), byteCount: to - from, allocator: channel.allocator)
+            guard bytes.readableBytes == to - from else { throw FileShrank() }
+            return channel.writeAndFlush(bytes)
+        }
         guard let limiter else {
             var inFlight: [EventLoopFuture<Void>] = []
             var offset = start
+            let sliceSize = encrypted ? encryptedSlice : sendSlice
             while offset < end {
-                let next = min(end, offset + sendSlice)
-                let region = FileRegion(fileHandle: handle, readerIndex: offset, endIndex: next)
-                inFlight.append(channel.writeAndFlush(IOData.fileRegion(region)))
+                let next = min(end, offset + sliceSize)
+                inFlight.append(try await write(offset, next))
                 offset = next
                 if inFlight.count == 2 { try await taken(inFlight.removeFirst()) }
             }
@@ -464,8 +512,7 @@ public final class PeerFileServer: Sendable {
             let next = min(end, offset + slice)
             let due = limiter.reserve(next - offset)
             if due > .now { try await Task.sleep(until: due) }
-            let region = FileRegion(fileHandle: handle, readerIndex: offset, endIndex: next)
-            try await taken(channel.writeAndFlush(IOData.fileRegion(region)))
+            try await taken(try await write(offset, next))
             offset = next
         }
     }

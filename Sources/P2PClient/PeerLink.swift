@@ -232,7 +232,9 @@ enum PeerConnection {
         guard let reversal = source.reversal else {
             let channel = try await open(source.host, source.port, idleTimeout: idleTimeout)
             return try await channel.executeThenClose { inbound, outbound in
-                try await body(PeerLink(inbound: PeerLink.Inbound(inbound.makeAsyncIterator()), outbound: outbound))
+                let link = PeerLink(inbound: PeerLink.Inbound(inbound.makeAsyncIterator()), outbound: outbound)
+                try await secure(link, on: channel.channel, for: source)
+                return try await body(link)
             }
         }
         let token = try await reversal.request()
@@ -252,7 +254,9 @@ enum PeerConnection {
         }
         defer { handed.done() }
         try await addReadTimeout(idleTimeout, to: handed.channel)
-        return try await body(PeerLink(inbound: handed.link, outbound: handed.outbound))
+        let link = PeerLink(inbound: handed.link, outbound: handed.outbound)
+        try await secure(link, on: handed.channel, for: source)
+        return try await body(link)
     }
 
     /// `body` over a connection punched through both NATs, or, when punching fails and the
@@ -302,8 +306,16 @@ enum PeerConnection {
             guard let hello, PeerRequest(fileName: hello.fileName) == .reversed(token: token) else {
                 throw DownloadError.unreachable("the connection to \(source.owner) did not present the token")
             }
+            try await secure(link, on: channel.channel, for: source)
             return try await body(link)
         }
+    }
+
+    /// TLS on `link` when `source` is pinned to a key (whichever way the connection came); the
+    /// requests that follow travel inside it.
+    private static func secure(_ link: PeerLink, on channel: any Channel, for source: PeerSource) async throws {
+        guard let pin = source.pin else { return }
+        try await pin.tls.secure(link, on: channel, owner: source.owner, ownerKey: pin.key)
     }
 
     /// The downloader's idle timeout on a connection it did not open itself (a reversed,

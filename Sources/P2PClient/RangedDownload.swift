@@ -21,6 +21,9 @@ public struct PeerSource: Sendable, Hashable {
     public var reversal: Reversal?
     /// Set when the owner and this client are both behind NATs: connections are punched.
     public var punch: HolePunch?
+    /// Set for an owner bound to a key: its public key (base64, from the directory) and this
+    /// client's TLS, with which every connection to it is encrypted and the key checked.
+    public var pin: PeerPin?
 
     public init(owner: String, host: String, port: Int, reversal: Reversal? = nil, punch: HolePunch? = nil) {
         self.owner = owner
@@ -28,6 +31,18 @@ public struct PeerSource: Sendable, Hashable {
         self.port = port
         self.reversal = reversal
         self.punch = punch
+    }
+}
+
+/// What a connection to an owner bound to a key must prove: the key the directory holds for it
+/// (base64), checked by this client's TLS.
+public struct PeerPin: Sendable, Hashable {
+    public var key: String
+    public var tls: PeerTLS
+
+    public init(key: String, tls: PeerTLS) {
+        self.key = key
+        self.tls = tls
     }
 }
 

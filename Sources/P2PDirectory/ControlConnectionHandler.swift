@@ -127,6 +127,18 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
                 let route = await sessions.route(of: user)
                 ControlSessions.send(.whoReply(id: id, route: route), on: channel)
             }
+        case .keyRequest(let id, let user):
+            // Answered as WHO is, out of the same allowance: it is asked before every download.
+            guard takeWhoToken() else {
+                endReason = "sent WHO and KEY requests faster than 100 a second"
+                channel.close(promise: nil)
+                return
+            }
+            let sessions = self.sessions
+            Task {
+                let key = await sessions.key(of: user)
+                ControlSessions.send(.keyReply(id: id, key: key), on: channel)
+            }
         case .reverseRequest(let id, let owner):
             guard takeRequestToken() else {
                 ControlSessions.send(.reverseReply(id: id, code: 2, token: ""), on: channel)
@@ -152,7 +164,7 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
             }
             let (code, token) = sessions.relay(requester: user, owner: owner)
             ControlSessions.send(.relayReply(id: id, code: code, token: token), on: channel)
-        case .keepalive, .reachability, .whoReply, .reverseReply, .dial, .punchReply, .meet, .relayReply, .relayTo:
+        case .keepalive, .reachability, .whoReply, .keyReply, .reverseReply, .dial, .punchReply, .meet, .relayReply, .relayTo:
             // The server's own messages: a client has no business sending them.
             logger.debug("control connection of \(user): ignoring a server message from the client")
         }

@@ -122,6 +122,17 @@ public final class ControlSessions: Sendable {
     /// A user bound to a key gets its control connection only from a request proven by that
     /// key (`key`); anyone else's, from its own address too (a neighbour behind the same NAT),
     /// is answered 3.
+    /// The answer to `KEY`: the public key `user` is bound to, ``ControlMessage/noKey``, or
+    /// ``ControlMessage/unknownKey`` when the directory cannot be read.
+    func key(of user: String) async -> String {
+        do {
+            return try await store.boundKey(of: user) ?? ControlMessage.noKey
+        } catch {
+            logger.warning("KEY for \(user): cannot read the directory: \(error)")
+            return ControlMessage.unknownKey
+        }
+    }
+
     func admit(user: String, from ip: String, key: String? = nil) async -> (code: ResultCode, port: String?) {
         let presence: Presence
         let boundKey: String?

@@ -58,6 +58,11 @@ public enum ControlMessage: Sendable, Hashable {
     case whoRequest(id: String, user: String)
     /// `WHO_IS·<id>·<route>·`, server to client.
     case whoReply(id: String, route: PeerRoute)
+    /// `KEY·<id>·<user>·`, client to server: the public key `user` is bound to.
+    case keyRequest(id: String, user: String)
+    /// `KEY_IS·<id>·<key>·`, server to client: the bound public key (base64), or
+    /// ``ControlMessage/noKey`` when the user is not bound (a third-party client's, or unknown).
+    case keyReply(id: String, key: String)
     /// `REVERSE·<id>·<owner>·`, client to server: have `owner` connect to this client's
     /// listening port.
     case reverseRequest(id: String, owner: String)
@@ -86,6 +91,12 @@ public enum ControlMessage: Sendable, Hashable {
     /// with it, then connect to the address it answers), present the token and serve.
     case meet(token: String)
 
+    /// What ``keyReply(id:key:)`` says for a user bound to no key.
+    public static let noKey = "-"
+    /// What ``keyReply(id:key:)`` says when the server cannot tell now (its store failed): not
+    /// "no key", so that a downloader never takes a failure for a user without one.
+    public static let unknownKey = "?"
+
     /// The message's fields, its name first (as on the wire).
     public var fields: [String] {
         switch self {
@@ -94,6 +105,8 @@ public enum ControlMessage: Sendable, Hashable {
         case .reachability(let reachable): return ["REACHABLE", reachable ? "1" : "0"]
         case .whoRequest(let id, let user): return ["WHO", id, user]
         case .whoReply(let id, let route): return ["WHO_IS", id, route.rawValue]
+        case .keyRequest(let id, let user): return ["KEY", id, user]
+        case .keyReply(let id, let key): return ["KEY_IS", id, key]
         case .reverseRequest(let id, let owner): return ["REVERSE", id, owner]
         case .reverseReply(let id, let code, let token): return ["REVERSING", id, String(code), token]
         case .dial(let token, let host, let port): return ["DIAL", token, host, port]
@@ -108,7 +121,7 @@ public enum ControlMessage: Sendable, Hashable {
 
     /// How many fields follow each message's name.
     static let argumentCounts: [String: Int] = [
-        "PING": 0, "KEEPALIVE": 1, "REACHABLE": 1, "WHO": 2, "WHO_IS": 2, "REVERSE": 2, "REVERSING": 3, "DIAL": 3,
+        "PING": 0, "KEEPALIVE": 1, "REACHABLE": 1, "WHO": 2, "WHO_IS": 2, "KEY": 2, "KEY_IS": 2, "REVERSE": 2, "REVERSING": 3, "DIAL": 3,
         "PUNCH": 2, "PUNCHING": 3, "MEET": 1, "RELAY": 2, "RELAYING": 3, "RELAY_TO": 1,
     ]
 
@@ -132,6 +145,8 @@ public enum ControlMessage: Sendable, Hashable {
         case "WHO_IS":
             guard let route = PeerRoute(rawValue: a[1]) else { throw .invalidCount(a[1]) }
             self = .whoReply(id: a[0], route: route)
+        case "KEY": self = .keyRequest(id: a[0], user: a[1])
+        case "KEY_IS": self = .keyReply(id: a[0], key: a[1])
         case "REVERSE": self = .reverseRequest(id: a[0], owner: a[1])
         case "REVERSING":
             guard let code = Int(a[1]) else { throw .invalidCount(a[1]) }

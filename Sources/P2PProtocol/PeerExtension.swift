@@ -24,12 +24,17 @@ public enum PeerRequest: Sendable, Hashable {
     /// answered: the downloader that expects `token` now sends its own requests on this
     /// connection, and the owner serves them.
     case reversed(token: String)
+    /// `GET_FILE·/.p2p-reserved/v1/tls·`: the downloader asks for TLS. Our owner with an identity
+    /// answers `0·` and the two run a TLS 1.3 handshake on the same connection (the downloader
+    /// as the TLS client), then the downloader's request follows inside it.
+    case tls
     /// Any other reserved name (from a newer peer): answered 1.
     case unknownReserved
 
     static let infoPrefix = ReservedFileName.folder + "v1/info/"
     static let rangePrefix = ReservedFileName.folder + "v1/range/"
     static let reversedPrefix = ReservedFileName.folder + "v1/reversed/"
+    static let tlsName = ReservedFileName.folder + "v1/tls"
 
     /// The reserved file name to send, nil when it would not fit in a field.
     public var fileName: String? {
@@ -39,6 +44,7 @@ public enum PeerRequest: Sendable, Hashable {
         case .info(let file): name = Self.infoPrefix + file
         case .range(let offset, let length, let file): name = Self.rangePrefix + "\(offset)-\(length)/" + file
         case .reversed(let token): name = Self.reversedPrefix + token
+        case .tls: return Self.tlsName
         case .unknownReserved: return nil
         }
         return name.utf8.count <= ProtocolLimits.maxFieldBytes ? name : nil
@@ -49,6 +55,8 @@ public enum PeerRequest: Sendable, Hashable {
         guard ReservedFileName.isReserved(fileName) else { return nil }
         if fileName == ReservedFileName.peerCheck {
             self = .peerCheck
+        } else if fileName == Self.tlsName {
+            self = .tls
         } else if fileName.hasPrefix(Self.infoPrefix), fileName.utf8.count > Self.infoPrefix.utf8.count {
             self = .info(name: String(fileName.dropFirst(Self.infoPrefix.count)))
         } else if fileName.hasPrefix(Self.reversedPrefix), fileName.utf8.count > Self.reversedPrefix.utf8.count {

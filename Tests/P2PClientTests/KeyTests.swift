@@ -1,5 +1,7 @@
 import Foundation
 import NIOCore
+import P2PClient
+import P2PIdentity
 import P2PProtocol
 import P2PTestSupport
 import Testing
@@ -25,11 +27,12 @@ import Testing
         var port: Int { server.withLock { $0.port } }
 
         /// A client in a folder of its own, with the key in `key` (a file name in the setting).
-        func client(_ folderName: String, key: String) throws -> ClientProcess {
+        func client(_ folderName: String, key: String, arguments: [String] = []) throws -> ClientProcess {
             let directory = folder.file(folderName)
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             return try ClientProcess(
-                serverPort: port, timeURL: time.url, directory: directory, extraArguments: ["--identity", folder.file(key)])
+                serverPort: port, timeURL: time.url, directory: directory,
+                extraArguments: ["--identity", folder.file(key)] + arguments)
         }
 
         /// A plain request (as a third-party client sends) from `address`: its code.
@@ -180,6 +183,73 @@ import Testing
             let lost = try setting.client("alice", key: "lost.key")
             #expect(try await lost.run("CONNECT alice") == "c> CONNECT FAIL")
             _ = try await lost.finish()
+        }
+    }
+
+    /// The fingerprint `client` shows with IDENTITY.
+    static func fingerprint(of client: ClientProcess) async throws -> String {
+        let before = client.process.stdoutLines.count
+        #expect(try await client.run("IDENTITY") == "c> IDENTITY OK")
+        var line: String?
+        try await waitUntil("the fingerprint line") {
+            line = client.process.stdoutLines.dropFirst(before).first { $0.hasPrefix("fingerprint ") }
+            return line != nil
+        }
+        return String(line!.dropFirst("fingerprint ".count))
+    }
+
+    /// Between two clients of ours, GET_FILE runs over TLS pinned to the key the directory
+    /// holds for the owner; the owner's --verbose log names the downloader's key. When the
+    /// directory lists the owner at an address where another client of ours listens (her old
+    /// address, say, now someone else's), the download fails and says why: nothing is fetched
+    /// from the impostor, though it serves a file of that name.
+    @Test func downloadsArePinnedToTheOwnersKey() async throws {
+        try await Self.with("keys-pinned") { setting in
+            let content = Data(String(repeating: "alice's notes\n", count: 5000).utf8)
+            try FileManager.default.createDirectory(atPath: setting.folder.file("alice"), withIntermediateDirectories: true)
+            try content.write(to: URL(fileURLWithPath: setting.folder.file("alice/notes.txt")))
+            let alice = try setting.client("alice", key: "alice.key", arguments: ["--verbose"])
+            for command in ["REGISTER alice", "CONNECT alice", "PUBLISH notes.txt my notes"] {
+                #expect(try await alice.run(command).hasSuffix(" OK"), "\(command)")
+            }
+            let bob = try setting.client("bob", key: "bob.key")
+            #expect(try await bob.run("REGISTER bob") == "c> REGISTER OK")
+            #expect(try await bob.run("CONNECT bob") == "c> CONNECT OK")
+            let bobsKey = try await Self.fingerprint(of: bob)
+            let alicesKey = try await Self.fingerprint(of: alice)
+            #expect(try await bob.run("GET_FILE alice notes.txt copy.txt") == "c> GET_FILE OK")
+            try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: setting.folder.file("bob/copy.txt"))), content)
+            try await waitUntil("alice's log of the upload (\(alice.process.stderrLines.suffix(4)))") {
+                alice.process.stderrLines.contains {
+                    $0.contains("GET_FILE notes.txt to ") && $0.contains("(TLS, key \(bobsKey))")
+                }
+            }
+            _ = try await alice.finish()
+
+            // mallory serves a notes.txt of her own at her port; the directory is made to list
+            // alice there (a CONNECT keyed by alice's key: only the port is another's).
+            try FileManager.default.createDirectory(atPath: setting.folder.file("mallory"), withIntermediateDirectories: true)
+            try Data("forged".utf8).write(to: URL(fileURLWithPath: setting.folder.file("mallory/notes.txt")))
+            let mallory = try setting.client("mallory", key: "mallory.key")
+            for command in ["REGISTER mallory", "CONNECT mallory", "PUBLISH notes.txt forged"] {
+                #expect(try await mallory.run(command).hasSuffix(" OK"), "\(command)")
+            }
+            let malloryKey = try await Self.fingerprint(of: mallory)
+            let directory = DirectoryClient(
+                host: "127.0.0.1", port: setting.port, identity: try IdentityKey.load(from: setting.folder.file("alice.key")))
+            let listed = try await directory.send(Request(dateTime: Self.dateTime, command: .listUsers(user: "bob")))
+            guard case .users(let users) = listed, let port = users.first(where: { $0.name == "mallory" })?.port else {
+                Issue.record("mallory is not listed: \(listed)")
+                return
+            }
+            #expect(try await directory.send(Request(dateTime: Self.dateTime, command: .connect(user: "alice", port: port))).code == 0)
+
+            let before = bob.process.stderrLines.count
+            #expect(try await bob.run("GET_FILE alice notes.txt stolen.txt") == "c> GET_FILE FAIL")
+            let said = bob.process.stderrLines.dropFirst(before).joined(separator: "\n")
+            #expect(said.contains("is not alice") && said.contains(malloryKey) && said.contains(alicesKey), "\(said)")
+            #expect(!FileManager.default.fileExists(atPath: setting.folder.file("bob/stolen.txt")))
+            for client in [bob, mallory] { _ = try await client.finish() }
         }
     }
 }

@@ -36,11 +36,11 @@ struct NATTraversalTests {
         /// A client on a host of its own (behind a NAT of the given kind, or public when nil)
         /// whose user is registered and connected, after it ran `then`.
         func connectedUser(
-            _ name: String, behind nat: NAT?, then commands: [String] = []
+            _ name: String, behind nat: NAT?, then commands: [String] = [], arguments: [String] = []
         ) async throws -> ClientProcess {
             let host = try nat.map { try internet.addHomeHost(name, symmetric: $0 == .symmetric) }
                 ?? internet.addPublicHost(name)
-            let client = try self.client(name, on: host)
+            let client = try self.client(name, on: host, arguments: arguments)
             for command in ["REGISTER \(name)", "CONNECT \(name)"] + commands {
                 let line = try await client.run(command)
                 #expect(line.hasSuffix(" OK"), "\(name): \(command): \(line)")
@@ -57,6 +57,13 @@ struct NATTraversalTests {
     }
 
     enum NAT { case ordinary, symmetric }
+
+    /// Whether `owner` (run with --verbose) logged serving `name` over TLS to the client whose
+    /// key is `downloader`'s: the transfer was end to end, whatever carried it.
+    static func servedOverTLS(_ name: String, by owner: ClientProcess, to downloader: ClientProcess) async throws -> Bool {
+        let key = try await KeyTests.fingerprint(of: downloader)
+        return owner.process.stderrLines.contains { $0.contains("GET_FILE \(name) to ") && $0.contains("(TLS, key \(key))") }
+    }
 
     static func randomFile(_ size: Int, at path: String) throws -> Data {
         var content = Data(count: size)
@@ -105,7 +112,8 @@ struct NATTraversalTests {
         defer { world.internet.remove() }
         try FileManager.default.createDirectory(atPath: world.folder.file("alice"), withIntermediateDirectories: true)
         let content = try Self.randomFile(8 << 20, at: world.folder.file("alice/movie.bin"))
-        let alice = try await world.connectedUser("alice", behind: .ordinary, then: ["PUBLISH movie.bin holidays"])
+        let alice = try await world.connectedUser(
+            "alice", behind: .ordinary, then: ["PUBLISH movie.bin holidays"], arguments: ["--verbose"])
         let bob = try await world.connectedUser("bob", behind: nil)
 
         let before = world.internet.bytes(through: world.serverHost)
@@ -115,6 +123,7 @@ struct NATTraversalTests {
         #expect(bob.process.stderrLines.contains { $0.contains("alice is behind a NAT") && $0.contains("reversed") })
         // The server's host saw the requests, not the file.
         #expect(through < 64 * 1024, "\(through) bytes went through the server's host")
+        #expect(try await Self.servedOverTLS("movie.bin", by: alice, to: bob))
 
         for client in [alice, bob] { _ = try await client.finish() }
         await world.stop()
@@ -125,7 +134,8 @@ struct NATTraversalTests {
         defer { world.internet.remove() }
         try FileManager.default.createDirectory(atPath: world.folder.file("alice"), withIntermediateDirectories: true)
         let content = try Self.randomFile(8 << 20, at: world.folder.file("alice/movie.bin"))
-        let alice = try await world.connectedUser("alice", behind: .ordinary, then: ["PUBLISH movie.bin holidays"])
+        let alice = try await world.connectedUser(
+            "alice", behind: .ordinary, then: ["PUBLISH movie.bin holidays"], arguments: ["--verbose"])
         let dave = try await world.connectedUser("dave", behind: .ordinary)
 
         let tries = 5
@@ -138,6 +148,7 @@ struct NATTraversalTests {
             #expect(through < 64 * 1024, "\(through) bytes went through the server's host")
         }
         #expect(dave.process.stderrLines.filter { $0.contains("punching a connection") }.count == tries)
+        #expect(try await Self.servedOverTLS("movie.bin", by: alice, to: dave))
         for client in [alice, dave] { _ = try await client.finish() }
         await world.stop()
     }
@@ -168,7 +179,8 @@ struct NATTraversalTests {
         let content = try Self.randomFile(size, at: world.folder.file("alice/movie.bin"))
         try Data("small".utf8).write(to: URL(fileURLWithPath: world.folder.file("alice/small.txt")))
         let alice = try await world.connectedUser(
-            "alice", behind: .symmetric, then: ["PUBLISH movie.bin holidays", "PUBLISH small.txt note"])
+            "alice", behind: .symmetric, then: ["PUBLISH movie.bin holidays", "PUBLISH small.txt note"],
+            arguments: ["--verbose"])
         let dave = try await world.connectedUser("dave", behind: .symmetric)
         // The first GET_FILE finds that no connection can be punched, and relays.
         #expect(try await dave.run("GET_FILE alice small.txt small.txt", timeout: 60) == "c> GET_FILE OK")
@@ -187,6 +199,8 @@ struct NATTraversalTests {
         let seconds = Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18
         let rate = Double(content.count) / seconds
         #expect(abs(rate / Double(limit) - 1) < 0.1, "relayed at \(Int(rate)) bytes/s, the limit is \(limit); \(world.server.process.stderrLines.suffix(6))")
+        // End to end: the relay carried the TLS both ends ran, and only its ciphertext.
+        #expect(try await Self.servedOverTLS("movie.bin", by: alice, to: dave))
         for client in [alice, dave] { _ = try await client.finish() }
         await world.stop()
     }

@@ -24,6 +24,8 @@ measured in the same run:
     statements with as many clients (the database's own floor); three servers behind HAProxy
     against one server direct, with the CPU each part used;
   - keys: CONNECT and DISCONNECT of a keyed user (its proof) against an unkeyed user's;
+  - TLS: a download from an owner bound to a key (TLS 1.3) against one from an owner bound to
+    none (plain), with the CPU both ends use per GiB;
   - database tier under Patroni: REGISTER with the synchronous replica against the primary alone;
     a failover's time until requests succeed again (against the goal of 15 s) and the acknowledged
     changes lost (0).
@@ -1901,9 +1903,87 @@ def keys_benchmark(work):
         stop(server)
 
 
+def tls_benchmark(work):
+    """GET_FILE between peers of ours over TLS (an owner bound to a key) against the same from an
+    owner bound to none (`--no-identity`: plain, sendfile), one receiver, the same file (hashed by
+    both owners already), alternating, three rounds each; with the CPU both ends used per GiB."""
+    log("tls: a pinned, encrypted download against a plain one")
+    base = os.path.join(work, "tls")
+    folders = {name: os.path.join(base, name) for name in ("keyed", "plain", "recv")}
+    for folder in folders.values():
+        os.makedirs(folder)
+    mib = min(FILE_MIB, 1024)
+    make_file(os.path.join(folders["keyed"], "big.bin"), mib)
+    os.link(os.path.join(folders["keyed"], "big.bin"), os.path.join(folders["plain"], "big.bin"))
+    server_port, time_port = free_port(), free_port()
+    server = start_server(os.path.join(base, "directory"), server_port)
+    service = subprocess.Popen([os.path.join(BIN, "p2p-time"), "--port", str(time_port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(time_port)
+    clients = []
+
+    def start_client(name, commands, wanted, extra=()):
+        errors = open(os.path.join(base, f"{name}.err"), "w+")
+        environment = dict(os.environ, XDG_CONFIG_HOME=os.path.join(base, f"{name}.config"),
+                           XDG_STATE_HOME=os.path.join(base, f"{name}.state"))
+        client = subprocess.Popen([os.path.join(BIN, "p2p-client"), "-s", "127.0.0.1", "-p", str(server_port),
+                                   "--time-service", f"http://127.0.0.1:{time_port}", *extra],
+                                  cwd=folders[name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                                  text=True, bufsize=1, env=environment)
+        clients.append(client)
+        client.stdin.write("".join(f"{c}\n" for c in commands))
+        client.stdin.flush()
+        read_until(client, wanted)
+        return client
+
+    try:
+        owners = {
+            "keyed": start_client("keyed", ["REGISTER keyedowner", "CONNECT keyedowner", "PUBLISH big.bin data"],
+                                  "c> PUBLISH OK"),
+            "plain": start_client("plain", ["REGISTER plainowner", "CONNECT plainowner", "PUBLISH big.bin data"],
+                                  "c> PUBLISH OK", ["--no-identity"]),
+        }
+        receiver = start_client("recv", ["REGISTER receiver", "CONNECT receiver"], "c> CONNECT OK")
+        copy = os.path.join(folders["recv"], "copy.bin")
+        results = {"keyed": [], "plain": []}
+        for round_ in range(4):
+            for kind in ("plain", "keyed"):
+                pids = {"owner": owners[kind].pid, "receiver": receiver.pid}
+                cpu_before = {who: cpu_seconds([pid]) for who, pid in pids.items()}
+                start = time.time()
+                receiver.stdin.write(f"GET_FILE {kind}owner big.bin copy.bin\n")
+                receiver.stdin.flush()
+                read_until(receiver, "c> GET_FILE OK", timeout=600)
+                seconds = time.time() - start
+                cpu = {who: cpu_seconds([pid]) - cpu_before[who] for who, pid in pids.items()}
+                os.remove(copy)
+                if round_ > 0:  # the first round hashes the file at each owner
+                    results[kind].append((seconds, cpu))
+        gib = mib / 1024
+
+        def summary(kind):
+            runs = results[kind]
+            rate = mib / statistics.mean(seconds for seconds, _ in runs)
+            owner_cpu = statistics.mean(cpu["owner"] for _, cpu in runs) / gib
+            receiver_cpu = statistics.mean(cpu["receiver"] for _, cpu in runs) / gib
+            return {"rps": rate, "note": f"{mib} MiB, mean of 3; CPU per GiB: owner {owner_cpu:.2f} s, "
+                                         f"receiver {receiver_cpu:.2f} s"}
+        plain, keyed = summary("plain"), summary("keyed")
+        plain["note"] = "owner bound to no key (plain, sendfile); " + plain["note"]
+        keyed["note"] = "TLS 1.3 pinned to the owner's key; " + keyed["note"]
+        rows.append(("tls", f"GET_FILE of {mib} MiB in clear (MiB/s)", plain, None))
+        rows.append(("tls", f"GET_FILE of {mib} MiB over TLS (MiB/s)", keyed, plain))
+        log(f"tls: {keyed['rps']:.0f} MiB/s vs plain {plain['rps']:.0f} MiB/s; {keyed['note']} | {plain['note']}")
+    finally:
+        for client in clients:
+            stop(client)
+        stop(service)
+        stop(server)
+
+
 def main():
     only = sys.argv[1:] or ["directory", "sqlite", "fairness", "large", "peercheck", "sharedchecks", "web", "oplog", "time", "getfile", "share", "peers",
-                            "postgres", "pgsearch", "failover", "copy", "nat", "keys"]
+                            "postgres", "pgsearch", "failover", "copy", "nat", "keys", "tls"]
     build_tools()
     work = tempfile.mkdtemp(prefix="p2p-bench-")
     try:
@@ -1943,6 +2023,8 @@ def main():
             nat_benchmark(work)
         if "keys" in only:
             keys_benchmark(work)
+        if "tls" in only:
+            tls_benchmark(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table()

@@ -297,7 +297,7 @@ public final class PeerFileServer: Sendable {
         if !finished {
             // Connections parked for downloads wait on the token table, not on their channel.
             context.reversed.releaseAll()
-            for channel in context.openChannels { channel.close(promise: nil) }
+            for channel in context.openChannels { PeerTLS.cut(channel) }
         }
         await task.value
         for connection in accepted.takeAll() {
@@ -473,7 +473,7 @@ public final class PeerFileServer: Sendable {
             stallTimeout.components.seconds * 1_000_000_000 + stallTimeout.components.attoseconds / 1_000_000_000)
         /// Waits for `write`, closing the connection when it is not done within the timeout.
         func taken(_ write: EventLoopFuture<Void>) async throws {
-            let stalled = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+            let stalled = channel.eventLoop.scheduleTask(in: timeout) { PeerTLS.cut(channel) }
             defer { stalled.cancel() }
             do {
                 try await write.get()

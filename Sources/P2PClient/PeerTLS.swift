@@ -150,12 +150,34 @@ public final class PeerTLS: Sendable, Hashable {
                     presented.value.withLock { $0 = key }
                     verdict.succeed(key != nil ? .certificateVerified : .failed)
                 })
-            try channel.pipeline.syncOperations.addHandlers([handler, HandshakeWaiter(handshake)], position: .first)
+            try channel.pipeline.syncOperations.addHandlers(
+                [AbruptClose(), handler, HandshakeWaiter(handshake)], position: .first)
         }.get()
         try await handshake.futureResult.get()
         guard let key = presented.value.withLock({ $0 }) else { throw PeerTLSError.noPeerKey }
         return key
     }
+}
+
+extension PeerTLS {
+    /// Closes `channel` at once; under TLS without the close_notify a close through the TLS
+    /// handler sends: an owner that stops before the last byte must look cut to its
+    /// downloader (a reset), not finished.
+    static func cut(_ channel: any Channel) {
+        channel.eventLoop.execute {
+            if let context = try? channel.pipeline.syncOperations.context(handlerType: AbruptClose.self) {
+                context.close(promise: nil)
+            } else {
+                channel.close(promise: nil)
+            }
+        }
+    }
+}
+
+/// Sits in front of the owner's TLS handler (nearest the socket), so that ``PeerTLS/cut(_:)``
+/// can close the socket past it.
+private final class AbruptClose: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
 }
 
 public enum PeerTLSError: Error, CustomStringConvertible {

@@ -146,6 +146,38 @@ import Testing
     }
 }
 
+extension EncryptedTransferTests {
+    /// A plain GET_FILE inside TLS (the downloader's --plain-get-file) has no length: when the
+    /// owner stops in the middle (DISCONNECT during an upload), the downloader must see a cut,
+    /// not the end TLS's close_notify would tell it. The owner resets the connection instead.
+    @Test func anOwnerStoppingMidTransferIsACutUnderTLSToo() async throws {
+        let folder = try TemporaryDirectory("tls-cut")
+        defer { folder.remove() }
+        let path = folder.file("share")
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let content = RangedDownloadTests.randomBytes(4 << 20)
+        try Data(content).write(to: URL(fileURLWithPath: "\(path)/big.bin"))
+        let shared = try SharedFolder(path: path)
+        shared.publish("big.bin")
+        var limits = UploadLimits()
+        limits.bytesPerSecond = 1 << 20
+        let server = try await PeerFileServer.start(
+            folder: shared, host: "127.0.0.1", limits: limits, tls: try PeerTLS(identity: Self.alice), logger: quietLogger)
+        var source = PeerSource(owner: "alice", host: "127.0.0.1", port: server.port)
+        source.pin = PeerPin(key: Self.alice.publicKeyText, tls: try PeerTLS(identity: Self.bob))
+        let received = ByteCount()
+        let download = Task {
+            try await FileDownloader().download(
+                "big.bin", from: source, to: folder.file("copy.bin"), progress: { bytes, _ in received.set(bytes) })
+        }
+        try await waitUntil("part of the file to arrive") { received.value > 256 * 1024 }
+        await server.stop()
+        await #expect(throws: DownloadError.self) { try await download.value }
+        #expect(received.value < Int64(content.count))
+        #expect(!FileManager.default.fileExists(atPath: folder.file("copy.bin")))
+    }
+}
+
 /// A TCP proxy on 127.0.0.1 in front of a port: keeps a copy of what crosses it each way, and
 /// flips one byte of what comes back from the target at `alterAt` (counted over the whole
 /// connection), as a network in between could.

@@ -205,6 +205,47 @@ struct NATTraversalTests {
         await world.stop()
     }
 
+    /// What the relay receives of a relayed transfer is not the file: alice reaches the server
+    /// through socat on the server's host (`-v` writes out everything that crosses it), so every
+    /// byte she sends the relay is on record. The file is text; in clear it would be readable there.
+    @Test func theRelaySeesOnlyCiphertext() async throws {
+        let world = try await World(serverArguments: ["--relay-limit", "8000000"])
+        defer { world.internet.remove() }
+        let tapPort = world.server.port == 4300 ? 4301 : 4300
+        let (executable, arguments) = SimulatedInternet.command(
+            in: world.serverHost, "/usr/bin/socat",
+            ["-d", "-d", "-v", "TCP-LISTEN:\(tapPort),fork,reuseaddr", "TCP:127.0.0.1:\(world.server.port)"])
+        let tap = try ChildProcess(executable, arguments, directory: world.folder.path)
+        try await waitUntil("socat listening") { tap.stderrLines.contains { $0.contains("listening on") } }
+        let folder = world.folder.file("alice")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let content = Data(String(repeating: "alice's plain words, line after line.\n", count: 30_000).utf8)
+        try content.write(to: URL(fileURLWithPath: "\(folder)/notes.txt"))
+        let alice = try ClientProcess(
+            serverPort: tapPort, timeURL: "http://\(world.serverHost.address):\(world.time.port)", directory: folder,
+            extraArguments: ["--verbose"], serverHost: world.serverHost.address,
+            inside: try world.internet.addHomeHost("alice", symmetric: true))
+        for command in ["REGISTER alice", "CONNECT alice", "PUBLISH notes.txt words"] {
+            #expect(try await alice.run(command).hasSuffix(" OK"), "\(command)")
+        }
+        let dave = try await world.connectedUser("dave", behind: .symmetric)
+        #expect(try await dave.run("GET_FILE alice notes.txt copy.txt", timeout: 60) == "c> GET_FILE OK")
+        try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: world.folder.file("dave/copy.txt"))), content)
+        #expect(dave.process.stderrLines.contains { $0.contains("relaying through the directory server") })
+        #expect(try await Self.servedOverTLS("notes.txt", by: alice, to: dave))
+
+        // Everything alice sent through the tap (socat's "> <date> <time>  length=N" headers,
+        // written wherever the data before them ended), the relayed file among it, and none of
+        // the file's words.
+        let header = /> \d{4}\/\d{2}\/\d{2} [0-9:.]+  length=(\d+)/
+        let sent = tap.stderrLines.joined(separator: "\n").matches(of: header).compactMap { Int($0.output.1) }.reduce(0, +)
+        #expect(sent > content.count, "only \(sent) bytes from alice crossed the tap")
+        #expect(!tap.stderrLines.contains { $0.contains("plain words") })
+        for client in [alice, dave] { _ = try await client.finish() }
+        await tap.stop()
+        await world.stop()
+    }
+
     @Test func aRelayedTransferCutInTheMiddleLeavesNoFile() async throws {
         // More than the kernel's socket buffers on the way hold (several MiB each): when the
         // owner is killed, part of the file has not left it yet.

@@ -452,8 +452,9 @@ public final class PeerFileServer: Sendable {
     /// between them.
     static let sendSlice = 8 << 20
 
-    /// Bytes read and encrypted at once under TLS (two in flight: the memory an upload holds).
-    static let encryptedSlice = 1 << 20
+    /// Bytes read and encrypted at once under TLS: two in flight, 8 MiB an upload holds. Smaller
+    /// slices leave the connection idle while the next one is read (`make bench`, tls).
+    static let encryptedSlice = 4 << 20
 
     /// Reads for uploads over TLS, on NIO's thread pool.
     private static let fileIO = NonBlockingFileIO(threadPool: .singleton)

@@ -11,6 +11,8 @@
 #   `make run-cluster` that survives losing a machine (scripts/pg-ha.sh), curl to ask Patroni
 #   which node is the primary,
 #   nftables for the tests that build a simulated internet with NAT routers in network namespaces;
+#   libssl-dev (the load generator's HMAC for keyed requests) and python3-cryptography (the
+#   benchmark's keyed sessions: Ed25519, X25519, HKDF);
 #   .venv/: a Python virtual environment with zeep, for the SOAP interop test.
 # Run alone (./setup.sh) it also builds the system in release mode.
 set -euo pipefail
@@ -19,7 +21,8 @@ cd "$(dirname "$0")"
 say() { printf 'setup: %s\n' "$*"; }
 
 packages=(gcc libc6-dev make rpcbind rpcsvc-proto libtirpc-dev pkg-config libsqlite3-dev libedit-dev socat wrk python3 procps iproute2
-    chromium tmux haproxy postgresql postgresql-client nftables patroni python3-etcd etcd-server curl)
+    chromium tmux haproxy postgresql postgresql-client nftables patroni python3-etcd etcd-server curl
+    libssl-dev python3-cryptography)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

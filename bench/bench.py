@@ -70,8 +70,9 @@ def log(message):
 def build_tools():
     os.makedirs(TOOLS, exist_ok=True)
     for name in ["floor_server", "loadgen", "holder"]:
+        libraries = ["-lcrypto"] if name == "loadgen" else []
         subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", os.path.join(TOOLS, name),
-                        os.path.join(ROOT, "bench", f"{name}.c")], check=True)
+                        os.path.join(ROOT, "bench", f"{name}.c"), *libraries], check=True)
 
 
 def free_port():
@@ -101,11 +102,12 @@ def stop(process):
             process.wait()
 
 
-def loadgen(port, workload, clients, tag, threads=None, duration=None, source=None):
+def loadgen(port, workload, clients, tag, threads=None, duration=None, source=None, sessions=None):
     out = subprocess.run([os.path.join(TOOLS, "loadgen"), "--port", str(port), "--workload", workload,
                           "--clients", str(clients), "--duration", str(duration or DURATION), "--tag", tag,
                           "--threads", str(threads or LOADGEN_THREADS),
-                          *(["--source", source] if source else [])],
+                          *(["--source", source] if source else []),
+                          *(["--sessions", sessions] if sessions else [])],
                          check=True, capture_output=True, text=True).stdout
     result = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
     result["note"] = f"load generator: {result['threads']:.0f} threads, {result['cpu_cores']:.2f} cores busy"
@@ -1899,6 +1901,66 @@ def keys_benchmark(work):
                          f"IDENTIFY (once per session, a signature checked) p50 {statistics.median(identifies):.2f} ms")
         rows.append(("keys", "CONNECT, plain (baseline)", plain, None))
         rows.append(("keys", "CONNECT, keyed", keyed, plain))
+    finally:
+        stop(server)
+    keyed_mixed_benchmark(work)
+
+
+def keyed_mixed_benchmark(work, clients=16, rounds=4):
+    """The directory's mixed load (40% LIST_CONTENT, 20% LIST_USERS, 20% PUBLISH, 20% REGISTER)
+    from clients whose users are bound to keys (every PUBLISH keyed: a MAC, its counter checked;
+    each client's session opened once, before the run) against the same load from unkeyed
+    clients, alternating on one server (which goes first alternates too, and each run's users
+    are disconnected after it, so that LIST_USERS lists as many in both). REGISTERs of new names
+    stay plain in both: a new name's keyed REGISTER costs one IDENTIFY, measured above."""
+    log(f"keys: the mixed load from keyed clients against unkeyed ones, {clients} clients")
+    port = free_port()
+    server = start_server(os.path.join(work, "keys-mixed"), port)
+    try:
+        date = "07/12/2026 10:00:00"
+        results = {"plain": [], "keyed": []}
+
+        def plain_run(round_):
+            tag = f"pm{round_}"
+            results["plain"].append(loadgen(port, "mixed", clients, tag))
+            for index in range(clients):
+                request_fields(port, "DISCONNECT", date, f"{tag}-c{index}")
+
+        def keyed_run(round_):
+            tag = f"km{round_}"
+            sessions = os.path.join(work, f"sessions-{tag}")
+            opened = []
+            with open(sessions, "w") as out:
+                for index in range(clients):
+                    user = f"{tag}-c{index}"
+                    session, key, _, _ = keyed_session(port, user, date)
+                    for counter, fields in ((1, ("REGISTER", date, user)), (2, ("CONNECT", date, user, "4000"))):
+                        reply, _ = request_fields(port, *keyed_fields(session, key, counter, *fields))
+                        assert reply[:2] == [b"0", b"0"], (fields, reply)
+                    out.write(f"{session} {key.hex()}\n")
+                    opened.append((user, session, key))
+            results["keyed"].append(loadgen(port, "mixed", clients, tag, sessions=sessions))
+            for user, session, key in opened:
+                # Above every counter the run used.
+                reply, _ = request_fields(port, *keyed_fields(session, key, 10**12, "DISCONNECT", date, user))
+                assert reply[:2] == [b"0", b"0"], reply
+
+        for round_ in range(rounds):
+            for run in ((plain_run, keyed_run) if round_ % 2 == 0 else (keyed_run, plain_run)):
+                run(round_)
+        def summary(kind):
+            runs = results[kind]
+            result = {"rps": statistics.median(r["rps"] for r in runs),
+                      "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                      "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                      "errors": sum(r["errors"] for r in runs)}
+            result["note"] = (f"{clients} clients, median of {rounds} alternating runs; the load generator "
+                              f"{max(r['cpu_cores'] for r in runs):.2f} cores busy at most")
+            return result
+        plain, keyed = summary("plain"), summary("keyed")
+        rows.append(("keys", "mixed load, unkeyed clients (baseline)", plain, None))
+        rows.append(("keys", "mixed load, keyed clients (every PUBLISH keyed)", keyed, plain))
+        log(f"keys: mixed {keyed['rps']:.0f} req/s keyed against {plain['rps']:.0f} unkeyed")
     finally:
         stop(server)
 

@@ -7,8 +7,12 @@
  * can show that it is not the bottleneck.
  *
  * usage: loadgen --port P [--host 127.0.0.1] [--clients 64] [--threads 2] [--duration 3] [--workload W]
- *                [--tag T] [--source IP]
+ *                [--tag T] [--source IP] [--sessions FILE]
  *   --source binds every connection to IP (another loopback address such as 127.0.0.2).
+ *   --sessions FILE: the clients' users are keyed (docs/PROTOCOL.md, "Keys"): line i of FILE is
+ *                client i's session and its key in hex, opened (and the user registered and
+ *                connected, keyed) by the caller; every PUBLISH then goes keyed, with a counter
+ *                and its HMAC-SHA256, as our client sends it. The rest stays as it is.
  *   W: register    a new user per request
  *      publish     a new file per request, for a connected user per client
  *      list-content LIST_CONTENT of a user with 10 files
@@ -35,6 +39,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 enum workload { REGISTER, PUBLISH, LIST_CONTENT, MIXED, MIXED_RW };
 
@@ -42,6 +48,10 @@ struct client {
     int fd;
     int index;
     long sequence;
+    /* With --sessions: the user's keyed session, its key, and the last counter used. */
+    char session[400];
+    unsigned char key[32];
+    unsigned long counter;
     double started;
     char request[1200];
     size_t length;
@@ -56,6 +66,7 @@ static int has_source;
 static const char *tag = "b";
 static const char *date_time = "25/11/2026 13:05:09";
 static enum workload workload = REGISTER;
+static int keyed;
 
 static double now(void) {
     struct timespec ts;
@@ -78,6 +89,41 @@ static size_t fields(char *buffer, int count, ...) {
     return length;
 }
 
+/* Standard base64 with padding; returns the length written (out has room for 4/3 of n + 4). */
+static size_t base64(const unsigned char *in, size_t n, char *out) {
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0) | (i + 2 < n ? in[i + 2] : 0);
+        out[o++] = alphabet[v >> 18 & 63];
+        out[o++] = alphabet[v >> 12 & 63];
+        out[o++] = i + 1 < n ? alphabet[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? alphabet[v & 63] : '=';
+    }
+    out[o] = 0;
+    return o;
+}
+
+/* Puts KEYED, the session, the next counter and the MAC in front of the request in c->request
+   (docs/PROTOCOL.md, "Keyed requests": HMAC-SHA256 over "p2p keyed request v1", the session,
+   the counter and the request's fields, each NUL-terminated). */
+static void make_keyed(struct client *c) {
+    char counter[24], mac_text[64], covered[1600];
+    snprintf(counter, sizeof counter, "%lu", ++c->counter);
+    size_t n = fields(covered, 3, "p2p keyed request v1", c->session, counter);
+    memcpy(covered + n, c->request, c->length);
+    n += c->length;
+    unsigned char mac[32];
+    unsigned int mac_length = 0;
+    HMAC(EVP_sha256(), c->key, sizeof c->key, (const unsigned char *)covered, n, mac, &mac_length);
+    base64(mac, mac_length, mac_text);
+    char request[1200];
+    size_t prefix = fields(request, 4, "KEYED", c->session, counter, mac_text);
+    memcpy(request + prefix, c->request, c->length);
+    memcpy(c->request, request, prefix + c->length);
+    c->length += prefix;
+}
+
 static void build_request(struct client *c) {
     char user[128], name[160];
     snprintf(user, sizeof user, "%s-c%d", tag, c->index);
@@ -90,6 +136,7 @@ static void build_request(struct client *c) {
     } else if (workload == PUBLISH || kind == 1) {
         snprintf(name, sizeof name, "file%ld", c->sequence);
         c->length = fields(c->request, 5, "PUBLISH", date_time, user, name, "bench file");
+        if (keyed) make_keyed(c);
     } else if (kind == 2) {
         c->length = fields(c->request, 3, "LIST_USERS", date_time, user);
     } else {
@@ -192,6 +239,8 @@ static void *run_worker(void *argument) {
                         if (!c->got_code) {
                             c->got_code = 1;
                             c->code_ok = buffer[0] == '0' || buffer[0] == 0;
+                            /* A keyed reply: the status 0, then the request's own code. */
+                            if (keyed && c->request[0] == 'K') c->code_ok = n >= 3 && buffer[0] == '0' && buffer[2] == '0';
                         }
                         continue;
                     }
@@ -234,6 +283,7 @@ int main(int argc, char **argv) {
     int port = 0, clients = 64, threads = 2;
     double duration = 3.0;
     const char *workload_name = "register";
+    const char *sessions = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--host")) host = argv[i + 1];
         else if (!strcmp(argv[i], "--port") || !strcmp(argv[i], "-p")) port = atoi(argv[i + 1]);
@@ -242,6 +292,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--duration")) duration = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--workload")) workload_name = argv[i + 1];
         else if (!strcmp(argv[i], "--tag")) tag = argv[i + 1];
+        else if (!strcmp(argv[i], "--sessions")) sessions = argv[i + 1];
         else if (!strcmp(argv[i], "--source")) {
             source.sin_family = AF_INET;
             if (inet_pton(AF_INET, argv[i + 1], &source.sin_addr) != 1) {
@@ -279,7 +330,24 @@ int main(int argc, char **argv) {
         snprintf(name, sizeof name, "f%d", f);
         blocking_request(request, fields(request, 5, "PUBLISH", date_time, owner, name, "a file"));
     }
-    for (int i = 0; i < clients; i++) {
+    struct client *pool = calloc((size_t)clients, sizeof *pool);
+    if (sessions) {
+        FILE *file = fopen(sessions, "r");
+        if (!file) { perror("loadgen: --sessions"); return 2; }
+        for (int i = 0; i < clients; i++) {
+            char hex[65];
+            if (fscanf(file, "%399s %64s", pool[i].session, hex) != 2) {
+                fprintf(stderr, "loadgen: %s has fewer than %d sessions\n", sessions, clients);
+                return 2;
+            }
+            for (int b = 0; b < 32; b++) sscanf(hex + 2 * b, "%2hhx", &pool[i].key[b]);
+            /* The caller used counters 1 and 2 (REGISTER, CONNECT). */
+            pool[i].counter = 2;
+        }
+        fclose(file);
+        keyed = 1;
+    }
+    for (int i = 0; i < clients && !keyed; i++) {
         snprintf(name, sizeof name, "%s-c%d", tag, i);
         blocking_request(request, fields(request, 3, "REGISTER", date_time, name));
         if (blocking_request(request, fields(request, 4, "CONNECT", date_time, name, "4000")) < 0) {
@@ -289,7 +357,6 @@ int main(int argc, char **argv) {
     }
 
     struct worker *workers = calloc((size_t)threads, sizeof *workers);
-    struct client *pool = calloc((size_t)clients, sizeof *pool);
     for (int i = 0; i < clients; i++) pool[i].index = i;
     double warm_up_end = now() + 0.3, end = warm_up_end + duration;
     for (int t = 0; t < threads; t++) {

@@ -362,27 +362,42 @@ struct RangedDownload: Sendable {
             var gathered = 0
             var position = offset
             var remaining = length
+            // The write of the last MiB gathered, running while the next one arrives; what it
+            // ends at. At most one at a time, and always finished before this returns or
+            // throws: the descriptor is the caller's to close.
+            var pendingWrite: Task<Int64, any Error>?
+            func settle() async throws {
+                guard let task = pendingWrite else { return }
+                pendingWrite = nil
+                try await written(try await task.value)
+            }
             func flush() async throws {
                 guard gathered > 0 else { return }
+                try await settle()
                 let data = parts
                 let at = position
-                try await NIOThreadPool.singleton.runIfActive {
-                    var place = at
-                    for part in data {
-                        try part.withUnsafeReadableBytes { raw in
-                            var written = 0
-                            while written < raw.count {
-                                let count = pwrite(
-                                    descriptor, raw.baseAddress! + written, raw.count - written, off_t(place) + off_t(written))
-                                if count < 0 {
-                                    if errno == EINTR { continue }
-                                    throw DownloadError.localFile(String(cString: strerror(errno)))
+                let end = at + Int64(gathered)
+                pendingWrite = Task {
+                    try await NIOThreadPool.singleton.runIfActive {
+                        var place = at
+                        for part in data {
+                            try part.withUnsafeReadableBytes { raw in
+                                var written = 0
+                                while written < raw.count {
+                                    let count = pwrite(
+                                        descriptor, raw.baseAddress! + written, raw.count - written,
+                                        off_t(place) + off_t(written))
+                                    if count < 0 {
+                                        if errno == EINTR { continue }
+                                        throw DownloadError.localFile(String(cString: strerror(errno)))
+                                    }
+                                    written += count
                                 }
-                                written += count
                             }
+                            place += Int64(part.readableBytes)
                         }
-                        place += Int64(part.readableBytes)
                     }
+                    return end
                 }
                 // In order, it is hashed on the side now and never read back.
                 var place = at
@@ -391,32 +406,37 @@ struct RangedDownload: Sendable {
                     place += Int64(part.readableBytes)
                 }
                 if cursor.backlog > 32 << 20 { await cursor.drain() }
-                position += Int64(gathered)
+                position = end
                 received(Int64(gathered))
                 parts.removeAll(keepingCapacity: true)
                 gathered = 0
-                try await written(position)
             }
             var settled = false
-            while var chunk = try await link.next() {
-                if !settled {
-                    guard let code = try codeDecoder.decode(&chunk) else { continue }
-                    if code == FileReplyCode.noSuchFile { throw DownloadError.noSuchFile }
-                    if code != .ok { throw DownloadError.refused(code) }
-                    // A NUL right after a digit code belongs to the code, even in a later read.
-                    guard codeDecoder.skipTerminator(&chunk) else { continue }
-                    settled = true
+            do {
+                while var chunk = try await link.next() {
+                    if !settled {
+                        guard let code = try codeDecoder.decode(&chunk) else { continue }
+                        if code == FileReplyCode.noSuchFile { throw DownloadError.noSuchFile }
+                        if code != .ok { throw DownloadError.refused(code) }
+                        // A NUL right after a digit code belongs to the code, even in a later read.
+                        guard codeDecoder.skipTerminator(&chunk) else { continue }
+                        settled = true
+                    }
+                    let take = min(chunk.readableBytes, Int(remaining))
+                    if take > 0 {
+                        parts.append(chunk.readSlice(length: take)!)
+                        gathered += take
+                        remaining -= Int64(take)
+                    }
+                    if gathered >= 1 << 20 || remaining == 0 { try await flush() }
+                    if remaining == 0 { break }
                 }
-                let take = min(chunk.readableBytes, Int(remaining))
-                if take > 0 {
-                    parts.append(chunk.readSlice(length: take)!)
-                    gathered += take
-                    remaining -= Int64(take)
-                }
-                if gathered >= 1 << 20 || remaining == 0 { try await flush() }
-                if remaining == 0 { break }
+                try await flush()
+                try await settle()
+            } catch {
+                _ = try? await pendingWrite?.value
+                throw error
             }
-            try await flush()
             guard settled || length == 0, remaining == 0 else {
                 throw DownloadError.interrupted(
                     received: position - offset, reason: "the peer sent \(position - offset) of \(length) bytes")

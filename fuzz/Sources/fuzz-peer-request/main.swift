@@ -46,7 +46,7 @@ func fuzzPeerRequest(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
         precondition(!file.isEmpty)
     case .reversed(let token):
         precondition(!token.isEmpty)
-    case .peerCheck, .unknownReserved:
+    case .peerCheck, .tls, .unknownReserved:
         break
     }
     if let again = parsed.fileName {

@@ -79,7 +79,7 @@ public final class DirectoryApplication: Service, Sendable {
         }
         let controls = ControlSessions(
             settings: control, store: store, operationLog: operationLog, relay: relay, metrics: metrics,
-            sessionSecret: secret, console: console, logger: logger)
+            sessionSecret: secret, console: console, logger: logger, timers: eventLoopGroup.any())
         do {
             let server = try await DirectoryServer.bind(
                 configuration: configuration, handler: handler, store: store, metrics: metrics, controls: controls,

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import P2POperationLog
 import P2PProtocol
 import Synchronization
@@ -73,12 +74,12 @@ public final class ControlSessions: Sendable {
     private let logger: Logger
     private let state = Mutex<(sessions: [String: Session], nextID: Int, perAddress: [String: Int])>(([:], 0, [:]))
 
-    /// A hole punch under way: its two users, and the first of them to show up at the
-    /// rendezvous, waiting for the other.
-    struct Punch {
-        var owner: String
-        var downloader: String
-        var waiting: (user: String, ip: String, port: Int, continuation: CheckedContinuation<RendezvousOutcome, Never>)?
+    /// A side of a hole punch waiting at the rendezvous for the other: the public address and
+    /// port it came from, and its answer.
+    struct PunchSide: Sendable {
+        var ip: String
+        var port: Int
+        var continuation: CheckedContinuation<RendezvousOutcome, Never>
     }
 
     /// How a rendezvous ends for one side.
@@ -88,7 +89,10 @@ public final class ControlSessions: Sendable {
         case refused(ResultCode)
     }
 
-    private let punches = Mutex<[String: Punch]>([:])
+    /// The punches waiting for their rendezvous.
+    private let punches = Mutex(TokenPairing<PunchSide>(repeats: .replaces))
+    /// Where the punches' and relays' timers run.
+    private let timers: any EventLoop
 
     /// Relayed transfers (off unless the operator allows them).
     let relays: RelayHub
@@ -100,10 +104,12 @@ public final class ControlSessions: Sendable {
         settings: ControlSettings, store: any DirectoryStore, operationLog: (any OperationLogSink)?,
         relay: RelaySettings = RelaySettings(), metrics: DirectoryMetrics = .none,
         sessionSecret: SymmetricKey = SymmetricKey(size: .bits256),
-        console: @escaping @Sendable (String) -> Void, logger: Logger
+        console: @escaping @Sendable (String) -> Void, logger: Logger,
+        timers: any EventLoop = MultiThreadedEventLoopGroup.singleton.any()
     ) {
         keyed = KeyedSessions(secret: sessionSecret)
-        relays = RelayHub(settings: relay, metrics: metrics, logger: logger)
+        relays = RelayHub(settings: relay, metrics: metrics, logger: logger, timers: timers)
+        self.timers = timers
         self.settings = settings
         self.store = store
         self.operationLog = operationLog
@@ -274,25 +280,25 @@ public final class ControlSessions: Sendable {
 
     /// `REVERSE`: asks `owner` over its control connection (here, or through the store on the
     /// server that holds it) to connect to `requester`'s listening port with a fresh token, and
-    /// returns the code and the token.
-    func reverse(requester: String, owner: String) async -> (code: Int, token: String) {
+    /// returns the token.
+    func reverse(requester: String, owner: String) async -> TokenGrant {
         let (from, to) = state.withLock { ($0.sessions[requester], $0.sessions[owner]) }
-        guard let from, from.route == .reachable else { return (2, "") }
+        guard let from, from.route == .reachable else { return .refused(code: 2) }
         let token = ControlMessage.makeToken()
         let dial = ControlMessage.dial(token: token, host: from.ip, port: from.port)
         if let to {
             Self.send(dial, on: to.channel)
         } else {
-            guard (try? await store.isControlHeld(owner)) == true else { return (1, "") }
+            guard (try? await store.isControlHeld(owner)) == true else { return .refused(code: 1) }
             do {
                 try await store.forwardControl(dial.fields, to: owner)
             } catch {
                 logger.warning("REVERSE: cannot pass the request on to \(owner)'s server: \(error)")
-                return (1, "")
+                return .refused(code: 1)
             }
         }
         logger.info("REVERSE: \(owner) asked to connect to \(requester) at \(from.ip):\(from.port)")
-        return (0, token)
+        return .granted(token: token)
     }
 
     /// Delivers the control messages other servers forward to users whose control connection
@@ -321,37 +327,31 @@ public final class ControlSessions: Sendable {
     }
 
     /// `PUNCH`: both `requester` and `owner` are behind NATs. Tells the owner to take part
-    /// (`MEET`) and returns the code and the punch's token. The punch is forgotten after 30 s.
-    func punch(requester: String, owner: String) -> (code: Int, token: String) {
+    /// (`MEET`) and returns the punch's token. The punch is forgotten after 30 s.
+    func punch(requester: String, owner: String) -> TokenGrant {
         let (from, to) = state.withLock { ($0.sessions[requester], $0.sessions[owner]) }
-        guard let to else { return (1, "") }
-        guard from != nil else { return (2, "") }
+        guard let to else { return .refused(code: 1) }
+        guard from != nil else { return .refused(code: 2) }
         let token = ControlMessage.makeToken()
         // Bounded per user: a loop of PUNCH bob would otherwise grow the table without end and
         // make bob's client open a rendezvous connection for each.
         let limit = settings.maxPendingPunchesPerUser
+        let expires = NIODeadline.now() + .seconds(30)
         let admitted = punches.withLock { punches -> Bool in
-            var involving = (owner: 0, requester: 0)
-            for punch in punches.values {
-                if punch.owner == owner || punch.downloader == owner { involving.owner += 1 }
-                if punch.owner == requester || punch.downloader == requester { involving.requester += 1 }
+            guard punches.pending(involving: owner) < limit, punches.pending(involving: requester) < limit else {
+                return false
             }
-            guard involving.owner < limit, involving.requester < limit else { return false }
-            punches[token] = Punch(owner: owner, downloader: requester)
+            punches.create(token: token, owner: owner, downloader: requester, expires: expires)
             return true
         }
         guard admitted else {
             logger.notice("PUNCH from \(requester) to \(owner) refused: \(limit) punches of one of them are waiting")
-            return (2, "")
+            return .refused(code: 2)
         }
         Self.send(.meet(token: token), on: to.channel)
         logger.info("PUNCH: \(requester) and \(owner) are to punch through their NATs")
-        Task {
-            try? await Task.sleep(for: .seconds(30))
-            let stale = punches.withLock { $0.removeValue(forKey: token) }
-            stale?.waiting?.continuation.resume(returning: .refused(2))
-        }
-        return (0, token)
+        expirePunch(token, at: expires)
+        return .granted(token: token)
     }
 
     /// `RENDEZVOUS`: `user`, one side of the punch `token`, connected from `ip`:`port` (the
@@ -364,66 +364,50 @@ public final class ControlSessions: Sendable {
         -> RendezvousOutcome
     {
         guard state.withLock({ $0.sessions[user]?.ip }) == ip else { return .refused(1) }
-        enum Step {
-            case unknown
-            /// The other side was waiting: both are answered now.
-            case met(other: CheckedContinuation<RendezvousOutcome, Never>, otherIP: String, otherPort: Int)
-            /// First to come: wait (an earlier RENDEZVOUS of the same side is replaced).
-            case wait(replaced: CheckedContinuation<RendezvousOutcome, Never>?)
-        }
+        let givesUp = NIODeadline.now() + TimeAmount(wait)
         return await withCheckedContinuation { continuation in
-            let step = punches.withLock { punches -> Step in
-                guard var punch = punches[token], punch.owner == user || punch.downloader == user else { return .unknown }
-                if let waiting = punch.waiting, waiting.user != user {
-                    punches[token] = nil
-                    return .met(other: waiting.continuation, otherIP: waiting.ip, otherPort: waiting.port)
-                }
-                let replaced = punch.waiting?.continuation
-                punch.waiting = (user, ip, port, continuation)
-                punches[token] = punch
-                return .wait(replaced: replaced)
-            }
-            switch step {
-            case .unknown:
+            let side = PunchSide(ip: ip, port: port, continuation: continuation)
+            let arrival = punches.withLock { $0.arrive(token: token, user: user, side: side, givesUp: givesUp) }
+            switch arrival {
+            case .refuse:
                 continuation.resume(returning: .refused(1))
-            case .met(let other, let otherIP, let otherPort):
-                other.resume(returning: .peer(ip: ip, port: port))
-                continuation.resume(returning: .peer(ip: otherIP, port: otherPort))
+            case .pair(let other, _):
+                other.continuation.resume(returning: .peer(ip: ip, port: port))
+                continuation.resume(returning: .peer(ip: other.ip, port: other.port))
             case .wait(let replaced):
-                replaced?.resume(returning: .refused(1))
-                scheduleGivingUp(token: token, user: user, after: wait)
+                replaced?.continuation.resume(returning: .refused(1))
+                expirePunch(token, at: givesUp)
+            }
+        }
+    }
+
+    /// At `deadline`, ends what of the punch `token` has had its time: the punch, or the side
+    /// waiting for the other (answered 2 either way).
+    private func expirePunch(_ token: String, at deadline: NIODeadline) {
+        timers.scheduleTask(deadline: deadline) { [self] in
+            switch punches.withLock({ $0.expire(token: token, now: .now()) }) {
+            case .pairingExpired(_, let waiting?), .gaveUp(let waiting):
+                waiting.continuation.resume(returning: .refused(2))
+            case .pairingExpired(_, nil), nil:
+                break
             }
         }
     }
 
     /// `RELAY` over the control connection: a relay between `requester` and `owner` (both must
     /// have control connections); tells the owner, returns the code and the token.
-    func relay(requester: String, owner: String) -> (code: Int, token: String) {
+    func relay(requester: String, owner: String) -> TokenGrant {
         let (from, to) = state.withLock { ($0.sessions[requester], $0.sessions[owner]) }
-        guard let to else { return (1, "") }
-        guard from != nil else { return (2, "") }
-        let (code, token) = relays.create(owner: owner, downloader: requester)
-        guard code == 0 else { return (code, "") }
-        Self.send(.relayTo(token: token), on: to.channel)
-        return (0, token)
+        guard let to else { return .refused(code: 1) }
+        guard from != nil else { return .refused(code: 2) }
+        let grant = relays.create(owner: owner, downloader: requester)
+        if case .granted(let token) = grant { Self.send(.relayTo(token: token), on: to.channel) }
+        return grant
     }
 
     /// Whether `user` has a control connection from `ip` (a relay's side must).
     func hasSession(_ user: String, from ip: String) -> Bool {
         state.withLock { $0.sessions[user]?.ip == ip }
-    }
-
-    /// Answers 2 to `user`'s rendezvous for `token` if it is still waiting after `wait`.
-    private func scheduleGivingUp(token: String, user: String, after wait: Duration) {
-        Task {
-            try? await Task.sleep(for: wait)
-            let waiting = punches.withLock { punches -> CheckedContinuation<RendezvousOutcome, Never>? in
-                guard let waiting = punches[token]?.waiting, waiting.user == user else { return nil }
-                punches[token]?.waiting = nil
-                return waiting.continuation
-            }
-            waiting?.resume(returning: .refused(2))
-        }
     }
 
     static func send(_ message: ControlMessage, on channel: any Channel) {

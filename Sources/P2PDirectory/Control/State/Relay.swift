@@ -1,6 +1,7 @@
 import CoreMetrics
 import Logging
 import NIOCore
+import NIOPosix
 import P2PProtocol
 import Synchronization
 
@@ -97,14 +98,15 @@ final class RelayHub: Sendable {
         case refused(ResultCode)
     }
 
-    private struct Pending {
-        var owner: String
-        var downloader: String
-        var waiting: (user: String, channel: any Channel, done: @Sendable (Outcome) -> Void)?
+    /// A side of a relay waiting for the other: its connection and what to call once the
+    /// other has come (or nobody did).
+    struct Side: Sendable {
+        let channel: any Channel
+        let done: @Sendable (Outcome) -> Void
     }
 
     private struct State {
-        var pending: [String: Pending] = [:]
+        var pending = TokenPairing<Side>(repeats: .isRefused)
         var active = 0
         /// Relays each user takes part in (pending or active).
         var perUser: [String: Int] = [:]
@@ -119,8 +121,15 @@ final class RelayHub: Sendable {
 
     private let state = Mutex(State())
 
-    init(settings: RelaySettings, metrics: DirectoryMetrics, logger: Logger) {
+    /// Where the timers of relays nobody joins run.
+    private let timers: any EventLoop
+
+    init(
+        settings: RelaySettings, metrics: DirectoryMetrics, logger: Logger,
+        timers: any EventLoop = MultiThreadedEventLoopGroup.singleton.any()
+    ) {
         self.settings = settings
+        self.timers = timers
         total = RateSchedule(bytesPerSecond: settings.bytesPerSecond)
         self.logger = logger
         bytes = Counter(label: "p2p_relay_bytes_total", factory: metrics.factory)
@@ -129,10 +138,11 @@ final class RelayHub: Sendable {
     }
 
     /// A relay between `owner` and `downloader`: its token, or 2 when relaying is off or full.
-    func create(owner: String, downloader: String) -> (code: Int, token: String) {
-        guard settings.isEnabled else { return (2, "") }
+    func create(owner: String, downloader: String) -> TokenGrant {
+        guard settings.isEnabled else { return .refused(code: 2) }
         let token = ControlMessage.makeToken()
         let users = Set([owner, downloader])
+        let expires = NIODeadline.now() + TimeAmount(settings.joinTimeout)
         let refusal = state.withLock { state -> String? in
             guard state.active + state.pending.count < settings.maxTransfers else {
                 return "\(settings.maxTransfers) relays already"
@@ -140,25 +150,24 @@ final class RelayHub: Sendable {
             if let busy = users.first(where: { state.perUser[$0, default: 0] >= settings.maxTransfersPerUser }) {
                 return "\(busy) takes part in \(settings.maxTransfersPerUser) relays already"
             }
-            state.pending[token] = Pending(owner: owner, downloader: downloader)
+            state.pending.create(token: token, owner: owner, downloader: downloader, expires: expires)
             for user in users { state.perUser[user, default: 0] += 1 }
             return nil
         }
         if let refusal {
             logger.notice("RELAY for \(downloader) from \(owner) refused: \(refusal)")
-            return (2, "")
+            return .refused(code: 2)
         }
         // Forgotten if nobody comes.
-        Task {
-            try? await Task.sleep(for: settings.joinTimeout)
-            let stale = state.withLock { state -> Pending? in
-                guard let stale = state.pending.removeValue(forKey: token) else { return nil }
-                state.release(stale.owner, stale.downloader)
-                return stale
+        timers.scheduleTask(deadline: expires) { [self] in
+            let expired = state.withLock { state -> TokenPairing<Side>.Expiry? in
+                let expiry = state.pending.expire(token: token, now: .now())
+                if case .pairingExpired(let stale, _) = expiry { state.release(stale.owner, stale.downloader) }
+                return expiry
             }
-            stale?.waiting?.done(.refused(2))
+            if case .pairingExpired(_, let waiting?) = expired { waiting.done(.refused(2)) }
         }
-        return (0, token)
+        return .granted(token: token)
     }
 
     /// `user`'s side of the relay `token` arrived on `channel`. `done` is called (on any
@@ -171,29 +180,28 @@ final class RelayHub: Sendable {
         enum Step {
             case unknown
             case wait
-            case paired(partner: any Channel, partnerDone: @Sendable (Outcome) -> Void, owner: String, downloader: String)
+            case paired(partner: Side, owner: String, downloader: String)
         }
+        // A waiting side waits as long as the relay may be joined.
+        let side = Side(channel: channel, done: done)
         let step = state.withLock { state -> Step in
-            guard var pending = state.pending[token], pending.owner == user || pending.downloader == user else {
+            switch state.pending.arrive(token: token, user: user, side: side, givesUp: .distantFuture) {
+            case .refuse:
                 return .unknown
-            }
-            if let waiting = pending.waiting, waiting.user != user {
-                state.pending[token] = nil
+            case .wait:
+                return .wait
+            case .pair(let partner, let pairing):
                 state.active += 1
-                return .paired(
-                    partner: waiting.channel, partnerDone: waiting.done, owner: pending.owner, downloader: pending.downloader)
+                return .paired(partner: partner, owner: pairing.owner, downloader: pairing.downloader)
             }
-            guard pending.waiting == nil else { return .unknown }
-            pending.waiting = (user, channel, done)
-            state.pending[token] = pending
-            return .wait
         }
         switch step {
         case .unknown:
             done(.refused(1))
         case .wait:
             break
-        case .paired(let partner, let partnerDone, let pendingOwner, let pendingDownloader):
+        case .paired(let partnerSide, let pendingOwner, let pendingDownloader):
+            let (partner, partnerDone) = (partnerSide.channel, partnerSide.done)
             started.increment()
             activeGauge.record(state.withLock { $0.active })
             // Both zeros are queued before either side's handler can forward a byte, so each

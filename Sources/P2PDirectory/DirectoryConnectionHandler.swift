@@ -30,23 +30,23 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
         var description: String { "request not complete after \(timeout.nanoseconds / 1_000_000) ms" }
     }
 
-    private let handler: DirectoryRequestHandler
+    let handler: DirectoryRequestHandler
     private let batcher: StoreBatcher
-    private let encoder: ReplyEncoder
+    let encoder: ReplyEncoder
     private let deadlines: RequestDeadlines
     private let limits: ConnectionLimits
     private let problems: ConnectionProblemReport
-    private let metrics: DirectoryMetrics
-    private let logger: Logger
+    let metrics: DirectoryMetrics
+    let logger: Logger
     /// Where a `CONTROL` request's connection goes once admitted.
-    private let controls: ControlSessions?
-    private var machine: DirectoryConnectionStateMachine
+    let controls: ControlSessions?
+    var machine: DirectoryConnectionStateMachine
     /// The socket's address (unmapped), or the PROXY header's once it has named one.
     private var clientIP: String
     /// Whether `clientIP` holds one of its slots in `limits`, to give back at the end.
     private var holdsAddressSlot: Bool
     /// Whether the request's address came from a PROXY header (its port is then not the socket's).
-    private var proxied = false
+    var proxied = false
 
     init(
         handler: DirectoryRequestHandler,
@@ -194,23 +194,12 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
                 return
             }
         }
-        if case .identify(let user, let publicKey, let agreementKey, let signature) = request.command {
-            _ = handler.accept(request, peerIP: peerIP)
-            identify(
-                request, user: user, publicKey: publicKey, agreementKey: agreementKey, signature: signature,
-                context: context)
-            return
-        }
-        guard let work = handler.accept(request, peerIP: peerIP, key: key) else {
-            if case .relay(let user, let token) = request.command {
-                joinRelay(request, user: user, token: token, peerIP: peerIP, context: context)
-            } else if case .rendezvous(let user, let token) = request.command {
-                // Behind the balancer the socket's port is the balancer's: no punch then.
-                let port = proxied ? nil : context.channel.remoteAddress?.port
-                meet(request, user: user, token: token, peerIP: peerIP, port: port, context: context)
-            } else {
-                openControl(request, peerIP: peerIP, key: key, context: context)
-            }
+        let work: StoreWork
+        switch handler.accept(request, peerIP: peerIP, key: key) {
+        case .store(let storeWork):
+            work = storeWork
+        case .control(let controlRequest):
+            serve(controlRequest, of: request, peerIP: peerIP, key: key, context: context)
             return
         }
         let start = NIODeadline.now()
@@ -245,162 +234,7 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     }
 
     /// A keyed request's status, in the server's code encoding.
-    private func write(_ status: KeyedStatus, into buffer: inout ByteBuffer) {
+    func write(_ status: KeyedStatus, into buffer: inout ByteBuffer) {
         encoder.writeCode(ResultCode(rawValue: status.rawValue)!, into: &buffer)
-    }
-
-    /// `IDENTIFY`: opens a keyed session (``ControlSessions/identify``) and answers its id and
-    /// the server's agreement key, or a code; then closes.
-    private func identify(
-        _ request: Request, user: String, publicKey: String, agreementKey: String, signature: String,
-        context: ChannelHandlerContext
-    ) {
-        let start = NIODeadline.now()
-        let promise = context.eventLoop.makePromise(of: IdentifyReply.self)
-        if let controls {
-            let dateTime = request.dateTime
-            promise.completeWithTask {
-                await controls.identify(
-                    user: user, publicKey: publicKey, agreementKey: agreementKey, signature: signature,
-                    dateTime: dateTime)
-            }
-        } else {
-            promise.succeed(.refused(request.operation.otherErrorCode))
-        }
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        promise.futureResult.whenSuccess { reply in
-            let (self_, context) = loopBound.value
-            var buffer = ByteBuffer()
-            var code: ResultCode = .ok
-            if case .refused(let refusal) = reply { code = refusal }
-            if (try? reply.encode(with: self_.encoder, into: &buffer)) == nil {
-                buffer.clear()
-                code = request.operation.otherErrorCode
-                self_.encoder.writeCode(code, into: &buffer)
-            }
-            guard self_.answered(request, code: code, since: start) else { return }
-            let channel = context.channel
-            context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
-        }
-    }
-
-    /// Records that an extension request (`CONTROL`, `RENDEZVOUS`, `RELAY`) was answered `code`
-    /// (operation log, metrics); whether the connection is still there to be answered.
-    private func answered(_ request: Request, code: ResultCode, since start: NIODeadline) -> Bool {
-        handler.served(request, code: code)
-        metrics.served(request.operation, code: code, nanoseconds: (NIODeadline.now() - start).nanoseconds)
-        return machine.replyReady()
-    }
-
-    /// `CONTROL`: once ``ControlSessions`` admits it, the reply 0 and the connection becomes the
-    /// user's control connection (a ``ControlConnectionHandler`` takes this handler's place,
-    /// which gives the connection's request slot back: a control connection is counted by
-    /// ``ControlSettings/maxSessions`` instead). Any other code is sent and the connection closed.
-    private func openControl(_ request: Request, peerIP: String, key: String?, context: ChannelHandlerContext) {
-        let start = NIODeadline.now()
-        let user = request.user
-        let promise = context.eventLoop.makePromise(of: (code: ResultCode, port: String?).self)
-        if let controls {
-            promise.completeWithTask { await controls.admit(user: user, from: peerIP, key: key) }
-        } else {
-            promise.succeed((request.operation.otherErrorCode, nil))
-        }
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        promise.futureResult.whenSuccess { code, port in
-            let (self_, context) = loopBound.value
-            self_.finishControl(request, code: code, port: port, peerIP: peerIP, start: start, context: context)
-        }
-    }
-
-    private func finishControl(
-        _ request: Request, code: ResultCode, port: String?, peerIP: String, start: NIODeadline,
-        context: ChannelHandlerContext
-    ) {
-        guard answered(request, code: code, since: start) else { return }
-        var buffer = ByteBuffer()
-        if request.proof != nil { write(.verified, into: &buffer) }
-        encoder.writeCode(code, into: &buffer)
-        guard code == .ok, let port, let controls else {
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
-            return
-        }
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
-        do {
-            try context.pipeline.syncOperations.addHandler(
-                ControlConnectionHandler(sessions: controls, user: request.user, ip: peerIP, port: port, logger: logger))
-            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-        } catch {
-            context.close(promise: nil)
-        }
-    }
-
-    /// `RENDEZVOUS`: waits for the punch's other side (``ControlSessions/rendezvous``) and
-    /// answers `0·<ip>·<port>·`, the other side's public address, or a code; then closes.
-    private func meet(
-        _ request: Request, user: String, token: String, peerIP: String, port: Int?, context: ChannelHandlerContext
-    ) {
-        let start = NIODeadline.now()
-        let promise = context.eventLoop.makePromise(of: ControlSessions.RendezvousOutcome.self)
-        if let controls, let port {
-            promise.completeWithTask { await controls.rendezvous(user: user, token: token, ip: peerIP, port: port) }
-        } else {
-            promise.succeed(.refused(request.operation.otherErrorCode))
-        }
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        promise.futureResult.whenSuccess { outcome in
-            let (self_, context) = loopBound.value
-            var buffer = ByteBuffer()
-            let code: ResultCode
-            switch outcome {
-            case .peer(let ip, let port):
-                code = .ok
-                if (try? RendezvousReplyDecoder.encode(ip: ip, port: port, encoder: self_.encoder, into: &buffer)) == nil {
-                    buffer.clear()
-                    self_.encoder.writeCode(request.operation.otherErrorCode, into: &buffer)
-                }
-            case .refused(let refusal):
-                code = refusal
-                self_.encoder.writeCode(refusal, into: &buffer)
-            }
-            guard self_.answered(request, code: code, since: start) else { return }
-            let channel = context.channel
-            context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
-        }
-    }
-
-    /// `RELAY`: this connection is one side of a relayed transfer. Once the other side is there
-    /// (``RelayHub``), it is answered 0 and a ``RelayHandler`` takes this handler's place (which
-    /// gives back its request slot: relays are counted by ``RelaySettings/maxTransfers``).
-    private func joinRelay(_ request: Request, user: String, token: String, peerIP: String, context: ChannelHandlerContext) {
-        let start = NIODeadline.now()
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let channel = context.channel
-        let finish: @Sendable (RelayHub.Outcome) -> Void = { outcome in
-            channel.eventLoop.execute {
-                let (self_, context) = loopBound.value
-                let code: ResultCode
-                if case .refused(let refusal) = outcome { code = refusal } else { code = .ok }
-                guard self_.answered(request, code: code, since: start) else { return }
-                switch outcome {
-                case .relaying(let partner, let limiter):
-                    do {
-                        try context.pipeline.syncOperations.addHandler(RelayHandler(partner: partner, limiter: limiter))
-                        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-                    } catch {
-                        context.close(promise: nil)
-                    }
-                case .refused(let code):
-                    var buffer = ByteBuffer()
-                    self_.encoder.writeCode(code, into: &buffer)
-                    context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
-                }
-            }
-        }
-        guard let controls, controls.relays.settings.isEnabled, controls.hasSession(user, from: peerIP) else {
-            finish(.refused(controls?.relays.settings.isEnabled == true ? 1 : request.operation.otherErrorCode))
-            return
-        }
-        controls.relays.join(user: user, token: token, channel: channel, encoder: encoder, done: finish)
     }
 }

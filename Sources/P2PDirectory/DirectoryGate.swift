@@ -66,6 +66,15 @@ extension DirectoryRules {
         }
     }
 
+    /// LIST_CONTENT of an owner that is not registered, once the requester may read.
+    public static let unknownOwnerCode: ResultCode = 3
+
+    /// SEARCH, once the requester may read: 3 when the query has no word to look for
+    /// (``searchWords(_:)``), nil when it has.
+    public static func emptySearchCode(_ query: String) -> ResultCode? {
+        searchWords(query).isEmpty ? 3 : nil
+    }
+
     /// LIST_USERS, LIST_CONTENT and SEARCH: 1 when the requester is not registered, 2 when it
     /// is not connected, nil when it may read.
     public static func requesterCode(_ presence: Presence) -> ResultCode? {

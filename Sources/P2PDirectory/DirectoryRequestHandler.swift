@@ -9,6 +9,25 @@ public enum StoreWork: Sendable, Hashable {
     case answer(Reply, operation: DirectoryOperation)
 }
 
+/// Where a request goes: to the store, or to the server's extensions for our clients (keyed
+/// sessions, control connections, punches, relays), which are no store work.
+public enum RequestRoute: Sendable, Hashable {
+    case store(StoreWork)
+    case control(ControlRequest)
+}
+
+/// The requests the control layer serves (docs/PROTOCOL.md: "Keys", "users behind NAT").
+public enum ControlRequest: Sendable, Hashable {
+    /// `IDENTIFY`: opens a keyed session.
+    case identify(user: String, publicKey: String, agreementKey: String, signature: String)
+    /// `CONTROL`: the connection becomes the user's control connection.
+    case control
+    /// `RENDEZVOUS`: one side of a hole punch.
+    case rendezvous(user: String, token: String)
+    /// `RELAY`: one side of a relayed transfer.
+    case relay(user: String, token: String)
+}
+
 /// Turns decoded requests into store work, recording each in the operation log and printing
 /// the server's console line. Knows nothing of sockets or of the store behind it.
 public struct DirectoryRequestHandler: Sendable {
@@ -46,20 +65,31 @@ public struct DirectoryRequestHandler: Sendable {
     }
 
     /// Accepts `request`, which arrived from `peerIP` (evaluated only for CONNECT, which stores
-    /// it, and for the changes the owner check applies to), and says what the store must do
-    /// for it: nil for `CONTROL`, which is no store work (``ControlSessions``). Prints the
-    /// console line; `served` logs the operation once answered.
+    /// it, and for the changes the owner check applies to), and says where it goes: the store
+    /// work it is, or the control layer's request (``ControlSessions``). Prints the console
+    /// line; `served` logs the operation once answered.
     ///
     /// `key`: the public key that proved the request (``KeyedSessions``); its change is then
     /// ``DirectoryChange/keyed(_:key:)``, which the store decides by the user's binding.
-    public func accept(_ request: Request, peerIP: @autoclosure () -> String, key: String? = nil) -> StoreWork? {
-        let work = work(for: request, peerIP: peerIP())
-        if let key, case .change(let change)? = work { return .change(.keyed(change, key: key)) }
-        return work
+    public func accept(_ request: Request, peerIP: @autoclosure () -> String, key: String? = nil) -> RequestRoute {
+        console("s> \(request.operation.rawValue) FROM \(ControlCharacters.escaped(request.user))")
+        switch request.command {
+        case .identify(let user, let publicKey, let agreementKey, let signature):
+            return .control(.identify(user: user, publicKey: publicKey, agreementKey: agreementKey, signature: signature))
+        case .control:
+            return .control(.control)
+        case .rendezvous(let user, let token):
+            return .control(.rendezvous(user: user, token: token))
+        case .relay(let user, let token):
+            return .control(.relay(user: user, token: token))
+        default:
+            let work = work(for: request, peerIP: peerIP())
+            if let key, case .change(let change) = work { return .store(.change(.keyed(change, key: key))) }
+            return .store(work)
+        }
     }
 
-    private func work(for request: Request, peerIP: @autoclosure () -> String) -> StoreWork? {
-        console("s> \(request.operation.rawValue) FROM \(ControlCharacters.escaped(request.user))")
+    private func work(for request: Request, peerIP: @autoclosure () -> String) -> StoreWork {
         switch request.command {
         case .register(let user):
             return .change(.register(user: user))
@@ -83,7 +113,7 @@ public struct DirectoryRequestHandler: Sendable {
         case .search(let user, let query):
             return .query(.search(requester: user, query: query))
         case .control, .rendezvous, .relay, .identify:
-            return nil
+            preconditionFailure("the control layer's requests are routed before")
         }
     }
 }

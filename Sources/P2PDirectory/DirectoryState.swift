@@ -119,7 +119,7 @@ public struct DirectoryState: Sendable {
     /// owner's files in publishing order (connected or not).
     func listContent(requester: String, owner: String) -> Reply {
         if let code = DirectoryRules.requesterCode(presence(of: requester)) { return .status(code) }
-        guard let ownerEntry = users[owner] else { return .status(3) }
+        guard let ownerEntry = users[owner] else { return .status(DirectoryRules.unknownOwnerCode) }
         return .content(ownerEntry.files.map(\.file))
     }
 
@@ -138,7 +138,7 @@ public struct DirectoryState: Sendable {
     /// ``DirectoryRules/maxSearchHits``. A scan of everything: the reference, not the fast way.
     func search(requester: String, query: String) -> Reply {
         if let code = DirectoryRules.requesterCode(presence(of: requester)) { return .status(code) }
-        guard !DirectoryRules.searchWords(query).isEmpty else { return .status(3) }
+        if let code = DirectoryRules.emptySearchCode(query) { return .status(code) }
         return .hits(search(query))
     }
 

@@ -35,11 +35,18 @@ public enum DirectoryQuery: Sendable, Hashable {
 /// work runs on threads of its own (as SQLite's does) implements them directly, which spares a
 /// task and two thread hops per batch (at 64 clients, twice the throughput in `make bench`).
 ///
-/// To add a store: implement these methods in a module of its own (as P2PDirectorySQLite and
-/// P2PDirectoryPostgres do), make the server's `--store` option open it (a case of
-/// `DirectoryStoreLocation` in P2PDirectoryStores), and add it to the list of stores the rule
-/// suite runs on.
-public protocol DirectoryStore: Sendable {
+/// The protocol is split by who needs what: this one is what the server needs of every store
+/// (seven requirements: the changes, the reads, a user's presence and key, the session secret,
+/// closing; the rest has defaults); ``DirectoryInspection`` is what the web page, the peer
+/// checks and `copy-directory` read; ``DirectoryCoordination`` is what only a store several
+/// servers share has to do (control leases, shared peer checks, passing control messages), all
+/// with defaults for a store one server uses.
+///
+/// To add a store: implement ``DirectoryStore`` and ``DirectoryInspection`` in a module of its
+/// own (as P2PDirectorySQLite and P2PDirectoryPostgres do), make the server's `--store` option
+/// open it (a case of `DirectoryStoreLocation` in P2PDirectoryStores), and add it to the list
+/// of stores the rule suite runs on.
+public protocol DirectoryStore: DirectoryInspection, DirectoryCoordination, Sendable {
     /// Applies `changes` in order and returns their result codes, in the same order, once
     /// every change that got 0 is durable (a crash or power loss right after cannot undo it).
     /// A change that cannot be made durable (the database fails) gets its operation's "other"
@@ -49,14 +56,6 @@ public protocol DirectoryStore: Sendable {
     /// Answers `queries`, in the same order, from what is durable: never a change that was not
     /// yet answered, never missing one that was. A failure gives the operation's "other" code.
     func read(_ queries: [DirectoryQuery]) async -> [Reply]
-
-    /// Every registered user's name, sorted (for operators and tests: it grows with the
-    /// directory).
-    func registeredUsers() async throws -> [String]
-
-    /// Every connected user with its address, sorted by name, whoever asks (for the server's
-    /// own peer checks and its web page).
-    func connectedUsers() async throws -> [ConnectedUser]
 
     /// Whether `user` is registered, and connected at which address, whoever asks (for the
     /// control connection, which belongs to a connected user and its address).
@@ -76,10 +75,61 @@ public protocol DirectoryStore: Sendable {
     /// that any of them verifies a session another opened.
     func sessionSecret() async throws -> String
 
+    /// Finishes what is in flight and releases the store. Later calls fail with "other" codes.
+    func close() async throws
+
+    /// A number that grows with every commit that changes the directory, before any of its
+    /// changes is answered. Read before a batch of reads is submitted, it tells how long their
+    /// replies stay true: until a change affects them (``changes(since:)``), the same query
+    /// gets the same reply, so the server answers it again from memory (``StoreBatcher``).
+    /// Has a default: nil, the store cannot tell (as when other servers change the same
+    /// database), and every read goes to the store.
+    var directoryVersion: UInt64? { get }
+
+    /// What the commits after `version` changed, through the version returned; nil changes
+    /// when the store cannot tell (everything remembered is then forgotten). Has a default
+    /// that cannot tell. A store keeps a ``DirectoryChangeJournal`` for both.
+    func changes(since version: UInt64) -> (through: UInt64, changes: DirectoryChanges?)
+
+    /// ``apply(_:)-(Array<DirectoryChange>)``, calling `completion` (on any thread) instead of
+    /// returning. Has a default.
+    func apply(_ changes: [DirectoryChange], completion: @escaping @Sendable ([P2PProtocol.ResultCode]) -> Void)
+
+    /// ``read(_:)-(Array<DirectoryQuery>)``, calling `completion` (on any thread) instead of
+    /// returning. Has a default.
+    func read(_ queries: [DirectoryQuery], completion: @escaping @Sendable ([Reply]) -> Void)
+}
+
+/// What the directory holds, read whole for those who look at it rather than use it: the web
+/// page, the peer checks, `copy-directory`, operators and tests. Every store implements it.
+public protocol DirectoryInspection: Sendable {
+    /// Every registered user's name, sorted (for operators and tests: it grows with the
+    /// directory).
+    func registeredUsers() async throws -> [String]
+
+    /// Every connected user with its address, sorted by name, whoever asks (for the server's
+    /// own peer checks and its web page).
+    func connectedUsers() async throws -> [ConnectedUser]
+
+    /// How many users, connected users and files there are (for the web page).
+    func overview() async throws -> DirectoryOverview
+
+    /// `owner`'s files in publishing order, whoever asks; nil when there is no such user (for
+    /// the web page).
+    func files(of owner: String) async throws -> [PublishedFile]?
+
+    /// SEARCH whoever asks: the hits for `query`, as ``DirectoryQuery/search(requester:query:)``
+    /// gives them to a connected user (for the web page).
+    func search(_ query: String) async throws -> [SearchHit]
+}
+
+/// What a store several servers share does so that they act as one: leases on control
+/// connections, the peer checks shared out, control messages passed to the server that holds
+/// a user's control connection. Every requirement has a default for a store one server uses.
+public protocol DirectoryCoordination: Sendable {
     /// Records that these connected users' control connections are open on this server until
     /// `until`: the peer checks of every server sharing the directory leave them alone until then
-    /// (the holder renews it while they stay open). Has a default that records nothing, for a
-    /// store only one server uses (that server knows its own control connections).
+    /// (the holder renews it while they stay open). Has a default that records nothing.
     func holdControl(_ users: [ConnectedUser], until: Date) async throws
 
     /// The connected users this server's peer checks should try this round: those no server
@@ -108,41 +158,6 @@ public protocol DirectoryStore: Sendable {
     /// Runs `deliver` with each control message another server forwarded (the user it is for,
     /// its fields), until cancelled. Has a default that returns at once.
     func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws
-
-    /// How many users, connected users and files there are (for the web page).
-    func overview() async throws -> DirectoryOverview
-
-    /// `owner`'s files in publishing order, whoever asks; nil when there is no such user (for
-    /// the web page).
-    func files(of owner: String) async throws -> [PublishedFile]?
-
-    /// SEARCH whoever asks: the hits for `query`, as ``DirectoryQuery/search(requester:query:)``
-    /// gives them to a connected user (for the web page).
-    func search(_ query: String) async throws -> [SearchHit]
-
-    /// Finishes what is in flight and releases the store. Later calls fail with "other" codes.
-    func close() async throws
-
-    /// A number that grows with every commit that changes the directory, before any of its
-    /// changes is answered. Read before a batch of reads is submitted, it tells how long their
-    /// replies stay true: until a change affects them (``changes(since:)``), the same query
-    /// gets the same reply, so the server answers it again from memory (``StoreBatcher``).
-    /// Has a default: nil, the store cannot tell (as when other servers change the same
-    /// database), and every read goes to the store.
-    var directoryVersion: UInt64? { get }
-
-    /// What the commits after `version` changed, through the version returned; nil changes
-    /// when the store cannot tell (everything remembered is then forgotten). Has a default
-    /// that cannot tell. A store keeps a ``DirectoryChangeJournal`` for both.
-    func changes(since version: UInt64) -> (through: UInt64, changes: DirectoryChanges?)
-
-    /// ``apply(_:)-(Array<DirectoryChange>)``, calling `completion` (on any thread) instead of
-    /// returning. Has a default.
-    func apply(_ changes: [DirectoryChange], completion: @escaping @Sendable ([P2PProtocol.ResultCode]) -> Void)
-
-    /// ``read(_:)-(Array<DirectoryQuery>)``, calling `completion` (on any thread) instead of
-    /// returning. Has a default.
-    func read(_ queries: [DirectoryQuery], completion: @escaping @Sendable ([Reply]) -> Void)
 }
 
 /// The size of the directory.
@@ -158,12 +173,10 @@ public struct DirectoryOverview: Sendable, Hashable {
     }
 }
 
-extension DirectoryStore {
+/// A store one server uses has nothing to coordinate: that server knows its own control
+/// connections and checks every connected user.
+extension DirectoryCoordination {
     public func holdControl(_ users: [ConnectedUser], until: Date) async throws {}
-
-    public func usersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser] {
-        try await connectedUsers()
-    }
 
     public func stopChecking(checker: String) async throws {}
 
@@ -172,7 +185,15 @@ extension DirectoryStore {
     public func forwardControl(_ fields: [String], to user: String) async throws {}
 
     public func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws {}
+}
 
+extension DirectoryCoordination where Self: DirectoryInspection {
+    public func usersToCheck(checker: String, lease: TimeInterval) async throws -> [ConnectedUser] {
+        try await connectedUsers()
+    }
+}
+
+extension DirectoryStore {
     public var directoryVersion: UInt64? { nil }
 
     public func changes(since version: UInt64) -> (through: UInt64, changes: DirectoryChanges?) {
@@ -207,24 +228,4 @@ extension DirectoryStore {
 public protocol DirectoryStoreOpener: Sendable, CustomStringConvertible {
     /// Opens the store, creating (or migrating) its schema if needed.
     func open(logger: Logger, metrics: DirectoryMetrics) async throws -> any DirectoryStore
-}
-
-/// A `--store` value that names no store this server can open.
-public enum DirectoryStoreLocationError: Error, Hashable, CustomStringConvertible {
-    case emptyPath(String)
-    case unsupportedScheme(String)
-    case malformedURL(String, String)
-
-    public var description: String {
-        switch self {
-        case .emptyPath(let text):
-            return "'\(text)' names no database file"
-        case .unsupportedScheme(let scheme):
-            return "'\(scheme)://' stores are not supported by this server "
-                + "(supported: sqlite:PATH, a file path, postgres://USER:PASSWORD@HOST:PORT/DB)"
-        case .malformedURL(_, let problem):
-            // The text itself is not repeated: it may hold a password.
-            return "not a PostgreSQL URL: \(problem)"
-        }
-    }
 }

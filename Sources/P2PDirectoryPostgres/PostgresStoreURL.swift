@@ -30,24 +30,24 @@ public struct PostgresStoreURL: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Parses a `postgres://` URL.
-    public init(parsing text: String) throws(DirectoryStoreLocationError) {
+    public init(parsing text: String) throws(PostgresStoreURLError) {
         guard let components = URLComponents(string: text),
             let scheme = components.scheme?.lowercased(), scheme == "postgres" || scheme == "postgresql"
-        else { throw .malformedURL(text, "expected postgres://USER:PASSWORD@HOST:PORT/DB") }
-        guard let host = components.host, !host.isEmpty else { throw .malformedURL(text, "no host") }
+        else { throw PostgresStoreURLError(text: text, problem: "expected postgres://USER:PASSWORD@HOST:PORT/DB") }
+        guard let host = components.host, !host.isEmpty else { throw PostgresStoreURLError(text: text, problem: "no host") }
         guard let user = components.percentEncodedUser?.removingPercentEncoding, !user.isEmpty else {
-            throw .malformedURL(text, "no user name")
+            throw PostgresStoreURLError(text: text, problem: "no user name")
         }
         if let port = components.port, !(1...65535).contains(port) {
-            throw .malformedURL(text, "port must be 1-65535")
+            throw PostgresStoreURLError(text: text, problem: "port must be 1-65535")
         }
         let database = String(components.path.drop(while: { $0 == "/" }))
-        guard !database.isEmpty, !database.contains("/") else { throw .malformedURL(text, "no database name") }
+        guard !database.isEmpty, !database.contains("/") else { throw PostgresStoreURLError(text: text, problem: "no database name") }
         var tlsMode = TLSMode.prefer
         for item in components.queryItems ?? [] {
-            guard item.name == "sslmode" else { throw .malformedURL(text, "unknown parameter '\(item.name)'") }
+            guard item.name == "sslmode" else { throw PostgresStoreURLError(text: text, problem: "unknown parameter '\(item.name)'") }
             guard let mode = item.value.flatMap(TLSMode.init(rawValue:)) else {
-                throw .malformedURL(text, "sslmode must be disable, prefer or require")
+                throw PostgresStoreURLError(text: text, problem: "sslmode must be disable, prefer or require")
             }
             tlsMode = mode
         }
@@ -76,4 +76,18 @@ public struct PostgresStoreURL: Sendable, Hashable, CustomStringConvertible {
         let query = tlsMode == .prefer ? "" : "?sslmode=\(tlsMode.rawValue)"
         return "postgres://\(user)\(secret)@\(shownHost):\(port)/\(database)\(query)"
     }
+}
+
+/// A `postgres://` URL that cannot be used, and why.
+public struct PostgresStoreURLError: Error, Hashable, CustomStringConvertible {
+    /// The URL as given (it may hold a password: never shown).
+    public var text: String
+    public var problem: String
+
+    public init(text: String, problem: String) {
+        self.text = text
+        self.problem = problem
+    }
+
+    public var description: String { "not a PostgreSQL URL: \(problem)" }
 }

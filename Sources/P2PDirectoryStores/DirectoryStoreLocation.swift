@@ -37,7 +37,11 @@ public enum DirectoryStoreLocation: DirectoryStoreOpener, Hashable {
         if let range = text.range(of: "://") {
             let scheme = text[..<range.lowerBound].lowercased()
             if scheme == "postgres" || scheme == "postgresql" {
-                self = .postgres(try PostgresStoreURL(parsing: text))
+                do {
+                    self = .postgres(try PostgresStoreURL(parsing: text))
+                } catch {
+                    throw .malformedURL(text, error.problem)
+                }
                 return
             }
             throw .unsupportedScheme(String(text[..<range.lowerBound]))
@@ -67,6 +71,26 @@ public enum DirectoryStoreLocation: DirectoryStoreOpener, Hashable {
             }
         case .postgres(let url):
             return try await PostgresDirectoryStore.open(url, logger: logger, metrics: metrics)
+        }
+    }
+}
+
+/// A `--store` value that names no store this server can open.
+public enum DirectoryStoreLocationError: Error, Hashable, CustomStringConvertible {
+    case emptyPath(String)
+    case unsupportedScheme(String)
+    case malformedURL(String, String)
+
+    public var description: String {
+        switch self {
+        case .emptyPath(let text):
+            return "'\(text)' names no database file"
+        case .unsupportedScheme(let scheme):
+            return "'\(scheme)://' stores are not supported by this server "
+                + "(supported: sqlite:PATH, a file path, postgres://USER:PASSWORD@HOST:PORT/DB)"
+        case .malformedURL(_, let problem):
+            // The text itself is not repeated: it may hold a password.
+            return PostgresStoreURLError(text: "", problem: problem).description
         }
     }
 }

@@ -19,7 +19,7 @@ GENERATED := $(GENERATED_DIR)/include/operations.h $(GENERATED_DIR)/operations_c
 	$(GENERATED_DIR)/operations_xdr.c rpc/operations_svc.c
 SETUP_STAMP := .build/.setup-done
 
-.PHONY: all setup build release oplog rpcgen check-rpcgen test bench fuzz run run-cluster install uninstall clean
+.PHONY: all setup build release oplog rpcgen check-rpcgen check-line-length test bench fuzz run run-cluster install uninstall clean
 
 all: build oplog
 
@@ -67,7 +67,7 @@ check-rpcgen: | $(SETUP_STAMP)
 # ---- tests, benchmarks, running --------------------------------------------------------------
 # Tests that need rpcbind get it from scripts/with-rpcbind.sh, which stops it again if it
 # started it.
-test: $(SETUP_STAMP) check-rpcgen oplog
+test: $(SETUP_STAMP) check-rpcgen check-line-length oplog
 	$(SWIFT_BUILD) --build-tests
 	scripts/check-oplog-without-rpcbind.sh
 	# The multi-GiB transfers run alone, after the rest, so their load does not skew the
@@ -78,6 +78,10 @@ test: $(SETUP_STAMP) check-rpcgen oplog
 	$(SWIFT) test --skip-build --filter LargeTransferTests
 	# The fuzz targets, a few seconds each from their seed corpus (make fuzz runs them longer).
 	fuzz/run.sh 5
+
+# .swift-format's 120 columns, on every Swift file of ours.
+check-line-length:
+	python3 scripts/check-line-length.py
 
 bench: $(SETUP_STAMP) oplog
 	$(SWIFT_BUILD) -c release

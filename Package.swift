@@ -54,13 +54,14 @@ let package = Package(
         ),
         // Operation records, the sink the directory server submits them to, and the worker
         // thread that the log sender and the console writer share. No RPC, no libtirpc.
-        .target(name: "P2POperationLog"),
+        .target(name: "P2POperationLog", dependencies: ["P2PNetworkSupport"]),
         // Delivery of operation records to the log server over ONC-RPC.
         .target(
             name: "P2PRPCOperationLog",
             dependencies: [
                 "COperationLog",
                 "P2POperationLog",
+                "P2PNetworkSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -96,6 +97,7 @@ let package = Package(
                 "P2PDirectory",
                 "P2PProtocol",
                 "P2POperationLog",
+                "P2PNetworkSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
@@ -119,7 +121,7 @@ let package = Package(
         .target(
             name: "P2PDirectoryStores",
             dependencies: [
-                "P2PDirectory", "P2PDirectorySQLite", "P2PDirectoryPostgres",
+                "P2PDirectory", "P2PDirectorySQLite", "P2PDirectoryPostgres", "P2PNetworkSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -135,7 +137,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Small network helpers: timeouts, readable connection errors, IPv6 and dual-stack listening.
+        // Small helpers: timeouts, readable connection errors, IPv6 and dual-stack listening, and
+        // the two ways blocking work runs (BlockingWork, WorkerThread).
         .target(
             name: "P2PNetworkSupport",
             dependencies: [
@@ -233,6 +236,7 @@ let package = Package(
             dependencies: [
                 "P2PClient",
                 "P2PIdentity",
+                "P2PNetworkSupport",
                 "CLibEdit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]

@@ -1,6 +1,6 @@
 import Foundation
-import NIOCore
 import Logging
+import NIOCore
 import P2PIdentity
 import P2PNetworkSupport
 import P2PProtocol
@@ -176,7 +176,8 @@ public actor ClientSession {
             if code == 0 || code == 3 {
                 let describedByShare = await sharing.publishedByHand(fileName)
                 // Already there with a description SHARE made up: the typed one replaces it.
-                if code == 3, describedByShare, await request(.delete(user: actingUser, fileName: fileName))?.code == 0 {
+                if code == 3, describedByShare, await request(.delete(user: actingUser, fileName: fileName))?.code == 0
+                {
                     code = await request(.publish(user: actingUser, fileName: fileName, description: description))?.code
                 }
             }
@@ -212,7 +213,11 @@ public actor ClientSession {
                 // them): printed escaped, they cannot forge lines or drive the terminal.
                 for user in users {
                     output.line(
-                        "\(ControlCharacters.escaped(user.name)) \(ControlCharacters.escaped(user.ip)) \(ControlCharacters.escaped(user.port))")
+                        """
+                        \(ControlCharacters.escaped(user.name)) \(ControlCharacters.escaped(user.ip)) \
+                        \(ControlCharacters.escaped(user.port))
+                        """
+                    )
                 }
             }
 
@@ -221,7 +226,8 @@ public actor ClientSession {
             report(.listContent, reply?.code)
             if case .content(let files)? = reply {
                 for file in files {
-                    output.line("\(ControlCharacters.escaped(file.name)) \"\(ControlCharacters.escaped(file.description))\"")
+                    output.line(
+                        "\(ControlCharacters.escaped(file.name)) \"\(ControlCharacters.escaped(file.description))\"")
                 }
             }
 
@@ -255,7 +261,9 @@ public actor ClientSession {
                             + (outcome.problem.map { ": \($0)" } ?? ""))
                 } else {
                     say("UNSHARE OK")
-                    if outcome.deleted > 0 { output.diagnostic("UNSHARE: \(outcome.deleted) files deleted from the directory") }
+                    if outcome.deleted > 0 {
+                        output.diagnostic("UNSHARE: \(outcome.deleted) files deleted from the directory")
+                    }
                 }
             } catch {
                 failures += 1
@@ -276,7 +284,8 @@ public actor ClientSession {
             guard let identity = directory.identity else {
                 failures += 1
                 say("IDENTITY FAIL")
-                output.diagnostic("this client runs without a key (--no-identity): the server knows its users by address only")
+                output.diagnostic(
+                    "this client runs without a key (--no-identity): the server knows its users by address only")
                 return true
             }
             say("IDENTITY OK")
@@ -290,7 +299,9 @@ public actor ClientSession {
 
         case .help:
             for line in ConsoleCommand.helpLines { output.line(line) }
-            if let identity = directory.identity { output.line("This client's key: \(identity.fingerprint) (IDENTITY).") }
+            if let identity = directory.identity {
+                output.line("This client's key: \(identity.fingerprint) (IDENTITY).")
+            }
 
         case .quit:
             await shutdown()
@@ -390,7 +401,8 @@ public actor ClientSession {
         if let stateDirectory {
             do {
                 record = try PublishedRecord(
-                    stateDirectory: stateDirectory, server: DualStack.hostAndPort(directory.host, directory.port), user: user)
+                    stateDirectory: stateDirectory, server: DualStack.hostAndPort(directory.host, directory.port),
+                    user: user)
             } catch {
                 output.diagnostic(
                     "CONNECT: \(error); files published in earlier runs are not served until published again "
@@ -418,11 +430,13 @@ public actor ClientSession {
             try await self.stampedSend(command)
         }
         if outcome.published + outcome.deleted > 0 {
-            output.diagnostic("SHARE: \(outcome.published) files published, \(outcome.deleted) deleted (the shared folders changed)")
+            output.diagnostic(
+                "SHARE: \(outcome.published) files published, \(outcome.deleted) deleted (the shared folders changed)")
         }
         if outcome.failed > 0 {
             output.diagnostic(
-                "SHARE: \(outcome.failed) changes did not reach the directory" + (outcome.problem.map { ": \($0)" } ?? ""))
+                "SHARE: \(outcome.failed) changes did not reach the directory"
+                    + (outcome.problem.map { ": \($0)" } ?? ""))
         }
         output.diagnostic(
             "serving to other peers the \(folder.publishedCount) files \(user) published (relative names from "
@@ -451,7 +465,10 @@ public actor ClientSession {
         }
         let shown = deleted.sorted().prefix(10).map { ControlCharacters.escaped($0) }.joined(separator: ", ")
         output.diagnostic(
-            "CONNECT: the directory listed \(names.count) files for \(ControlCharacters.escaped(user)) that this client "
+            """
+            CONNECT: the directory listed \(names.count) files for \(ControlCharacters.escaped(user)) that this \
+            client 
+            """
                 + "never published (someone else's PUBLISH in that name, or a record of this client's that was lost); "
                 + "\(deleted.count) deleted from the directory"
                 + (deleted.isEmpty ? "" : ": \(shown)\(deleted.count > 10 ? " and \(deleted.count - 10) more" : "")")
@@ -558,7 +575,8 @@ public actor ClientSession {
                     + (outcome.problem.map { ": \($0)" } ?? "") + "; the rest is tried again at the next CONNECT")
         } else {
             say("SHARE OK")
-            output.diagnostic("SHARE: \(outcome.published) files published (SHARED shows what is shared and what was skipped)")
+            output.diagnostic(
+                "SHARE: \(outcome.published) files published (SHARED shows what is shared and what was skipped)")
         }
     }
 
@@ -609,7 +627,8 @@ public actor ClientSession {
         let output = self.output
         do {
             if plainGetFile {
-                try await FileDownloader(maxSize: maxDownloadSize).download(remoteName, from: sources[0], to: localPath, progress: progress)
+                try await FileDownloader(maxSize: maxDownloadSize).download(
+                    remoteName, from: sources[0], to: localPath, progress: progress)
             } else {
                 try await FileDownloader(maxSize: maxDownloadSize).fetch(
                     remoteName, from: sources, to: localPath, progress: progress,
@@ -632,13 +651,18 @@ public actor ClientSession {
         guard serverKeys else { return source }
         guard let control else {
             output.diagnostic(
-                "GET_FILE: cannot learn \(source.owner)'s key: this client has no control connection to the directory server now")
+                """
+                GET_FILE: cannot learn \(source.owner)'s key: this client has no control connection to the \
+                directory server now
+                """
+            )
             return nil
         }
         do {
             guard let key = try await control.key(of: source.owner) else { return source }
             guard let peerTLS else {
-                output.diagnostic("GET_FILE: \(source.owner) is bound to a key, and this client cannot run TLS to check it")
+                output.diagnostic(
+                    "GET_FILE: \(source.owner) is bound to a key, and this client cannot run TLS to check it")
                 return nil
             }
             var pinned = source
@@ -666,40 +690,59 @@ public actor ClientSession {
             let owner = source.owner
             let directory = self.directory
             let output = self.output
-            let relay: (@Sendable () async throws(DownloadError) -> (NIOAsyncChannel<ByteBuffer, ByteBuffer>, String))? =
-                serverRelays
-                ? { @Sendable () async throws(DownloadError) in
-                    let token = try await control.relay(owner: owner)
-                    let channel = try await RelayConnection.open(
-                        directory: directory, user: user, token: token, dateTime: await self.dateTime())
-                    return (channel, token)
-                } : nil
+            let relay:
+                (@Sendable () async throws(DownloadError) -> (NIOAsyncChannel<ByteBuffer, ByteBuffer>, String))? =
+                    serverRelays
+                    ? { @Sendable () async throws(DownloadError) in
+                        let token = try await control.relay(owner: owner)
+                        let channel = try await RelayConnection.open(
+                            directory: directory, user: user, token: token, dateTime: await self.dateTime())
+                        return (channel, token)
+                    } : nil
             let relays = serverRelays
             punched.punch = HolePunch(
                 request: { () async throws(DownloadError) -> String in try await control.punch(owner: owner) },
                 punch: { token async throws(DownloadError) in
-                    try await HolePunch.connect(directory: directory, user: user, token: token, dateTime: await self.dateTime())
+                    try await HolePunch.connect(
+                        directory: directory, user: user, token: token, dateTime: await self.dateTime())
                 },
                 relay: relay,
-                failedBefore: punchFailures[owner].flatMap { ContinuousClock.now - $0.at < .seconds(600) ? $0.reason : nil },
+                failedBefore: punchFailures[owner].flatMap {
+                    ContinuousClock.now - $0.at < .seconds(600) ? $0.reason : nil
+                },
                 onFailure: { reason in
                     Task { await self.notePunchFailure(owner, reason) }
                     output.diagnostic(
                         "GET_FILE \(remoteName): \(reason)"
                             + (relays
                                 ? "; relaying through the directory server instead"
-                                : "; the directory server does not relay transfers (its operator can allow it: p2p-server --relay-limit)"))
+                                : """
+                                    ; the directory server does not relay transfers (its operator can allow it: \
+                                    p2p-server --relay-limit)
+                                    """)
+                    )
                 })
             if let failed = punchFailures[owner], ContinuousClock.now - failed.at < .seconds(600) {
                 output.diagnostic(
-                    "GET_FILE \(remoteName): \(owner) and this client are both behind NATs that no connection can be punched through"
+                    """
+                    GET_FILE \(remoteName): \(owner) and this client are both behind NATs that no connection can \
+                    be punched through
+                    """
                         + (serverRelays
                             ? ": relayed through the directory server"
-                            : ", and the directory server does not relay transfers (its operator can allow it: p2p-server --relay-limit)"))
+                            : """
+                                , and the directory server does not relay transfers (its operator can allow it: \
+                                p2p-server --relay-limit)
+                                """)
+                )
                 guard serverRelays else { return nil }
             } else {
                 output.diagnostic(
-                    "GET_FILE \(remoteName): \(owner) and this client are both behind NATs: punching a connection through them")
+                    """
+                    GET_FILE \(remoteName): \(owner) and this client are both behind NATs: punching a connection \
+                    through them
+                    """
+                )
             }
             return punched
         }
@@ -708,7 +751,8 @@ public actor ClientSession {
         reversed.reversal = Reversal(
             request: { () async throws(DownloadError) -> String in try await control.reverse(owner: owner) },
             incoming: peerServer.reversedConnections)
-        output.diagnostic("GET_FILE \(remoteName): \(owner) is behind a NAT: it connects to this client (reversed connection)")
+        output.diagnostic(
+            "GET_FILE \(remoteName): \(owner) is behind a NAT: it connects to this client (reversed connection)")
         return reversed
     }
 

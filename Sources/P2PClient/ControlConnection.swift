@@ -125,7 +125,8 @@ final class ControlConnection: Sendable {
         switch code {
         case 0: return token
         case 1: throw .unreachable("\(owner) has no control connection: it cannot be asked to connect back")
-        default: throw .unreachable("the directory server cannot reach this client either, so \(owner) cannot connect to it")
+        default:
+            throw .unreachable("the directory server cannot reach this client either, so \(owner) cannot connect to it")
         }
     }
 
@@ -146,7 +147,9 @@ final class ControlConnection: Sendable {
         switch code {
         case 0: return token
         case 1: throw .unreachable("\(owner) has no control connection: no relay with it")
-        default: throw .unreachable("the directory server relays no more transfers now (p2p-server --relay-limit, --relay-max-transfers)")
+        default:
+            throw .unreachable(
+                "the directory server relays no more transfers now (p2p-server --relay-limit, --relay-max-transfers)")
         }
     }
 
@@ -214,8 +217,15 @@ final class ControlConnection: Sendable {
                 } else {
                     diagnostic(
                         code == 2
-                            ? "the directory server took \(user) offline while its control connection was down; CONNECT \(user) again"
-                            : "the directory server refused \(user)'s control connection (code \(code)); other peers may not reach this client")
+                            ? """
+                                the directory server took \(user) offline while its control connection was down; \
+                                CONNECT \(user) again
+                                """
+                            : """
+                                the directory server refused \(user)'s control connection (code \(code)); other peers \
+                                may not reach this client
+                                """
+                    )
                 }
                 return
             case .lost(let reason, let wasOpen):
@@ -224,7 +234,9 @@ final class ControlConnection: Sendable {
                     firstAnswer.yield(nil)
                     firstAnswer.finish()
                 }
-                if wasOpen { diagnostic("the control connection to the directory server broke (\(reason)); opening it again") }
+                if wasOpen {
+                    diagnostic("the control connection to the directory server broke (\(reason)); opening it again")
+                }
             case .unknownSession:
                 // (Answered by `session`, which tries again at once.)
                 break
@@ -358,7 +370,8 @@ final class ControlConnection: Sendable {
             keepaliveMilliseconds.store(milliseconds, ordering: .relaxed)
         case .reachability(let reachable):
             state.withLock { $0.reachable = reachable }
-        case .whoReply(let id, _), .keyReply(let id, _), .reverseReply(let id, _, _), .punchReply(let id, _, _), .relayReply(let id, _, _):
+        case .whoReply(let id, _), .keyReply(let id, _), .reverseReply(let id, _, _), .punchReply(let id, _, _),
+            .relayReply(let id, _, _):
             answer(id, with: message)
         case .dial(let token, let host, let port):
             guard let port = Int(port), (1...65535).contains(port) else { return }

@@ -156,7 +156,8 @@ public struct DirectoryClient: Sendable {
         }
     }
 
-    private func exchange<Decoder: ReplyDecoding>(_ bytes: ByteBuffer, decoder: Decoder) async throws -> Decoder.Decoded {
+    private func exchange<Decoder: ReplyDecoding>(_ bytes: ByteBuffer, decoder: Decoder) async throws -> Decoder.Decoded
+    {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(3))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)

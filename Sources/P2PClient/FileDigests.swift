@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import NIOPosix
 import Synchronization
+import P2PNetworkSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -37,7 +38,7 @@ actor FileDigests {
         guard copy >= 0 else { throw DigestError.unreadable(path) }
         let task = Task {
             defer { close(copy) }
-            return try await NIOThreadPool.singleton.runIfActive { try Self.sha256(of: copy, path: path) }
+            return try await BlockingWork.run { try Self.sha256(of: copy, path: path) }
         }
         running[version] = task
         defer { running[version] = nil }

@@ -39,7 +39,8 @@ public enum DownloadError: Error, Equatable, CustomStringConvertible {
         case .localFile(let reason): return "cannot write the local file: \(reason)"
         case .tooLarge(let size, let reason): return "the owner announces \(size) bytes, \(reason); nothing was written"
         case .digestMismatch(let expected, let got):
-            return "the file arrived damaged: its SHA-256 is \(got.prefix(16))..., the owner's \(expected.prefix(16))...; "
+            return
+                "the file arrived damaged: its SHA-256 is \(got.prefix(16))..., the owner's \(expected.prefix(16))...; "
                 + "nothing was kept"
         case .unverified(let reason): return "\(reason); nothing was downloaded"
         }
@@ -113,7 +114,7 @@ public struct FileDownloader: Sendable {
         let file = LocalFile(descriptor: descriptor)
         do {
             let size = try await receive(remoteName, from: source, into: file, progress: progress)
-            try await NIOThreadPool.singleton.runIfActive {
+            try await BlockingWork.run {
                 try file.sync()
                 try file.close()
                 guard rename(temporary, localPath) == 0 else {
@@ -176,8 +177,9 @@ public struct FileDownloader: Sendable {
         }
         guard let reference = infos.compactMap({ $0 }).first else {
             if sources.count > 1 {
-                notice("\(remoteName): none of \(sources.map(\.owner).joined(separator: ", ")) can serve parts of it; "
-                    + "downloading from \(first.owner) alone")
+                notice(
+                    "\(remoteName): none of \(sources.map(\.owner).joined(separator: ", ")) can serve parts of it; "
+                        + "downloading from \(first.owner) alone")
             }
             return try await download(remoteName, from: first, to: localPath, progress: progress)
         }
@@ -186,7 +188,9 @@ public struct FileDownloader: Sendable {
             if info == reference {
                 usable.append(source)
             } else if sources.count > 1 {
-                notice("\(source.owner) is left out: " + (info == nil ? "no part of \(remoteName) from it" : "its copy differs"))
+                notice(
+                    "\(source.owner) is left out: "
+                        + (info == nil ? "no part of \(remoteName) from it" : "its copy differs"))
             }
         }
         let download = RangedDownload(
@@ -302,7 +306,7 @@ private final class LocalFile: Sendable {
 
     func write(_ buffer: ByteBuffer) async throws {
         guard buffer.readableBytes > 0 else { return }
-        try await NIOThreadPool.singleton.runIfActive {
+        try await BlockingWork.run {
             try buffer.withUnsafeReadableBytes { bytes in
                 var offset = 0
                 while offset < bytes.count {

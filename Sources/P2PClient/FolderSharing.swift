@@ -1,6 +1,7 @@
 import Foundation
 import NIOPosix
 import P2PProtocol
+import P2PNetworkSupport
 
 /// What SHARE, UNSHARE and SHARED act on: the folders shared whole, and the work of keeping
 /// the directory in line with them. While a user is connected, every regular, non-hidden file
@@ -200,7 +201,8 @@ public actor FolderSharing {
             if !reasons.isEmpty {
                 line +=
                     ", \(share.skipped.count) skipped ("
-                    + reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.rawValue)" }.joined(separator: ", ")
+                    + reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.rawValue)" }.joined(
+                        separator: ", ")
                     + ")"
             }
             if !share.excluded.isEmpty { line += ", \(share.excluded.count) withdrawn by DELETE" }
@@ -266,7 +268,7 @@ public actor FolderSharing {
         let scan: FolderScan
         let watcher = self.watcher
         do {
-            scan = try await NIOThreadPool.singleton.runIfActive {
+            scan = try await BlockingWork.run {
                 FolderScanner.scan(
                     folder, share: found.path, prefix: found.prefix, deep: deep, follow: watcher.map { $0.watch })
             }

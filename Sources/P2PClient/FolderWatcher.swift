@@ -1,4 +1,5 @@
 import Foundation
+import P2PNetworkSupport
 import Synchronization
 
 #if canImport(Glibc)
@@ -43,9 +44,7 @@ final class FolderWatcher: Sendable {
         descriptor = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
         guard descriptor >= 0 else { throw CannotWatch(reason: String(cString: strerror(errno))) }
         (changes, continuation) = AsyncStream.makeStream(of: [FolderEvent].self)
-        let thread = Thread { [self] in readLoop() }
-        thread.name = "p2p-folder-watch"
-        thread.start()
+        WorkerThread.start(named: "p2p-folder-watch") { [self] in readLoop() }
     }
 
     private static let mask: UInt32 =

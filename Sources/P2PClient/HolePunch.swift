@@ -76,7 +76,8 @@ public final class HolePunch: Sendable, Hashable {
             throw .unreachable("\(error)")
         }
         let (peer, port) = try await rendezvous(
-            directory: directory, from: local, request: Request(dateTime: dateTime, command: .rendezvous(user: user, token: token)))
+            directory: directory, from: local,
+            request: Request(dateTime: dateTime, command: .rendezvous(user: user, token: token)))
         let deadline = ContinuousClock.now + attemptsFor
         var lastError = "no attempt"
         while ContinuousClock.now < deadline {
@@ -163,7 +164,8 @@ enum RelayConnection {
     ) async throws(DownloadError) -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
         var request = ByteBuffer()
         do {
-            try RequestEncoder.encode(Request(dateTime: dateTime, command: .relay(user: user, token: token)), into: &request)
+            try RequestEncoder.encode(
+                Request(dateTime: dateTime, command: .relay(user: user, token: token)), into: &request)
             let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(.seconds(3))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)

@@ -34,7 +34,11 @@ actor KeyedDirectory {
             dateTime: dateTime, command: .listContent(user: user, owner: ReservedFileName.capabilities))
         guard let reply = try? await directory.sendPlain(probe) else { return false }
         let has: Bool
-        if case .content(let capabilities) = reply { has = capabilities.contains(ServerCapabilities.identity) } else { has = false }
+        if case .content(let capabilities) = reply {
+            has = capabilities.contains(ServerCapabilities.identity)
+        } else {
+            has = false
+        }
         serverHasIdentity = has
         return has
     }
@@ -49,7 +53,9 @@ actor KeyedDirectory {
             session = try await task.value
         } else {
             let identity = self.identity
-            let task = Task { try await Self.open(user: user, identity: identity, dateTime: request.dateTime, via: directory) }
+            let task = Task {
+                try await Self.open(user: user, identity: identity, dateTime: request.dateTime, via: directory)
+            }
             opening[user] = task
             defer { opening[user] = nil }
             session = try await task.value

@@ -196,7 +196,8 @@ public final class PeerFileServer: Sendable {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .bind(host: DualStack.unbracketed(host), port: 0) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let connection = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        let connection = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+                            wrappingChannelSynchronously: channel)
                         accepted.add(connection)
                         return connection
                     }
@@ -210,7 +211,8 @@ public final class PeerFileServer: Sendable {
         } else {
             channel = try await bind("0.0.0.0")
         }
-        return PeerFileServer(channel: channel, accepted: accepted, folder: folder, limits: limits, tls: tls, logger: logger)
+        return PeerFileServer(
+            channel: channel, accepted: accepted, folder: folder, limits: limits, tls: tls, logger: logger)
     }
 
     private init(
@@ -259,7 +261,9 @@ public final class PeerFileServer: Sendable {
     /// Presents `token` on a connection this client opened to a downloader (connecting back, or
     /// punched through both NATs) and serves the request that comes back on it. For a relayed
     /// connection (`relayed`), the server's 0 comes first.
-    public func present(_ token: String, on connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>, relayed: Bool = false) async {
+    public func present(_ token: String, on connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>, relayed: Bool = false)
+        async
+    {
         guard let hello = PeerRequest.reversed(token: token).fileName else { return }
         var bytes = ByteBuffer()
         guard (try? FileRequest(fileName: hello).encode(into: &bytes)) != nil else { return }
@@ -267,7 +271,9 @@ public final class PeerFileServer: Sendable {
         await Self.serve(connection, context) { inbound, outbound in
             if relayed {
                 let code = try await inbound.readCode()
-                guard code == .ok else { throw DownloadError.unreachable("the relay answered \(code.map { "\($0)" } ?? "nothing")") }
+                guard code == .ok else {
+                    throw DownloadError.unreachable("the relay answered \(code.map { "\($0)" } ?? "nothing")")
+                }
             }
             try await outbound.write(helloBytes)
         }
@@ -287,11 +293,15 @@ public final class PeerFileServer: Sendable {
             let decided = Box(Atomic<Bool>(false))
             Task {
                 await task.value
-                if !decided.value.exchange(true, ordering: .acquiringAndReleasing) { continuation.resume(returning: true) }
+                if !decided.value.exchange(true, ordering: .acquiringAndReleasing) {
+                    continuation.resume(returning: true)
+                }
             }
             Task {
                 try? await Task.sleep(for: Self.stopGrace)
-                if !decided.value.exchange(true, ordering: .acquiringAndReleasing) { continuation.resume(returning: false) }
+                if !decided.value.exchange(true, ordering: .acquiringAndReleasing) {
+                    continuation.resume(returning: false)
+                }
             }
         }
         if !finished {
@@ -318,7 +328,12 @@ public final class PeerFileServer: Sendable {
         // Connections this client opened (a prelude) are not a peer's to count.
         let address = prelude == nil ? channel.remoteAddress?.ipAddress ?? "?" : nil
         guard context.admit(channel, address: address) else {
-            logger.notice("GET_FILE from \(peer): refused, \(context.maxConnectionsPerAddress) connections from that address already")
+            logger.notice(
+                """
+                GET_FILE from \(peer): refused, \(context.maxConnectionsPerAddress) connections from that address \
+                already
+                """
+            )
             // The answer, then FIN, and what the peer sent is read (for at most 2 s) before the
             // close: closing on unread bytes would reset the connection and lose the answer.
             try? await connection.executeThenClose { inbound, outbound in
@@ -381,7 +396,8 @@ public final class PeerFileServer: Sendable {
                 }
                 // The downloader as the log shows it (with --verbose): its address, and the key
                 // it proved when it came over TLS.
-                let downloader = downloaderKey.map { "\(peer) (TLS, key \(IdentityKey.fingerprint(ofPublicKey: $0)))" } ?? peer
+                let downloader =
+                    downloaderKey.map { "\(peer) (TLS, key \(IdentityKey.fingerprint(ofPublicKey: $0)))" } ?? peer
                 let name: String
                 var range: (offset: Int64, length: Int64)?
                 switch PeerRequest(fileName: request.fileName) {
@@ -410,7 +426,7 @@ public final class PeerFileServer: Sendable {
                     name = file
                     range = (offset, length)
                 }
-                let opened = try await NIOThreadPool.singleton.runIfActive { context.folder.open(name) }
+                let opened = try await BlockingWork.run { context.folder.open(name) }
                 guard let (descriptor, size) = opened else {
                     logger.info("GET_FILE \(name) from \(downloader): no such file")
                     try await Self.finish(channel, code: FileReplyCode.noSuchFile)
@@ -486,7 +502,8 @@ public final class PeerFileServer: Sendable {
         /// encrypt them), read into memory first.
         func write(_ from: Int, _ to: Int) async throws -> EventLoopFuture<Void> {
             guard encrypted else {
-                return channel.writeAndFlush(IOData.fileRegion(FileRegion(fileHandle: handle, readerIndex: from, endIndex: to)))
+                return channel.writeAndFlush(
+                    IOData.fileRegion(FileRegion(fileHandle: handle, readerIndex: from, endIndex: to)))
             }
             let bytes = try await fileIO.read(
                 fileHandle: handle, fromOffset: Int64(from), byteCount: to - from, allocator: channel.allocator)
@@ -520,7 +537,7 @@ public final class PeerFileServer: Sendable {
 
     /// Answers an info request: the file's size and SHA-256, or 1 when it is not served.
     private static func sendInfo(_ name: String, on channel: any Channel, _ context: Context) async throws {
-        let opened = try await NIOThreadPool.singleton.runIfActive { context.folder.open(name) }
+        let opened = try await BlockingWork.run { context.folder.open(name) }
         guard let (descriptor, size) = opened else {
             try await Self.finish(channel, code: FileReplyCode.noSuchFile)
             return

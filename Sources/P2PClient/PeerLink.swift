@@ -110,7 +110,10 @@ final class ReversedConnections: Sendable {
     /// taken (the caller closes it): a connection for that token is here already, or too many
     /// are. One no download claims is dropped after `waitLimit`.
     func deliver(_ token: String, _ handed: Handed, waitLimit: Duration = .seconds(10)) -> Bool {
-        enum Outcome { case handOver(CheckedContinuation<Handed?, Never>), parked, refused }
+        enum Outcome {
+            case handOver(CheckedContinuation<Handed?, Never>)
+            case parked, refused
+        }
         let outcome = slots.withLock { slots -> Outcome in
             switch slots[token] {
             case .waiting(let continuation)?:
@@ -294,7 +297,9 @@ enum PeerConnection {
                 let code = try await link.inbound.readCode()
                 guard code == .ok else {
                     throw DownloadError.unreachable(
-                        code == 2 ? "\(source.owner) did not join the relay" : "the directory server refused the relay (code \(code.map { "\($0)" } ?? "none"))")
+                        code == 2
+                            ? "\(source.owner) did not join the relay"
+                            : "the directory server refused the relay (code \(code.map { "\($0)" } ?? "none"))")
                 }
             }
             var decoder = FileRequestDecoder()

@@ -3,8 +3,8 @@ import Foundation
 import NIOCore
 import NIOSSL
 import NIOTLS
-import P2PNetworkSupport
 import P2PIdentity
+import P2PNetworkSupport
 import P2PProtocol
 import Synchronization
 import X509
@@ -68,7 +68,9 @@ public final class PeerTLS: Sendable, Hashable {
     public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
 
     /// An Ed25519 SubjectPublicKeyInfo is this prefix and the 32 bytes of the key (RFC 8410).
-    private static let ed25519SPKIPrefix: [UInt8] = [0x30, 0x2A, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x70, 0x03, 0x21, 0x00]
+    private static let ed25519SPKIPrefix: [UInt8] = [
+        0x30, 0x2A, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ]
 
     /// The raw Ed25519 key a certificate holds; nil for any other kind of key.
     static func ed25519Key(of certificate: NIOSSLCertificate) -> Data? {
@@ -82,7 +84,8 @@ public final class PeerTLS: Sendable, Hashable {
     /// handshake as the TLS client. Returns once the owner has proved `ownerKey` (base64, as
     /// the directory gave it); throws when it did not, or does not offer TLS. There is no
     /// falling back to plain: a user bound to a key is always served by a client of ours.
-    func secure(_ link: PeerLink, on channel: any Channel, owner: String, ownerKey: String) async throws(DownloadError) {
+    func secure(_ link: PeerLink, on channel: any Channel, owner: String, ownerKey: String) async throws(DownloadError)
+    {
         guard let expected = Data(base64Encoded: ownerKey), expected.count == 32 else {
             throw .unverified("the directory gave a malformed key for \(owner)")
         }

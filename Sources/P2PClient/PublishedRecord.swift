@@ -159,7 +159,8 @@ public final class PublishedRecord: Sendable {
         var result = ""
         for (index, byte) in text.utf8.enumerated() {
             let plain =
-                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
                 || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "_")
                 || byte == UInt8(ascii: "-") || (byte == UInt8(ascii: ".") && index > 0)
             result += plain ? String(UnicodeScalar(byte)) : String(format: "%%%02X", byte)

@@ -87,7 +87,8 @@ struct RangedDownload: Sendable {
         var done: Set<Int>
 
         var text: String {
-            "p2p-partial 1\nowners \(owners.joined(separator: ","))\nname \(remoteName)\nsize \(size)\nsha256 \(sha256)\n"
+            "p2p-partial 1\nowners \(owners.joined(separator: ","))\nname \(remoteName)\n"
+                + "size \(size)\nsha256 \(sha256)\n"
                 + "done \(done.sorted().map(String.init).joined(separator: ","))\n"
         }
 
@@ -131,7 +132,12 @@ struct RangedDownload: Sendable {
         if !done.isEmpty {
             resumed = resumePartial()
             if resumed == nil {
-                notice("\(partialPath) is not the partial file of the interrupted download (a link, or another file): starting over")
+                notice(
+                    """
+                    \(partialPath) is not the partial file of the interrupted download (a link, or another file): \
+                    starting over
+                    """
+                )
                 done = []
                 unlink(partialPath)
                 unlink(recordPath)
@@ -226,7 +232,7 @@ struct RangedDownload: Sendable {
             throw .digestMismatch(expected: info.sha256, got: digest ?? "?")
         }
         do {
-            try await NIOThreadPool.singleton.runIfActive {
+            try await BlockingWork.run {
                 guard fsync(descriptor) == 0, rename(partialPath, localPath) == 0 else {
                     throw DownloadError.localFile("\(localPath): \(String(cString: strerror(errno)))")
                 }
@@ -245,14 +251,18 @@ struct RangedDownload: Sendable {
     /// an owner cannot make this client reserve more than it can hold.
     private func checkSize() throws(DownloadError) {
         if let maxSize, info.size > maxSize {
-            throw .tooLarge(size: info.size, reason: "over the \(maxSize) bytes this client accepts (--max-download-size)")
+            throw .tooLarge(
+                size: info.size, reason: "over the \(maxSize) bytes this client accepts (--max-download-size)")
         }
         let folder = URL(fileURLWithPath: localPath).deletingLastPathComponent().path
         var space = statvfs()
         guard statvfs(folder, &space) == 0 else { return }
-        let free = Int64(clamping: UInt64(space.f_bavail).multipliedReportingOverflow(by: UInt64(space.f_frsize)).partialValue)
+        let free = Int64(
+            clamping: UInt64(space.f_bavail).multipliedReportingOverflow(by: UInt64(space.f_frsize)).partialValue)
         var partial = stat()
-        let already = lstat(partialPath, &partial) == 0 && (partial.st_mode & S_IFMT) == S_IFREG ? Int64(partial.st_blocks) * 512 : 0
+        let already =
+            lstat(partialPath, &partial) == 0 && (partial.st_mode & S_IFMT) == S_IFREG
+            ? Int64(partial.st_blocks) * 512 : 0
         if info.size > free + already {
             throw .tooLarge(size: info.size, reason: "more than the \(free) bytes free in \(folder)")
         }
@@ -320,15 +330,19 @@ struct RangedDownload: Sendable {
                 await cursor.drain()
                 if cursor.upTo < offset + length {
                     let path = partialPath
-                    let readBack: Void? = try? await NIOThreadPool.singleton.runIfActive {
+                    let readBack: Void? = try? await BlockingWork.run {
                         var buffer = [UInt8](repeating: 0, count: 1 << 20)
                         var position = max(offset, cursor.upTo)
                         while position < offset + length {
                             let want = Int(min(Int64(buffer.count), offset + length - position))
-                            let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress!, want, off_t(position)) }
+                            let count = buffer.withUnsafeMutableBytes {
+                                pread(descriptor, $0.baseAddress!, want, off_t(position))
+                            }
                             if count < 0 && errno == EINTR { continue }
                             guard count > 0 else { throw DownloadError.localFile("cannot read back \(path)") }
-                            buffer.withUnsafeBytes { cursor.offer(UnsafeRawBufferPointer(rebasing: $0[0..<count]), at: position) }
+                            buffer.withUnsafeBytes {
+                                cursor.offer(UnsafeRawBufferPointer(rebasing: $0[0..<count]), at: position)
+                            }
                             position += Int64(count)
                         }
                     }
@@ -378,7 +392,7 @@ struct RangedDownload: Sendable {
                 let at = position
                 let end = at + Int64(gathered)
                 pendingWrite = Task {
-                    try await NIOThreadPool.singleton.runIfActive {
+                    try await BlockingWork.run {
                         var place = at
                         for part in data {
                             try part.withUnsafeReadableBytes { raw in
@@ -597,7 +611,7 @@ actor ChunkPlan {
         lastSaved = .now
         let text = record.text
         let path = recordPath
-        _ = try? await NIOThreadPool.singleton.runIfActive {
+        _ = try? await BlockingWork.run {
             try text.write(toFile: path, atomically: true, encoding: .utf8)
         }
     }

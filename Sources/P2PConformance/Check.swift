@@ -11,7 +11,10 @@ public struct Check: Sendable {
     public let quick: Bool
     let body: @Sendable (CheckContext) async throws -> Void
 
-    init(_ id: String, quick: Bool = false, proves: String, _ body: @escaping @Sendable (CheckContext) async throws -> Void) {
+    init(
+        _ id: String, quick: Bool = false, proves: String,
+        _ body: @escaping @Sendable (CheckContext) async throws -> Void
+    ) {
         self.id = id
         self.proves = proves
         self.quick = quick

@@ -136,8 +136,11 @@ public enum Report {
     /// For graders and CI: every check with its outcome, exchanges included for failures.
     public static func json(_ results: [CheckResult], target: String) -> String {
         func exchangeObject(_ exchange: Exchange) -> [String: Any] {
-            ["sent": Exchange.show(exchange.sent, limit: 4096), "received": Exchange.show(exchange.received, limit: 4096),
-             "ending": exchange.ending]
+            [
+                "sent": Exchange.show(exchange.sent, limit: 4096),
+                "received": Exchange.show(exchange.received, limit: 4096),
+                "ending": exchange.ending,
+            ]
         }
         let checks: [[String: Any]] = results.map { result in
             var object: [String: Any] = ["id": result.id, "proves": result.proves, "seconds": result.seconds]
@@ -161,7 +164,8 @@ public enum Report {
             "target": target, "checks": checks, "passed": results.count - failed - skipped, "failed": failed,
             "skipped": skipped,
         ]
-        let data = (try? JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys])) ?? Data()
+        let data =
+            (try? JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys])) ?? Data()
         return String(decoding: data, as: UTF8.self)
     }
 }

@@ -52,7 +52,8 @@ enum Wire {
                     }
                 }
         } catch {
-            context?.record(Exchange(sent: bytes, received: [], ending: "could not connect: \(shortDescription(of: error))"))
+            context?.record(
+                Exchange(sent: bytes, received: [], ending: "could not connect: \(shortDescription(of: error))"))
             throw CheckFailed("cannot connect to \(endpoint): \(shortDescription(of: error))")
         }
         let localIP = channel.channel.localAddress?.ipAddress

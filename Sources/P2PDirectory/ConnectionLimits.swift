@@ -78,7 +78,9 @@ final class ConnectionLimits: Sendable {
         var address = in6_addr()
         guard inet_pton(AF_INET6, ip, &address) == 1 else { return ip }
         let bytes = withUnsafeBytes(of: &address) { Array($0.prefix(8)) }
-        let groups = stride(from: 0, to: 8, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }
+        let groups = stride(from: 0, to: 8, by: 2).map {
+            String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16)
+        }
         return groups.joined(separator: ":") + "::/64"
     }
 }

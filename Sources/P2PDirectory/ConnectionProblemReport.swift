@@ -111,9 +111,9 @@ final class ConnectionProblemReport: Sendable {
                 from += ", \(tally.byAddress.count - top.count) more addresses"
                 if tally.otherAddresses > 0 { from += " and \(tally.otherAddresses) from addresses not kept" }
             }
+            let window = String(format: "%g", seconds)
             logger.warning(
-                "\(tally.count) \(problem.summary) in the last \(String(format: "%g", seconds)) s (the first logged above); from \(from)"
-            )
+                "\(tally.count) \(problem.summary) in the last \(window) s (the first logged above); from \(from)")
         }
     }
 }

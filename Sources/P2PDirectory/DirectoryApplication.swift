@@ -63,7 +63,8 @@ public final class DirectoryApplication: Service, Sendable {
             operationLog: operationLog, ownerCheck: configuration.ownerCheck,
             capabilities: configuration.proxyProtocol
                 ? [ServerCapabilities.control, ServerCapabilities.identity]
-                : [ServerCapabilities.control, ServerCapabilities.punch] + (relay.isEnabled ? [ServerCapabilities.relay] : [])
+                : [ServerCapabilities.control, ServerCapabilities.punch]
+                    + (relay.isEnabled ? [ServerCapabilities.relay] : [])
                     + [ServerCapabilities.identity],
             console: console)
         // Keyed sessions are sealed with the directory's secret: any server sharing it verifies them.

@@ -74,7 +74,11 @@ extension DirectoryChange {
     /// The log line for this change refused by the key binding (every store logs the same line).
     package var keyRefusal: String {
         let (change, key) = unkeyed
-        return "\(change.operation.rawValue) of \(ControlCharacters.escaped(change.user)) refused: the user is bound to a key "
+        return
+            """
+            \(change.operation.rawValue) of \(ControlCharacters.escaped(change.user)) refused: the user is bound \
+            to a key 
+            """
             + (key == nil ? "and the request was plain" : "and the request was proven by another one")
     }
 

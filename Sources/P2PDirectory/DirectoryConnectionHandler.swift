@@ -132,7 +132,12 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
                 let key = ConnectionLimits.key(for: unmapped)
                 problems.record(
                     .addressLimit, from: key,
-                    detail: "closing connection from \(unmapped) (through the load balancer): \(limits.perAddress) connections from \(key) are open (--max-connections-per-address)")
+                    detail:
+                        """
+                        closing connection from \(unmapped) (through the load balancer): \(limits.perAddress) \
+                        connections from \(key) are open (--max-connections-per-address)
+                        """
+                )
             }
             run(machine.admitted(admitted), context: context)
         case .serve(let request, let proxiedIP):
@@ -189,7 +194,12 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
             case .refused:
                 problems.record(
                     .badRequest, from: peerIP,
-                    detail: "keyed \(request.operation.rawValue) for \(ControlCharacters.escaped(request.user)) from \(peerIP) refused: its proof does not hold")
+                    detail:
+                        """
+                        keyed \(request.operation.rawValue) for \(ControlCharacters.escaped(request.user)) from \
+                        \(peerIP) refused: its proof does not hold
+                        """
+                )
                 answerKeyed(request, .refused, context: context)
                 return
             }

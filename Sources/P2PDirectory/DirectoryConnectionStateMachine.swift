@@ -7,9 +7,12 @@ import P2PProtocol
 /// (``DirectoryConnectionHandler``) only runs the actions.
 ///
 /// ```
-/// awaitingProxyHeader --header--> admitting --address admitted--> reading --request--> serving --reply--> closed
-///          |                           |                                |
-///          +--no valid header--> closed +--address over its limit--> closed  +--bad input--> draining --client closes--> closed
+/// awaitingProxyHeader --header--> admitting --address admitted--> reading --request--> serving
+///          |                           |                                |                  |
+///          +--no valid header--> closed +--address over its limit--> closed  |           --reply--> closed
+///                                                                       +--bad input--> draining
+///                                                                                          |
+///                                                                           --client closes--> closed
 /// ```
 ///
 /// (`admitting` only when the header names a client: its address then takes one of its
@@ -66,7 +69,9 @@ struct DirectoryConnectionStateMachine {
     private(set) var state: State
 
     init(expectsProxyHeader: Bool) {
-        state = expectsProxyHeader ? .awaitingProxyHeader(ByteBuffer()) : .reading(RequestDecoder(), clientIP: nil, sawBytes: false)
+        state =
+            expectsProxyHeader
+            ? .awaitingProxyHeader(ByteBuffer()) : .reading(RequestDecoder(), clientIP: nil, sawBytes: false)
     }
 
     mutating func bytesReceived(_ bytes: ByteBuffer) -> Action {

@@ -75,7 +75,8 @@ public struct DirectoryRequestHandler: Sendable {
         console("s> \(request.operation.rawValue) FROM \(ControlCharacters.escaped(request.user))")
         switch request.command {
         case .identify(let user, let publicKey, let agreementKey, let signature):
-            return .control(.identify(user: user, publicKey: publicKey, agreementKey: agreementKey, signature: signature))
+            return .control(
+                .identify(user: user, publicKey: publicKey, agreementKey: agreementKey, signature: signature))
         case .control:
             return .control(.control)
         case .rendezvous(let user, let token):

@@ -170,14 +170,24 @@ public final class DirectoryServer: Service, Sendable {
                 guard limits.open() else {
                     problems.record(
                         .connectionLimit, from: clientIP,
-                        detail: "closing connection from \(clientIP): \(configuration.maxConnections) connections are open (--max-connections)")
+                        detail:
+                            """
+                            closing connection from \(clientIP): \(configuration.maxConnections) connections are \
+                            open (--max-connections)
+                            """
+                    )
                     return refusals.refuse(channel)
                 }
                 if configuration.proxyProtocol, !AddressPrefix.any(configuration.trustedProxies, contains: clientIP) {
                     limits.close()
                     problems.record(
                         .untrustedProxy, from: clientIP,
-                        detail: "closing connection from \(clientIP): not a load balancer named by --proxy-from, so its PROXY header is not believed")
+                        detail:
+                            """
+                            closing connection from \(clientIP): not a load balancer named by --proxy-from, so \
+                            its PROXY header is not believed
+                            """
+                    )
                     return channel.eventLoop.makeFailedFuture(RefusedConnections.Refused())
                 }
                 // Behind the balancer the socket's address is the balancer's: the client's
@@ -188,7 +198,12 @@ public final class DirectoryServer: Service, Sendable {
                     let key = ConnectionLimits.key(for: clientIP)
                     problems.record(
                         .addressLimit, from: key,
-                        detail: "closing connection from \(clientIP): \(configuration.maxConnectionsPerAddress) connections from \(key) are open (--max-connections-per-address)")
+                        detail:
+                            """
+                            closing connection from \(clientIP): \(configuration.maxConnectionsPerAddress) \
+                            connections from \(key) are open (--max-connections-per-address)
+                            """
+                    )
                     return refusals.refuse(channel)
                 }
                 return channel.eventLoop.makeCompletedFuture {

@@ -149,11 +149,14 @@ public struct DirectoryState: Sendable {
         var found: [(online: Bool, sequence: Int, hit: SearchHit)] = []
         for (owner, entry) in users {
             for stored in entry.files {
-                let tokens = DirectoryRules.searchWords(stored.file.name) + DirectoryRules.searchWords(stored.file.description)
+                let tokens =
+                    DirectoryRules.searchWords(stored.file.name) + DirectoryRules.searchWords(stored.file.description)
                 guard words.allSatisfy({ word in tokens.contains { $0.hasPrefix(word) } }) else { continue }
                 found.append(
-                    (entry.address != nil, stored.sequence,
-                     SearchHit(owner: owner, name: stored.file.name, description: stored.file.description)))
+                    (
+                        entry.address != nil, stored.sequence,
+                        SearchHit(owner: owner, name: stored.file.name, description: stored.file.description)
+                    ))
             }
         }
         found.sort { ($0.online ? 0 : 1, $0.sequence) < ($1.online ? 0 : 1, $1.sequence) }
@@ -271,6 +274,7 @@ public enum DirectoryRules {
     /// File names are one word (the console splits on spaces), not empty, and hold no control
     /// characters.
     public static func isValidFileName(_ name: String) -> Bool {
-        !name.isEmpty && !name.contains(where: { $0.isWhitespace }) && !ControlCharacters.containsControlCharacters(name)
+        !name.isEmpty && !name.contains(where: { $0.isWhitespace })
+            && !ControlCharacters.containsControlCharacters(name)
     }
 }

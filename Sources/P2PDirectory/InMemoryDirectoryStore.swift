@@ -23,7 +23,8 @@ public final class InMemoryDirectoryStore: DirectoryStore {
             queries.map { query in
                 switch query {
                 case .listUsers(let requester): return state.listUsers(requester: requester)
-                case .listContent(let requester, let owner): return state.listContent(requester: requester, owner: owner)
+                case .listContent(let requester, let owner):
+                    return state.listContent(requester: requester, owner: owner)
                 case .search(let requester, let query): return state.search(requester: requester, query: query)
                 }
             }

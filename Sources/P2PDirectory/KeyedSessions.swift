@@ -89,11 +89,13 @@ public final class KeyedSessions: Sendable {
         }
         return state.withLock { state in
             guard var session = state.sessions[proof.session] else { return .unknownSession }
-            guard UInt64(Date().timeIntervalSince1970) < session.issued + UInt64(Self.lifetime.components.seconds) else {
+            guard UInt64(Date().timeIntervalSince1970) < session.issued + UInt64(Self.lifetime.components.seconds)
+            else {
                 state.sessions[proof.session] = nil
                 return .unknownSession
             }
-            guard session.userHash == Self.userHash(request.user), KeyedSession.isValid(proof, for: request, key: session.key),
+            guard session.userHash == Self.userHash(request.user),
+                KeyedSession.isValid(proof, for: request, key: session.key),
                 session.seen.accept(proof.counter)
             else { return .refused }
             state.clock += 1
@@ -130,7 +132,8 @@ public final class KeyedSessions: Sendable {
     private static func userHash(_ user: String) -> [UInt8] { Array(SHA256.hash(data: Array(user.utf8)).prefix(16)) }
 
     private static func evictLeastRecentlyUsed(_ state: inout State, down target: Int) {
-        let victims = state.sessions.sorted { $0.value.lastUsed < $1.value.lastUsed }.prefix(state.sessions.count - target)
+        let victims = state.sessions.sorted { $0.value.lastUsed < $1.value.lastUsed }.prefix(
+            state.sessions.count - target)
         for (id, _) in victims { state.sessions[id] = nil }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import P2PNetworkSupport
 import P2PProtocol
 
 #if canImport(Glibc)
@@ -38,15 +39,10 @@ enum PeerProbe {
         _ targets: [Target], timeout: Duration, concurrency: Int, slice: Duration, perSlice: Int,
         shouldStop: @escaping @Sendable () -> Bool
     ) async -> [Bool] {
-        await withCheckedContinuation { continuation in
-            let thread = Thread {
-                continuation.resume(
-                    returning: probe(
-                        targets, timeout: timeout, concurrency: concurrency, slice: slice, perSlice: perSlice,
-                        shouldStop: shouldStop))
-            }
-            thread.name = "p2p-peer-check"
-            thread.start()
+        await WorkerThread.run(named: "p2p-peer-check") {
+            probe(
+                targets, timeout: timeout, concurrency: concurrency, slice: slice, perSlice: perSlice,
+                shouldStop: shouldStop)
         }
     }
 
@@ -226,7 +222,8 @@ enum PeerProbe {
         } else {
             return nil
         }
-        let descriptor = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let descriptor = socket(
+            family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard descriptor >= 0 else { return nil }
         let result: Int32 =
             family == AF_INET

@@ -20,8 +20,9 @@ final class RequestDeadlines: @unchecked Sendable {
     let eventLoop: any EventLoop
     let timeout: TimeAmount
     private let period: TimeAmount
-    private var waiting: [ObjectIdentifier: (deadline: NIODeadline, connection: any Waiting, context: ChannelHandlerContext)] =
-        [:]
+    private var waiting:
+        [ObjectIdentifier: (deadline: NIODeadline, connection: any Waiting, context: ChannelHandlerContext)] =
+            [:]
     private var sweep: RepeatedTask?
 
     init(timeout: TimeAmount, eventLoop: any EventLoop) {

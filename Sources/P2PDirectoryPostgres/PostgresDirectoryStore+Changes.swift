@@ -1,6 +1,6 @@
-import P2PDirectory
 import Foundation
 import Logging
+import P2PDirectory
 import P2PProtocol
 import PostgresNIO
 import Synchronization
@@ -104,7 +104,10 @@ extension PostgresDirectoryStore {
             let key = original.unkeyed.key
             let inserted = try await Self.count(
                 connection,
-                "INSERT INTO directory_user (name, key) VALUES (\(user), \(key)) ON CONFLICT (name) DO NOTHING RETURNING 1",
+                """
+                INSERT INTO directory_user (name, key) VALUES (\(user), \(key)) ON CONFLICT (name) DO NOTHING \
+                RETURNING 1
+                """,
                 logger: logger)
             return inserted == 1 ? .ok : 1
         }

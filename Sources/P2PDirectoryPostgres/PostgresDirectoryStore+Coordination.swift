@@ -1,6 +1,6 @@
-import P2PDirectory
 import Foundation
 import Logging
+import P2PDirectory
 import P2PProtocol
 import PostgresNIO
 import Synchronization
@@ -43,7 +43,8 @@ extension PostgresDirectoryStore {
                 try await connection.listen(on: Self.controlChannel) { notifications in
                     for try await notification in notifications {
                         guard
-                            let fields = try? JSONDecoder().decode([String].self, from: Data(notification.payload.utf8)),
+                            let fields = try? JSONDecoder().decode(
+                                [String].self, from: Data(notification.payload.utf8)),
                             let user = fields.first
                         else { continue }
                         deliver(user, Array(fields.dropFirst()))
@@ -80,7 +81,8 @@ extension PostgresDirectoryStore {
         try await transaction { connection in
             try await connection.query(
                 """
-                INSERT INTO directory_checker (id, alive_until) VALUES (\(checker), now() + make_interval(secs => \(lease)))
+                INSERT INTO directory_checker (id, alive_until)
+                VALUES (\(checker), now() + make_interval(secs => \(lease)))
                 ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until
                 """, logger: self.logger)
             // A server gone for a day is forgotten.
@@ -91,7 +93,8 @@ extension PostgresDirectoryStore {
                 WITH share AS (
                     SELECT ceil(
                         (SELECT count(*) FROM directory_user WHERE \(unescaped: Self.checkable))::float8
-                        / greatest(1, (SELECT count(*) FROM directory_checker WHERE alive_until > now())))::bigint AS n),
+                        / greatest(1, (SELECT count(*) FROM directory_checker WHERE alive_until > now()))
+                    )::bigint AS n),
                 kept AS (
                     SELECT name FROM directory_user
                     WHERE check_by = \(checker) AND \(unescaped: Self.checkable)
@@ -99,7 +102,8 @@ extension PostgresDirectoryStore {
                     FOR UPDATE SKIP LOCKED),
                 taken AS (
                     SELECT name FROM directory_user
-                    WHERE \(unescaped: Self.checkable) AND check_by IS DISTINCT FROM \(checker) AND (check_until IS NULL OR check_until < now())
+                    WHERE \(unescaped: Self.checkable) AND check_by IS DISTINCT FROM \(checker)
+                        AND (check_until IS NULL OR check_until < now())
                     ORDER BY name LIMIT (SELECT greatest(0, n - (SELECT count(*) FROM kept)) FROM share)
                     FOR UPDATE SKIP LOCKED)
                 UPDATE directory_user

@@ -1,6 +1,6 @@
-import P2PDirectory
 import Foundation
 import Logging
+import P2PDirectory
 import P2PProtocol
 import PostgresNIO
 import Synchronization
@@ -54,7 +54,8 @@ extension PostgresDirectoryStore {
                     """
                     INSERT INTO directory_file (owner, name, description)
                     SELECT owner, name, description
-                    FROM unnest(\(part.map(\.owner))::text[], \(part.map(\.name))::text[], \(part.map(\.description))::text[])
+                    FROM unnest(
+                        \(part.map(\.owner))::text[], \(part.map(\.name))::text[], \(part.map(\.description))::text[])
                         WITH ORDINALITY AS rows (owner, name, description, position)
                     ORDER BY position
                     RETURNING id

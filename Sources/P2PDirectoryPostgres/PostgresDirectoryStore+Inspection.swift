@@ -1,6 +1,6 @@
-import P2PDirectory
 import Foundation
 import Logging
+import P2PDirectory
 import P2PProtocol
 import PostgresNIO
 import Synchronization
@@ -48,7 +48,10 @@ extension PostgresDirectoryStore {
         return try await serverWork(doing: "reading the sessions' secret failed") {
             try await self.transaction { connection in
                 try await connection.query(
-                    "INSERT INTO directory_secret (name, value) VALUES ('sessions', \(made)) ON CONFLICT (name) DO NOTHING",
+                    """
+                    INSERT INTO directory_secret (name, value) VALUES ('sessions', \(made)) ON CONFLICT (name) DO \
+                    NOTHING
+                    """,
                     logger: self.logger)
                 let rows = try await connection.query(
                     "SELECT value FROM directory_secret WHERE name = 'sessions'", logger: self.logger)
@@ -72,7 +75,8 @@ extension PostgresDirectoryStore {
         try await serverRead { connection in
             let rows = try await connection.query(
                 """
-                SELECT (SELECT count(*) FROM directory_user), (SELECT count(*) FROM directory_user WHERE ip IS NOT NULL),
+                SELECT (SELECT count(*) FROM directory_user),
+                    (SELECT count(*) FROM directory_user WHERE ip IS NOT NULL),
                     (SELECT count(*) FROM directory_file)
                 """, logger: self.logger)
             for try await (users, connected, files) in rows.decode((Int, Int, Int).self) {

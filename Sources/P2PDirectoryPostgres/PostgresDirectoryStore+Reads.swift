@@ -1,6 +1,6 @@
-import P2PDirectory
 import Foundation
 import Logging
+import P2PDirectory
 import P2PProtocol
 import PostgresNIO
 import Synchronization
@@ -79,7 +79,9 @@ extension PostgresDirectoryStore {
                 ORDER BY u.name
                 """, logger: logger)
             var users: [ConnectedUser] = []
-            for try await (exists, connected, name, ip, port) in rows.decode((Bool, Bool, String?, String?, String?).self) {
+            for try await (exists, connected, name, ip, port) in rows.decode(
+                (Bool, Bool, String?, String?, String?).self)
+            {
                 if let code = DirectoryRules.requesterCode(registered: exists, connected: connected) {
                     return .status(code)
                 }
@@ -146,7 +148,9 @@ extension PostgresDirectoryStore {
             (Int, Bool, Bool, Bool, String?, String?).self)
         {
             let index = position - 1
-            codes[index] = DirectoryRules.requesterCode(registered: exists, connected: connected) ?? (ownerExists ? .ok : DirectoryRules.unknownOwnerCode)
+            codes[index] =
+                DirectoryRules.requesterCode(registered: exists, connected: connected)
+                ?? (ownerExists ? .ok : DirectoryRules.unknownOwnerCode)
             if let name, let description { files[index].append(PublishedFile(name: name, description: description)) }
         }
         return zip(codes, files).map { code, files in code == .ok ? .content(files) : .status(code) }

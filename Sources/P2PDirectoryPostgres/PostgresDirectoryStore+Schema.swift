@@ -1,6 +1,6 @@
-import P2PDirectory
 import Foundation
 import Logging
+import P2PDirectory
 import P2PProtocol
 import PostgresNIO
 import Synchronization
@@ -136,7 +136,10 @@ extension PostgresDirectoryStore {
                 FOREIGN KEY (file_id) REFERENCES directory_file (id) ON DELETE CASCADE
                 """,
                 "CREATE INDEX directory_file_word_file_word ON directory_file_word (file_id, word)",
-                "CREATE INDEX directory_file_word_search ON directory_file_word (word, offline, file_id) INCLUDE (words)",
+                """
+                CREATE INDEX directory_file_word_search ON directory_file_word (word, offline, file_id) INCLUDE \
+                (words)
+                """,
                 // SEARCH's choice of prefix reads the planner's statistics: there at once.
                 "ANALYZE directory_file_word",
             ]
@@ -174,7 +177,7 @@ extension PostgresDirectoryStore {
                         version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())
                     """, logger: logger)
                 break
-            } catch where attempt < Self.maxAttempts && Self.isConcurrentCreation(error) {
+            } catch  where attempt < Self.maxAttempts && Self.isConcurrentCreation(error) {
                 // Another server created it at the same moment.
                 try await Task.sleep(for: .milliseconds(20 * attempt))
             }
@@ -201,7 +204,8 @@ extension PostgresDirectoryStore {
                 self.logger.info("directory schema: applied version \(migration.version) (\(migration.name))")
             }
         }
-        let newest = try await client.query("SELECT max(version) FROM directory_schema", logger: logger)
+        let newest =
+            try await client.query("SELECT max(version) FROM directory_schema", logger: logger)
             .decode(Int?.self).first(where: { _ in true }) ?? nil
         if let newest, newest > Self.migrations.last!.version {
             throw PostgresStoreError.newerSchema(newest, known: Self.migrations.last!.version)

@@ -1,6 +1,6 @@
-import P2PDirectory
 import Foundation
 import Logging
+import P2PDirectory
 import P2PProtocol
 import PostgresNIO
 import Synchronization
@@ -62,7 +62,8 @@ extension PostgresDirectoryStore {
         // quarter more for the estimate's error (`file3 w999`, whose hits come later than
         // their share says, read its 16,500 rows in two round trips before).
         let driverRows = 1.25 * estimates[driver]
-        var perWord: Int64 = driverRows > 4 * Double(wanted) && driverRows <= Self.rowsWorthARoundTrip
+        var perWord: Int64 =
+            driverRows > 4 * Double(wanted) && driverRows <= Self.rowsWorthARoundTrip
             ? Int64(driverRows) : 0
         let batch = MergedSearchStatement(requester: requester, driver: prefixes[driver], others: others)
 
@@ -164,7 +165,8 @@ extension PostgresDirectoryStore {
                     SELECT p.registered, p.connected, n.words,
                         (CASE WHEN \(perWord)::int8 > 0 THEN \(perWord)::int8
                             ELSE greatest(8, least(16384, \(firstBatch)::int8 / greatest(n.words, 1))) END) AS per_word,
-                        p.connected AND n.words BETWEEN 1 AND \(PostgresDirectoryStore.maxMergedWords)\(othersExist) AS go
+                        p.connected
+                            AND n.words BETWEEN 1 AND \(PostgresDirectoryStore.maxMergedWords)\(othersExist) AS go
                     FROM (\(presence)) AS p, (SELECT count(*) AS words FROM d) AS n),
                 c AS MATERIALIZED (
                     SELECT g.hits, g.last, g.taken
@@ -300,9 +302,11 @@ extension PostgresDirectoryStore {
                 // answering leaves the old value in use, asked again a lifetime later.
                 Task {
                     guard
-                        let value = try? await Self.withDeadline(self.settings.timeout, {
-                            try await self.client.withConnection { try await ask($0) }
-                        })
+                        let value = try? await Self.withDeadline(
+                            self.settings.timeout,
+                            {
+                                try await self.client.withConnection { try await ask($0) }
+                            })
                     else { return }
                     self.estimates.withLock { $0[estimate] = (value, .now) }
                 }

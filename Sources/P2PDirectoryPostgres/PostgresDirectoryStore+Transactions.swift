@@ -1,6 +1,6 @@
-import P2PDirectory
 import Foundation
 import Logging
+import P2PDirectory
 import P2PProtocol
 import PostgresNIO
 import Synchronization
@@ -27,7 +27,7 @@ extension PostgresDirectoryStore {
                         throw error
                     }
                 }
-            } catch where attempt < Self.maxAttempts && Self.isRetryable(error) {
+            } catch  where attempt < Self.maxAttempts && Self.isRetryable(error) {
                 // A little random, so that the transactions that collided do not collide again.
                 try await Task.sleep(for: .milliseconds(Int.random(in: 1...(2 << min(attempt, 6)))))
             }
@@ -73,7 +73,10 @@ extension PostgresDirectoryStore {
         }
         guard !wasFailing else { return }
         logger.error(
-            "PostgreSQL at \(url) failed (\(what)): \(Self.describe(error)); requests get their error codes until it answers"
+            """
+            PostgreSQL at \(url) failed (\(what)): \(Self.describe(error)); requests get their error codes until \
+            it answers
+            """
         )
     }
 
@@ -140,7 +143,8 @@ final class DeadlineRace<T: Sendable>: Sendable {
     }
 
     func finish(_ result: Result<T, any Error>) {
-        let taken = parts.withLock { parts -> (CheckedContinuation<T, any Error>?, Task<Void, Never>?, Task<Void, Never>?)? in
+        let taken = parts.withLock {
+            parts -> (CheckedContinuation<T, any Error>?, Task<Void, Never>?, Task<Void, Never>?)? in
             guard parts.result == nil else { return nil }
             parts.result = result
             defer { parts.continuation = nil }

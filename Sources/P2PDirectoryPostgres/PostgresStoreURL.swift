@@ -1,5 +1,5 @@
-import P2PDirectory
 import Foundation
+import P2PDirectory
 
 /// Where a shared PostgreSQL directory lives: `postgres://USER:PASSWORD@HOST:PORT/DB` (or
 /// `postgresql://`), as libpq spells it. The password may be empty or missing (trust or peer
@@ -34,7 +34,9 @@ public struct PostgresStoreURL: Sendable, Hashable, CustomStringConvertible {
         guard let components = URLComponents(string: text),
             let scheme = components.scheme?.lowercased(), scheme == "postgres" || scheme == "postgresql"
         else { throw PostgresStoreURLError(text: text, problem: "expected postgres://USER:PASSWORD@HOST:PORT/DB") }
-        guard let host = components.host, !host.isEmpty else { throw PostgresStoreURLError(text: text, problem: "no host") }
+        guard let host = components.host, !host.isEmpty else {
+            throw PostgresStoreURLError(text: text, problem: "no host")
+        }
         guard let user = components.percentEncodedUser?.removingPercentEncoding, !user.isEmpty else {
             throw PostgresStoreURLError(text: text, problem: "no user name")
         }
@@ -42,10 +44,14 @@ public struct PostgresStoreURL: Sendable, Hashable, CustomStringConvertible {
             throw PostgresStoreURLError(text: text, problem: "port must be 1-65535")
         }
         let database = String(components.path.drop(while: { $0 == "/" }))
-        guard !database.isEmpty, !database.contains("/") else { throw PostgresStoreURLError(text: text, problem: "no database name") }
+        guard !database.isEmpty, !database.contains("/") else {
+            throw PostgresStoreURLError(text: text, problem: "no database name")
+        }
         var tlsMode = TLSMode.prefer
         for item in components.queryItems ?? [] {
-            guard item.name == "sslmode" else { throw PostgresStoreURLError(text: text, problem: "unknown parameter '\(item.name)'") }
+            guard item.name == "sslmode" else {
+                throw PostgresStoreURLError(text: text, problem: "unknown parameter '\(item.name)'")
+            }
             guard let mode = item.value.flatMap(TLSMode.init(rawValue:)) else {
                 throw PostgresStoreURLError(text: text, problem: "sslmode must be disable, prefer or require")
             }

@@ -1,7 +1,7 @@
-import P2PDirectory
 import Foundation
 import GRDB
 import Logging
+import P2PDirectory
 import P2POperationLog
 import P2PProtocol
 import Synchronization
@@ -96,7 +96,10 @@ extension SQLiteDirectoryStore {
                     metrics.changesPerCommit.record(changes.count)
                 }
                 for refusal in refusals { logger.warning("\(refusal)") }
-                if let ended = writeFailures.withLock({ failures in defer { failures = nil }; return failures }) {
+                if let ended = writeFailures.withLock({ failures in
+                    defer { failures = nil }
+                    return failures
+                }) {
                     let seconds = (ContinuousClock.now - ended.since).components.seconds
                     logger.notice(
                         "directory writes succeed again, after \(ended.refused) changes were refused in \(seconds) s")
@@ -116,7 +119,10 @@ extension SQLiteDirectoryStore {
                 if started {
                     let full = (error as? DatabaseError)?.resultCode == .SQLITE_FULL ? " (the disk is full)" : ""
                     logger.error(
-                        "directory writes are failing\(full): \(error); changes are answered with their error code and reads go on until a write succeeds again"
+                        """
+                        directory writes are failing\(full): \(error); changes are answered with their error code \
+                        and reads go on until a write succeeds again
+                        """
                     )
                 }
             }
@@ -224,7 +230,11 @@ extension SQLiteDirectoryStore {
 
         case .disconnect(let user, let from):
             try db.cachedStatement(
-                sql: "UPDATE user SET ip = NULL, port = NULL WHERE name = ?1 AND ip IS NOT NULL AND (?2 IS NULL OR ip = ?2)"
+                sql:
+                    """
+                    UPDATE user SET ip = NULL, port = NULL WHERE name = ?1 AND ip IS NOT NULL AND (?2 IS NULL OR \
+                    ip = ?2)
+                    """
             ).execute(arguments: [user, from])
             guard db.changesCount == 1 else { return try whyUnchanged() }
             presenceChanged(user, false)

@@ -1,7 +1,7 @@
-import P2PDirectory
 import Foundation
 import GRDB
 import Logging
+import P2PDirectory
 import P2POperationLog
 import P2PProtocol
 import Synchronization
@@ -51,7 +51,11 @@ extension SQLiteDirectoryStore {
                     with: Result {
                         try pool.write { db in
                             try db.execute(
-                                sql: "INSERT INTO secret (name, value) VALUES ('sessions', ?) ON CONFLICT (name) DO NOTHING",
+                                sql:
+                                    """
+                                    INSERT INTO secret (name, value) VALUES ('sessions', ?) ON CONFLICT (name) DO \
+                                    NOTHING
+                                    """,
                                 arguments: [made])
                             return try String.fetchOne(db, sql: "SELECT value FROM secret WHERE name = 'sessions'")!
                         }
@@ -80,8 +84,9 @@ extension SQLiteDirectoryStore {
     }
 
     public func search(_ query: String) async throws -> [SearchHit] {
-        try await readOffThePool { db in
-            DirectoryRules.emptySearchCode(query) != nil ? [] : try Self.search(query, in: db, bitmaps: self.searchBitmaps)
+        let bitmaps = searchBitmaps
+        return try await readOffThePool { db in
+            DirectoryRules.emptySearchCode(query) != nil ? [] : try Self.search(query, in: db, bitmaps: bitmaps)
         }
     }
 

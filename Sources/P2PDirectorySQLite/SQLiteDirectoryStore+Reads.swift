@@ -1,7 +1,8 @@
-import P2PDirectory
 import Foundation
 import GRDB
 import Logging
+import P2PDirectory
+import P2PNetworkSupport
 import P2POperationLog
 import P2PProtocol
 import Synchronization
@@ -24,9 +25,11 @@ extension SQLiteDirectoryStore {
     /// `completion` runs on the last to finish.
     public func read(_ queries: [DirectoryQuery], completion: @escaping @Sendable ([Reply]) -> Void) {
         guard !queries.isEmpty else { return completion([]) }
-        let parts = [(DirectoryOperation.listContent, contentReader), (.listUsers, usersReader), (.search, searchReader)]
-            .map { operation, reader in (queries.indices.filter { queries[$0].operation == operation }, reader) }
-            .filter { !$0.0.isEmpty }
+        let parts = [
+            (DirectoryOperation.listContent, contentReader), (.listUsers, usersReader), (.search, searchReader),
+        ]
+        .map { operation, reader in (queries.indices.filter { queries[$0].operation == operation }, reader) }
+        .filter { !$0.0.isEmpty }
         if parts.count == 1 {
             submit(PendingRead(queries: queries, completion: completion), to: parts[0].1)
             return
@@ -154,14 +157,12 @@ extension SQLiteDirectoryStore {
         return files
     }
 
-    /// One read on a Dispatch thread (it blocks), awaited.
+    /// One read off the cooperative pool (it blocks: ``BlockingWork``), awaited. The work holds
+    /// the pool, not the store: a store dropped without a close lets go of its file lock at
+    /// once, not when the pool's thread has finished with the work.
     func readOffThePool<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, any Error>, Never>) in
-            DispatchQueue.global().async {
-                continuation.resume(returning: Result { try self.pool.read(body) })
-            }
-        }
-        return try result.get()
+        let pool = self.pool
+        return try await BlockingWork.run { try pool.read(body) }
     }
 
     static func connectedUsers(_ db: Database) throws -> [ConnectedUser] {

@@ -1,7 +1,7 @@
-import P2PDirectory
 import Foundation
 import GRDB
 import Logging
+import P2PDirectory
 import P2POperationLog
 import P2PProtocol
 import Synchronization
@@ -280,7 +280,8 @@ public final class SQLiteDirectoryStore: DirectoryStore, DirectoryContentsSource
         guard wasOpen else { return }
         // On the writer's queue: the batches already queued are committed and answered first,
         // and the blocking calls stay off the concurrency pool.
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, any Error>, Never>) in
+        let result = await withCheckedContinuation {
+            (continuation: CheckedContinuation<Result<Void, any Error>, Never>) in
             writerQueue.async {
                 continuation.resume(returning: Result { try self.closeOnWriter() })
             }

@@ -1,6 +1,6 @@
-import P2PDirectory
 import GRDB
 import Logging
+import P2PDirectory
 import P2POperationLog
 import Synchronization
 
@@ -241,7 +241,10 @@ final class SearchBitmaps: Sendable {
         case .online:
             // The connected users from their index, then each one's files from (owner, name).
             sql =
-                "SELECT f.id FROM user u INDEXED BY user_connected CROSS JOIN file f ON f.owner = u.name WHERE u.ip IS NOT NULL"
+                """
+                SELECT f.id FROM user u INDEXED BY user_connected CROSS JOIN file f ON f.owner = u.name WHERE \
+                u.ip IS NOT NULL
+                """
             arguments = []
         case .prefix(let prefix):
             let expression = SQLiteDirectoryStore.quotedForMatch(prefix) + "*"

@@ -4,6 +4,7 @@ import Logging
 import P2PDirectory
 import P2PDirectoryPostgres
 import P2PDirectorySQLite
+import P2PNetworkSupport
 
 /// Which store a directory server keeps its directory in: the value of `--store`.
 ///
@@ -58,17 +59,12 @@ public enum DirectoryStoreLocation: DirectoryStoreOpener, Hashable {
     }
 
     /// Opens the store, creating (or migrating) its schema if needed. Opening SQLite blocks on
-    /// disk (it syncs its migrations), so it runs on a Dispatch thread, not in the concurrency
+    /// disk (it syncs its migrations), so it runs as ``BlockingWork``, not in the concurrency
     /// pool.
     public func open(logger: Logger, metrics: DirectoryMetrics = .none) async throws -> any DirectoryStore {
         switch self {
         case .sqlite(let path):
-            return try await withCheckedThrowingContinuation { continuation in
-                DispatchQueue.global().async {
-                    continuation.resume(
-                        with: Result { try SQLiteDirectoryStore(path: path, logger: logger, metrics: metrics) })
-                }
-            }
+            return try await BlockingWork.run { try SQLiteDirectoryStore(path: path, logger: logger, metrics: metrics) }
         case .postgres(let url):
             return try await PostgresDirectoryStore.open(url, logger: logger, metrics: metrics)
         }

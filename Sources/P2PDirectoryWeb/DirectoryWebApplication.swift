@@ -2,8 +2,8 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
-import P2PNetworkSupport
 import P2PDirectory
+import P2PNetworkSupport
 import P2PProtocol
 import Prometheus
 
@@ -60,7 +60,8 @@ struct DirectoryWebController: Sendable {
     /// quarter of its throughput without this).
     let front: RecentValue<FrontPage>
 
-    init(store: any DirectoryStore, registry: PrometheusCollectorRegistry, beforeScrape: @escaping @Sendable () -> Void) {
+    init(store: any DirectoryStore, registry: PrometheusCollectorRegistry, beforeScrape: @escaping @Sendable () -> Void)
+    {
         self.store = store
         self.registry = registry
         self.beforeScrape = beforeScrape
@@ -112,7 +113,8 @@ struct DirectoryWebController: Sendable {
         } else {
             body += "<table id=\"online\"><tr><th>User</th><th>Address</th><th>Port</th></tr>"
             for user in online.prefix(Self.onlineShown) {
-                body += "<tr><td>\(Self.userLink(user.name))</td><td>\(html(user.ip))</td><td>\(html(user.port))</td></tr>"
+                body +=
+                    "<tr><td>\(Self.userLink(user.name))</td><td>\(html(user.ip))</td><td>\(html(user.port))</td></tr>"
             }
             body += "</table>"
             if online.count > Self.onlineShown {
@@ -131,7 +133,8 @@ struct DirectoryWebController: Sendable {
         } else {
             body += "<table id=\"hits\"><tr><th>User</th><th>File</th><th>Description</th></tr>"
             for hit in hits {
-                body += "<tr><td>\(Self.userLink(hit.owner))</td><td>\(html(hit.name))</td><td>\(html(hit.description))</td></tr>"
+                body += "<tr><td>\(Self.userLink(hit.owner))</td><td>\(html(hit.name))</td>"
+                body += "<td>\(html(hit.description))</td></tr>"
             }
             body += "</table>"
         }
@@ -141,7 +144,8 @@ struct DirectoryWebController: Sendable {
     @Sendable func user(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let name = request.uri.queryParameters.get("name") ?? ""
         guard let files = try await store.files(of: name) else {
-            return Self.page(title: "No such user", body: "<p>No user \u{201C}\(html(name))\u{201D}.</p>", status: .notFound)
+            return Self.page(
+                title: "No such user", body: "<p>No user \u{201C}\(html(name))\u{201D}.</p>", status: .notFound)
         }
         var body = "<h2>Files of \(html(name))</h2>"
         if files.isEmpty {

@@ -49,7 +49,10 @@ public struct AddressPrefix: Sendable, Hashable, CustomStringConvertible {
         let family = bytes.count == 4 ? AF_INET : AF_INET6
         let written = bytes.withUnsafeBytes { raw in
             text.withUnsafeMutableBufferPointer { out in
-                inet_ntop(family, raw.baseAddress, out.baseAddress.map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: CChar.self) }, socklen_t(out.count))
+                inet_ntop(
+                    family, raw.baseAddress,
+                    out.baseAddress.map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: CChar.self) },
+                    socklen_t(out.count))
             }
         }
         let address = written == nil ? "?" : String(decoding: text.prefix { $0 != 0 }, as: UTF8.self)

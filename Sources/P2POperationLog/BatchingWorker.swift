@@ -1,4 +1,5 @@
 import Foundation
+import P2PNetworkSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -94,9 +95,7 @@ public final class BatchingWorker<Element: Sendable>: @unchecked Sendable {
         defer { condition.unlock() }
         guard !started else { return }
         started = true
-        let thread = Thread { [self] in run() }
-        thread.name = name
-        thread.start()
+        WorkerThread.start(named: name) { [self] in run() }
     }
 
     /// Queues `element`; false when it was dropped (queue full, or stopping).

@@ -121,7 +121,8 @@ public enum ControlMessage: Sendable, Hashable {
 
     /// How many fields follow each message's name.
     static let argumentCounts: [String: Int] = [
-        "PING": 0, "KEEPALIVE": 1, "REACHABLE": 1, "WHO": 2, "WHO_IS": 2, "KEY": 2, "KEY_IS": 2, "REVERSE": 2, "REVERSING": 3, "DIAL": 3,
+        "PING": 0, "KEEPALIVE": 1, "REACHABLE": 1, "WHO": 2, "WHO_IS": 2, "KEY": 2, "KEY_IS": 2, "REVERSE": 2,
+        "REVERSING": 3, "DIAL": 3,
         "PUNCH": 2, "PUNCHING": 3, "MEET": 1, "RELAY": 2, "RELAYING": 3, "RELAY_TO": 1,
     ]
 
@@ -254,7 +255,9 @@ public struct RendezvousReplyDecoder: Sendable {
     }
 
     /// `0·<ip>·<port>·` in the server's code encoding.
-    public static func encode(ip: String, port: Int, encoder: ReplyEncoder, into buffer: inout ByteBuffer) throws(ProtocolError) {
+    public static func encode(ip: String, port: Int, encoder: ReplyEncoder, into buffer: inout ByteBuffer)
+        throws(ProtocolError)
+    {
         encoder.writeCode(.ok, into: &buffer)
         try buffer.writeFields([ip, String(port)])
     }

@@ -12,7 +12,10 @@ public enum DateTimeFormat {
             return String(repeating: "0", count: max(0, width - text.count)) + text
         }
         return
-            "\(pad(c.day, 2))/\(pad(c.month, 2))/\(pad(c.year, 4)) \(pad(c.hour, 2)):\(pad(c.minute, 2)):\(pad(c.second, 2))"
+            """
+            \(pad(c.day, 2))/\(pad(c.month, 2))/\(pad(c.year, 4)) \
+            \(pad(c.hour, 2)):\(pad(c.minute, 2)):\(pad(c.second, 2))
+            """
     }
 
     /// Whether `text` has the shape `DD/MM/YYYY HH:MM:SS`.

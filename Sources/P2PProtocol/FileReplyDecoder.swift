@@ -32,7 +32,7 @@ public enum FileReplyError: Error, Hashable, Sendable, CustomStringConvertible {
 /// | the owner sends | framing |
 /// |---|---|
 /// | `00`, then the bytes until it closes | ``Framing/rawCodeUntilClose`` |
-/// | `30 00`, then the bytes until it closes (a last NUL with none before it is a C string's end) | ``Framing/digitNULUntilClose`` |
+/// | `30 00`, the bytes until it closes (a last NUL, none before: a C string's end) | ``Framing/digitNULUntilClose`` |
 /// | `30`, decimal digits, `00`, exactly that many bytes | ``Framing/sizePrefixed(_:)`` |
 /// | `30` then anything but a digit or NUL, the bytes until it closes | ``Framing/digitUntilClose`` |
 ///

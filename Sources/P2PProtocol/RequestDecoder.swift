@@ -34,7 +34,9 @@ public struct RequestDecoder: Sendable {
             }
             guard let operation else {
                 guard let operation = DirectoryOperation(rawValue: field) else { throw .unknownOperation(field) }
-                if proofFields != nil, !operation.isKeyable { throw .unknownOperation("\(KeyedRequest.prefix) \(field)") }
+                if proofFields != nil, !operation.isKeyable {
+                    throw .unknownOperation("\(KeyedRequest.prefix) \(field)")
+                }
                 self.operation = operation
                 continue
             }

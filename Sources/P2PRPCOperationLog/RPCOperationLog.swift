@@ -1,6 +1,7 @@
 import COperationLog
 import Foundation
 import Logging
+import P2PNetworkSupport
 import P2POperationLog
 import ServiceLifecycle
 
@@ -14,8 +15,9 @@ import ServiceLifecycle
 /// RPC calls, which block, so neither the NIO event loops nor the Swift concurrency pool ever
 /// wait for the log server. Records are sent in order, up to ``maxBatch`` per `PRINT_RESULTS`
 /// call (version 2, with result codes; `PRINT_OPERATIONS` of version 1 to an older log
-/// server), over one reused TCP client handle. When the log server is down or restarts, the thread recreates the handle with exponential backoff and sends what the
-/// queue still holds; records that do not fit in the queue meanwhile are dropped and counted.
+/// server), over one reused TCP client handle. When the log server is down or restarts, the
+/// thread recreates the handle with exponential backoff and sends what the queue still holds;
+/// records that do not fit in the queue meanwhile are dropped and counted.
 /// A call that timed out may have been printed, so after an outage a record can be printed
 /// twice, never out of order. Under load the thread lets records gather for ``gatherTime``
 /// after each call, so that calls carry many records rather than a few: each call costs a
@@ -89,11 +91,9 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
     public func shutdown(drainTimeout: Double = 2.0) async -> OperationLogStatistics {
         let deadline = Date().addingTimeInterval(drainTimeout)
         let worker = self.worker
-        return await withCheckedContinuation { continuation in
-            // The wait blocks: on a thread of its own, not in the concurrency pool.
-            Thread.detachNewThread {
-                continuation.resume(returning: Self.statistics(worker.stop(waitingUntil: deadline)))
-            }
+        // The wait blocks: on a thread of its own, not in the concurrency pool.
+        return await WorkerThread.run(named: "p2p-oplog-drain") {
+            Self.statistics(worker.stop(waitingUntil: deadline))
         }
     }
 
@@ -112,7 +112,9 @@ public final class RPCOperationLog: OperationLogSink, Service, @unchecked Sendab
     /// One call with `batch`, over the handle kept from the last call (or a new one). On
     /// failure the handle is dropped and the batch retried after a backoff that doubles up to
     /// 2 s; the outage and the recovery are logged once each.
-    private func deliver(_ batch: [OperationRecord], droppedBefore dropped: Int) -> BatchingWorker<OperationRecord>.Outcome {
+    private func deliver(_ batch: [OperationRecord], droppedBefore dropped: Int)
+        -> BatchingWorker<OperationRecord>.Outcome
+    {
         if dropped > 0 {
             logger.warning("operation log queue full: dropped \(dropped) records")
         }

@@ -41,7 +41,8 @@ public func buildApplication(
     return Application(
         router: router,
         configuration: .init(
-            address: .hostname(DualStack.unbracketed(configuration.host), port: configuration.port), serverName: "p2p-time"),
+            address: .hostname(DualStack.unbracketed(configuration.host), port: configuration.port),
+            serverName: "p2p-time"),
         onServerRunning: onServerRunning,
         logger: logger)
 }

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import P2PClient
 import P2PIdentity
+import P2PNetworkSupport
 import P2PTimeClient
 import Synchronization
 
@@ -149,7 +150,8 @@ struct ClientCommand: AsyncParsableCommand {
         }
         guard uploadStallTimeout >= 0.1 else { throw ValidationError("--upload-stall-timeout must be at least 0.1") }
         if let maxDownloadSize, UploadLimits.parseRate(maxDownloadSize) == nil {
-            throw ValidationError("--max-download-size \(maxDownloadSize): give a size such as 500M or 10G (at least 1K)")
+            throw ValidationError(
+                "--max-download-size \(maxDownloadSize): give a size such as 500M or 10G (at least 1K)")
         }
         do {
             _ = try TimeServiceClient(url: timeService)
@@ -288,15 +290,10 @@ final class LineReader: Sendable {
 
     func next(prompt: String?) async -> String? {
         let editor = self.editor
-        return await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
-                if let editor {
-                    continuation.resume(returning: editor.readLine(prompt: prompt ?? ""))
-                    return
-                }
-                if let prompt { writeOut(prompt) }
-                continuation.resume(returning: readLine(strippingNewline: true))
-            }
+        return await WorkerThread.run(named: "p2p-read-line") { () -> String? in
+            if let editor { return editor.readLine(prompt: prompt ?? "") }
+            if let prompt { writeOut(prompt) }
+            return readLine(strippingNewline: true)
         }
     }
 }

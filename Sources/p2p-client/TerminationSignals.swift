@@ -1,4 +1,5 @@
 import Foundation
+import P2PNetworkSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -34,7 +35,7 @@ enum TerminationSignals {
             action.sa_flags = SA_RESTART
             sigaction(number, &action, nil)
         }
-        Thread.detachNewThread { byteLoop(readEnd, body) }
+        WorkerThread.start(named: "p2p-signals") { byteLoop(readEnd, body) }
     }
 
     private static func byteLoop(_ descriptor: Int32, _ body: @Sendable (Int32) -> Void) {

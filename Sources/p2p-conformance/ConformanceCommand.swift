@@ -9,7 +9,8 @@ struct ConformanceCommand: AsyncParsableCommand {
         commandName: "p2p-conformance",
         abstract: "Check a directory server, a peer, a time service or a log server against docs/PROTOCOL.md.",
         discussion: "Checks (--only and --skip take a check's name, the part after the group, or a group):\n\n"
-            + Conformance.catalogue.map { "  \($0.id)\($0.quick ? " [quick]" : ""): \($0.proves)" }.joined(separator: "\n")
+            + Conformance.catalogue.map { "  \($0.id)\($0.quick ? " [quick]" : ""): \($0.proves)" }.joined(
+                separator: "\n")
             + "\n\nExit status: 0 when no check failed, 1 when one did, 64 for a command-line error.",
         subcommands: [ServerCommand.self, PeerCommand.self, TimeCommand.self, LogCommand.self])
 }
@@ -80,7 +81,12 @@ struct ServerCommand: AsyncParsableCommand {
 struct PeerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "peer",
-        abstract: "Check a peer's GET_FILE: a file it serves, one it does not, paths that climb out, slow and parallel requests.")
+        abstract:
+            """
+            Check a peer's GET_FILE: a file it serves, one it does not, paths that climb out, slow and parallel \
+            requests.
+            """
+    )
 
     @Argument(help: "The peer's listening address, HOST:PORT (LIST_USERS gives it).")
     var address: String
@@ -132,7 +138,8 @@ struct TimeCommand: AsyncParsableCommand {
 struct LogCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "oplog",
-        abstract: "Check an operation-log server through rpcbind: registered, and printing the records of rpc/operations.x.",
+        abstract:
+            "Check an operation-log server through rpcbind: registered, and printing the records of rpc/operations.x.",
         discussion: """
             Each check that sends records makes the log server print a line for the user \
             p2p-conformance. A log server built from another .x file fails where its program, \

@@ -1,17 +1,17 @@
 import ArgumentParser
+import CoreMetrics
 import Foundation
+import Hummingbird
 import Logging
 import NIOCore
-import CoreMetrics
-import Hummingbird
 import P2PDirectory
 import P2PDirectoryStores
 import P2PDirectoryWeb
+import P2PNetworkSupport
 import P2POperationLog
+import P2PProtocol
 import P2PRPCOperationLog
 import Prometheus
-import P2PNetworkSupport
-import P2PProtocol
 import ServiceLifecycle
 import Synchronization
 
@@ -189,7 +189,9 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--relay-transfer-limit must be a positive rate such as 2M")
         }
         guard relayMaxTransfers >= 0 else { throw ValidationError("--relay-max-transfers must be 0 or more") }
-        guard relayMaxTransfersPerUser >= 1 else { throw ValidationError("--relay-max-transfers-per-user must be at least 1") }
+        guard relayMaxTransfersPerUser >= 1 else {
+            throw ValidationError("--relay-max-transfers-per-user must be at least 1")
+        }
         guard relayIdleTimeout >= 0.1 else { throw ValidationError("--relay-idle-timeout must be at least 0.1") }
         guard maxControlConnectionsPerAddress >= 1 else {
             throw ValidationError("--max-control-connections-per-address must be at least 1")
@@ -283,7 +285,8 @@ struct ServeCommand: AsyncParsableCommand {
                 relay: RelaySettings(
                     bytesPerSecond: RelaySettings.parseRate(relayLimit) ?? 0,
                     perTransfer: relayTransferLimit.flatMap(RelaySettings.parseRate), maxTransfers: relayMaxTransfers,
-                    maxTransfersPerUser: relayMaxTransfersPerUser, idleTimeout: .milliseconds(Int64(relayIdleTimeout * 1000))),
+                    maxTransfersPerUser: relayMaxTransfersPerUser,
+                    idleTimeout: .milliseconds(Int64(relayIdleTimeout * 1000))),
                 metrics: metrics, console: console.write, logger: logger)
         } catch {
             console.close()
@@ -311,7 +314,12 @@ struct ServeCommand: AsyncParsableCommand {
                 beforeScrape: { oplogMetrics?.update() },
                 logger: Logger(label: "p2p-server.web"),
                 onServerRunning: { channel in
-                    say("s> web page: http://\(DualStack.hostAndPort(httpHost, channel.localAddress?.port ?? httpPort))/")
+                    say(
+                        """
+                        s> web page: \
+                        http://\(DualStack.hostAndPort(httpHost, channel.localAddress?.port ?? httpPort))/
+                        """
+                    )
                 })
             services.append(web)
         }
@@ -377,7 +385,8 @@ final class OperationLogMetrics: Sendable {
         let (newDelivered, newRetried, newDropped) = reported.withLock { reported in
             let before = reported
             reported = (
-                max(before.0, statistics.delivered), max(before.1, statistics.retries), max(before.2, statistics.dropped)
+                max(before.0, statistics.delivered), max(before.1, statistics.retries),
+                max(before.2, statistics.dropped)
             )
             return (reported.0 - before.0, reported.1 - before.1, reported.2 - before.2)
         }

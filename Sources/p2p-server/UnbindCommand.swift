@@ -24,7 +24,8 @@ struct UnbindCommand: AsyncParsableCommand {
     @Option(help: "Folder holding directory.sqlite, when --store is not given.")
     var dataDir: String = "./storage"
 
-    @Option(help: "The directory: sqlite:PATH, PATH or postgres://USER:PASSWORD@HOST:PORT/DB (default: $P2P_STORE if set).")
+    @Option(
+        help: "The directory: sqlite:PATH, PATH or postgres://USER:PASSWORD@HOST:PORT/DB (default: $P2P_STORE if set).")
     var store: String?
 
     func run() async throws {

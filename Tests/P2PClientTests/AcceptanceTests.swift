@@ -63,7 +63,8 @@ import Testing
             lastLine: "c> LIST_CONTENT FAIL, REMOTE USER DOES NOT EXIST"),
         Case(number: 29, commands: ["LIST_CONTENT user1"], lastLine: "c> LIST_CONTENT FAIL", serverDown: true),
         Case(
-            number: 30, commands: ["REGISTER user1", "CONNECT user1", "DISCONNECT user1"], lastLine: "c> DISCONNECT OK"),
+            number: 30, commands: ["REGISTER user1", "CONNECT user1", "DISCONNECT user1"],
+            lastLine: "c> DISCONNECT OK"),
         Case(number: 31, commands: ["DISCONNECT user1"], lastLine: "c> DISCONNECT FAIL / USER DOES NOT EXIST"),
         Case(
             number: 32, commands: ["REGISTER user1", "DISCONNECT user1"],

@@ -12,7 +12,9 @@ import Testing
 /// against stand-ins broken in one way, the check of that rule fails and nothing else does.
 @Suite struct ConformanceTests {
     /// Runs `p2p-conformance ARGUMENTS --json`: its exit status and each check's result.
-    static func conformance(_ arguments: [String]) async throws -> (status: Int32, results: [String: String], json: [String: Any]) {
+    static func conformance(_ arguments: [String]) async throws -> (
+        status: Int32, results: [String: String], json: [String: Any]
+    ) {
         let process = try ChildProcess(builtProduct("p2p-conformance"), arguments + ["--json"])
         let status = try await process.waitForExit(timeout: 120)
         let text = process.stdoutLines.joined(separator: "\n")
@@ -49,28 +51,40 @@ import Testing
         #expect(onServer.results.count == 16 && onServer.results.values.allSatisfy { $0 == "passed" })
         // It removed what it made: only the owner is left.
         let directory = DirectoryClient(host: "127.0.0.1", port: server.port)
-        guard case .users(let users) = try await directory.send(
-            Request(dateTime: "03/12/2026 10:00:00", command: .listUsers(user: "owner")))
+        guard
+            case .users(let users) = try await directory.send(
+                Request(dateTime: "03/12/2026 10:00:00", command: .listUsers(user: "owner")))
         else { throw SetupError("LIST_USERS failed") }
         #expect(users.map(\.name) == ["owner"])
 
-        guard case .users(let listed) = try await directory.send(
-            Request(dateTime: "03/12/2026 10:00:00", command: .listUsers(user: "owner"))),
+        guard
+            case .users(let listed) = try await directory.send(
+                Request(dateTime: "03/12/2026 10:00:00", command: .listUsers(user: "owner"))),
             let port = listed.first?.port
         else { throw SetupError("the owner is not listed") }
-        let onPeer = try await Self.conformance(["peer", "127.0.0.1:\(port)", "data.bin", "--local-copy", "\(home)/data.bin"])
-        #expect(onPeer.status == 0 && onPeer.results.count == 6 && Self.failed(onPeer.results).isEmpty, "\(onPeer.json)")
+        let onPeer = try await Self.conformance([
+            "peer", "127.0.0.1:\(port)", "data.bin", "--local-copy", "\(home)/data.bin",
+        ])
+        #expect(
+            onPeer.status == 0 && onPeer.results.count == 6 && Self.failed(onPeer.results).isEmpty, "\(onPeer.json)")
 
         let onTime = try await Self.conformance(["time", time.url])
-        #expect(onTime.status == 0 && onTime.results.count == 3 && Self.failed(onTime.results).isEmpty, "\(onTime.json)")
+        #expect(
+            onTime.status == 0 && onTime.results.count == 3 && Self.failed(onTime.results).isEmpty, "\(onTime.json)")
 
         // --quick and --only choose; a name that matches nothing is a usage error.
         let quick = try await Self.conformance(["server", "127.0.0.1:\(server.port)", "--quick"])
-        #expect(Set(quick.results.keys) == ["server.reachable", "server.register", "server.unregister",
-            "server.connect", "server.publish", "server.list-users"])
-        let only = try await Self.conformance(["server", "127.0.0.1:\(server.port)", "--only", "register", "--only", "delete"])
+        #expect(
+            Set(quick.results.keys) == [
+                "server.reachable", "server.register", "server.unregister",
+                "server.connect", "server.publish", "server.list-users",
+            ])
+        let only = try await Self.conformance([
+            "server", "127.0.0.1:\(server.port)", "--only", "register", "--only", "delete",
+        ])
         #expect(Set(only.results.keys) == ["server.register", "server.delete"])
-        let typo = try ChildProcess(builtProduct("p2p-conformance"), ["server", "127.0.0.1:\(server.port)", "--only", "regster"])
+        let typo = try ChildProcess(
+            builtProduct("p2p-conformance"), ["server", "127.0.0.1:\(server.port)", "--only", "regster"])
         #expect(try await typo.waitForExit() == 64)
         #expect(typo.stderrLines.contains { $0.contains("no check is named regster") }, "\(typo.stderrLines)")
         _ = try await client.finish()
@@ -86,7 +100,9 @@ import Testing
         let run = try await Self.conformance(["server", "127.0.0.1:\(server.port)"])
         #expect(run.status == 0 && Self.failed(run.results).isEmpty, "\(run.json)")
         let checks = run.json["checks"] as? [[String: Any]] ?? []
-        #expect(checks.first { $0["id"] as? String == "server.reachable" }?["note"] as? String == "result codes as raw bytes")
+        #expect(
+            checks.first { $0["id"] as? String == "server.reachable" }?["note"] as? String
+                == "result codes as raw bytes")
         await server.stop()
     }
 
@@ -95,11 +111,13 @@ import Testing
         (.losesConcurrentPublishes, Set(["server.concurrent-publish"])),
         (.crashesOnLongField, Set(["server.oversized-field"])),
     ])
-    func aBrokenServerFailsTheMatchingCheckOnly(_ fault: MisbehavingServer.Fault, _ expected: Set<String>) async throws {
+    func aBrokenServerFailsTheMatchingCheckOnly(_ fault: MisbehavingServer.Fault, _ expected: Set<String>) async throws
+    {
         let folder = try TemporaryDirectory("conformance")
         defer { folder.remove() }
         let server = try await ServerProcess(dataDirectory: folder.file("storage"))
-        let broken = try await MisbehavingServer(fault: fault, upstream: try SocketAddress(ipAddress: "127.0.0.1", port: server.port))
+        let broken = try await MisbehavingServer(
+            fault: fault, upstream: try SocketAddress(ipAddress: "127.0.0.1", port: server.port))
         let run = try await Self.conformance(["server", "127.0.0.1:\(broken.port)"])
         #expect(run.status == 1)
         #expect(Self.failed(run.results) == expected, "\(run.json)")
@@ -120,7 +138,9 @@ import Testing
         try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
         try Data("a shared file".utf8).write(to: URL(fileURLWithPath: "\(shared)/f.txt"))
         let peer = try await NaivePeer(folder: shared)
-        let run = try await Self.conformance(["peer", "127.0.0.1:\(peer.port)", "f.txt", "--local-copy", "\(shared)/f.txt"])
+        let run = try await Self.conformance([
+            "peer", "127.0.0.1:\(peer.port)", "f.txt", "--local-copy", "\(shared)/f.txt",
+        ])
         #expect(run.status == 1)
         #expect(Self.failed(run.results) == ["peer.parent-path"], "\(run.json)")
         await peer.stop()
@@ -269,12 +289,20 @@ final class WrongFormatTimeService: Sendable {
         server = try await OneShotServer { received, _ in
             let text = String(decoding: received, as: UTF8.self)
             guard let headEnd = text.range(of: "\r\n\r\n") else { return nil }
-            let length = text[..<headEnd.lowerBound].split(separator: "\r\n")
+            let length =
+                text[..<headEnd.lowerBound].split(separator: "\r\n")
                 .first { $0.lowercased().hasPrefix("content-length:") }
                 .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
             guard text.utf8.count - text[..<headEnd.upperBound].utf8.count >= length else { return nil }
-            let body = text.hasPrefix("GET") ? WSDLDocument.xml(location: "http://127.0.0.1/") : SOAPEnvelope.response(result: answer)
-            let response = "HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+            let body =
+                text.hasPrefix("GET")
+                ? WSDLDocument.xml(location: "http://127.0.0.1/") : SOAPEnvelope.response(result: answer)
+            let response =
+                """
+                HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: \
+                \(body.utf8.count)\r\nConnection: close\r\n\r\n
+                """
+                + body
             return Array(response.utf8)
         }
     }

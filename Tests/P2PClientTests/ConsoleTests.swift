@@ -47,7 +47,8 @@ import Testing
         #expect(try ConsoleCommand.parse("register alice") == .register(user: "alice"))
         #expect(try ConsoleCommand.parse("List_Users") == .listUsers)
         #expect(
-            try ConsoleCommand.parse("publish Notes.txt My Notes") == .publish(fileName: "Notes.txt", description: "My Notes"),
+            try ConsoleCommand.parse("publish Notes.txt My Notes")
+                == .publish(fileName: "Notes.txt", description: "My Notes"),
             "arguments keep their case")
         #expect(throws: ConsoleCommand.ParseError.unknown("registre")) { try ConsoleCommand.parse("registre alice") }
         #expect(throws: ConsoleCommand.ParseError.empty) { try ConsoleCommand.parse("   ") }
@@ -58,7 +59,8 @@ import Testing
             #expect(try ConsoleCommand.parse(spelling) == .help)
         }
         #expect(ConsoleCommand.helpLines.count > ConsoleCommand.names.count - 1)
-        #expect(ConsoleCommand.ParseError.unknown("FOO").description == "unknown command FOO; type help for the commands")
+        #expect(
+            ConsoleCommand.ParseError.unknown("FOO").description == "unknown command FOO; type help for the commands")
     }
 
     @Test func resultLinesFollowTheSpec() {

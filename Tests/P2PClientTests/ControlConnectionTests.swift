@@ -50,7 +50,8 @@ import Testing
         }
         do {
             for index in 0..<count {
-                servers.append(try await ServerProcess(dataDirectory: folder.file("server-\(index)"), arguments: arguments))
+                servers.append(
+                    try await ServerProcess(dataDirectory: folder.file("server-\(index)"), arguments: arguments))
             }
             try await body(servers, time)
         } catch {
@@ -105,7 +106,9 @@ import Testing
 
         // The server found alice's port closed, and says so.
         try await waitUntil("the reachability check") {
-            system.server.process.stderrLines.contains { $0.contains("alice at 127.0.0.1:") && $0.contains("not reachable") }
+            system.server.process.stderrLines.contains {
+                $0.contains("alice at 127.0.0.1:") && $0.contains("not reachable")
+            }
         }
         // Carol, equally unreachable but without a control connection, goes after 2 checks;
         // alice stays through 10 times interval x failures (6 s).
@@ -160,7 +163,8 @@ import Testing
             while ContinuousClock.now - start < .seconds(6) {
                 #expect(try await Self.lists(watcher, "alice"), "alice dropped out of LIST_USERS")
             }
-            #expect(!(holder.process.stdoutLines + other.process.stdoutLines).contains { $0.hasPrefix("s> EXPIRE alice") })
+            #expect(
+                !(holder.process.stdoutLines + other.process.stdoutLines).contains { $0.hasPrefix("s> EXPIRE alice") })
             for client in [alice, carol, watcher] { _ = try await client.finish() }
         }
     }
@@ -190,7 +194,8 @@ import Testing
             #expect(try await bob.run("CONNECT bob") == "c> CONNECT OK")
             #expect(try await bob.run("GET_FILE alice notes.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
             try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: folder.file("bob/copy.bin"))), content)
-            #expect(bob.process.stderrLines.contains { $0.contains("reversed connection") }, "\(bob.process.stderrLines)")
+            #expect(
+                bob.process.stderrLines.contains { $0.contains("reversed connection") }, "\(bob.process.stderrLines)")
             for client in [alice, bob] { _ = try await client.finish() }
         }
     }
@@ -213,7 +218,9 @@ import Testing
         #expect(try await bob.run("CONNECT bob") == "c> CONNECT OK")
         #expect(try await bob.run("GET_FILE alice big.bin copy.bin", timeout: 60) == "c> GET_FILE OK")
         try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: system.folder.file("bob/copy.bin"))), content)
-        #expect(bob.process.stderrLines.filter { $0.contains("reversed connection") }.count == 1, "\(bob.process.stderrLines)")
+        #expect(
+            bob.process.stderrLines.filter { $0.contains("reversed connection") }.count == 1,
+            "\(bob.process.stderrLines)")
 
         // A token nobody asked for is not a way in: a connection presenting one gets nothing and
         // is closed.
@@ -293,7 +300,8 @@ final class SpecOnlyServer: ChannelInboundHandler, @unchecked Sendable {
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        let client = try ClientProcess(serverPort: server.localAddress!.port!, timeURL: time.url, directory: folder.path)
+        let client = try ClientProcess(
+            serverPort: server.localAddress!.port!, timeURL: time.url, directory: folder.path)
         #expect(try await client.run("REGISTER alice") == "c> REGISTER OK")
         #expect(try await client.run("CONNECT alice") == "c> CONNECT OK")
         #expect(try await client.run("DISCONNECT alice") == "c> DISCONNECT OK")
@@ -302,7 +310,8 @@ final class SpecOnlyServer: ChannelInboundHandler, @unchecked Sendable {
         #expect(!operations.contains("CONTROL"), "\(operations)")
         #expect(Set(operations).isSubset(of: ["REGISTER", "CONNECT", "DISCONNECT", "LIST_CONTENT"]), "\(operations)")
         // Nothing alarming on stderr: the server simply has no control connection to offer.
-        #expect(!client.process.stderrLines.contains { $0.contains("control connection") }, "\(client.process.stderrLines)")
+        #expect(
+            !client.process.stderrLines.contains { $0.contains("control connection") }, "\(client.process.stderrLines)")
         try await server.close()
         await time.stop()
     }

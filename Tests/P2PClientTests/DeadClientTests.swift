@@ -18,7 +18,8 @@ import Testing
             let directory = folder.file(name)
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             return try ClientProcess(
-                serverPort: server.port, timeURL: time.url, directory: directory, extraArguments: ["--identity", identity])
+                serverPort: server.port, timeURL: time.url, directory: directory,
+                extraArguments: ["--identity", identity])
         }
         let carol = try client("carol")
         #expect(try await carol.run("REGISTER carol") == "c> REGISTER OK")
@@ -42,7 +43,8 @@ import Testing
         // The living client went through the same rounds, took every check quietly, and stays.
         #expect(!server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE watcher") })
         #expect(
-            other.process.stderrLines.allSatisfy { $0.hasPrefix("p2p-client: serving to other peers ") }, "\(other.process.stderrLines)")
+            other.process.stderrLines.allSatisfy { $0.hasPrefix("p2p-client: serving to other peers ") },
+            "\(other.process.stderrLines)")
         #expect(try await second.run("CONNECT carol") == "c> CONNECT OK")
         _ = try await second.finish()
         _ = try await other.finish()

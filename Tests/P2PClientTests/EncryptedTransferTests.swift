@@ -48,7 +48,9 @@ import Testing
     static func contains(_ haystack: [UInt8], _ needle: String) -> Bool {
         let needle = Array(needle.utf8)
         guard haystack.count >= needle.count else { return false }
-        return (0...(haystack.count - needle.count)).contains { haystack[$0..<($0 + needle.count)].elementsEqual(needle) }
+        return (0...(haystack.count - needle.count)).contains {
+            haystack[$0..<($0 + needle.count)].elementsEqual(needle)
+        }
     }
 
     @Test func aPinnedDownloadIsEncryptedAndTheOwnerLearnsWhoAsked() async throws {
@@ -69,7 +71,10 @@ import Testing
         #expect(!Self.contains(down, "plain words"))
         #expect(down.count > Self.content.count)
         // The owner's log (what --verbose shows) names the downloader's key.
-        #expect(log.lines.contains { $0.contains("GET_FILE data.txt to") && $0.contains("TLS, key \(Self.bob.fingerprint)") })
+        #expect(
+            log.lines.contains {
+                $0.contains("GET_FILE data.txt to") && $0.contains("TLS, key \(Self.bob.fingerprint)")
+            })
         await server.stop()
         try await proxy.close()
     }
@@ -135,11 +140,13 @@ import Testing
         let folder = try TemporaryDirectory("tls-plain")
         defer { folder.remove() }
         let (server, proxy) = try await Self.owner(key: Self.alice, in: folder)
-        try await FileDownloader().fetch("data.txt", from: [try Self.source(proxy, pinnedTo: nil)], to: folder.file("copy.txt"))
+        try await FileDownloader().fetch(
+            "data.txt", from: [try Self.source(proxy, pinnedTo: nil)], to: folder.file("copy.txt"))
         try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: folder.file("copy.txt"))), Self.content)
         #expect(Self.contains(proxy.recorded.down, "plain words"))
         let reply = try await RawConnection.exchange(
-            RawConnection.fields("GET_FILE", "data.txt"), with: try SocketAddress(ipAddress: "127.0.0.1", port: server.port))
+            RawConnection.fields("GET_FILE", "data.txt"),
+            with: try SocketAddress(ipAddress: "127.0.0.1", port: server.port))
         #expect(reply == Array("0\0".utf8) + Self.content)
         await server.stop()
         try await proxy.close()
@@ -162,7 +169,8 @@ extension EncryptedTransferTests {
         var limits = UploadLimits()
         limits.bytesPerSecond = 1 << 20
         let server = try await PeerFileServer.start(
-            folder: shared, host: "127.0.0.1", limits: limits, tls: try PeerTLS(identity: Self.alice), logger: quietLogger)
+            folder: shared, host: "127.0.0.1", limits: limits, tls: try PeerTLS(identity: Self.alice),
+            logger: quietLogger)
         var source = PeerSource(owner: "alice", host: "127.0.0.1", port: server.port)
         source.pin = PeerPin(key: Self.alice.publicKeyText, tls: try PeerTLS(identity: Self.bob))
         let received = ByteCount()
@@ -234,7 +242,9 @@ final class TappingProxy: Sendable {
         let record: ([UInt8]) -> Void
         let alter: (inout [UInt8]) -> Void
 
-        init(peer: any Channel, record: @escaping ([UInt8]) -> Void, alter: @escaping (inout [UInt8]) -> Void = { _ in }) {
+        init(
+            peer: any Channel, record: @escaping ([UInt8]) -> Void, alter: @escaping (inout [UInt8]) -> Void = { _ in }
+        ) {
             self.peer = peer
             self.record = record
             self.alter = alter

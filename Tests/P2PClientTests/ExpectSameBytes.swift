@@ -21,7 +21,10 @@ func expectSameBytes(
         default:
             let note = comment()
             Issue.record(
-                "\(note.isEmpty ? "" : note + ": ")\(actual.count) bytes where \(expected.count) were expected, differing from offset \(offset)",
+                """
+                \(note.isEmpty ? "" : note + ": ")\(actual.count) bytes where \(expected.count) were expected, \
+                differing from offset \(offset)
+                """,
                 sourceLocation: sourceLocation)
             return
         }

@@ -33,7 +33,12 @@ struct IPv6Tests {
             dataDirectory: folder.file("storage"), arguments: ["--no-oplog", "--http-port", "0", "--http-host", "::1"],
             host: "::")
         let time = try await TimeProcess(host: "::1")
-        defer { Task { await server.stop(); await time.stop() } }
+        defer {
+            Task {
+                await server.stop()
+                await time.stop()
+            }
+        }
         #expect(time.url.hasPrefix("http://[::1]:"))
         for name in ["alice", "bob"] {
             try FileManager.default.createDirectory(atPath: folder.file(name), withIntermediateDirectories: true)
@@ -55,13 +60,15 @@ struct IPv6Tests {
         // As recorded: alice at ::1, bob at plain 127.0.0.1 (never ::ffff:127.0.0.1), for a
         // third-party client reading the list over IPv4 too.
         let directory = DirectoryClient(host: "127.0.0.1", port: server.port)
-        guard case .users(let users) = try await directory.send(
-            Request(dateTime: "03/12/2026 10:00:00", command: .listUsers(user: "bob")))
+        guard
+            case .users(let users) = try await directory.send(
+                Request(dateTime: "03/12/2026 10:00:00", command: .listUsers(user: "bob")))
         else {
             Issue.record("LIST_USERS failed")
             return
         }
-        #expect(Dictionary(uniqueKeysWithValues: users.map { ($0.name, $0.ip) }) == ["alice": "::1", "bob": "127.0.0.1"])
+        #expect(
+            Dictionary(uniqueKeysWithValues: users.map { ($0.name, $0.ip) }) == ["alice": "::1", "bob": "127.0.0.1"])
 
         // The owner check compares the address as recorded: alice's DISCONNECT from IPv4 is refused.
         #expect(

@@ -80,7 +80,9 @@ import Testing
 
             for address in [Self.outsider, "127.0.0.1"] {
                 #expect(try await setting.plain(.connect(user: "alice", port: "9999"), from: address) == 3)
-                #expect(try await setting.plain(.publish(user: "alice", fileName: "x", description: "x"), from: address) == 4)
+                #expect(
+                    try await setting.plain(.publish(user: "alice", fileName: "x", description: "x"), from: address)
+                        == 4)
                 #expect(try await setting.plain(.delete(user: "alice", fileName: "notes.txt"), from: address) == 4)
                 #expect(try await setting.plain(.unregister(user: "alice"), from: address) == 2)
                 #expect(try await setting.plain(.register(user: "alice"), from: address) == 1)
@@ -124,7 +126,9 @@ import Testing
 
             // Plain requests from the address both connected from.
             #expect(try await setting.plain(.disconnect(user: "alice"), from: "127.0.0.1") == 3)
-            #expect(try await setting.plain(.publish(user: "alice", fileName: "y", description: "y"), from: "127.0.0.1") == 4)
+            #expect(
+                try await setting.plain(.publish(user: "alice", fileName: "y", description: "y"), from: "127.0.0.1")
+                    == 4)
             let control = try await RawConnection.exchange(
                 RawConnection.fields("CONTROL", Self.dateTime, "alice"),
                 with: SocketAddress(ipAddress: "127.0.0.1", port: setting.port))
@@ -206,7 +210,8 @@ import Testing
     @Test func downloadsArePinnedToTheOwnersKey() async throws {
         try await Self.with("keys-pinned") { setting in
             let content = Data(String(repeating: "alice's notes\n", count: 5000).utf8)
-            try FileManager.default.createDirectory(atPath: setting.folder.file("alice"), withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                atPath: setting.folder.file("alice"), withIntermediateDirectories: true)
             try content.write(to: URL(fileURLWithPath: setting.folder.file("alice/notes.txt")))
             let alice = try setting.client("alice", key: "alice.key", arguments: ["--verbose"])
             for command in ["REGISTER alice", "CONNECT alice", "PUBLISH notes.txt my notes"] {
@@ -228,7 +233,8 @@ import Testing
 
             // mallory serves a notes.txt of her own at her port; the directory is made to list
             // alice there (a CONNECT keyed by alice's key: only the port is another's).
-            try FileManager.default.createDirectory(atPath: setting.folder.file("mallory"), withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                atPath: setting.folder.file("mallory"), withIntermediateDirectories: true)
             try Data("forged".utf8).write(to: URL(fileURLWithPath: setting.folder.file("mallory/notes.txt")))
             let mallory = try setting.client("mallory", key: "mallory.key")
             for command in ["REGISTER mallory", "CONNECT mallory", "PUBLISH notes.txt forged"] {
@@ -236,13 +242,16 @@ import Testing
             }
             let malloryKey = try await Self.fingerprint(of: mallory)
             let directory = DirectoryClient(
-                host: "127.0.0.1", port: setting.port, identity: try IdentityKey.load(from: setting.folder.file("alice.key")))
+                host: "127.0.0.1", port: setting.port,
+                identity: try IdentityKey.load(from: setting.folder.file("alice.key")))
             let listed = try await directory.send(Request(dateTime: Self.dateTime, command: .listUsers(user: "bob")))
             guard case .users(let users) = listed, let port = users.first(where: { $0.name == "mallory" })?.port else {
                 Issue.record("mallory is not listed: \(listed)")
                 return
             }
-            #expect(try await directory.send(Request(dateTime: Self.dateTime, command: .connect(user: "alice", port: port))).code == 0)
+            #expect(
+                try await directory.send(Request(dateTime: Self.dateTime, command: .connect(user: "alice", port: port)))
+                    .code == 0)
 
             let before = bob.process.stderrLines.count
             #expect(try await bob.run("GET_FILE alice notes.txt stolen.txt") == "c> GET_FILE FAIL")

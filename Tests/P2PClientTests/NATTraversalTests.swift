@@ -38,7 +38,8 @@ struct NATTraversalTests {
         func connectedUser(
             _ name: String, behind nat: NAT?, then commands: [String] = [], arguments: [String] = []
         ) async throws -> ClientProcess {
-            let host = try nat.map { try internet.addHomeHost(name, symmetric: $0 == .symmetric) }
+            let host =
+                try nat.map { try internet.addHomeHost(name, symmetric: $0 == .symmetric) }
                 ?? internet.addPublicHost(name)
             let client = try self.client(name, on: host, arguments: arguments)
             for command in ["REGISTER \(name)", "CONNECT \(name)"] + commands {
@@ -60,9 +61,13 @@ struct NATTraversalTests {
 
     /// Whether `owner` (run with --verbose) logged serving `name` over TLS to the client whose
     /// key is `downloader`'s: the transfer was end to end, whatever carried it.
-    static func servedOverTLS(_ name: String, by owner: ClientProcess, to downloader: ClientProcess) async throws -> Bool {
+    static func servedOverTLS(_ name: String, by owner: ClientProcess, to downloader: ClientProcess) async throws
+        -> Bool
+    {
         let key = try await KeyTests.fingerprint(of: downloader)
-        return owner.process.stderrLines.contains { $0.contains("GET_FILE \(name) to ") && $0.contains("(TLS, key \(key))") }
+        return owner.process.stderrLines.contains {
+            $0.contains("GET_FILE \(name) to ") && $0.contains("(TLS, key \(key))")
+        }
     }
 
     static func randomFile(_ size: Int, at path: String) throws -> Data {
@@ -93,7 +98,9 @@ struct NATTraversalTests {
         #expect(try await watcher.run("CONNECT watcher") == "c> CONNECT OK")
 
         try await waitUntil("the server's reachability check of alice") {
-            world.server.process.stderrLines.contains { $0.contains("alice at 198.18.") && $0.contains("not reachable") }
+            world.server.process.stderrLines.contains {
+                $0.contains("alice at 198.18.") && $0.contains("not reachable")
+            }
         }
         try await waitUntil("carol expired by the peer checks") {
             world.server.process.stdoutLines.contains { $0.hasPrefix("s> EXPIRE carol") }
@@ -144,7 +151,8 @@ struct NATTraversalTests {
             let line = try await dave.run("GET_FILE alice movie.bin copy\(attempt).bin", timeout: 60)
             let through = world.internet.bytes(through: world.serverHost) - before
             #expect(line == "c> GET_FILE OK", "try \(attempt): \(dave.process.stderrLines.suffix(3))")
-            try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: world.folder.file("dave/copy\(attempt).bin"))), content)
+            try expectSameBytes(
+                Data(contentsOf: URL(fileURLWithPath: world.folder.file("dave/copy\(attempt).bin"))), content)
             #expect(through < 64 * 1024, "\(through) bytes went through the server's host")
         }
         #expect(dave.process.stderrLines.filter { $0.contains("punching a connection") }.count == tries)
@@ -161,8 +169,12 @@ struct NATTraversalTests {
         let alice = try await world.connectedUser("alice", behind: .symmetric, then: ["PUBLISH movie.bin holidays"])
         let dave = try await world.connectedUser("dave", behind: .symmetric)
         #expect(try await dave.run("GET_FILE alice movie.bin copy.bin", timeout: 60) == "c> GET_FILE FAIL")
-        #expect(dave.process.stderrLines.contains { $0.contains("no connection punched") }, "\(dave.process.stderrLines)")
-        #expect(dave.process.stderrLines.contains { $0.contains("does not relay transfers") && $0.contains("--relay-limit") })
+        #expect(
+            dave.process.stderrLines.contains { $0.contains("no connection punched") }, "\(dave.process.stderrLines)")
+        #expect(
+            dave.process.stderrLines.contains {
+                $0.contains("does not relay transfers") && $0.contains("--relay-limit")
+            })
         #expect(!FileManager.default.fileExists(atPath: world.folder.file("dave/copy.bin")))
         // Asked again, it says so at once instead of trying for seconds.
         let again = ContinuousClock.now
@@ -198,7 +210,9 @@ struct NATTraversalTests {
         try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: world.folder.file("dave/copy.bin"))), content)
         let seconds = Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18
         let rate = Double(content.count) / seconds
-        #expect(abs(rate / Double(limit) - 1) < 0.1, "relayed at \(Int(rate)) bytes/s, the limit is \(limit); \(world.server.process.stderrLines.suffix(6))")
+        #expect(
+            abs(rate / Double(limit) - 1) < 0.1,
+            "relayed at \(Int(rate)) bytes/s, the limit is \(limit); \(world.server.process.stderrLines.suffix(6))")
         // End to end: the relay carried the TLS both ends ran, and only its ciphertext.
         #expect(try await Self.servedOverTLS("movie.bin", by: alice, to: dave))
         for client in [alice, dave] { _ = try await client.finish() }
@@ -238,7 +252,8 @@ struct NATTraversalTests {
         // written wherever the data before them ended), the relayed file among it, and none of
         // the file's words.
         let header = /> \d{4}\/\d{2}\/\d{2} [0-9:.]+  length=(\d+)/
-        let sent = tap.stderrLines.joined(separator: "\n").matches(of: header).compactMap { Int($0.output.1) }.reduce(0, +)
+        let sent = tap.stderrLines.joined(separator: "\n").matches(of: header).compactMap { Int($0.output.1) }.reduce(
+            0, +)
         #expect(sent > content.count, "only \(sent) bytes from alice crossed the tap")
         #expect(!tap.stderrLines.contains { $0.contains("plain words") })
         for client in [alice, dave] { _ = try await client.finish() }

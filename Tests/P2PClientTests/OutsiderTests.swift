@@ -98,7 +98,8 @@ import Testing
             #expect(try await alice.run("DISCONNECT alice") == "c> DISCONNECT OK")
 
             #expect(try await setting.outsider(.connect(user: "alice", port: "9999")) == 0)
-            #expect(try await setting.outsider(.publish(user: "alice", fileName: setting.secret, description: "x")) == 0)
+            #expect(
+                try await setting.outsider(.publish(user: "alice", fileName: setting.secret, description: "x")) == 0)
             #expect(try await setting.outsider(.publish(user: "alice", fileName: ".hidden", description: "x")) == 0)
             #expect(try await setting.outsider(.disconnect(user: "alice")) == 0)
 
@@ -112,8 +113,13 @@ import Testing
             #expect(try await setting.getFile("notes.txt", port: port) == Array("0\0my notes".utf8))
             let before = alice.process.stdoutLines.count
             #expect(try await alice.run("LIST_CONTENT alice") == "c> LIST_CONTENT OK")
-            try await waitUntil("the list") { alice.process.stdoutLines.dropFirst(before).contains("notes.txt \"my notes\"") }
-            #expect(!alice.process.stdoutLines.dropFirst(before).contains { $0.contains("id_ed25519") || $0.contains(".hidden") })
+            try await waitUntil("the list") {
+                alice.process.stdoutLines.dropFirst(before).contains("notes.txt \"my notes\"")
+            }
+            #expect(
+                !alice.process.stdoutLines.dropFirst(before).contains {
+                    $0.contains("id_ed25519") || $0.contains(".hidden")
+                })
             _ = try await alice.finish()
 
             // The next run remembers what alice published.
@@ -135,7 +141,8 @@ import Testing
             #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
             #expect(try await alice.run("PUBLISH notes.txt my notes") == "c> PUBLISH OK")
             let port = try await Self.peerPort(of: alice)
-            let overflow = try await setting.getFile("/.p2p-reserved/v1/range/9223372036854775807-1/notes.txt", port: port)
+            let overflow = try await setting.getFile(
+                "/.p2p-reserved/v1/range/9223372036854775807-1/notes.txt", port: port)
             #expect(overflow == Array("1\0".utf8) || overflow == Array("2\0".utf8))
             // Two connections presenting one token: one is parked for a download that never
             // asks, the other closed at once (or after the first's 10 s, should it come first).
@@ -164,7 +171,8 @@ import Testing
             "outsider-proxy", serverArguments: ["--no-oplog", "--proxy-protocol", "--proxy-from", "127.0.0.2"]
         ) { setting in
             var request = ByteBuffer()
-            try RequestEncoder.encode(Request(dateTime: Self.dateTime, command: .register(user: "mallory")), into: &request)
+            try RequestEncoder.encode(
+                Request(dateTime: Self.dateTime, command: .register(user: "mallory")), into: &request)
             let header = Array("PROXY TCP4 192.0.2.7 127.0.0.1 5555 4242\r\n".utf8)
             let bytes = header + Array(request.readableBytesView)
             let address = try SocketAddress(ipAddress: "127.0.0.1", port: setting.server.port)
@@ -172,7 +180,9 @@ import Testing
                 bytes, with: address, from: SocketAddress(ipAddress: Self.outsider, port: 0))
             #expect(fromOutsider == nil || fromOutsider == [], "\(String(describing: fromOutsider))")
             try await waitUntil("the refusal logged") {
-                setting.server.process.stderrLines.contains { $0.contains("--proxy-from") && $0.contains(Self.outsider) }
+                setting.server.process.stderrLines.contains {
+                    $0.contains("--proxy-from") && $0.contains(Self.outsider)
+                }
             }
             // The balancer's address is believed, and the user is registered only then.
             let fromBalancer = try await RawConnection.exchange(

@@ -169,7 +169,8 @@ import Testing
         try FileManager.default.createSymbolicLink(atPath: partial, withDestinationPath: victim)
         // And a record that claims the partial file is one of an earlier attempt.
         let record = RangedDownload.Record(
-            owners: ["owner"], remoteName: "data.bin", size: 10_000, sha256: RangedDownloadTests.sha256(content), done: [0])
+            owners: ["owner"], remoteName: "data.bin", size: 10_000, sha256: RangedDownloadTests.sha256(content),
+            done: [0])
         try record.text.write(toFile: partial + ".info", atomically: true, encoding: .utf8)
         try await FileDownloader().fetch("data.bin", from: [RangedDownloadTests.source("owner", peer.port)], to: local)
         #expect(try Data(contentsOf: URL(fileURLWithPath: local)) == Data(content))

@@ -95,12 +95,15 @@ let quietLogger: Logger = {
         let address = try SocketAddress(ipAddress: "127.0.0.1", port: server.port)
         for _ in 0..<3 {
             #expect(
-                try await RawConnection.exchange(RawConnection.fields("GET_FILE", ReservedFileName.peerCheck), with: address)
+                try await RawConnection.exchange(
+                    RawConnection.fields("GET_FILE", ReservedFileName.peerCheck), with: address)
                     == Array("1\0".utf8))
         }
         #expect(recorder.lines.isEmpty, "\(recorder.lines)")
         // A real request for a missing file is still logged (with --verbose).
-        #expect(try await RawConnection.exchange(RawConnection.fields("GET_FILE", "missing.txt"), with: address) == Array("1\0".utf8))
+        #expect(
+            try await RawConnection.exchange(RawConnection.fields("GET_FILE", "missing.txt"), with: address)
+                == Array("1\0".utf8))
         await server.stop()
         #expect(recorder.lines.contains { $0.contains("missing.txt") })
     }

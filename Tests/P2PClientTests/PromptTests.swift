@@ -200,7 +200,8 @@ import Testing
                 environment: ["HOME": setup.home]
             ) { terminal in
                 let screen = try await terminal.waitForScreen("the warning and the prompt") { screen in
-                    screen.contains { $0.contains("directory server unreachable") } && screen.last?.hasPrefix("c>") == true
+                    screen.contains { $0.contains("directory server unreachable") }
+                        && screen.last?.hasPrefix("c>") == true
                 }
                 #expect(screen.filter { $0.hasPrefix("p2p-client:") }.count == 1, "one line: \(screen)")
                 try await terminal.type("REGISTER alice")
@@ -218,7 +219,12 @@ import Testing
         defer { folder.remove() }
         let server = try await ServerProcess(dataDirectory: folder.file("storage"))
         let time = try await TimeProcess()
-        defer { Task { await server.stop(); await time.stop() } }
+        defer {
+            Task {
+                await server.stop()
+                await time.stop()
+            }
+        }
         func run(_ commands: [String]) async throws -> (lines: [String], status: Int32) {
             let client = try ClientProcess(serverPort: server.port, timeURL: time.url, directory: folder.path)
             client.send(commands)
@@ -238,7 +244,12 @@ import Testing
         defer { folder.remove() }
         let server = try await ServerProcess(dataDirectory: folder.file("storage"))
         let time = try await TimeProcess()
-        defer { Task { await server.stop(); await time.stop() } }
+        defer {
+            Task {
+                await server.stop()
+                await time.stop()
+            }
+        }
         try Data("notes".utf8).write(to: URL(fileURLWithPath: folder.file("notes.txt")))
         let fresh = try ClientProcess(serverPort: server.port, timeURL: time.url, directory: folder.path)
         fresh.send(["LIST_USERS"])
@@ -251,8 +262,11 @@ import Testing
         #expect(Array(lines.prefix(4)) == ["c> REGISTER OK", "c> CONNECT OK", "c> PUBLISH OK", "c> PUBLISH OK"])
         let stderr = client.process.stderrLines
         #expect(
-            stderr.filter { $0.contains("serving to other peers the 0 files alice published (relative names from \(realPath(folder.path)))") }
-                .count == 1, "stderr: \(stderr)")
+            stderr.filter {
+                $0.contains(
+                    "serving to other peers the 0 files alice published (relative names from \(realPath(folder.path)))")
+            }
+            .count == 1, "stderr: \(stderr)")
         #expect(stderr.contains { $0.contains("ghost.txt is not a file in the shared folder") }, "stderr: \(stderr)")
         #expect(!stderr.contains { $0.contains("notes.txt is not") })
     }
@@ -262,12 +276,19 @@ import Testing
         defer { folder.remove() }
         let server = try await ServerProcess(dataDirectory: folder.file("storage"))
         let time = try await TimeProcess()
-        defer { Task { await server.stop(); await time.stop() } }
+        defer {
+            Task {
+                await server.stop()
+                await time.stop()
+            }
+        }
         // bob's peer sends the start of a file and then nothing: the download stays in progress.
         let peer = try TricklingPeer()
         let address = try SocketAddress(ipAddress: "127.0.0.1", port: server.port)
         for command in [Request.Command.register(user: "bob"), .connect(user: "bob", port: String(peer.port))] {
-            #expect(try await RawConnection.send(Request(dateTime: "26/11/2026 10:00:00", command: command), to: address) == .status(0))
+            #expect(
+                try await RawConnection.send(Request(dateTime: "26/11/2026 10:00:00", command: command), to: address)
+                    == .status(0))
         }
         let client = try ClientProcess(serverPort: server.port, timeURL: time.url, directory: folder.path)
         client.send(["REGISTER carol", "CONNECT carol", "GET_FILE bob big.bin copy.bin"])

@@ -22,7 +22,10 @@ import Testing
             var offset = 0
             while offset < raw.count {
                 let word = generator.next()
-                withUnsafeBytes(of: word) { raw.baseAddress!.advanced(by: offset).copyMemory(from: $0.baseAddress!, byteCount: min(8, raw.count - offset)) }
+                withUnsafeBytes(of: word) {
+                    raw.baseAddress!.advanced(by: offset).copyMemory(
+                        from: $0.baseAddress!, byteCount: min(8, raw.count - offset))
+                }
                 offset += 8
             }
         }
@@ -57,19 +60,26 @@ import Testing
         defer { folder.remove() }
         let content = Self.randomBytes(100_000)
         let peer = try await Self.ourPeer(["data.bin": content], in: folder, named: "owner")
-        let info = await FileDownloader().info(of: "data.bin", from: PeerSource(owner: "owner", host: "127.0.0.1", port: peer.port))
+        let info = await FileDownloader().info(
+            of: "data.bin", from: PeerSource(owner: "owner", host: "127.0.0.1", port: peer.port))
         #expect(info == FileInfo(size: 100_000, sha256: Self.sha256(content)))
-        #expect(await FileDownloader().info(of: "missing.bin", from: PeerSource(owner: "owner", host: "127.0.0.1", port: peer.port)) == nil)
+        #expect(
+            await FileDownloader().info(
+                of: "missing.bin", from: PeerSource(owner: "owner", host: "127.0.0.1", port: peer.port)) == nil)
         let address = try SocketAddress(ipAddress: "127.0.0.1", port: peer.port)
         let range = PeerRequest.range(offset: 1000, length: 5, name: "data.bin").fileName!
         #expect(
             try await RawConnection.exchange(RawConnection.fields("GET_FILE", range), with: address)
                 == Array("0\0".utf8) + content[1000..<1005])
         let outside = PeerRequest.range(offset: 99_999, length: 2, name: "data.bin").fileName!
-        #expect(try await RawConnection.exchange(RawConnection.fields("GET_FILE", outside), with: address) == Array("2\0".utf8))
+        #expect(
+            try await RawConnection.exchange(RawConnection.fields("GET_FILE", outside), with: address)
+                == Array("2\0".utf8))
         // Not published: no info, no range.
         let secret = PeerRequest.info(name: "../owner/data.bin").fileName!
-        #expect(try await RawConnection.exchange(RawConnection.fields("GET_FILE", secret), with: address) == Array("1\0".utf8))
+        #expect(
+            try await RawConnection.exchange(RawConnection.fields("GET_FILE", secret), with: address)
+                == Array("1\0".utf8))
         await peer.stop()
     }
 
@@ -89,14 +99,18 @@ import Testing
         let received = ByteCount()
         let download = Task {
             try await FileDownloader().fetch(
-                "f.bin", from: [Self.source("a", peers[0].port), Self.source("b", peers[1].port), Self.source("c", peers[2].port)],
+                "f.bin",
+                from: [
+                    Self.source("a", peers[0].port), Self.source("b", peers[1].port), Self.source("c", peers[2].port),
+                ],
                 to: target, progress: { bytes, _ in received.set(bytes) })
         }
         try await waitUntil("a quarter of the file", timeout: 30) { received.value > Int64(content.count / 4) }
         await peers[1].stop()
         #expect(try await download.value == Int64(content.count))
         try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: target)), content)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["a", "b", "c", "copy.bin"])
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["a", "b", "c", "copy.bin"])
         for peer in peers { await peer.stop() }
     }
 
@@ -163,11 +177,16 @@ import Testing
         #expect(size == Int64(content.count))
         try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: folder.file("copy.txt"))), content)
         // Alone, from the fragile one: plain GET_FILE after the info request it declined.
-        try await FileDownloader().fetch("notes.txt", from: [Self.source("python", fragile.port)], to: folder.file("c2.txt"))
+        try await FileDownloader().fetch(
+            "notes.txt", from: [Self.source("python", fragile.port)], to: folder.file("c2.txt"))
         try expectSameBytes(Data(contentsOf: URL(fileURLWithPath: folder.file("c2.txt"))), content)
         let seen = fragile.seen
         #expect(seen.spins == 0 && seen.sendFailures == 0 && !seen.stoppedServing)
-        #expect(seen.requests == [PeerRequest.info(name: "notes.txt").fileName!, PeerRequest.info(name: "notes.txt").fileName!, "notes.txt"])
+        #expect(
+            seen.requests == [
+                PeerRequest.info(name: "notes.txt").fileName!, PeerRequest.info(name: "notes.txt").fileName!,
+                "notes.txt",
+            ])
         await ours.stop()
     }
 }

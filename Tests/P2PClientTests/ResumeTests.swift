@@ -22,7 +22,8 @@ import Testing
             }
             let server = try await ServerProcess(dataDirectory: folder.file("storage"))
             let time = try await TimeProcess()
-            var setup = Setup(folder: folder, server: server, time: time, content: RangedDownloadTests.randomBytes(size))
+            var setup = Setup(
+                folder: folder, server: server, time: time, content: RangedDownloadTests.randomBytes(size))
             try Data(setup.content).write(to: URL(fileURLWithPath: folder.file("alice/big.bin")))
             do {
                 try await body(&setup)
@@ -36,7 +37,8 @@ import Testing
         }
 
         func client(_ who: String, _ arguments: [String] = []) throws -> ClientProcess {
-            try ClientProcess(serverPort: server.port, timeURL: time.url, directory: folder.file(who), extraArguments: arguments)
+            try ClientProcess(
+                serverPort: server.port, timeURL: time.url, directory: folder.file(who), extraArguments: arguments)
         }
 
         /// alice, connected and serving big.bin.

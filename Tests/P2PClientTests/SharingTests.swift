@@ -82,19 +82,22 @@ import Testing
             let outside = env.folder.file("outside")
             try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
             try Data("elsewhere".utf8).write(to: URL(fileURLWithPath: "\(outside)/abs.txt"))
-            try FileManager.default.createSymbolicLink(atPath: "\(env.home)/link-out.txt", withDestinationPath: "\(outside)/abs.txt")
+            try FileManager.default.createSymbolicLink(
+                atPath: "\(env.home)/link-out.txt", withDestinationPath: "\(outside)/abs.txt")
 
             let alice = try env.client()
             for command in [
                 "REGISTER alice", "CONNECT alice", "PUBLISH notes.txt my notes", "PUBLISH link-out.txt a link",
-                "PUBLISH \(outside)/abs.txt a file elsewhere", "PUBLISH withdrawn.txt soon gone", "DELETE withdrawn.txt",
+                "PUBLISH \(outside)/abs.txt a file elsewhere", "PUBLISH withdrawn.txt soon gone",
+                "DELETE withdrawn.txt",
             ] {
                 #expect(try await alice.run(command).hasSuffix(" OK"), "\(command)")
             }
             #expect(try await env.fetch("notes.txt") == Self.found("my notes"))
             #expect(try await env.fetch("\(outside)/abs.txt") == Self.found("elsewhere"))
             for name in [
-                "secret.txt", ".ssh/id_ed25519", "withdrawn.txt", "link-out.txt", "\(env.home)/secret.txt", "/etc/hostname",
+                "secret.txt", ".ssh/id_ed25519", "withdrawn.txt", "link-out.txt", "\(env.home)/secret.txt",
+                "/etc/hostname",
             ] {
                 #expect(try await env.fetch(name) == Self.notFound, "\(name) must not be served")
             }
@@ -123,7 +126,8 @@ import Testing
             let longFolder = String(repeating: "d", count: 200)
             try env.write("photos/\(longFolder)/\(String(repeating: "f", count: 60)).txt", "too long a name")
             mkfifo("\(env.home)/photos/pipe", 0o644)
-            try FileManager.default.createSymbolicLink(atPath: "\(env.home)/photos/link.jpg", withDestinationPath: "beach.jpg")
+            try FileManager.default.createSymbolicLink(
+                atPath: "\(env.home)/photos/link.jpg", withDestinationPath: "beach.jpg")
             try env.write("elsewhere.txt", "not under photos")
 
             let alice = try env.client()
@@ -144,7 +148,11 @@ import Testing
             #expect(summary.hasPrefix("\(env.home)/photos: 3 files published"), "\(summary)")
             #expect(
                 summary.contains(
-                    "6 skipped (2 hidden, 1 a space in the name, 1 name over 255 bytes, 1 symbolic link, 1 not a regular file)"),
+                    """
+                    6 skipped (2 hidden, 1 a space in the name, 1 name over 255 bytes, 1 symbolic link, 1 not a \
+                    regular file)
+                    """
+                ),
                 "\(summary)")
             #expect(lines.last == "c> DISCONNECT OK")
         }
@@ -163,7 +171,9 @@ import Testing
             let photos = "\(env.home)/photos"
 
             try env.write("photos/new.txt", "new")
-            try await waitUntil("a new file published", timeout: 2) { try await env.published()["photos/new.txt"] != nil }
+            try await waitUntil("a new file published", timeout: 2) {
+                try await env.published()["photos/new.txt"] != nil
+            }
             #expect(try await env.fetch("photos/new.txt") == Self.found("new"))
 
             try FileManager.default.moveItem(atPath: "\(photos)/new.txt", toPath: "\(photos)/renamed.txt")
@@ -174,7 +184,9 @@ import Testing
             #expect(try await env.fetch("photos/new.txt") == Self.notFound)
 
             try FileManager.default.removeItem(atPath: "\(photos)/a.jpg")
-            try await waitUntil("a removed file deleted", timeout: 2) { try await env.published()["photos/a.jpg"] == nil }
+            try await waitUntil("a removed file deleted", timeout: 2) {
+                try await env.published()["photos/a.jpg"] == nil
+            }
 
             try env.write("photos/album/c.jpg", "c")
             try await waitUntil("a new folder's file published", timeout: 2) {
@@ -191,7 +203,9 @@ import Testing
             let before = try await env.published()["photos/kept.txt"]
             try env.write("photos/kept.txt", "second, longer version")
             try env.write("photos/marker.txt", "m")
-            try await waitUntil("the marker published", timeout: 2) { try await env.published()["photos/marker.txt"] != nil }
+            try await waitUntil("the marker published", timeout: 2) {
+                try await env.published()["photos/marker.txt"] != nil
+            }
             #expect(try await env.published()["photos/kept.txt"] == before)
             #expect(try await env.fetch("photos/kept.txt") == Self.found("second, longer version"))
 
@@ -209,7 +223,8 @@ import Testing
             let alice = try env.client(["--share", "music"])
             #expect(try await alice.run("REGISTER alice") == "c> REGISTER OK")
             #expect(try await alice.run("CONNECT alice") == "c> CONNECT OK")
-            #expect(try await env.published() == ["music/one.mp3": "MP3 audio, 1 B", "music/two.mp3": "MP3 audio, 1 B"])
+            #expect(
+                try await env.published() == ["music/one.mp3": "MP3 audio, 1 B", "music/two.mp3": "MP3 audio, 1 B"])
             #expect(try await alice.run("DISCONNECT alice") == "c> DISCONNECT OK")
 
             try FileManager.default.removeItem(atPath: "\(env.home)/music/two.mp3")

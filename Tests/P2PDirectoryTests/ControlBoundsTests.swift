@@ -44,17 +44,20 @@ import Testing
             #expect(await store.apply(.connect(user: "u\(index)", ip: ip, port: String(closed.port))) == .ok)
         }
         let sessions = ControlSessions(
-            settings: settings, store: store, operationLog: nil, console: { _ in }, logger: Logger(label: "control-test"))
+            settings: settings, store: store, operationLog: nil, console: { _ in },
+            logger: Logger(label: "control-test"))
         return (sessions, closed)
     }
 
     @Test func controlSessionsFromOneAddressAreCapped() async throws {
         let channels = try await Channels()
         defer { Task { await channels.close() } }
-        let (sessions, closed) = try await Self.sessions(3, from: "127.0.0.9", settings: ControlSettings(maxSessionsPerAddress: 2))
+        let (sessions, closed) = try await Self.sessions(
+            3, from: "127.0.0.9", settings: ControlSettings(maxSessionsPerAddress: 2))
         for index in 0..<2 {
             #expect(await sessions.admit(user: "u\(index)", from: "127.0.0.9").code == 0)
-            _ = sessions.register(user: "u\(index)", ip: "127.0.0.9", port: String(closed.port), channel: try await channels.make())
+            _ = sessions.register(
+                user: "u\(index)", ip: "127.0.0.9", port: String(closed.port), channel: try await channels.make())
         }
         #expect(await sessions.admit(user: "u2", from: "127.0.0.9").code == 3)
         // A user opening its control connection again replaces its own, which does not count.
@@ -67,7 +70,8 @@ import Testing
         let settings = ControlSettings(maxPendingPunchesPerUser: 3)
         let (sessions, closed) = try await Self.sessions(3, from: "127.0.0.9", settings: settings)
         for index in 0..<3 {
-            _ = sessions.register(user: "u\(index)", ip: "127.0.0.9", port: String(closed.port), channel: try await channels.make())
+            _ = sessions.register(
+                user: "u\(index)", ip: "127.0.0.9", port: String(closed.port), channel: try await channels.make())
         }
         for _ in 0..<3 { #expect(sessions.punch(requester: "u0", owner: "u1").code == 0) }
         // A loop of PUNCH u1 stops growing the table; another pair still punches.
@@ -76,7 +80,8 @@ import Testing
         #expect(sessions.punch(requester: "u2", owner: "u0").code == 2)
         let (fresh, freshPort) = try await Self.sessions(4, from: "127.0.0.9", settings: settings)
         for index in 0..<4 {
-            _ = fresh.register(user: "u\(index)", ip: "127.0.0.9", port: String(freshPort.port), channel: try await channels.make())
+            _ = fresh.register(
+                user: "u\(index)", ip: "127.0.0.9", port: String(freshPort.port), channel: try await channels.make())
         }
         for _ in 0..<3 { #expect(fresh.punch(requester: "u0", owner: "u1").code == 0) }
         #expect(fresh.punch(requester: "u2", owner: "u3").code == 0)

@@ -35,11 +35,17 @@ import Testing
         var machine = Self.machine(burst: 3, perSecond: 2)
         let now = Self.at(milliseconds: 0)
         for index in 0..<3 {
-            #expect(machine.received(.punchRequest(id: "\(index)", owner: "bob"), now: now) == .punch(id: "\(index)", owner: "bob"))
+            #expect(
+                machine.received(.punchRequest(id: "\(index)", owner: "bob"), now: now)
+                    == .punch(id: "\(index)", owner: "bob"))
         }
         // Over the burst: answered 2 at once, nothing done; every kind shares the allowance.
-        #expect(machine.received(.punchRequest(id: "p", owner: "bob"), now: now) == .reply(.punchReply(id: "p", code: 2, token: "")))
-        #expect(machine.received(.relayRequest(id: "r", owner: "bob"), now: now) == .reply(.relayReply(id: "r", code: 2, token: "")))
+        #expect(
+            machine.received(.punchRequest(id: "p", owner: "bob"), now: now)
+                == .reply(.punchReply(id: "p", code: 2, token: "")))
+        #expect(
+            machine.received(.relayRequest(id: "r", owner: "bob"), now: now)
+                == .reply(.relayReply(id: "r", code: 2, token: "")))
         #expect(
             machine.received(.reverseRequest(id: "v", owner: "bob"), now: now)
                 == .reply(.reverseReply(id: "v", code: 2, token: "")))
@@ -47,30 +53,44 @@ import Testing
         // Half a second later one more (2 a second) is allowed, and then not.
         let later = Self.at(milliseconds: 500)
         #expect(machine.received(.relayRequest(id: "r2", owner: "bob"), now: later) == .relay(id: "r2", owner: "bob"))
-        #expect(machine.received(.relayRequest(id: "r3", owner: "bob"), now: later) == .reply(.relayReply(id: "r3", code: 2, token: "")))
+        #expect(
+            machine.received(.relayRequest(id: "r3", owner: "bob"), now: later)
+                == .reply(.relayReply(id: "r3", code: 2, token: "")))
         // The allowance never grows beyond the burst.
         let muchLater = Self.at(milliseconds: 3_600_000)
         for index in 0..<3 {
-            #expect(machine.received(.reverseRequest(id: "\(index)", owner: "bob"), now: muchLater) == .reverse(id: "\(index)", owner: "bob"))
+            #expect(
+                machine.received(.reverseRequest(id: "\(index)", owner: "bob"), now: muchLater)
+                    == .reverse(id: "\(index)", owner: "bob"))
         }
-        #expect(machine.received(.reverseRequest(id: "x", owner: "bob"), now: muchLater) == .reply(.reverseReply(id: "x", code: 2, token: "")))
+        #expect(
+            machine.received(.reverseRequest(id: "x", owner: "bob"), now: muchLater)
+                == .reply(.reverseReply(id: "x", code: 2, token: "")))
     }
 
     @Test func lookupsFasterThanAHundredASecondCloseTheConnection() {
         var machine = Self.machine()
         let now = Self.at(milliseconds: 0)
         for index in 0..<100 {
-            #expect(machine.received(.whoRequest(id: "\(index)", user: "bob"), now: now) == .answerWho(id: "\(index)", user: "bob"))
-            #expect(machine.received(.keyRequest(id: "\(index)", user: "bob"), now: now) == .answerKey(id: "\(index)", user: "bob"))
+            #expect(
+                machine.received(.whoRequest(id: "\(index)", user: "bob"), now: now)
+                    == .answerWho(id: "\(index)", user: "bob"))
+            #expect(
+                machine.received(.keyRequest(id: "\(index)", user: "bob"), now: now)
+                    == .answerKey(id: "\(index)", user: "bob"))
         }
         #expect(machine.received(.whoRequest(id: "x", user: "bob"), now: now) == .close)
         #expect(machine.endReason == "sent WHO requests faster than 100 a second")
         // A hundred a second for ever is fine.
         var steady = Self.machine()
         for tenth in 0..<600 {
-            #expect(steady.received(.whoRequest(id: "w", user: "bob"), now: Self.at(milliseconds: Int64(tenth) * 100)) != .close)
+            #expect(
+                steady.received(.whoRequest(id: "w", user: "bob"), now: Self.at(milliseconds: Int64(tenth) * 100))
+                    != .close)
             for _ in 0..<9 {
-                #expect(steady.received(.keyRequest(id: "k", user: "bob"), now: Self.at(milliseconds: Int64(tenth) * 100)) != .close)
+                #expect(
+                    steady.received(.keyRequest(id: "k", user: "bob"), now: Self.at(milliseconds: Int64(tenth) * 100))
+                        != .close)
             }
         }
     }

@@ -108,7 +108,9 @@ import Testing
     @Test func aLocalHeaderKeepsTheConnectionsAddress() {
         var machine = Machine(expectsProxyHeader: true)
         // PROXY v2 LOCAL: signature, version 2 command 0, family 0, length 0.
-        var bytes = ByteBuffer(bytes: [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x20, 0x00, 0x00, 0x00])
+        var bytes = ByteBuffer(bytes: [
+            0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x20, 0x00, 0x00, 0x00,
+        ])
         #expect(Self.isWait(machine.bytesReceived(bytes)))
         // A health check: closed without a byte of a request, quietly.
         #expect(Self.rejection(machine.inputClosed())?.0 == .emptyConnection)
@@ -135,7 +137,8 @@ import Testing
 
     @Test func garbageIsRejectedAndDrained() {
         var machine = Machine(expectsProxyHeader: false)
-        let (rejection, code, closeNow) = try! #require(Self.rejection(machine.bytesReceived(ByteBuffer(string: "HELLO\0"))))
+        let (rejection, code, closeNow) = try! #require(
+            Self.rejection(machine.bytesReceived(ByteBuffer(string: "HELLO\0"))))
         #expect(rejection == .badRequest && code == nil && !closeNow)
         // Draining: what the client still sends is dropped; its close ends the connection.
         #expect(Self.isWait(machine.bytesReceived(ByteBuffer(string: "more"))))

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import P2PDirectoryStores
 import P2PProtocol
 import P2PTestSupport
 import Testing
@@ -7,7 +8,6 @@ import Testing
 @testable import P2PDirectory
 @testable import P2PDirectoryPostgres
 @testable import P2PDirectorySQLite
-import P2PDirectoryStores
 
 /// A store the rule suite runs on. To hold a new store implementation to the rules of
 /// PROTOCOL.md section 2, add it to ``all``: every case below then runs on it too.
@@ -74,7 +74,8 @@ extension RuleCase {
                 register("alice"), connect("alice"), publish("alice", "a.txt"), register("bob"), connect("bob"),
                 .change(.unregister(user: "alice"), 0),
                 .change(.unregister(user: "alice"), 1),
-                .query(.listUsers(requester: "bob"), .users([ConnectedUser(name: "bob", ip: "10.0.0.1", port: "4000")])),
+                .query(
+                    .listUsers(requester: "bob"), .users([ConnectedUser(name: "bob", ip: "10.0.0.1", port: "4000")])),
                 register("alice"),
                 .query(.listContent(requester: "bob", owner: "alice"), .content([])),
                 .query(.listUsers(requester: "alice"), .status(2)),
@@ -109,7 +110,9 @@ extension RuleCase {
                 .change(.disconnect(user: "alice"), 2),
                 .query(.listUsers(requester: "alice"), .status(2)),
                 connect("alice", "10.0.0.9", "5000"),
-                .query(.listUsers(requester: "alice"), .users([ConnectedUser(name: "alice", ip: "10.0.0.9", port: "5000")])),
+                .query(
+                    .listUsers(requester: "alice"), .users([ConnectedUser(name: "alice", ip: "10.0.0.9", port: "5000")])
+                ),
                 .query(
                     .listContent(requester: "alice", owner: "alice"),
                     .content([PublishedFile(name: "kept.txt", description: "still here")])),
@@ -153,7 +156,9 @@ extension RuleCase {
                 publish("alice", "f", "again"),
                 .query(
                     .listContent(requester: "alice", owner: "alice"),
-                    .content([PublishedFile(name: "g", description: "d"), PublishedFile(name: "f", description: "again")])),
+                    .content([
+                        PublishedFile(name: "g", description: "d"), PublishedFile(name: "f", description: "again"),
+                    ])),
                 .change(.disconnect(user: "alice"), 0),
                 .change(.delete(user: "alice", fileName: "f"), 2),
             ]),
@@ -214,7 +219,9 @@ extension RuleCase {
                     ])),
                 .query(
                     .listContent(requester: "bob", owner: "alice"),
-                    .content([PublishedFile(name: "f", description: "d"), PublishedFile(name: "g", description: "no check")])),
+                    .content([
+                        PublishedFile(name: "f", description: "d"), PublishedFile(name: "g", description: "no check"),
+                    ])),
                 .change(.delete(user: "alice", fileName: "f", from: "10.0.0.1"), 0),
                 .change(.disconnect(user: "alice", from: "10.0.0.1"), 0),
                 // Not connected: no address to check against.
@@ -238,7 +245,8 @@ extension RuleCase {
                 .change(.expire(user: "a", ip: "1.1.1.1", port: "4000"), 2),
                 .query(.listUsers(requester: "a"), .status(2)),
                 connect("a", "1.1.1.1", "4002"),
-                .query(.listContent(requester: "a", owner: "a"), .content([PublishedFile(name: "f", description: "d")])),
+                .query(
+                    .listContent(requester: "a", owner: "a"), .content([PublishedFile(name: "f", description: "d")])),
             ]),
         RuleCase(
             name: "SEARCH: 1 unknown, 2 not connected, 3 empty query; word prefixes, every word, any case",
@@ -324,7 +332,9 @@ extension RuleCase {
                     .query(
                         .search(requester: "me", query: "zqxywvu29"),
                         .hits(
-                            ([29] + Array(290..<300)).map { SearchHit(owner: "me", name: "zqxywvu\($0).bin", description: "d") }
+                            ([29] + Array(290..<300)).map {
+                                SearchHit(owner: "me", name: "zqxywvu\($0).bin", description: "d")
+                            }
                         )),
                 ]),
         RuleCase(
@@ -349,7 +359,9 @@ extension RuleCase {
                 .change(.keyed(.connect(user: "alice", ip: "10.0.0.1", port: "4000"), key: "K2"), 3),
                 .change(.keyed(.connect(user: "alice", ip: "10.0.0.1", port: "4000"), key: "K1"), 0),
                 // Her key from another address passes the owner check's place.
-                .change(.keyed(.publish(user: "alice", fileName: "a.txt", description: "d", from: "10.0.0.2"), key: "K1"), 0),
+                .change(
+                    .keyed(.publish(user: "alice", fileName: "a.txt", description: "d", from: "10.0.0.2"), key: "K1"), 0
+                ),
                 .change(.publish(user: "alice", fileName: "b.txt", description: "d", from: "10.0.0.1"), 4),
                 .change(.delete(user: "alice", fileName: "a.txt", from: "10.0.0.1"), 4),
                 .change(.disconnect(user: "alice", from: "10.0.0.1"), 3),
@@ -483,7 +495,8 @@ extension RuleCase {
         _ = await directory.apply([
             .register(user: "a"), .register(user: "b"), .register(user: "off"),
             .connect(user: "a", ip: "1.1.1.1", port: "1"), .connect(user: "b", ip: "2.2.2.2", port: "2"),
-            .publish(user: "b", fileName: "b1", description: "one"), .publish(user: "b", fileName: "b2", description: "two"),
+            .publish(user: "b", fileName: "b1", description: "one"),
+            .publish(user: "b", fileName: "b2", description: "two"),
             .publish(user: "a", fileName: "a1", description: "x"),
         ])
         let replies = await directory.read([
@@ -497,12 +510,20 @@ extension RuleCase {
         ])
         #expect(
             replies == [
-                .content([PublishedFile(name: "b1", description: "one"), PublishedFile(name: "b2", description: "two")]),
+                .content([PublishedFile(name: "b1", description: "one"), PublishedFile(name: "b2", description: "two")]
+                ),
                 .status(2),
-                .users([ConnectedUser(name: "a", ip: "1.1.1.1", port: "1"), ConnectedUser(name: "b", ip: "2.2.2.2", port: "2")]),
+                .users([
+                    ConnectedUser(name: "a", ip: "1.1.1.1", port: "1"),
+                    ConnectedUser(name: "b", ip: "2.2.2.2", port: "2"),
+                ]),
                 .status(1), .status(3), .content([PublishedFile(name: "a1", description: "x")]), .content([]),
-                .hits([SearchHit(owner: "b", name: "b1", description: "one"), SearchHit(owner: "b", name: "b2", description: "two")]),
-                .content([PublishedFile(name: "b1", description: "one"), PublishedFile(name: "b2", description: "two")]),
+                .hits([
+                    SearchHit(owner: "b", name: "b1", description: "one"),
+                    SearchHit(owner: "b", name: "b2", description: "two"),
+                ]),
+                .content([PublishedFile(name: "b1", description: "one"), PublishedFile(name: "b2", description: "two")]
+                ),
                 .status(3), .status(2), .status(2), .content([PublishedFile(name: "a1", description: "x")]),
             ])
         try await directory.close()
@@ -610,7 +631,8 @@ extension RuleCase {
             // merges four words whose batches end far apart, past a batch, for rare hits.
             if index % 3 != 0 { words.append("q\(index * 4 / 2400)") }
             changes.append(
-                .publish(user: "u\(index % 20)", fileName: "file\(index)", description: words.joined(separator: " "),
+                .publish(
+                    user: "u\(index % 20)", fileName: "file\(index)", description: words.joined(separator: " "),
                     from: nil))
         }
         for start in stride(from: 0, to: changes.count, by: 500) {
@@ -626,7 +648,7 @@ extension RuleCase {
         let queries = [
             "xk yk", "yk xk", "xk", "p", "p1 xk", "p yk", "n3 yk xk", "xk nothing", "p29 n1", "YK N6", "q r", "r q",
         ]
-            .map { DirectoryQuery.search(requester: "u0", query: $0) }
+        .map { DirectoryQuery.search(requester: "u0", query: $0) }
         let expected = await reference.read(queries)
         let actual = await tested.read(queries)
         for (query, (want, got)) in zip(queries, zip(expected, actual)) {
@@ -669,7 +691,9 @@ extension RuleCase {
             let actual = await tested.apply(batch)
             #expect(actual == expected, "round \(round): \(batch)")
             var queries: [DirectoryQuery] = users.map { .listUsers(requester: $0) }
-            queries += ["f", "r1", "g h", "txt", "r100", "r25 txt", "r2999", "r1234567", "r123456"].map { .search(requester: "a", query: $0) }
+            queries += ["f", "r1", "g h", "txt", "r100", "r25 txt", "r2999", "r1234567", "r123456"].map {
+                .search(requester: "a", query: $0)
+            }
             for requester in users {
                 for owner in users { queries.append(.listContent(requester: requester, owner: owner)) }
             }

@@ -234,7 +234,9 @@ import Testing
             (s: DirectoryHarness) async throws in
             _ = try await s.send(.register(user: "bob"))
             _ = try await s.send(.connect(user: "bob", port: "5000"))
-            #expect(try await s.send(.publish(user: "bob", fileName: "g", description: "x"), from: "127.0.0.2") == .status(0))
+            #expect(
+                try await s.send(.publish(user: "bob", fileName: "g", description: "x"), from: "127.0.0.2")
+                    == .status(0))
             #expect(try await s.send(.delete(user: "bob", fileName: "g"), from: "127.0.0.2") == .status(0))
             #expect(try await s.send(.disconnect(user: "bob"), from: "127.0.0.2") == .status(0))
         }

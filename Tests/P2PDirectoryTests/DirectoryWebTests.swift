@@ -13,7 +13,9 @@ import Testing
 /// The directory's web side: the page through the router, with hostile names and descriptions,
 /// and /metrics around real requests to a real server.
 @Suite struct DirectoryWebTests {
-    static func app(_ store: any DirectoryStore, registry: PrometheusCollectorRegistry = .init()) -> some ApplicationProtocol {
+    static func app(_ store: any DirectoryStore, registry: PrometheusCollectorRegistry = .init())
+        -> some ApplicationProtocol
+    {
         buildDirectoryWebApplication(
             DirectoryWebConfiguration(port: 0), store: store, registry: registry, logger: Logger(label: "test-web"))
     }
@@ -129,8 +131,9 @@ import Testing
         #expect(after.keys.contains(#"p2p_requests_total{operation="LIST_USERS",code="3"}"#))
         #expect(!after.keys.contains(#"p2p_requests_total{operation="LIST_USERS",code="4"}"#))
         // Durations in buckets from 50 us (a local request takes well under 5 ms).
-        #expect(after.keys.contains(#"p2p_request_duration_seconds_bucket{operation="REGISTER",le="5e-05"}"#)
-            || after.keys.contains(#"p2p_request_duration_seconds_bucket{operation="REGISTER",le="0.00005"}"#),
+        #expect(
+            after.keys.contains(#"p2p_request_duration_seconds_bucket{operation="REGISTER",le="5e-05"}"#)
+                || after.keys.contains(#"p2p_request_duration_seconds_bucket{operation="REGISTER",le="0.00005"}"#),
             "\(after.keys.filter { $0.contains("bucket") && $0.contains("REGISTER") }.sorted())")
         // Refused connections and bad requests, counted by reason.
         var held: [any Channel] = []
@@ -138,7 +141,8 @@ import Testing
             held.append(try await ConnectionFairnessTests.hold(server.address, from: "127.0.0.1"))
         }
         try await waitUntil("the third connection refused") { held.filter(\.isActive).count == 2 }
-        _ = try await RawConnection.exchange(Array("NONSENSE\0".utf8), with: server.address,
+        _ = try await RawConnection.exchange(
+            Array("NONSENSE\0".utf8), with: server.address,
             from: SocketAddress(ipAddress: "127.0.0.3", port: 0))
         let afterAbuse = try await scrape()
         #expect(afterAbuse[#"p2p_connections_refused_total{reason="address_limit"}"#] == 1)

@@ -132,13 +132,16 @@ import Testing
         let refused = Set(answers.filter { $0.code == 2 }.map(\.user))
         #expect(!refused.isEmpty && ok.count > 20)
         // Every answer was 0 or REGISTER's "other error" (2): never a lost connection or a hang.
-        #expect(answers.allSatisfy { $0.code == 0 || $0.code == 2 }, "\(answers.filter { $0.code != 0 && $0.code != 2 })")
+        #expect(
+            answers.allSatisfy { $0.code == 0 || $0.code == 2 }, "\(answers.filter { $0.code != 0 && $0.code != 2 })")
 
         // Opened again from the same file: every change answered 0 is there, none refused is.
         let reopened = try await DirectoryHarness(dataDirectory: data)
         let registered = Set(try await reopened.store.registeredUsers())
         #expect(ok.isSubset(of: registered), "lost: \(ok.subtracting(registered).sorted().prefix(10))")
-        #expect(refused.isDisjoint(with: registered), "kept though refused: \(refused.intersection(registered).sorted().prefix(10))")
+        #expect(
+            refused.isDisjoint(with: registered),
+            "kept though refused: \(refused.intersection(registered).sorted().prefix(10))")
         try await reopened.shutdown()
 
         // The condition logged once when it began and once when it ended.

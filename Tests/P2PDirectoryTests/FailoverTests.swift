@@ -46,7 +46,8 @@ import Testing
                     + "slowest answer \(outcomes.map(\.took).max() ?? .zero)")
             #expect(hung.isEmpty, "\(hung.count) requests got no answer within \(Self.hangLimit)")
             #expect(failedOver < Self.recoveryLimit, "served again only \(failedOver) after the primary was lost")
-            let missing = Set(acknowledged).subtracting(try await load.present(in: cluster, database: database, node: other))
+            let missing = Set(acknowledged).subtracting(
+                try await load.present(in: cluster, database: database, node: other))
             #expect(missing.isEmpty, "acknowledged but lost: \(missing.sorted().prefix(10)) (\(missing.count))")
 
             // The lost machine comes back: it rejoins as the synchronous replica, with everything.
@@ -109,7 +110,12 @@ import Testing
             result = .failure(error)
             print(cluster.recentLogs())
             for server in servers {
-                print("server \(server.port): \(server.process.stdoutLines.suffix(5)) \(server.process.stderrLines.suffix(10))")
+                print(
+                    """
+                    server \(server.port): \(server.process.stdoutLines.suffix(5)) \
+                    \(server.process.stderrLines.suffix(10))
+                    """
+                )
             }
         }
         for server in servers { await server.stop() }

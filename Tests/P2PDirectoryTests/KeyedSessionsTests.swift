@@ -23,13 +23,15 @@ import Testing
             let agreementKey = agreement.publicKey.rawRepresentation.base64EncodedString()
             let signature = try! identity.sign(
                 KeyedSession.signedBytes(
-                    user: user, publicKey: identity.publicKeyText, agreementKey: agreementKey, dateTime: KeyedSessionsTests.dateTime))
+                    user: user, publicKey: identity.publicKeyText, agreementKey: agreementKey,
+                    dateTime: KeyedSessionsTests.dateTime))
             let reply = sessions.open(
                 user: user, publicKey: identity.publicKeyText, agreementKey: agreementKey, signature: signature,
                 dateTime: KeyedSessionsTests.dateTime, boundKey: boundKey)
             if case .opened(let id, let serverKey) = reply {
                 session = id
-                key = KeyedSession.sessionKey(agreement, theirs: serverKey, user: user, publicKey: identity.publicKeyText)
+                key = KeyedSession.sessionKey(
+                    agreement, theirs: serverKey, user: user, publicKey: identity.publicKeyText)
             }
             return reply
         }
@@ -39,7 +41,8 @@ import Testing
             let used = chosen ?? counter
             var request = Request(dateTime: KeyedSessionsTests.dateTime, command: command)
             request.proof = RequestProof(
-                session: session, counter: used, mac: KeyedSession.mac(request, session: session, counter: used, key: key!))
+                session: session, counter: used,
+                mac: KeyedSession.mac(request, session: session, counter: used, key: key!))
             return request
         }
     }
@@ -48,7 +51,10 @@ import Testing
         let secret = SymmetricKey(size: .bits256)
         let sessions = KeyedSessions(secret: secret)
         var alice = Client()
-        guard case .opened = alice.open("alice", on: sessions) else { Issue.record("not opened"); return }
+        guard case .opened = alice.open("alice", on: sessions) else {
+            Issue.record("not opened")
+            return
+        }
         let first = alice.prove(.connect(user: "alice", port: "5000"))
         #expect(sessions.verify(first) == .proven(key: alice.identity.publicKeyText))
         // The same request again (a replay) is refused; so is another user's, and an altered one.
@@ -107,7 +113,8 @@ import Testing
             _ = client.open("user\(index)", on: sessions)
         }
         #expect(sessions.count <= 50)
-        #expect(sessions.verify(first.prove(.disconnect(user: "user-first"))) == .proven(key: first.identity.publicKeyText))
+        #expect(
+            sessions.verify(first.prove(.disconnect(user: "user-first"))) == .proven(key: first.identity.publicKeyText))
     }
 
     /// On the wire: the proof before the request, decoded back whole, however split.

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import P2PDirectoryStores
 import P2PProtocol
 import P2PTestSupport
 import Testing
@@ -7,7 +8,6 @@ import Testing
 @testable import P2PDirectory
 @testable import P2PDirectoryPostgres
 @testable import P2PDirectorySQLite
-import P2PDirectoryStores
 
 @Suite struct PostgresStoreTests {
     /// Two servers registering the same new names in opposite orders: one waits for the other,
@@ -91,10 +91,16 @@ import P2PDirectoryStores
         let url = try await server.newDatabase()
         let older = PostgresDirectoryStore.migrations.filter { $0.version <= 5 }
         #expect(older.count == 5)
-        var setup = ["CREATE TABLE directory_schema (version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"]
+        var setup = [
+            """
+            CREATE TABLE directory_schema (version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ \
+            NOT NULL DEFAULT now())
+            """
+        ]
         for migration in older {
             setup += migration.statements
-            setup.append("INSERT INTO directory_schema (version, name) VALUES (\(migration.version), 'v\(migration.version)')")
+            setup.append(
+                "INSERT INTO directory_schema (version, name) VALUES (\(migration.version), 'v\(migration.version)')")
         }
         // What a version-5 server wrote for alice (connected), bob and their files (ids 1 to 3
         // in a new database).
@@ -127,7 +133,8 @@ import P2PDirectoryStores
                 await store.read([.search(requester: "alice", query: query)]) == [.hits(hits)], "\(query)")
         }
         // And what is published after the upgrade is found with it.
-        #expect(await store.apply([.publish(user: "alice", fileName: "notes-2.txt", description: "Photo album")]) == [.ok])
+        #expect(
+            await store.apply([.publish(user: "alice", fileName: "notes-2.txt", description: "Photo album")]) == [.ok])
         #expect(
             await store.read([.search(requester: "alice", query: "phot note")])
                 == [.hits([SearchHit(owner: "alice", name: "notes-2.txt", description: "Photo album")])])

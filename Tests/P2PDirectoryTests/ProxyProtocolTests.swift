@@ -132,7 +132,8 @@ import Testing
             let alice = try SocketAddress(ipAddress: "127.0.0.2", port: 0)
             let other = try SocketAddress(ipAddress: "127.0.0.3", port: 0)
             func send(_ command: Request.Command, from source: SocketAddress) async throws -> Reply {
-                try await RawConnection.send(Request(dateTime: "26/11/2026 10:00:00", command: command), to: front, from: source)
+                try await RawConnection.send(
+                    Request(dateTime: "26/11/2026 10:00:00", command: command), to: front, from: source)
             }
             #expect(try await send(.register(user: "alice"), from: alice) == .status(0))
             #expect(try await send(.connect(user: "alice", port: "5000"), from: alice) == .status(0))

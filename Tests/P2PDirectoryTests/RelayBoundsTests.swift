@@ -95,7 +95,8 @@ import Testing
         let owner = try await Raw(to: harness.address, sending: ["CONTROL", date, "owner"])
         let downloader = try await Raw(to: harness.address, sending: ["CONTROL", date, "downloader"])
         try await waitUntil("both control connections open") {
-            owner.received.value.starts(with: Array("0\0".utf8)) && downloader.received.value.starts(with: Array("0\0".utf8))
+            owner.received.value.starts(with: Array("0\0".utf8))
+                && downloader.received.value.starts(with: Array("0\0".utf8))
         }
 
         func relay(_ id: String) async throws -> String? {
@@ -118,7 +119,9 @@ import Testing
             try await Raw(to: harness.address, sending: ["RELAY", date, "owner", token]),
             try await Raw(to: harness.address, sending: ["RELAY", date, "downloader", token]),
         ]
-        try await waitUntil("both sides joined") { sides.allSatisfy { $0.received.value.starts(with: Array("0\0".utf8)) } }
+        try await waitUntil("both sides joined") {
+            sides.allSatisfy { $0.received.value.starts(with: Array("0\0".utf8)) }
+        }
         // Nothing either way: both sides are cut, and the slots come back.
         try await waitUntil("the idle relay cut", timeout: 10) { sides.allSatisfy { $0.ended.value } }
         try await waitUntil("a relay again", timeout: 10) { try await relay("r\(UUID().uuidString.prefix(8))") != nil }

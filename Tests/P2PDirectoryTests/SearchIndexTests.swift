@@ -76,8 +76,10 @@ import Testing
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         var store = try Self.open(folder)
-        #expect(await store.apply([.register(user: "a"), .connect(user: "a", ip: "10.0.0.1", port: "4000")]) == [.ok, .ok])
-        #expect(await store.apply([.publish(user: "a", fileName: "old.txt", description: "old talk", from: nil)]) == [.ok])
+        #expect(
+            await store.apply([.register(user: "a"), .connect(user: "a", ip: "10.0.0.1", port: "4000")]) == [.ok, .ok])
+        #expect(
+            await store.apply([.publish(user: "a", fileName: "old.txt", description: "old talk", from: nil)]) == [.ok])
         try await store.close()
 
         // The sqlite3 shell, say: its changes are noted by the triggers, not indexed.

@@ -1,12 +1,13 @@
 import Foundation
 import NIOCore
 import P2PDirectory
-@testable import P2PDirectoryPostgres
-@testable import P2PDirectorySQLite
 import P2PDirectoryStores
 import P2PProtocol
 import P2PTestSupport
 import Testing
+
+@testable import P2PDirectoryPostgres
+@testable import P2PDirectorySQLite
 
 /// Three `p2p-server` processes on one PostgreSQL database behave like one server.
 @Suite struct SeveralServersTests {
@@ -83,7 +84,9 @@ import Testing
         let dead = try ClosedPort()
         for (index, peer) in peers.enumerated() {
             #expect(try await Self.send(.register(user: "live\(index)"), to: first.port) == .status(0))
-            #expect(try await Self.send(.connect(user: "live\(index)", port: String(peer.port)), to: first.port) == .status(0))
+            #expect(
+                try await Self.send(.connect(user: "live\(index)", port: String(peer.port)), to: first.port)
+                    == .status(0))
         }
         #expect(try await Self.send(.register(user: "gone"), to: first.port) == .status(0))
         #expect(try await Self.send(.connect(user: "gone", port: String(dead.port)), to: first.port) == .status(0))
@@ -142,10 +145,14 @@ import Testing
         }
         let liveCheckers = "SELECT count(*) FROM directory_checker WHERE alive_until > now()"
         let claimedByTheGone =
-            "SELECT count(*) FROM directory_user WHERE check_until > now() AND check_by NOT IN (SELECT id FROM directory_checker)"
+            """
+            SELECT count(*) FROM directory_user WHERE check_until > now() AND check_by NOT IN (SELECT id FROM \
+            directory_checker)
+            """
         try await waitUntil("both servers to check, each its share", timeout: 20) {
             let checkers = try await count(liveCheckers)
-            let claiming = try await count("SELECT count(DISTINCT check_by) FROM directory_user WHERE check_until > now()")
+            let claiming = try await count(
+                "SELECT count(DISTINCT check_by) FROM directory_user WHERE check_until > now()")
             return checkers == 2 && claiming == 2
         }
         await servers[1].stop()
@@ -178,8 +185,9 @@ import Testing
         #expect(
             try await Self.send(.listContent(user: "bob", owner: "alice"), to: ports[1])
                 == .content([PublishedFile(name: "notes.txt", description: "week 1")]))
-        #expect(try await Self.send(.search(user: "bob", query: "WEE"), to: ports[2])
-            == .hits([SearchHit(owner: "alice", name: "notes.txt", description: "week 1")]))
+        #expect(
+            try await Self.send(.search(user: "bob", query: "WEE"), to: ports[2])
+                == .hits([SearchHit(owner: "alice", name: "notes.txt", description: "week 1")]))
         #expect(try await Self.send(.unregister(user: "alice"), to: ports[2]) == .status(0))
         #expect(try await Self.send(.listContent(user: "bob", owner: "alice"), to: ports[0]) == .status(3))
         #expect(try await Self.send(.register(user: "alice"), to: ports[1]) == .status(0))
@@ -240,7 +248,8 @@ import Testing
             try await group.waitForAll()
         }
         _ = try await server.process.waitForExit()
-        let stored = Set(try await PostgresServer.shared().psql("SELECT name FROM directory_user", database: url.database))
+        let stored = Set(
+            try await PostgresServer.shared().psql("SELECT name FROM directory_user", database: url.database))
         let acknowledged = answered.withLock { $0 }
         #expect(acknowledged.count >= 200)
         #expect(acknowledged.filter { !stored.contains($0) } == [])
@@ -260,7 +269,8 @@ import Testing
         await postgres.stop()
         for server in servers {
             for command: Request.Command in [
-                .register(user: "bob"), .listUsers(user: "alice"), .publish(user: "alice", fileName: "f", description: ""),
+                .register(user: "bob"), .listUsers(user: "alice"),
+                .publish(user: "alice", fileName: "f", description: ""),
                 .register(user: "carol"),
             ] {
                 let start = ContinuousClock.now
@@ -305,7 +315,8 @@ import Testing
         defer { Task { await balancer.stop() } }
         #expect(try await Self.send(.register(user: "alice"), to: balancer.port, from: "127.0.0.2") == .status(0))
         #expect(
-            try await Self.send(.connect(user: "alice", port: "5000"), to: balancer.port, from: "127.0.0.2") == .status(0))
+            try await Self.send(.connect(user: "alice", port: "5000"), to: balancer.port, from: "127.0.0.2")
+                == .status(0))
         for _ in 0..<3 {
             #expect(
                 try await Self.send(.listUsers(user: "alice"), to: balancer.port, from: "127.0.0.3")
@@ -329,7 +340,8 @@ import Testing
         var missing = postgres.url(database: "no_such_directory")
         missing.password = "s3cret"
         let closed = try ClosedPort()
-        let refused = PostgresStoreURL(host: "127.0.0.1", port: closed.port, user: "p2p", database: "d", tlsMode: .disable)
+        let refused = PostgresStoreURL(
+            host: "127.0.0.1", port: closed.port, user: "p2p", database: "d", tlsMode: .disable)
         for (url, reason) in [(missing, "does not exist"), (refused, "refused")] {
             let start = ContinuousClock.now
             do {
@@ -389,10 +401,12 @@ import Testing
             ])
         #expect(
             try await copied.files(of: "alice") == [
-                PublishedFile(name: "b.txt", description: "second <b>"), PublishedFile(name: "a.txt", description: "first"),
+                PublishedFile(name: "b.txt", description: "second <b>"),
+                PublishedFile(name: "a.txt", description: "first"),
             ])
         #expect(try await copied.files(of: "bob") == [])
-        #expect(try await copied.search("unico") == [SearchHit(owner: "zoë", name: "naïve.pdf", description: "Ünïcode")])
+        #expect(
+            try await copied.search("unico") == [SearchHit(owner: "zoë", name: "naïve.pdf", description: "Ünïcode")])
         // Keys come along: alice is changed only by hers.
         #expect(try await copied.boundKey(of: "alice") == "alice's key")
         #expect(try await copied.boundKey(of: "bob") == nil)

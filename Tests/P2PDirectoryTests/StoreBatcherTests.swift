@@ -1,13 +1,13 @@
 import Logging
 import NIOCore
 import NIOPosix
+import P2PDirectorySQLite
 import P2PProtocol
 import P2PTestSupport
 import Synchronization
 import Testing
 
 @testable import P2PDirectory
-import P2PDirectorySQLite
 
 /// The batcher answers a LIST_USERS or LIST_CONTENT again from memory only while the store has
 /// not changed since it was read (``DirectoryStore/directoryVersion``), and never for a store
@@ -98,7 +98,8 @@ import P2PDirectorySQLite
         #expect(store.queriesRead.load(ordering: .relaxed) == 2)
 
         // A change: read again, and the reply has the new file.
-        #expect(await store.apply([.publish(user: "a", fileName: "two.txt", description: "second", from: nil)]) == [.ok])
+        #expect(
+            await store.apply([.publish(user: "a", fileName: "two.txt", description: "second", from: nil)]) == [.ok])
         let after = try await Self.ask(batcher, content)
         #expect(after == (try await Self.encoded(store.inner.read(content))))
         #expect(after != first)
@@ -178,7 +179,8 @@ import P2PDirectorySQLite
                     random.next() % 2 == 0
                     ? .listUsers(requester: pick(users)) : .listContent(requester: pick(users), owner: pick(users))
                 let reply = try await Self.ask(batcher, query)
-                #expect(reply == (try await Self.encoded(store.inner.read(query))), "round \(round): \(change), \(query)")
+                #expect(
+                    reply == (try await Self.encoded(store.inner.read(query))), "round \(round): \(change), \(query)")
             }
         }
         // Most were answered from memory.
@@ -204,7 +206,8 @@ import P2PDirectorySQLite
 
     @Test func aStoreWithoutAVersionIsAskedEveryTime() async throws {
         let (group, store, batcher) = Self.batcher(versioned: false)
-        #expect(await store.apply([.register(user: "a"), .connect(user: "a", ip: "10.0.0.1", port: "4000")]) == [.ok, .ok])
+        #expect(
+            await store.apply([.register(user: "a"), .connect(user: "a", ip: "10.0.0.1", port: "4000")]) == [.ok, .ok])
         let query = DirectoryQuery.listUsers(requester: "a")
         let first = try await Self.ask(batcher, query)
         #expect(try await Self.ask(batcher, query) == first)

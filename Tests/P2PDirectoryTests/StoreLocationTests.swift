@@ -1,8 +1,9 @@
 import P2PDirectory
-@testable import P2PDirectoryPostgres
-@testable import P2PDirectorySQLite
 import P2PDirectoryStores
 import Testing
+
+@testable import P2PDirectoryPostgres
+@testable import P2PDirectorySQLite
 
 /// `--store` values: what each names, and the ones refused.
 @Suite struct StoreLocationTests {
@@ -14,7 +15,10 @@ import Testing
 
     @Test func postgresURLs() throws {
         let url = try PostgresStoreURL(parsing: "postgres://p2p:s%40cret%3Ax@db.example:6543/directory")
-        #expect(url == PostgresStoreURL(host: "db.example", port: 6543, user: "p2p", password: "s@cret:x", database: "directory"))
+        #expect(
+            url
+                == PostgresStoreURL(
+                    host: "db.example", port: 6543, user: "p2p", password: "s@cret:x", database: "directory"))
         // Shown without the password; given back whole for starting servers on it.
         #expect(url.description == "postgres://p2p:***@db.example:6543/directory")
         #expect(try PostgresStoreURL(parsing: url.connectionString) == url)

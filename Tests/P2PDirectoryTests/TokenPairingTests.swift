@@ -18,11 +18,14 @@ import Testing
 
     @Test func theFirstSideWaitsAndTheSecondPairsThem() {
         var table = Self.table()
-        guard case .wait(replaced: nil) = table.arrive(token: "t", user: "alice", side: "a1", givesUp: Self.at(5)) else {
+        guard case .wait(replaced: nil) = table.arrive(token: "t", user: "alice", side: "a1", givesUp: Self.at(5))
+        else {
             Issue.record("the first side should wait")
             return
         }
-        guard case .pair(let waiting, let pairing) = table.arrive(token: "t", user: "bob", side: "b1", givesUp: Self.at(5))
+        guard
+            case .pair(let waiting, let pairing) = table.arrive(
+                token: "t", user: "bob", side: "b1", givesUp: Self.at(5))
         else {
             Issue.record("the second side should pair them")
             return
@@ -60,7 +63,8 @@ import Testing
     @Test func aSideComingAgainReplacesItselfForPunches() {
         var table = Self.table(.replaces)
         _ = table.arrive(token: "t", user: "alice", side: "a1", givesUp: Self.at(5))
-        guard case .wait(replaced: "a1") = table.arrive(token: "t", user: "alice", side: "a2", givesUp: Self.at(6)) else {
+        guard case .wait(replaced: "a1") = table.arrive(token: "t", user: "alice", side: "a2", givesUp: Self.at(6))
+        else {
             Issue.record("the new connection replaces the old")
             return
         }
@@ -78,7 +82,8 @@ import Testing
             Issue.record("a second connection of one side is refused")
             return
         }
-        guard case .pair(let waiting, _) = table.arrive(token: "t", user: "bob", side: "b", givesUp: .distantFuture) else {
+        guard case .pair(let waiting, _) = table.arrive(token: "t", user: "bob", side: "b", givesUp: .distantFuture)
+        else {
             Issue.record("the first connection still pairs")
             return
         }

@@ -266,16 +266,27 @@ extension LogServerSuites.EndToEndTests {
         let outsider = try SocketAddress(ipAddress: "127.0.0.5", port: 0)
         let forged = "x\nalice UNREGISTER 01/01/2026 00:00:00\u{1B}[2J"
         let dateTime = "25/11/2026 13:05:09"
-        #expect(try await RawConnection.send(Request(dateTime: dateTime, command: .register(user: forged)), to: address, from: outsider) == .status(2))
-        #expect(try await RawConnection.send(Request(dateTime: dateTime, command: .register(user: "bob")), to: address, from: outsider) == .status(0))
-        #expect(try await RawConnection.send(Request(dateTime: dateTime, command: .connect(user: "bob", port: "9999")), to: address, from: outsider) == .status(0))
         #expect(
             try await RawConnection.send(
-                Request(dateTime: dateTime, command: .publish(user: "bob", fileName: "a\u{7F}b", description: "x")), to: address,
+                Request(dateTime: dateTime, command: .register(user: forged)), to: address, from: outsider)
+                == .status(2))
+        #expect(
+            try await RawConnection.send(
+                Request(dateTime: dateTime, command: .register(user: "bob")), to: address, from: outsider) == .status(0)
+        )
+        #expect(
+            try await RawConnection.send(
+                Request(dateTime: dateTime, command: .connect(user: "bob", port: "9999")), to: address, from: outsider)
+                == .status(0))
+        #expect(
+            try await RawConnection.send(
+                Request(dateTime: dateTime, command: .publish(user: "bob", fileName: "a\u{7F}b", description: "x")),
+                to: address,
                 from: outsider) == .status(4))
         #expect(
             try await RawConnection.send(
-                Request(dateTime: dateTime, command: .publish(user: "bob", fileName: "ok.txt", description: "two\nlines")),
+                Request(
+                    dateTime: dateTime, command: .publish(user: "bob", fileName: "ok.txt", description: "two\nlines")),
                 to: address, from: outsider) == .status(4))
         try await waitUntil("the records logged") { oplog.lines.count >= 5 }
         await server.stop()
@@ -285,6 +296,7 @@ extension LogServerSuites.EndToEndTests {
             #expect(!lines.contains { $0.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x7F } }, "\(lines)")
         }
         #expect(oplog.lines.first == "x\\nalice UNREGISTER 01/01/2026 00:00:00\\x1B[2J REGISTER 25/11/2026 13:05:09")
-        #expect(server.process.stdoutLines.contains("s> REGISTER FROM x\\nalice UNREGISTER 01/01/2026 00:00:00\\x1B[2J"))
+        #expect(
+            server.process.stdoutLines.contains("s> REGISTER FROM x\\nalice UNREGISTER 01/01/2026 00:00:00\\x1B[2J"))
     }
 }

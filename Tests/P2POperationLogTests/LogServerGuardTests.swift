@@ -28,13 +28,17 @@ enum RawRPC {
 
     /// PRINT_RESULTS' arguments: `count` on the wire, then the records (which may be fewer).
     static func results(count: UInt32, records: [(user: String, result: Int32)]) -> [UInt8] {
-        xdr(count) + records.flatMap { record in
-            xdr(record.user) + xdr("REGISTER") + xdr("") + xdr("03/12/2026 10:00:00") + xdr(UInt32(bitPattern: record.result))
-        }
+        xdr(count)
+            + records.flatMap { record in
+                xdr(record.user) + xdr("REGISTER") + xdr("") + xdr("03/12/2026 10:00:00")
+                    + xdr(UInt32(bitPattern: record.result))
+            }
     }
 
     /// One call over TCP from `source` to the log server's `port`; the decoded reply.
-    static func call(port: Int, from source: String = "127.0.0.1", version: UInt32, procedure: UInt32, arguments: [UInt8])
+    static func call(
+        port: Int, from source: String = "127.0.0.1", version: UInt32, procedure: UInt32, arguments: [UInt8]
+    )
         throws -> Outcome
     {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -52,14 +56,19 @@ enum RawRPC {
         var local = address(source, 0)
         var remote = address("127.0.0.1", port)
         let bound = withUnsafePointer(to: &local) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         let connected = withUnsafePointer(to: &remote) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard bound == 0, connected == 0 else { throw SetupError("cannot connect to port \(port) from \(source)") }
         // xid, CALL, RPC version 2, program, version, procedure, AUTH_NONE credentials and verifier.
-        let body = xdr(0x1234_5678) + xdr(0) + xdr(2) + xdr(program) + xdr(version) + xdr(procedure)
+        let body =
+            xdr(0x1234_5678) + xdr(0) + xdr(2) + xdr(program) + xdr(version) + xdr(procedure)
             + xdr(0) + xdr(0) + xdr(0) + xdr(0) + arguments
         let record = xdr(0x8000_0000 | UInt32(body.count)) + body
         var sent = 0
@@ -108,9 +117,10 @@ extension LogServerSuites {
         static func port(of server: OperationLogServer) async throws -> Int {
             var port: Int?
             try await waitUntil("p2p-oplog to say its port") {
-                port = server.process.stderrLines.lazy.compactMap { line in
-                    line.range(of: "tcp port ").flatMap { Int(line[$0.upperBound...].prefix { $0.isNumber }) }
-                }.first
+                port =
+                    server.process.stderrLines.lazy.compactMap { line in
+                        line.range(of: "tcp port ").flatMap { Int(line[$0.upperBound...].prefix { $0.isNumber }) }
+                    }.first
                 return port != nil
             }
             return port!
@@ -119,16 +129,20 @@ extension LogServerSuites {
         @Test func onlyAllowedSendersArePrinted() async throws {
             let folder = try TemporaryDirectory()
             defer { folder.remove() }
-            let server = try await OperationLogServer(logFile: folder.file("oplog.txt"), arguments: ["--allow", "127.0.0.2"])
+            let server = try await OperationLogServer(
+                logFile: folder.file("oplog.txt"), arguments: ["--allow", "127.0.0.2"])
             let port = try await Self.port(of: server)
             let one = RawRPC.results(count: 1, records: [("mallory", 0)])
             for _ in 0..<20 {
                 // AUTH_TOOWEAK (5).
-                #expect(try RawRPC.call(port: port, from: "127.0.0.1", version: 2, procedure: 2, arguments: one)
-                    == .authenticationError(5))
+                #expect(
+                    try RawRPC.call(port: port, from: "127.0.0.1", version: 2, procedure: 2, arguments: one)
+                        == .authenticationError(5))
             }
-            #expect(try RawRPC.call(port: port, from: "127.0.0.2", version: 2, procedure: 2,
-                arguments: RawRPC.results(count: 1, records: [("alice", 0)])) == .success(0))
+            #expect(
+                try RawRPC.call(
+                    port: port, from: "127.0.0.2", version: 2, procedure: 2,
+                    arguments: RawRPC.results(count: 1, records: [("alice", 0)])) == .success(0))
             try await waitUntil("alice's line") { server.lines.count == 1 }
             #expect(server.lines == ["alice REGISTER 03/12/2026 10:00:00"])
             // Twenty refusals, one line about them (the rest are summed up after 10 s).
@@ -142,8 +156,10 @@ extension LogServerSuites {
             let server = try await OperationLogServer(logFile: folder.file("oplog.txt"))
             let port = try await Self.port(of: server)
             for (index, source) in ["127.0.0.1", "127.0.0.2"].enumerated() {
-                #expect(try RawRPC.call(port: port, from: source, version: 2, procedure: 2,
-                    arguments: RawRPC.results(count: 1, records: [("user\(index)", 0)])) == .success(0))
+                #expect(
+                    try RawRPC.call(
+                        port: port, from: source, version: 2, procedure: 2,
+                        arguments: RawRPC.results(count: 1, records: [("user\(index)", 0)])) == .success(0))
             }
             try await waitUntil("both lines") { server.lines.count == 2 }
             await server.stop()
@@ -155,16 +171,21 @@ extension LogServerSuites {
             let server = try await OperationLogServer(logFile: folder.file("oplog.txt"))
             let port = try await Self.port(of: server)
             // A count that would ask for gigabytes, with nothing behind it.
-            #expect(try RawRPC.call(port: port, version: 2, procedure: 2, arguments: RawRPC.xdr(0x7FFF_FFFF))
-                == .garbageArguments)
+            #expect(
+                try RawRPC.call(port: port, version: 2, procedure: 2, arguments: RawRPC.xdr(0x7FFF_FFFF))
+                    == .garbageArguments)
             // One record beyond the bound, every record present.
             let tooMany = (0..<257).map { (user: "u\($0)", result: Int32(0)) }
-            #expect(try RawRPC.call(port: port, version: 2, procedure: 2,
-                arguments: RawRPC.results(count: 257, records: tooMany)) == .garbageArguments)
+            #expect(
+                try RawRPC.call(
+                    port: port, version: 2, procedure: 2,
+                    arguments: RawRPC.results(count: 257, records: tooMany)) == .garbageArguments)
             // The bound itself is fine, and the server goes on serving.
             let bound = Array(tooMany.prefix(256))
-            #expect(try RawRPC.call(port: port, version: 2, procedure: 2,
-                arguments: RawRPC.results(count: 256, records: bound)) == .success(0))
+            #expect(
+                try RawRPC.call(
+                    port: port, version: 2, procedure: 2,
+                    arguments: RawRPC.results(count: 256, records: bound)) == .success(0))
             try await waitUntil("256 lines") { server.lines.count == 256 }
             #expect(server.lines.first == "u0 REGISTER 03/12/2026 10:00:00")
             #expect(!server.lines.contains { $0.hasPrefix("u256 ") })
@@ -177,8 +198,10 @@ extension LogServerSuites {
             let server = try await OperationLogServer(
                 logFile: folder.file("oplog.txt"), arguments: ["--listen", "127.0.0.1"])
             let port = try await Self.port(of: server)
-            #expect(try RawRPC.call(port: port, version: 1, procedure: 2,
-                arguments: RawRPC.xdr(0)) == .success(0))
+            #expect(
+                try RawRPC.call(
+                    port: port, version: 1, procedure: 2,
+                    arguments: RawRPC.xdr(0)) == .success(0))
             // Not on the machine's other addresses.
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             defer { close(fd) }
@@ -187,7 +210,9 @@ extension LogServerSuites {
             other.sin_port = in_port_t(UInt16(port).bigEndian)
             inet_pton(AF_INET, "127.0.0.2", &other.sin_addr)
             let connected = withUnsafePointer(to: &other) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
             #expect(connected != 0)
             await server.stop()
@@ -210,9 +235,12 @@ extension LogServerSuites {
             #expect(server.lines.allSatisfy { $0.hasPrefix("p2p-conformance PUBLISH conformance.txt ") })
             await server.stop()
             // With nothing registered: the registration check fails, named.
-            let down = try ChildProcess(builtProduct("p2p-conformance"), ["oplog", "localhost", "--only", "registered"])
+            let down = try ChildProcess(
+                builtProduct("p2p-conformance"), ["oplog", "localhost", "--only", "registered"])
             #expect(try await down.waitForExit(timeout: 60) == 1)
-            #expect(down.stdoutLines.contains { $0.hasPrefix("FAIL  oplog.registered: cannot reach version 1") }, "\(down.stdoutLines)")
+            #expect(
+                down.stdoutLines.contains { $0.hasPrefix("FAIL  oplog.registered: cannot reach version 1") },
+                "\(down.stdoutLines)")
         }
     }
 }

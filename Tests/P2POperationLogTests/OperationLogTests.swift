@@ -1,12 +1,12 @@
+import COperationLog
 import Foundation
 import Logging
 import P2PDirectory
 import P2POperationLog
-import P2PRPCOperationLog
 import P2PProtocol
+import P2PRPCOperationLog
 import P2PTestSupport
 import Testing
-import COperationLog
 
 /// Everything that runs the real log server. Serialized: there is one rpcbind registration for
 /// the program, so only one log server can run at a time.
@@ -103,7 +103,8 @@ extension LogServerSuites {
             let status = try await second.waitForExit()
             #expect(status != 0)
             #expect(
-                second.stderrLines.contains { $0.contains("already registered and answering") }, "\(second.stderrLines)")
+                second.stderrLines.contains { $0.contains("already registered and answering") }, "\(second.stderrLines)"
+            )
             // The first one is still registered and still prints.
             #expect(await OperationLogServer.isRegistered())
             let log = RPCOperationLog(host: "localhost", logger: logger)

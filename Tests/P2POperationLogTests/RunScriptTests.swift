@@ -54,7 +54,8 @@ extension LogServerSuites {
             // The three servers listen on the ports after P2P_PORT: they must be free too.
             try #require((1...3).allSatisfy { !isListening(ports.p2p + $0) }, "ports after \(ports.p2p) in use")
             // etcd, the two nodes and their Patroni take the six ports after PG_PORT.
-            try #require((1...6).allSatisfy { !isListening(ports.postgres + $0) }, "ports after \(ports.postgres) in use")
+            try #require(
+                (1...6).allSatisfy { !isListening(ports.postgres + $0) }, "ports after \(ports.postgres) in use")
             try await TerminalSession.with(command, directory: packageRoot) { terminal in
                 let screen = try await terminal.waitForScreen("the cluster up", timeout: 120) { screen in
                     screen.contains { $0.contains("Ctrl+C stops everything") }

@@ -94,7 +94,9 @@ import Testing
     }
 
     @Test func otherCodesAreRefusals() throws {
-        for (reply, code) in [([UInt8(1)], 1), ([2], 2), (Array("1\0".utf8), 1), (Array("2".utf8), 2)] as [([UInt8], UInt8)] {
+        for (reply, code) in [([UInt8(1)], 1), ([2], 2), (Array("1\0".utf8), 1), (Array("2".utf8), 2)]
+            as [([UInt8], UInt8)]
+        {
             #expect(try Self.decode(reply, piece: 1).status == .refused(ResultCode(rawValue: code)!))
         }
     }

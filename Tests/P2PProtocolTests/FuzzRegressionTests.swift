@@ -9,7 +9,8 @@ import Testing
     /// byte by byte, where the limit is first passed): the decision is the same, the detail is
     /// not, and the fuzz target compares decisions.
     @Test func aFieldTooLongIsRefusedTheSameWhateverTheSplit() throws {
-        let bytes = Array("REGISTER\u{0}03/12/2026 10:00:00\u{0}".utf8) + Array(repeating: UInt8(ascii: "a"), count: 300) + [0]
+        let bytes =
+            Array("REGISTER\u{0}03/12/2026 10:00:00\u{0}".utf8) + Array(repeating: UInt8(ascii: "a"), count: 300) + [0]
         var whole = RequestDecoder()
         var buffer = ByteBuffer(bytes: bytes)
         #expect(throws: ProtocolError.fieldTooLong(index: 2, length: 300)) { try whole.decode(&buffer) }

@@ -24,8 +24,10 @@ import Testing
     let request = Array("REGISTER\u{0}01/01/2026 10:00:00\u{0}alice\u{0}".utf8)
 
     static func v2(command: UInt8 = 0x21, family: UInt8, block: [UInt8]) -> [UInt8] {
-        [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, command, family,
-         UInt8(block.count >> 8), UInt8(block.count & 0xFF)] + block
+        [
+            0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, command, family,
+            UInt8(block.count >> 8), UInt8(block.count & 0xFF),
+        ] + block
     }
 
     @Test func versionOneGivesTheClientAndLeavesTheRequest() throws {
@@ -63,7 +65,9 @@ import Testing
             #expect(throws: error, "\(text)") { try decode(Array(text.utf8)) }
         }
         // No line end within 107 bytes: too long, without waiting for more.
-        #expect(throws: ProxyHeaderError.tooLong) { try decode(Array(("PROXY " + String(repeating: "x", count: 120)).utf8)) }
+        #expect(throws: ProxyHeaderError.tooLong) {
+            try decode(Array(("PROXY " + String(repeating: "x", count: 120)).utf8))
+        }
         // A plain request where a header must come.
         #expect(throws: ProxyHeaderError.missing) { try decode(request) }
     }
@@ -76,7 +80,8 @@ import Testing
             #expect(rest == request)
         }
         let six = Self.v2(
-            family: 0x21, block: [0x20, 0x01, 0x0D, 0xB8] + [UInt8](repeating: 0, count: 11) + [1]
+            family: 0x21,
+            block: [0x20, 0x01, 0x0D, 0xB8] + [UInt8](repeating: 0, count: 11) + [1]
                 + [UInt8](repeating: 0, count: 15) + [1] + [0x9C, 0x40, 0x10, 0x92])
         #expect(try decode(six)?.0.source?.ip == "2001:db8::1")
         // With TLVs after the addresses (HAProxy may add some): skipped.

@@ -145,7 +145,11 @@ public final class PatroniCluster: Sendable {
 
     /// Creates an empty database (on the primary) and returns its URL through HAProxy.
     public func newDatabase() async throws -> PostgresStoreURL {
-        let name = "directory_\(databases.withLock { $0 += 1; return $0 })"
+        let number = databases.withLock { count in
+            count += 1
+            return count
+        }
+        let name = "directory_\(number)"
         try await psql("CREATE DATABASE \(name)")
         return PostgresStoreURL(host: "127.0.0.1", port: port, user: "p2p", database: name, tlsMode: .disable)
     }
@@ -153,7 +157,9 @@ public final class PatroniCluster: Sendable {
     /// The last lines of each node's Patroni and PostgreSQL (for a failing test's message).
     public func recentLogs(lines: Int = 60) -> String {
         nodes.withLock { $0 }.sorted(by: { $0.key < $1.key }).map { node, process in
-            let output = (process.stderrLines + process.stdoutLines).filter { !$0.contains("no action.") && !$0.hasSuffix("- no response") }
+            let output = (process.stderrLines + process.stdoutLines).filter {
+                !$0.contains("no action.") && !$0.hasSuffix("- no response")
+            }
             return "node \(node):\n" + output.suffix(lines).joined(separator: "\n")
         }.joined(separator: "\n")
     }

@@ -82,7 +82,8 @@ public final class SimulatedInternet: @unchecked Sendable {
         try ip(namespace, "ip", "route", "add", "default", "via", "192.168.\(lan).1")
         try ip(router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         // The same router as scripts/nat-demo.sh builds by hand (its outside interface is "wan").
-        let rules = capture("/bin/bash", [packageRoot + "/scripts/nat-demo.sh", "rules"] + (symmetric ? ["symmetric"] : []))
+        let rules = capture(
+            "/bin/bash", [packageRoot + "/scripts/nat-demo.sh", "rules"] + (symmetric ? ["symmetric"] : []))
         guard rules.contains("masquerade") else { throw SetupError("scripts/nat-demo.sh rules printed no rules") }
         let file = NSTemporaryDirectory() + "/\(router).nft"
         try rules.write(toFile: file, atomically: true, encoding: .utf8)
@@ -100,7 +101,9 @@ public final class SimulatedInternet: @unchecked Sendable {
     /// Bytes received plus bytes sent on `host`'s interface so far.
     public func bytes(through host: Host) -> Int {
         func read(_ counter: String) -> Int {
-            let output = capture(Self.ipTool!, ["netns", "exec", host.namespace, "cat", "/sys/class/net/\(host.interface)/statistics/\(counter)"])
+            let output = capture(
+                Self.ipTool!,
+                ["netns", "exec", host.namespace, "cat", "/sys/class/net/\(host.interface)/statistics/\(counter)"])
             return Int(output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
         }
         return read("rx_bytes") + read("tx_bytes")

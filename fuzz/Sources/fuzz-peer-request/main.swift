@@ -28,7 +28,8 @@ func fuzzPeerRequest(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     let split = bytes.count / 2
     let inTwo = decode([bytes[..<split], bytes[split...]])
     switch (atOnce, inTwo) {
-    case (.success(let a), .success(let b)): precondition(a == b, "\(String(describing: a)) vs \(String(describing: b))")
+    case (.success(let a), .success(let b)):
+        precondition(a == b, "\(String(describing: a)) vs \(String(describing: b))")
     case (.failure, .failure): break
     default: preconditionFailure("at once: \(atOnce), in two: \(inTwo)")
     }

@@ -80,7 +80,11 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
         case .reply(let message):
             if machine.overRate {
                 logger.notice(
-                    "control connection of \(user) from \(ip): over \(sessions.settings.requestsPerSecond) requests a second; answered 2")
+                    """
+                    control connection of \(user) from \(ip): over \(sessions.settings.requestsPerSecond) \
+                    requests a second; answered 2
+                    """
+                )
             }
             ControlSessions.send(message, on: channel)
         case .answerWho(let id, let who):

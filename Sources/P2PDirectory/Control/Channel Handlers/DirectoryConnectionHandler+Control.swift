@@ -106,7 +106,8 @@ extension DirectoryConnectionHandler {
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         do {
             try context.pipeline.syncOperations.addHandler(
-                ControlConnectionHandler(sessions: controls, user: request.user, ip: peerIP, port: port, logger: logger))
+                ControlConnectionHandler(sessions: controls, user: request.user, ip: peerIP, port: port, logger: logger)
+            )
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         } catch {
             context.close(promise: nil)
@@ -133,7 +134,9 @@ extension DirectoryConnectionHandler {
             switch outcome {
             case .peer(let ip, let port):
                 code = .ok
-                if (try? RendezvousReplyDecoder.encode(ip: ip, port: port, encoder: self_.encoder, into: &buffer)) == nil {
+                if (try? RendezvousReplyDecoder.encode(ip: ip, port: port, encoder: self_.encoder, into: &buffer))
+                    == nil
+                {
                     buffer.clear()
                     self_.encoder.writeCode(request.operation.otherErrorCode, into: &buffer)
                 }
@@ -150,7 +153,9 @@ extension DirectoryConnectionHandler {
     /// `RELAY`: this connection is one side of a relayed transfer. Once the other side is there
     /// (``RelayHub``), it is answered 0 and a ``RelayHandler`` takes this handler's place (which
     /// gives back its request slot: relays are counted by ``RelaySettings/maxTransfers``).
-    private func joinRelay(_ request: Request, user: String, token: String, peerIP: String, context: ChannelHandlerContext) {
+    private func joinRelay(
+        _ request: Request, user: String, token: String, peerIP: String, context: ChannelHandlerContext
+    ) {
         let start = NIODeadline.now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let channel = context.channel
@@ -171,7 +176,8 @@ extension DirectoryConnectionHandler {
                 case .refused(let code):
                     var buffer = ByteBuffer()
                     self_.encoder.writeCode(code, into: &buffer)
-                    context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+                    context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil)
+                    }
                 }
             }
         }

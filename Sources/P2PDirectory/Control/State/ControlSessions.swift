@@ -34,7 +34,8 @@ public struct ControlSettings: Sendable {
 
     public init(
         keepalive: TimeAmount = .seconds(2), maxSessions: Int = 100_000, reachabilityTimeout: Duration = .seconds(2),
-        lease: TimeInterval = 15, maxSessionsPerAddress: Int = 64, requestBurst: Int = 16, requestsPerSecond: Double = 2,
+        lease: TimeInterval = 15, maxSessionsPerAddress: Int = 64, requestBurst: Int = 16,
+        requestsPerSecond: Double = 2,
         maxPendingPunchesPerUser: Int = 8
     ) {
         self.keepalive = keepalive
@@ -56,7 +57,8 @@ public struct ControlSettings: Sendable {
 /// `DIAL`).
 ///
 /// The sessions live in this process: with several servers behind a load balancer, a `DIAL`
-/// reaches only users whose control connection is on this server (see the README).
+/// for a user whose control connection is on another server goes through the store
+/// (``DirectoryCoordination/forwardControl(_:to:)``); punches and relays are paired here only.
 public final class ControlSessions: Sendable {
     struct Session {
         var id: Int
@@ -150,7 +152,8 @@ public final class ControlSessions: Sendable {
             return (3, nil)
         }
         if let boundKey, boundKey != key {
-            logger.notice("CONTROL for \(user) from \(ip) refused: the user is bound to a key the request did not prove")
+            logger.notice(
+                "CONTROL for \(user) from \(ip) refused: the user is bound to a key the request did not prove")
             return (3, nil)
         }
         switch presence {
@@ -170,7 +173,11 @@ public final class ControlSessions: Sendable {
             let replacing = state.withLock { $0.sessions[user]?.ip == ip } ? 1 : 0
             guard fromAddress - replacing < settings.maxSessionsPerAddress else {
                 logger.notice(
-                    "CONTROL for \(user) from \(ip) refused: \(settings.maxSessionsPerAddress) control connections from that address are open")
+                    """
+                    CONTROL for \(user) from \(ip) refused: \(settings.maxSessionsPerAddress) control connections \
+                    from that address are open
+                    """
+                )
                 return (3, nil)
             }
             return (0, port)

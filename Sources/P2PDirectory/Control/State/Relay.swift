@@ -231,7 +231,12 @@ final class RelayHub: Sendable {
         }
         activeGauge.record(active)
         let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-        logger.info("RELAY: a transfer ended: \(bytes) bytes in \(Int(seconds * 1000)) ms (\(Int(Double(bytes) / max(seconds, 0.001))) bytes/s)")
+        logger.info(
+            """
+            RELAY: a transfer ended: \(bytes) bytes in \(Int(seconds * 1000)) ms \
+            (\(Int(Double(bytes) / max(seconds, 0.001))) bytes/s)
+            """
+        )
     }
 }
 

@@ -130,6 +130,23 @@ def start_server(data_dir, port, oplog=False, wait=True, extra=()):
     return process
 
 
+def start_scripted_client(clients, server_port, time_port, folder, errors_path, commands, wanted, extra=(),
+                          environment=None):
+    """A p2p-client in `folder` fed `commands` on stdin, once it printed `wanted`; appended to
+    `clients` (for stopping them all at the end), its stderr in `errors_path`."""
+    errors = open(errors_path, "w+")
+    client = subprocess.Popen([os.path.join(BIN, "p2p-client"), "-s", "127.0.0.1", "-p", str(server_port),
+                               "--time-service", f"http://127.0.0.1:{time_port}", *extra],
+                              cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                              text=True, bufsize=1, env=environment)
+    client.errors = errors
+    clients.append(client)
+    client.stdin.write("".join(f"{c}\n" for c in commands))
+    client.stdin.flush()
+    read_until(client, wanted)
+    return client
+
+
 def server_summary(process):
     """Stops the server and returns its last stdout lines (they hold the log counters)."""
     stop(process)
@@ -1579,17 +1596,8 @@ def peer_extension_benchmark(work):
     clients = []
 
     def start_client(folder, commands, wanted, extra=()):
-        errors = open(os.path.join(owners_dir, f"client-{len(clients)}.err"), "w+")
-        client = subprocess.Popen([os.path.join(BIN, "p2p-client"), "-s", "127.0.0.1", "-p", str(server_port),
-                                   "--time-service", f"http://127.0.0.1:{time_port}", *extra],
-                                  cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
-                                  text=True, bufsize=1)
-        client.errors = errors
-        clients.append(client)
-        client.stdin.write("".join(f"{c}\n" for c in commands))
-        client.stdin.flush()
-        read_until(client, wanted)
-        return client
+        return start_scripted_client(clients, server_port, time_port, folder,
+                                     os.path.join(owners_dir, f"client-{len(clients)}.err"), commands, wanted, extra)
 
     def owner(folder, user, extra=()):
         return start_client(folders[folder], [f"REGISTER {user}", f"CONNECT {user}", "PUBLISH big.bin data",
@@ -1985,18 +1993,11 @@ def tls_benchmark(work):
     clients = []
 
     def start_client(name, commands, wanted, extra=()):
-        errors = open(os.path.join(base, f"{name}.err"), "w+")
+        # Each client its own identity and state folders.
         environment = dict(os.environ, XDG_CONFIG_HOME=os.path.join(base, f"{name}.config"),
                            XDG_STATE_HOME=os.path.join(base, f"{name}.state"))
-        client = subprocess.Popen([os.path.join(BIN, "p2p-client"), "-s", "127.0.0.1", "-p", str(server_port),
-                                   "--time-service", f"http://127.0.0.1:{time_port}", *extra],
-                                  cwd=folders[name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
-                                  text=True, bufsize=1, env=environment)
-        clients.append(client)
-        client.stdin.write("".join(f"{c}\n" for c in commands))
-        client.stdin.flush()
-        read_until(client, wanted)
-        return client
+        return start_scripted_client(clients, server_port, time_port, folders[name],
+                                     os.path.join(base, f"{name}.err"), commands, wanted, extra, environment)
 
     try:
         owners = {

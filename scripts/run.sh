@@ -12,6 +12,11 @@
 # WEB_PORT..WEB_PORT+2) and HAProxy on P2P_PORT in front of them (TCP, health checks, the PROXY
 # protocol so that the servers see the clients' addresses).
 #
+# Under --cluster a database node or a directory server that dies is reported and the rest go
+# on (the tier is built to survive exactly that); `kill -USR1 <run.sh's pid>`, which the report
+# prints, starts every lost one again (a node rejoins and follows the primary). Losing what the
+# cluster cannot do without (etcd, either HAProxy, the log or the time service) stops it all.
+#
 # Environment: P2P_PORT (4242), TIME_PORT (8000), WEB_PORT (8080), DATA_DIR (./storage),
 # BUILD (release); with --cluster also PG_PORT (55432; etcd, the nodes and their Patroni REST
 # APIs take the six ports after it), CLUSTER_DIR (.build/cluster), SERVERS (3).
@@ -48,6 +53,12 @@ pids=()
 # The signal that stops each program (PostgreSQL: SIGINT, its fast shutdown; SIGTERM would
 # wait for the servers' sessions to end).
 stop_signals=()
+# Each program's name, and the function that starts it again when the rest can go on without
+# it for a while (empty: its loss stops everything).
+names=()
+restarts=()
+# Adds the program just started in the background ($!) to those watched and stopped.
+watch() { pids+=($!) stop_signals+=(TERM) names+=("$1") restarts+=("${2:-}"); }
 started_rpcbind=0
 stopping=0
 stop() {
@@ -110,12 +121,12 @@ fi
 
 # Each program's lines get its name in front; $! stays the program's own pid.
 rpc/p2p-oplog > >(prefix "oplog ") 2>&1 &
-pids+=($!) stop_signals+=(TERM)
+watch "the operation-log server"
 wait_for "the operation-log server" oplog_registered
 
 # No access log: a line per request would fill the pane (p2p-time --access-log turns it on).
 "$BIN/p2p-time" --port "$TIME_PORT" > >(prefix "time  ") 2>&1 &
-pids+=($!) stop_signals+=(TERM)
+watch "the time service"
 wait_for "the time service" port_in_use "$TIME_PORT"
 
 pg_ready() { "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U p2p -d postgres; }
@@ -129,7 +140,7 @@ prefix_patroni() { trap '' INT; exec sed -u -e '/INFO: no action\./d' -e '/INFO:
 
 if [ "$CLUSTER" -eq 0 ]; then
     "$BIN/p2p-server" -p "$P2P_PORT" --data-dir "$DATA_DIR" --http-port "$WEB_PORT" > >(prefix "server") 2>&1 &
-    pids+=($!) stop_signals+=(TERM)
+    watch "the directory server"
     wait_for "the directory server" port_in_use "$P2P_PORT"
 else
     mkdir -p "$CLUSTER_DIR"
@@ -144,14 +155,16 @@ else
     # `scripts/pg-ha.sh` execs each program, so $! is the program itself. Patroni stops its
     # PostgreSQL when it gets SIGTERM; the nodes stop before etcd, which they need to stop cleanly.
     scripts/pg-ha.sh etcd "$cluster_dir" > >(prefix "etcd  ") 2>&1 &
-    pids+=($!) stop_signals+=(TERM)
+    watch etcd
     wait_for etcd port_in_use $((PG_PORT + 1))
+    # A node started again rejoins: Patroni rewinds it if it was the primary, and it follows.
+    start_node() { scripts/pg-ha.sh node "$cluster_dir" "$1" > >(prefix_patroni "node$1 ") 2>&1 & }
     for n in 1 2; do
-        scripts/pg-ha.sh node "$cluster_dir" "$n" > >(prefix_patroni "node$n ") 2>&1 &
-        pids+=($!) stop_signals+=(TERM)
+        start_node "$n"
+        watch "database node $n" "start_node $n"
     done
     scripts/pg-ha.sh proxy "$cluster_dir" > >(prefix "pgprx ") 2>&1 &
-    pids+=($!) stop_signals+=(TERM)
+    watch "the HAProxy in front of PostgreSQL"
     # The first start creates the cluster (initdb, then the replica's copy): up to a minute.
     for _ in $(seq 1 600); do
         ha primary >/dev/null && pg_ready && break
@@ -174,10 +187,13 @@ else
     fi
     store="postgres://p2p@127.0.0.1:$PG_PORT/directory?sslmode=disable"
     backends=""
+    start_server() {
+        "$BIN/p2p-server" --host 127.0.0.1 -p $((P2P_PORT + $1)) --store "$store" --proxy-protocol \
+            --http-port $((WEB_PORT + $1 - 1)) > >(prefix "srv$1  ") 2>&1 &
+    }
     for i in $(seq 1 "$SERVERS"); do
-        "$BIN/p2p-server" --host 127.0.0.1 -p $((P2P_PORT + i)) --store "$store" --proxy-protocol \
-            --http-port $((WEB_PORT + i - 1)) > >(prefix "srv$i  ") 2>&1 &
-        pids+=($!) stop_signals+=(TERM)
+        start_server "$i"
+        watch "directory server $i" "start_server $i"
         wait_for "directory server $i" port_in_use $((P2P_PORT + i))
         backends+="    server srv$i 127.0.0.1:$((P2P_PORT + i)) send-proxy-v2 check inter 1s"$'\n'
     done
@@ -201,7 +217,7 @@ backend servers
 $backends
 EOF2
     /usr/sbin/haproxy -db -f "$cluster_dir/directory-haproxy.cfg" > >(prefix "proxy ") 2>&1 &
-    pids+=($!) stop_signals+=(TERM)
+    watch "the HAProxy in front of the directory servers"
     wait_for HAProxy port_in_use "$P2P_PORT"
 fi
 
@@ -238,20 +254,38 @@ cat <<EOF2
 
 EOF2
 
-# Until Ctrl+C, or until one of them exits on its own. On a terminal the waiting is done by a
-# foreground job, which alone receives Ctrl+C.
-if [ "$interactive" -eq 1 ]; then
-    tail $(printf -- '--pid=%s ' "${pids[@]}") -f /dev/null
-else
-    wait -n "${pids[@]}"
-fi
-for pid in "${pids[@]}"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-        say "a program exited; stopping the others"
-        stop
-        exit 1
+# Until Ctrl+C, or until a program the rest cannot do without exits. `wait -n` returns when a
+# watched program exits or a signal with a trap arrives (Ctrl+C's INT, USR1); with job control
+# on a terminal the programs are in process groups of their own, so Ctrl+C reaches only this
+# script.
+lost=()
+restart_asked=0
+trap 'restart_asked=1' USR1
+while true; do
+    watched=()
+    for i in "${!pids[@]}"; do
+        [ "${lost[$i]:-0}" -eq 1 ] || watched+=("${pids[$i]}")
+    done
+    wait -n "${watched[@]}" 2>/dev/null
+    for i in "${!pids[@]}"; do
+        [ "${lost[$i]:-0}" -eq 1 ] && continue
+        kill -0 "${pids[$i]}" 2>/dev/null && continue
+        if [ -z "${restarts[$i]}" ]; then
+            say "${names[$i]} exited; stopping the others"
+            stop
+            exit 1
+        fi
+        lost[$i]=1
+        say "${names[$i]} exited; the rest go on. To start it again: kill -USR1 $$"
+    done
+    if [ "$restart_asked" -eq 1 ]; then
+        restart_asked=0
+        for i in "${!pids[@]}"; do
+            [ "${lost[$i]:-0}" -eq 1 ] || continue
+            ${restarts[$i]}
+            pids[$i]=$!
+            lost[$i]=0
+            say "started ${names[$i]} again"
+        done
     fi
 done
-stop
-say "stopped"
-exit 0

@@ -166,7 +166,11 @@ public final class DirectoryServer: Service, Sendable {
             // which showed up in profiles of one-request connections. (TCP_NODELAY is on the
             // listening socket by default, and accepted sockets inherit it.)
             .childChannelInitializer { channel in
-                let clientIP = channel.remoteAddress?.clientIP ?? "0.0.0.0"
+                // A connection reset before it got here has no address left: nobody to serve
+                // or to blame (HAProxy's health checks connect and reset at once).
+                guard let clientIP = channel.remoteAddress?.clientIP else {
+                    return channel.eventLoop.makeFailedFuture(RefusedConnections.Refused())
+                }
                 guard limits.open() else {
                     problems.record(
                         .connectionLimit, from: clientIP,

@@ -39,6 +39,18 @@ import Testing
 
     /// A source for alice through `proxy`, pinned to `key` (not pinned when nil), downloaded
     /// by bob.
+    /// How a download of `data.txt` from `source` that must not happen failed; nil (and an
+    /// issue) when it succeeded.
+    static func refusal(of source: PeerSource, into folder: TemporaryDirectory) async -> DownloadError? {
+        do {
+            try await FileDownloader().fetch("data.txt", from: [source], to: folder.file("copy.txt"))
+            Issue.record("a download that must be refused succeeded")
+            return nil
+        } catch {
+            return error
+        }
+    }
+
     static func source(_ proxy: TappingProxy, pinnedTo key: IdentityKey?) throws -> PeerSource {
         var source = PeerSource(owner: "alice", host: "127.0.0.1", port: proxy.port)
         if let key { source.pin = PeerPin(key: key.publicKeyText, tls: try PeerTLS(identity: bob)) }
@@ -98,11 +110,7 @@ import Testing
         defer { folder.remove() }
         let log = LogRecorder()
         let (server, proxy) = try await Self.owner(key: Self.mallory, in: folder, log: log)
-        let source = try Self.source(proxy, pinnedTo: Self.alice)
-        do {
-            try await FileDownloader().fetch("data.txt", from: [source], to: folder.file("copy.txt"))
-            Issue.record("a download from a peer with another key succeeded")
-        } catch {
+        if let error = await Self.refusal(of: try Self.source(proxy, pinnedTo: Self.alice), into: folder) {
             guard case .unverified(let reason) = error else {
                 Issue.record("expected the key to be refused, got \(error)")
                 return
@@ -121,11 +129,7 @@ import Testing
         let folder = try TemporaryDirectory("tls-none")
         defer { folder.remove() }
         let (server, proxy) = try await Self.owner(key: nil, in: folder)
-        do {
-            try await FileDownloader().fetch(
-                "data.txt", from: [try Self.source(proxy, pinnedTo: Self.alice)], to: folder.file("copy.txt"))
-            Issue.record("a pinned download went on in clear")
-        } catch {
+        if let error = await Self.refusal(of: try Self.source(proxy, pinnedTo: Self.alice), into: folder) {
             #expect("\(error)".contains("does not offer encrypted transfers"), "\(error)")
         }
         #expect(!Self.contains(proxy.recorded.up, "data.txt"))

@@ -73,7 +73,34 @@ public struct DirectoryRequestHandler: Sendable {
     /// ``DirectoryChange/keyed(_:key:)``, which the store decides by the user's binding.
     public func accept(_ request: Request, peerIP: @autoclosure () -> String, key: String? = nil) -> RequestRoute {
         console("s> \(request.operation.rawValue) FROM \(ControlCharacters.escaped(request.user))")
+        let route = route(of: request, peerIP: peerIP())
+        if let key, case .store(.change(let change)) = route { return .store(.change(.keyed(change, key: key))) }
+        return route
+    }
+
+    private func route(of request: Request, peerIP: @autoclosure () -> String) -> RequestRoute {
         switch request.command {
+        case .register(let user):
+            return .store(.change(.register(user: user)))
+        case .unregister(let user):
+            return .store(.change(.unregister(user: user, from: ownerCheck ? peerIP() : nil)))
+        case .connect(let user, let port):
+            return .store(.change(.connect(user: user, ip: peerIP(), port: port)))
+        case .disconnect(let user):
+            return .store(.change(.disconnect(user: user, from: ownerCheck ? peerIP() : nil)))
+        case .publish(let user, let fileName, let description):
+            let from = ownerCheck ? peerIP() : nil
+            return .store(.change(.publish(user: user, fileName: fileName, description: description, from: from)))
+        case .delete(let user, let fileName):
+            return .store(.change(.delete(user: user, fileName: fileName, from: ownerCheck ? peerIP() : nil)))
+        case .listUsers(let user):
+            return .store(.query(.listUsers(requester: user)))
+        case .listContent(_, let owner) where owner == ReservedFileName.capabilities:
+            return .store(.answer(.content(capabilities), operation: .listContent))
+        case .listContent(let user, let owner):
+            return .store(.query(.listContent(requester: user, owner: owner)))
+        case .search(let user, let query):
+            return .store(.query(.search(requester: user, query: query)))
         case .identify(let user, let publicKey, let agreementKey, let signature):
             return .control(
                 .identify(user: user, publicKey: publicKey, agreementKey: agreementKey, signature: signature))
@@ -83,38 +110,6 @@ public struct DirectoryRequestHandler: Sendable {
             return .control(.rendezvous(user: user, token: token))
         case .relay(let user, let token):
             return .control(.relay(user: user, token: token))
-        default:
-            let work = work(for: request, peerIP: peerIP())
-            if let key, case .change(let change) = work { return .store(.change(.keyed(change, key: key))) }
-            return .store(work)
-        }
-    }
-
-    private func work(for request: Request, peerIP: @autoclosure () -> String) -> StoreWork {
-        switch request.command {
-        case .register(let user):
-            return .change(.register(user: user))
-        case .unregister(let user):
-            return .change(.unregister(user: user, from: ownerCheck ? peerIP() : nil))
-        case .connect(let user, let port):
-            return .change(.connect(user: user, ip: peerIP(), port: port))
-        case .disconnect(let user):
-            return .change(.disconnect(user: user, from: ownerCheck ? peerIP() : nil))
-        case .publish(let user, let fileName, let description):
-            return .change(
-                .publish(user: user, fileName: fileName, description: description, from: ownerCheck ? peerIP() : nil))
-        case .delete(let user, let fileName):
-            return .change(.delete(user: user, fileName: fileName, from: ownerCheck ? peerIP() : nil))
-        case .listUsers(let user):
-            return .query(.listUsers(requester: user))
-        case .listContent(_, let owner) where owner == ReservedFileName.capabilities:
-            return .answer(.content(capabilities), operation: .listContent)
-        case .listContent(let user, let owner):
-            return .query(.listContent(requester: user, owner: owner))
-        case .search(let user, let query):
-            return .query(.search(requester: user, query: query))
-        case .control, .rendezvous, .relay, .identify:
-            preconditionFailure("the control layer's requests are routed before")
         }
     }
 }

@@ -42,20 +42,19 @@ import Testing
         // Over the burst: answered 2 at once, nothing done; every kind shares the allowance.
         #expect(
             machine.received(.punchRequest(id: "p", owner: "bob"), now: now)
-                == .reply(.punchReply(id: "p", code: 2, token: "")))
+                == .overRate(.punchReply(id: "p", code: 2, token: "")))
         #expect(
             machine.received(.relayRequest(id: "r", owner: "bob"), now: now)
-                == .reply(.relayReply(id: "r", code: 2, token: "")))
+                == .overRate(.relayReply(id: "r", code: 2, token: "")))
         #expect(
             machine.received(.reverseRequest(id: "v", owner: "bob"), now: now)
-                == .reply(.reverseReply(id: "v", code: 2, token: "")))
-        #expect(machine.overRate)
+                == .overRate(.reverseReply(id: "v", code: 2, token: "")))
         // Half a second later one more (2 a second) is allowed, and then not.
         let later = Self.at(milliseconds: 500)
         #expect(machine.received(.relayRequest(id: "r2", owner: "bob"), now: later) == .relay(id: "r2", owner: "bob"))
         #expect(
             machine.received(.relayRequest(id: "r3", owner: "bob"), now: later)
-                == .reply(.relayReply(id: "r3", code: 2, token: "")))
+                == .overRate(.relayReply(id: "r3", code: 2, token: "")))
         // The allowance never grows beyond the burst.
         let muchLater = Self.at(milliseconds: 3_600_000)
         for index in 0..<3 {
@@ -65,7 +64,7 @@ import Testing
         }
         #expect(
             machine.received(.reverseRequest(id: "x", owner: "bob"), now: muchLater)
-                == .reply(.reverseReply(id: "x", code: 2, token: "")))
+                == .overRate(.reverseReply(id: "x", code: 2, token: "")))
     }
 
     @Test func lookupsFasterThanAHundredASecondCloseTheConnection() {

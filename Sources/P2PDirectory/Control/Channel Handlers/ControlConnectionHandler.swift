@@ -77,15 +77,13 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
             logger.debug("control connection of \(user): ignoring a server message from the client")
         case .close:
             context.close(promise: nil)
-        case .reply(let message):
-            if machine.overRate {
-                logger.notice(
-                    """
-                    control connection of \(user) from \(ip): over \(sessions.settings.requestsPerSecond) \
-                    requests a second; answered 2
-                    """
-                )
-            }
+        case .overRate(let message):
+            logger.notice(
+                """
+                control connection of \(user) from \(ip): over \(sessions.settings.requestsPerSecond) \
+                requests a second; answered 2
+                """
+            )
             ControlSessions.send(message, on: channel)
         case .answerWho(let id, let who):
             Task { ControlSessions.send(.whoReply(id: id, route: await sessions.route(of: who)), on: channel) }

@@ -20,8 +20,8 @@ struct ControlConnectionStateMachine {
         case reverse(id: String, owner: String)
         case punch(id: String, owner: String)
         case relay(id: String, owner: String)
-        /// Answer at once without acting (over the allowance).
-        case reply(ControlMessage)
+        /// Answer at once without acting: the request is over the session's allowance.
+        case overRate(ControlMessage)
         /// Close the connection (the reason is kept for ``end``).
         case close
     }
@@ -101,11 +101,11 @@ struct ControlConnectionStateMachine {
             }
             return .answerKey(id: id, user: user)
         case .reverseRequest(let id, let owner):
-            return takeRequest() ? .reverse(id: id, owner: owner) : .reply(.reverseReply(id: id, code: 2, token: ""))
+            return takeRequest() ? .reverse(id: id, owner: owner) : .overRate(.reverseReply(id: id, code: 2, token: ""))
         case .punchRequest(let id, let owner):
-            return takeRequest() ? .punch(id: id, owner: owner) : .reply(.punchReply(id: id, code: 2, token: ""))
+            return takeRequest() ? .punch(id: id, owner: owner) : .overRate(.punchReply(id: id, code: 2, token: ""))
         case .relayRequest(let id, let owner):
-            return takeRequest() ? .relay(id: id, owner: owner) : .reply(.relayReply(id: id, code: 2, token: ""))
+            return takeRequest() ? .relay(id: id, owner: owner) : .overRate(.relayReply(id: id, code: 2, token: ""))
         case .keepalive, .reachability, .whoReply, .keyReply, .reverseReply, .dial, .punchReply, .meet, .relayReply,
             .relayTo:
             return .ignore
@@ -130,9 +130,6 @@ struct ControlConnectionStateMachine {
         return .close
     }
 
-    /// Whether the last request that makes another client act was over the rate (for the log).
-    private(set) var overRate = false
-
     private mutating func refill(now: NIODeadline) {
         let seconds = Double((now - counted).nanoseconds) / 1e9
         counted = now
@@ -141,8 +138,7 @@ struct ControlConnectionStateMachine {
     }
 
     private mutating func takeRequest() -> Bool {
-        overRate = requestTokens < 1
-        guard !overRate else { return false }
+        guard requestTokens >= 1 else { return false }
         requestTokens -= 1
         return true
     }

@@ -57,15 +57,15 @@ public final class DirectoryApplication: Service, Sendable {
         } catch {
             throw .cannotOpenStore(location, error)
         }
-        // Behind a load balancer the server does not see the ports clients connect from, which a
-        // hole punch needs; and the balancer may send a punch's two sides to different servers.
+        // Behind a load balancer a hole punch takes the client's port from the PROXY header, and
+        // its sides are paired by the server that made it whichever servers they reach. A relay's
+        // two connections must meet on one server, which the balancer does not ensure: no relay
+        // behind it.
+        let relays = relay.isEnabled && !configuration.proxyProtocol
         let handler = DirectoryRequestHandler(
             operationLog: operationLog, ownerCheck: configuration.ownerCheck,
-            capabilities: configuration.proxyProtocol
-                ? [ServerCapabilities.control, ServerCapabilities.identity]
-                : [ServerCapabilities.control, ServerCapabilities.punch]
-                    + (relay.isEnabled ? [ServerCapabilities.relay] : [])
-                    + [ServerCapabilities.identity],
+            capabilities: [ServerCapabilities.control, ServerCapabilities.punch]
+                + (relays ? [ServerCapabilities.relay] : []) + [ServerCapabilities.identity],
             console: console)
         // Keyed sessions are sealed with the directory's secret: any server sharing it verifies them.
         let secret: SymmetricKey

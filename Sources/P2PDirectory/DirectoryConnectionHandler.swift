@@ -45,8 +45,9 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private var clientIP: String
     /// Whether `clientIP` holds one of its slots in `limits`, to give back at the end.
     private var holdsAddressSlot: Bool
-    /// Whether the request's address came from a PROXY header (its port is then not the socket's).
-    var proxied = false
+    /// The port the client connected from: the socket's, or behind a load balancer the PROXY
+    /// header's (nil when the header named no client: the socket's port is the balancer's).
+    var clientPort: Int?
 
     init(
         handler: DirectoryRequestHandler,
@@ -140,9 +141,9 @@ final class DirectoryConnectionHandler: ChannelInboundHandler, RemovableChannelH
                 )
             }
             run(machine.admitted(admitted), context: context)
-        case .serve(let request, let proxiedIP):
-            proxied = proxiedIP != nil
-            serve(request, peerIP: proxiedIP.map(SocketAddress.unmapped) ?? clientIP, context: context)
+        case .serve(let request, let proxied):
+            clientPort = proxied?.port ?? (machine.expectsProxyHeader ? nil : context.channel.remoteAddress?.port)
+            serve(request, peerIP: proxied.map { SocketAddress.unmapped($0.ip) } ?? clientIP, context: context)
         case .reject(let error, let rejection, let replyCode, let closeNow):
             let peer = clientIP
             switch rejection {

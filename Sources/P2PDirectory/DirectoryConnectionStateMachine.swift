@@ -17,15 +17,22 @@ import P2PProtocol
 ///
 /// (`admitting` only when the header names a client: its address then takes one of its
 /// connection slots, ``ConnectionLimits``; without `--proxy-protocol` that happens at accept.)
+/// The client a load balancer's PROXY header names: its address and the port it connected
+/// from (the public one its NAT gave it, which a hole punch needs).
+struct ProxiedClient: Equatable, Sendable {
+    var ip: String
+    var port: Int
+}
+
 struct DirectoryConnectionStateMachine {
     enum State {
         /// `--proxy-protocol`: the load balancer's header comes first (its bytes so far).
         case awaitingProxyHeader(ByteBuffer)
-        /// The PROXY header named `clientIP`: waiting for ``admitted(_:)`` to say whether that
+        /// The PROXY header named `client`: waiting for ``admitted(_:)`` to say whether its
         /// address may have one more connection (`rest`: the bytes after the header).
-        case admitting(rest: ByteBuffer, clientIP: String)
-        /// Reading the request; `clientIP` is the PROXY header's source, when there was one.
-        case reading(RequestDecoder, clientIP: String?, sawBytes: Bool)
+        case admitting(rest: ByteBuffer, client: ProxiedClient)
+        /// Reading the request; `client` is the PROXY header's source, when there was one.
+        case reading(RequestDecoder, client: ProxiedClient?, sawBytes: Bool)
         /// The request is with the store; its reply comes with ``replyReady()``.
         case serving
         /// A reply was sent after bad input: waiting for the client to close.
@@ -54,9 +61,9 @@ struct DirectoryConnectionStateMachine {
         /// The PROXY header named the client: check its address's connection limit and report
         /// with ``admitted(_:)``.
         case admit(clientIP: String)
-        /// The whole request is here: serve it (the deadline no longer applies). `clientIP`
-        /// stands for the connection's address when the PROXY header gave one.
-        case serve(Request, clientIP: String?)
+        /// The whole request is here: serve it (the deadline no longer applies). `client`
+        /// stands for the connection's address and port when the PROXY header gave them.
+        case serve(Request, client: ProxiedClient?)
         /// Bad input: log it, write `replyCode` when the operation is known (its "other" code),
         /// send FIN and drain; close at once as well when `closeNow` (the deadline passed).
         case reject(any Error, Rejection, replyCode: ResultCode?, closeNow: Bool)
@@ -67,11 +74,14 @@ struct DirectoryConnectionStateMachine {
     }
 
     private(set) var state: State
+    /// Whether every connection starts with a PROXY header (`--proxy-protocol`).
+    let expectsProxyHeader: Bool
 
     init(expectsProxyHeader: Bool) {
+        self.expectsProxyHeader = expectsProxyHeader
         state =
             expectsProxyHeader
-            ? .awaitingProxyHeader(ByteBuffer()) : .reading(RequestDecoder(), clientIP: nil, sawBytes: false)
+            ? .awaitingProxyHeader(ByteBuffer()) : .reading(RequestDecoder(), client: nil, sawBytes: false)
     }
 
     mutating func bytesReceived(_ bytes: ByteBuffer) -> Action {
@@ -86,32 +96,32 @@ struct DirectoryConnectionStateMachine {
                     return .wait
                 }
                 // Nothing of a request yet (a health check ends here); what follows is the request.
-                if let clientIP = proxy.source?.ip {
-                    state = .admitting(rest: header, clientIP: clientIP)
-                    return .admit(clientIP: clientIP)
+                if let source = proxy.source {
+                    state = .admitting(rest: header, client: ProxiedClient(ip: source.ip, port: source.port))
+                    return .admit(clientIP: source.ip)
                 }
-                state = .reading(RequestDecoder(), clientIP: nil, sawBytes: false)
+                state = .reading(RequestDecoder(), client: nil, sawBytes: false)
                 guard header.readableBytes > 0 else { return .wait }
                 return bytesReceived(header)
             } catch {
                 state = .closed
                 return .refuse(error, sawBytes: true)
             }
-        case .reading(var decoder, let clientIP, _):
+        case .reading(var decoder, let client, _):
             state = .modifying
             do {
                 guard let request = try decoder.decode(&bytes) else {
-                    state = .reading(decoder, clientIP: clientIP, sawBytes: true)
+                    state = .reading(decoder, client: client, sawBytes: true)
                     return .wait
                 }
                 state = .serving
-                return .serve(request, clientIP: clientIP)
+                return .serve(request, client: client)
             } catch {
                 return reject(error, decoder: decoder, sawBytes: true)
             }
-        case .admitting(var rest, let clientIP):
+        case .admitting(var rest, let client):
             rest.writeBuffer(&bytes)
-            state = .admitting(rest: rest, clientIP: clientIP)
+            state = .admitting(rest: rest, client: client)
             return .wait
         case .serving, .draining, .closed, .modifying:
             return .wait
@@ -121,12 +131,12 @@ struct DirectoryConnectionStateMachine {
     /// Whether the address the PROXY header named may have this connection: if so, what came
     /// after the header is read as the request; if not, the connection is closed.
     mutating func admitted(_ admitted: Bool) -> Action {
-        guard case .admitting(let rest, let clientIP) = state else { return .wait }
+        guard case .admitting(let rest, let client) = state else { return .wait }
         guard admitted else {
             state = .closed
             return .close
         }
-        state = .reading(RequestDecoder(), clientIP: clientIP, sawBytes: false)
+        state = .reading(RequestDecoder(), client: client, sawBytes: false)
         guard rest.readableBytes > 0 else { return .wait }
         return bytesReceived(rest)
     }

@@ -155,9 +155,23 @@ public protocol DirectoryCoordination: Sendable {
     /// nothing (a store only one server uses).
     func forwardControl(_ fields: [String], to user: String) async throws
 
-    /// Runs `deliver` with each control message another server forwarded (the user it is for,
-    /// its fields), until cancelled. Has a default that returns at once.
-    func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws
+    /// Passes a message between servers (its fields, ``ClusterMessage/fields``) to the server
+    /// sharing the directory whose id is `server` (``ControlSessions/serverID``). Has a default
+    /// that passes nothing.
+    func forwardControl(_ fields: [String], toServer server: String) async throws
+
+    /// Runs `deliver` with each message another server passed on (whom it is for, its fields),
+    /// until cancelled. Every server may see every message: each takes those for its users and
+    /// for itself. Has a default that returns at once.
+    func receiveForwardedControl(_ deliver: @escaping @Sendable (ControlAddressee, [String]) -> Void) async throws
+}
+
+/// Whom a message passed between the servers sharing a directory is for.
+public enum ControlAddressee: Sendable, Hashable {
+    /// The server holding this user's control connection: a control message to send on it.
+    case user(String)
+    /// The server with this id: a ``ClusterMessage``.
+    case server(String)
 }
 
 /// The size of the directory.
@@ -184,7 +198,11 @@ extension DirectoryCoordination {
 
     public func forwardControl(_ fields: [String], to user: String) async throws {}
 
-    public func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws {}
+    public func forwardControl(_ fields: [String], toServer server: String) async throws {}
+
+    public func receiveForwardedControl(
+        _ deliver: @escaping @Sendable (ControlAddressee, [String]) -> Void
+    ) async throws {}
 }
 
 extension DirectoryCoordination where Self: DirectoryInspection {

@@ -26,28 +26,45 @@ extension PostgresDirectoryStore {
         }
     }
 
-    /// The channel on which the servers sharing this database pass control messages on.
+    /// The channel on which the servers sharing this database pass control messages on: each
+    /// payload is JSON, `[user, field...]` for a user's control connection or
+    /// `{"server": id, "fields": [...]}` for one server.
     static let controlChannel = "p2p_control"
 
+    struct ServerPayload: Codable {
+        var server: String
+        var fields: [String]
+    }
+
     public func forwardControl(_ fields: [String], to user: String) async throws {
-        let payload = String(decoding: try JSONEncoder().encode([user] + fields), as: UTF8.self)
+        try await notify(try JSONEncoder().encode([user] + fields))
+    }
+
+    public func forwardControl(_ fields: [String], toServer server: String) async throws {
+        try await notify(try JSONEncoder().encode(ServerPayload(server: server, fields: fields)))
+    }
+
+    private func notify(_ json: Data) async throws {
+        let payload = String(decoding: json, as: UTF8.self)
         try await serverRead { connection in
             _ = try await connection.query("SELECT pg_notify(\(Self.controlChannel), \(payload))", logger: self.logger)
         }
     }
 
-    public func receiveForwardedControl(_ deliver: @escaping @Sendable (String, [String]) -> Void) async throws {
+    public func receiveForwardedControl(
+        _ deliver: @escaping @Sendable (ControlAddressee, [String]) -> Void
+    ) async throws {
         guard !isClosed else { throw PostgresStoreError.closed }
         do {
             try await client.withConnection { connection in
                 try await connection.listen(on: Self.controlChannel) { notifications in
                     for try await notification in notifications {
-                        guard
-                            let fields = try? JSONDecoder().decode(
-                                [String].self, from: Data(notification.payload.utf8)),
-                            let user = fields.first
-                        else { continue }
-                        deliver(user, Array(fields.dropFirst()))
+                        let json = Data(notification.payload.utf8)
+                        if let fields = try? JSONDecoder().decode([String].self, from: json), let user = fields.first {
+                            deliver(.user(user), Array(fields.dropFirst()))
+                        } else if let message = try? JSONDecoder().decode(ServerPayload.self, from: json) {
+                            deliver(.server(message.server), message.fields)
+                        }
                     }
                 }
             }

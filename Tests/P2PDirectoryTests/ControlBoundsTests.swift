@@ -73,18 +73,18 @@ import Testing
             _ = sessions.register(
                 user: "u\(index)", ip: "127.0.0.9", port: String(closed.port), channel: try await channels.make())
         }
-        for _ in 0..<3 { #expect(sessions.punch(requester: "u0", owner: "u1").code == 0) }
+        for _ in 0..<3 { #expect(await sessions.punch(requester: "u0", owner: "u1").code == 0) }
         // A loop of PUNCH u1 stops growing the table; another pair still punches.
-        #expect(sessions.punch(requester: "u0", owner: "u1").code == 2)
-        #expect(sessions.punch(requester: "u2", owner: "u1").code == 2)
-        #expect(sessions.punch(requester: "u2", owner: "u0").code == 2)
+        #expect(await sessions.punch(requester: "u0", owner: "u1").code == 2)
+        #expect(await sessions.punch(requester: "u2", owner: "u1").code == 2)
+        #expect(await sessions.punch(requester: "u2", owner: "u0").code == 2)
         let (fresh, freshPort) = try await Self.sessions(4, from: "127.0.0.9", settings: settings)
         for index in 0..<4 {
             _ = fresh.register(
                 user: "u\(index)", ip: "127.0.0.9", port: String(freshPort.port), channel: try await channels.make())
         }
-        for _ in 0..<3 { #expect(fresh.punch(requester: "u0", owner: "u1").code == 0) }
-        #expect(fresh.punch(requester: "u2", owner: "u3").code == 0)
+        for _ in 0..<3 { #expect(await fresh.punch(requester: "u0", owner: "u1").code == 0) }
+        #expect(await fresh.punch(requester: "u2", owner: "u3").code == 0)
     }
 
     /// A loop of PUNCH on one control connection (each would make another client act): a burst

@@ -18,9 +18,9 @@ import Testing
         return buffer
     }
 
-    /// The request it serves and the address it stands for, or nil for any other action.
-    static func served(_ action: Machine.Action) -> (Request, String?)? {
-        if case .serve(let request, let ip) = action { return (request, ip) }
+    /// The request it serves and the client it stands for, or nil for any other action.
+    static func served(_ action: Machine.Action) -> (Request, ProxiedClient?)? {
+        if case .serve(let request, let client) = action { return (request, client) }
         return nil
     }
 
@@ -79,7 +79,8 @@ import Testing
         #expect(clientIP == "203.0.113.7")
         #expect(Self.isWait(machine.admitted(true)))
         let served = try! #require(Self.served(machine.bytesReceived(ByteBuffer(bytes: all[50...]))))
-        #expect(served.0 == Self.request && served.1 == "203.0.113.7")
+        // The port too: a hole punch behind the balancer needs the one the client's NAT gave it.
+        #expect(served.0 == Self.request && served.1 == ProxiedClient(ip: "203.0.113.7", port: 40000))
     }
 
     @Test func theRequestAfterTheHeaderWaitsForAdmission() {
@@ -93,7 +94,7 @@ import Testing
             return
         }
         let served = try! #require(Self.served(machine.admitted(true)))
-        #expect(served.0 == Self.request && served.1 == "203.0.113.7")
+        #expect(served.0 == Self.request && served.1?.ip == "203.0.113.7")
         // An address over its limit: closed, and nothing of the request is read.
         var refused = Machine(expectsProxyHeader: true)
         guard case .admit = refused.bytesReceived(bytes) else {

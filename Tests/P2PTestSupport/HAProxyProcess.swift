@@ -9,8 +9,12 @@ public final class HAProxyProcess: Sendable {
     private let folder: TemporaryDirectory
 
     /// Balances over `backends` (ports on 127.0.0.1), each sent the client's address with
-    /// `proxy` (`send-proxy` for v1, `send-proxy-v2`), with HAProxy's TCP health checks.
-    public init(backends: [Int], proxy: String = "send-proxy-v2") async throws {
+    /// `proxy` (`send-proxy` for v1, `send-proxy-v2`), with HAProxy's TCP health checks;
+    /// listening on `bind` of `host` (a simulated host's namespace; this machine's when nil).
+    public init(
+        backends: [Int], proxy: String = "send-proxy-v2", bind: String = "127.0.0.1",
+        inside host: SimulatedInternet.Host? = nil
+    ) async throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else {
             throw SetupError("/usr/sbin/haproxy is missing: run ./setup.sh (make test does)")
         }
@@ -31,7 +35,7 @@ public final class HAProxyProcess: Sendable {
                 timeout client 10s
                 timeout server 10s
             frontend directory
-                bind 127.0.0.1:\(port)
+                bind \(bind):\(port)
                 default_backend servers
             backend servers
                 balance roundrobin
@@ -41,13 +45,17 @@ public final class HAProxyProcess: Sendable {
         let path = folder.file("haproxy.cfg")
         try configuration.write(toFile: path, atomically: true, encoding: .utf8)
         // -db: stay in the foreground, logs on stderr.
-        process = try ChildProcess("/usr/sbin/haproxy", ["-db", "-f", path])
+        let (executable, arguments) = SimulatedInternet.command(in: host, "/usr/sbin/haproxy", ["-db", "-f", path])
+        process = try ChildProcess(executable, arguments)
         let port = self.port
         try await waitUntil("haproxy listening on \(port)") {
             guard process.isRunning else {
                 throw SetupError("haproxy exited: \(process.stderrLines.suffix(5))")
             }
-            return isListening(port)
+            guard host != nil else { return isListening(port) }
+            let (shell, probe) = SimulatedInternet.command(
+                in: host, "/bin/bash", ["-c", ": </dev/tcp/127.0.0.1/\(port)"])
+            return try await ChildProcess(shell, probe).waitForExit(timeout: 10) == 0
         }
     }
 

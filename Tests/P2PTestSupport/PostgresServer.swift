@@ -14,26 +14,30 @@ public final class PostgresServer: Sendable {
     public let port: Int
     public let folder: TemporaryDirectory
     private let binaries: String
+    /// The simulated host it runs on (its programs run in that namespace), nil for this machine.
+    private let host: SimulatedInternet.Host?
     private let process = Locked<ChildProcess?>(nil)
     private let databases = Locked(0)
 
     private var dataDirectory: String { folder.file("data") }
 
-    private init(port: Int, folder: TemporaryDirectory, binaries: String) {
+    private init(port: Int, folder: TemporaryDirectory, binaries: String, host: SimulatedInternet.Host?) {
+        self.host = host
         self.port = port
         self.folder = folder
         self.binaries = binaries
     }
 
-    /// Creates a cluster in a new temporary folder and starts it.
-    public static func start() async throws -> PostgresServer {
+    /// Creates a cluster in a new temporary folder and starts it, on 127.0.0.1 of `host` (a
+    /// simulated host's namespace; this machine's when nil).
+    public static func start(inside host: SimulatedInternet.Host? = nil) async throws -> PostgresServer {
         let versions = (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
         guard let version = versions.compactMap(Int.init).max() else {
             throw SetupError("PostgreSQL is not installed (/usr/lib/postgresql): run ./setup.sh (make test does)")
         }
         let folder = try TemporaryDirectory("p2p-postgres")
         let server = PostgresServer(
-            port: try unusedPort(), folder: folder, binaries: "/usr/lib/postgresql/\(version)/bin")
+            port: try unusedPort(), folder: folder, binaries: "/usr/lib/postgresql/\(version)/bin", host: host)
         if getuid() == 0 {
             guard let account = getpwnam("postgres") else { throw SetupError("no postgres system user") }
             guard chown(folder.path, account.pointee.pw_uid, account.pointee.pw_gid) == 0 else {
@@ -53,13 +57,13 @@ public final class PostgresServer: Sendable {
     /// Runs one of PostgreSQL's programs, as the `postgres` user when we are root.
     private func command(_ program: String, _ arguments: [String]) throws -> ChildProcess {
         let path = "\(binaries)/\(program)"
-        if getuid() == 0 {
-            return try ChildProcess(
-                "/usr/bin/setpriv",
-                ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", path] + arguments,
-                directory: folder.path)
-        }
-        return try ChildProcess(path, arguments, directory: folder.path)
+        let (executable, all) =
+            getuid() == 0
+            ? SimulatedInternet.command(
+                in: host, "/usr/bin/setpriv",
+                ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", path] + arguments)
+            : SimulatedInternet.command(in: host, path, arguments)
+        return try ChildProcess(executable, all, directory: folder.path)
     }
 
     private func startPostmaster() async throws {
@@ -80,8 +84,10 @@ public final class PostgresServer: Sendable {
     }
 
     private func isReady() async throws -> Bool {
-        let probe = try ChildProcess(
-            "\(binaries)/pg_isready", ["-q", "-h", "127.0.0.1", "-p", String(port), "-U", "p2p", "-d", "postgres"])
+        let (executable, arguments) = SimulatedInternet.command(
+            in: host, "\(binaries)/pg_isready",
+            ["-q", "-h", "127.0.0.1", "-p", String(port), "-U", "p2p", "-d", "postgres"])
+        let probe = try ChildProcess(executable, arguments)
         return try await probe.waitForExit(timeout: 10) == 0
     }
 
@@ -121,7 +127,7 @@ public final class PostgresServer: Sendable {
     /// Runs `sql` with psql on `database`; returns its output lines (unaligned, tuples only).
     @discardableResult
     public func psql(_ sql: String, database: String = "postgres") async throws -> [String] {
-        try await runPSQL(sql, port: port, database: database)
+        try await runPSQL(sql, port: port, database: database, inside: host)
     }
 
     /// One server for the whole test process, started by the first test that needs it and
@@ -157,13 +163,16 @@ public final class PostgresServer: Sendable {
 
 /// Runs `sql` with psql as `p2p` on 127.0.0.1:`port`; returns its output lines (unaligned,
 /// tuples only), or throws with psql's last error lines.
-func runPSQL(_ sql: String, port: Int, database: String) async throws -> [String] {
-    let run = try ChildProcess(
-        "/usr/bin/psql",
+func runPSQL(
+    _ sql: String, port: Int, database: String, inside host: SimulatedInternet.Host? = nil
+) async throws -> [String] {
+    let (executable, arguments) = SimulatedInternet.command(
+        in: host, "/usr/bin/psql",
         [
             "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", String(port), "-U", "p2p",
             "-d", database, "-c", sql,
         ])
+    let run = try ChildProcess(executable, arguments)
     guard try await run.waitForExit(timeout: 60) == 0 else {
         throw SetupError("psql \(sql): \(run.stderrLines.suffix(5))")
     }

@@ -19,9 +19,8 @@ extension DirectoryConnectionHandler {
         case .control:
             openControl(request, peerIP: peerIP, key: key, context: context)
         case .rendezvous(let user, let token):
-            // Behind the balancer the socket's port is the balancer's: no punch then.
-            let port = proxied ? nil : context.channel.remoteAddress?.port
-            meet(request, user: user, token: token, peerIP: peerIP, port: port, context: context)
+            // Behind a balancer, the port its PROXY header names (the socket's is the balancer's).
+            meet(request, user: user, token: token, peerIP: peerIP, port: clientPort, context: context)
         case .relay(let user, let token):
             joinRelay(request, user: user, token: token, peerIP: peerIP, context: context)
         }

@@ -56,9 +56,11 @@ public struct ControlSettings: Sendable {
 /// asks (`WHO`), and asks an unreachable owner to connect out to a downloader (`REVERSE`,
 /// `DIAL`).
 ///
-/// The sessions live in this process: with several servers behind a load balancer, a `DIAL`
-/// for a user whose control connection is on another server goes through the store
-/// (``DirectoryCoordination/forwardControl(_:to:)``); punches and relays are paired here only.
+/// The sessions live in this process: with several servers behind a load balancer, a `DIAL` or
+/// `MEET` for a user whose control connection is on another server goes through the store
+/// (``DirectoryCoordination/forwardControl(_:to:)``). A punch is paired on the server that made
+/// it, which its token names; a `RENDEZVOUS` the balancer sent elsewhere is passed to it and
+/// answered from it (``ClusterMessage``). Relays are paired here only.
 public final class ControlSessions: Sendable {
     struct Session {
         var id: Int
@@ -77,11 +79,20 @@ public final class ControlSessions: Sendable {
     private let state = Mutex<(sessions: [String: Session], nextID: Int, perAddress: [String: Int])>(([:], 0, [:]))
 
     /// A side of a hole punch waiting at the rendezvous for the other: the public address and
-    /// port it came from, and its answer.
+    /// port it came from, and where its answer goes.
     struct PunchSide: Sendable {
+        var token: String
+        var user: String
         var ip: String
         var port: Int
-        var continuation: CheckedContinuation<RendezvousOutcome, Never>
+        var answer: Answer
+
+        enum Answer: Sendable {
+            /// Its `RENDEZVOUS` connection is on this server.
+            case here(CheckedContinuation<RendezvousOutcome, Never>)
+            /// It came to the server with this id, which waits for the answer.
+            case elsewhere(server: String)
+        }
     }
 
     /// How a rendezvous ends for one side.
@@ -93,6 +104,25 @@ public final class ControlSessions: Sendable {
 
     /// The punches waiting for their rendezvous.
     private let punches = Mutex(TokenPairing<PunchSide>(repeats: .replaces))
+    /// The sides of other servers' punches whose `RENDEZVOUS` came here, waiting for the answer
+    /// of the server that pairs them, by token and user (each is an open connection: the
+    /// connection limits bound them).
+    private let passedOn = Mutex<(waiting: [PassedOnKey: PassedOnSide], next: Int)>(([:], 0))
+
+    struct PassedOnSide {
+        /// Which of the side's connections (one that came again replaces the earlier).
+        var id: Int
+        var continuation: CheckedContinuation<RendezvousOutcome, Never>
+    }
+
+    struct PassedOnKey: Hashable {
+        var token: String
+        var user: String
+    }
+
+    /// This server among those sharing the directory: 32 random bits in 8 hex digits, the start
+    /// of every punch token it makes.
+    public let serverID: String
     /// Where the punches' and relays' timers run.
     private let timers: any EventLoop
 
@@ -110,6 +140,7 @@ public final class ControlSessions: Sendable {
         timers: any EventLoop = MultiThreadedEventLoopGroup.singleton.any()
     ) {
         keyed = KeyedSessions(secret: sessionSecret)
+        serverID = String(ControlMessage.makeToken().prefix(8))
         relays = RelayHub(settings: relay, metrics: metrics, logger: logger, timers: timers)
         self.timers = timers
         self.settings = settings
@@ -313,11 +344,17 @@ public final class ControlSessions: Sendable {
     public func receiveForwarded() async {
         while !Task.isCancelled {
             do {
-                try await store.receiveForwardedControl { user, fields in
-                    guard let message = try? ControlMessage(fields: fields),
-                        let channel = self.state.withLock({ $0.sessions[user]?.channel })
-                    else { return }
-                    Self.send(message, on: channel)
+                try await store.receiveForwardedControl { addressee, fields in
+                    switch addressee {
+                    case .user(let user):
+                        guard let message = try? ControlMessage(fields: fields),
+                            let channel = self.state.withLock({ $0.sessions[user]?.channel })
+                        else { return }
+                        Self.send(message, on: channel)
+                    case .server(let id):
+                        guard id == self.serverID, let message = ClusterMessage(fields: fields) else { return }
+                        self.receive(message)
+                    }
                 }
                 return
             } catch {
@@ -333,15 +370,27 @@ public final class ControlSessions: Sendable {
         perAddress[ip] = count > 0 ? count : nil
     }
 
+    /// The server that made the punch `token` (``serverID``), nil for a token none made.
+    static func home(of token: String) -> String? {
+        guard token.utf8.count == 40, token.utf8.allSatisfy({ $0 < 128 && Character(Unicode.Scalar($0)).isHexDigit })
+        else { return nil }
+        return String(token.prefix(8))
+    }
+
     /// `PUNCH`: both `requester` and `owner` are behind NATs. Tells the owner to take part
-    /// (`MEET`) and returns the punch's token. The punch is forgotten after 30 s.
-    func punch(requester: String, owner: String) -> TokenGrant {
+    /// (`MEET`, through the store when its control connection is on another server) and returns
+    /// the punch's token, which names this server. The punch is forgotten after 30 s.
+    func punch(requester: String, owner: String) async -> TokenGrant {
         let (from, to) = state.withLock { ($0.sessions[requester], $0.sessions[owner]) }
-        guard let to else { return .refused(code: 1) }
+        if to == nil {
+            guard (try? await store.isControlHeld(owner)) == true else { return .refused(code: 1) }
+        }
         guard from != nil else { return .refused(code: 2) }
-        let token = ControlMessage.makeToken()
+        let token = serverID + ControlMessage.makeToken()
         // Bounded per user: a loop of PUNCH bob would otherwise grow the table without end and
-        // make bob's client open a rendezvous connection for each.
+        // make bob's client open a rendezvous connection for each. (The requester's count is
+        // exact: its punches are all made here; an owner on another server may be part of this
+        // many on each server.)
         let limit = settings.maxPendingPunchesPerUser
         let expires = NIODeadline.now() + .seconds(30)
         let admitted = punches.withLock { punches -> Bool in
@@ -355,9 +404,18 @@ public final class ControlSessions: Sendable {
             logger.notice("PUNCH from \(requester) to \(owner) refused: \(limit) punches of one of them are waiting")
             return .refused(code: 2)
         }
-        Self.send(.meet(token: token), on: to.channel)
-        logger.info("PUNCH: \(requester) and \(owner) are to punch through their NATs")
         expirePunch(token, at: expires)
+        if let to {
+            Self.send(.meet(token: token), on: to.channel)
+        } else {
+            do {
+                try await store.forwardControl(ControlMessage.meet(token: token).fields, to: owner)
+            } catch {
+                logger.warning("PUNCH: cannot pass the request on to \(owner)'s server: \(error)")
+                return .refused(code: 1)
+            }
+        }
+        logger.info("PUNCH: \(requester) and \(owner) are to punch through their NATs")
         return .granted(token: token)
     }
 
@@ -366,25 +424,103 @@ public final class ControlSessions: Sendable {
     /// other side and answers both at the same moment with each other's address, so that their
     /// connection attempts start together: 1 when the punch is unknown or not this user's (or
     /// the request does not come from the address its control connection did), 2 when the other
-    /// side did not come.
+    /// side did not come. A punch another server made is paired there (``ClusterMessage``).
     func rendezvous(user: String, token: String, ip: String, port: Int, wait: Duration = .seconds(5)) async
         -> RendezvousOutcome
     {
-        guard state.withLock({ $0.sessions[user]?.ip }) == ip else { return .refused(1) }
-        let givesUp = NIODeadline.now() + TimeAmount(wait)
-        return await withCheckedContinuation { continuation in
-            let side = PunchSide(ip: ip, port: port, continuation: continuation)
-            let arrival = punches.withLock { $0.arrive(token: token, user: user, side: side, givesUp: givesUp) }
-            switch arrival {
-            case .refuse:
-                continuation.resume(returning: .refused(1))
-            case .pair(let other, _):
-                other.continuation.resume(returning: .peer(ip: ip, port: port))
-                continuation.resume(returning: .peer(ip: other.ip, port: other.port))
-            case .wait(let replaced):
-                replaced?.continuation.resume(returning: .refused(1))
-                expirePunch(token, at: givesUp)
+        guard await hasControl(user, from: ip), let home = Self.home(of: token) else { return .refused(1) }
+        guard home != serverID else {
+            let givesUp = NIODeadline.now() + TimeAmount(wait)
+            return await withCheckedContinuation { continuation in
+                let side = PunchSide(token: token, user: user, ip: ip, port: port, answer: .here(continuation))
+                arrive(side, givesUp: givesUp)
             }
+        }
+        let key = PassedOnKey(token: token, user: user)
+        let arrived = ClusterMessage.rendezvousArrived(token: token, user: user, ip: ip, port: port, from: serverID)
+        let outcome = await withCheckedContinuation { continuation in
+            // A side that comes again takes the place of the one waiting (as on the home server).
+            let (id, replaced) = passedOn.withLock { passedOn in
+                passedOn.next += 1
+                let side = PassedOnSide(id: passedOn.next, continuation: continuation)
+                return (passedOn.next, passedOn.waiting.updateValue(side, forKey: key))
+            }
+            replaced?.continuation.resume(returning: .refused(1))
+            // The home server answers within `wait`; a second more, and it is taken for gone.
+            timers.scheduleTask(deadline: .now() + TimeAmount(wait) + .seconds(1)) { [self] in
+                passedOn.withLock { passedOn -> PassedOnSide? in
+                    guard let waiting = passedOn.waiting[key], waiting.id == id else { return nil }
+                    passedOn.waiting[key] = nil
+                    return waiting
+                }?.continuation.resume(returning: .refused(2))
+            }
+            let store = self.store
+            let logger = self.logger
+            Task {
+                do {
+                    try await store.forwardControl(arrived.fields, toServer: home)
+                } catch {
+                    logger.warning("RENDEZVOUS: cannot pass \(user)'s side on to server \(home): \(error)")
+                    self.receive(.rendezvousAnswered(token: token, user: user, outcome: .refused(1)))
+                }
+            }
+        }
+        return outcome
+    }
+
+    /// Whether `user` has a control connection from `ip`: here, or (its lease in the store) on
+    /// another server sharing the directory, connected from that address.
+    private func hasControl(_ user: String, from ip: String) async -> Bool {
+        if let session = state.withLock({ $0.sessions[user] }) { return session.ip == ip }
+        guard case .online(let connectedIP, _)? = try? await store.presence(of: user), connectedIP == ip else {
+            return false
+        }
+        return (try? await store.isControlHeld(user)) == true
+    }
+
+    /// A side of one of this server's punches has come (here, or to another server): it waits,
+    /// or it completes the pair, and both are answered at once.
+    private func arrive(_ side: PunchSide, givesUp: NIODeadline) {
+        let arrival = punches.withLock { $0.arrive(token: side.token, user: side.user, side: side, givesUp: givesUp) }
+        switch arrival {
+        case .refuse:
+            answer(side, .refused(1))
+        case .pair(let other, _):
+            answer(other, .peer(ip: side.ip, port: side.port))
+            answer(side, .peer(ip: other.ip, port: other.port))
+        case .wait(let replaced):
+            if let replaced { answer(replaced, .refused(1)) }
+            expirePunch(side.token, at: givesUp)
+        }
+    }
+
+    /// Answers a side of one of this server's punches, where its connection is.
+    private func answer(_ side: PunchSide, _ outcome: RendezvousOutcome) {
+        switch side.answer {
+        case .here(let continuation):
+            continuation.resume(returning: outcome)
+        case .elsewhere(let server):
+            let message = ClusterMessage.rendezvousAnswered(token: side.token, user: side.user, outcome: outcome)
+            let (store, logger) = (self.store, self.logger)
+            Task {
+                do {
+                    try await store.forwardControl(message.fields, toServer: server)
+                } catch {
+                    logger.warning("RENDEZVOUS: cannot answer \(side.user)'s side on server \(server): \(error)")
+                }
+            }
+        }
+    }
+
+    /// A message from another server sharing the directory.
+    private func receive(_ message: ClusterMessage) {
+        switch message {
+        case .rendezvousArrived(let token, let user, let ip, let port, let from):
+            let side = PunchSide(token: token, user: user, ip: ip, port: port, answer: .elsewhere(server: from))
+            arrive(side, givesUp: .now() + .seconds(5))
+        case .rendezvousAnswered(let token, let user, let outcome):
+            passedOn.withLock { $0.waiting.removeValue(forKey: PassedOnKey(token: token, user: user)) }?
+                .continuation.resume(returning: outcome)
         }
     }
 
@@ -394,7 +530,7 @@ public final class ControlSessions: Sendable {
         timers.scheduleTask(deadline: deadline) { [self] in
             switch punches.withLock({ $0.expire(token: token, now: .now()) }) {
             case .pairingExpired(_, let waiting?), .gaveUp(let waiting):
-                waiting.continuation.resume(returning: .refused(2))
+                answer(waiting, .refused(2))
             case .pairingExpired(_, nil), nil:
                 break
             }

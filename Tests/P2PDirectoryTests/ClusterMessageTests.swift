@@ -1,0 +1,39 @@
+import P2PProtocol
+import Testing
+
+@testable import P2PDirectory
+
+/// What the servers sharing a directory pass each other about a hole punch: every message
+/// reads back as itself, anything else is not taken for one, and a punch token names the
+/// server that made it.
+@Suite struct ClusterMessageTests {
+    @Test(arguments: [
+        ClusterMessage.rendezvousArrived(
+            token: "0a1b2c3d" + String(repeating: "e", count: 32), user: "alice", ip: "198.18.3.2", port: 40001,
+            from: "99aa00ff"),
+        .rendezvousAnswered(token: "t", user: "dave", outcome: .peer(ip: "198.18.4.2", port: 51000)),
+        .rendezvousAnswered(token: "t", user: "dave", outcome: .refused(2)),
+    ])
+    func readsBackAsItself(_ message: ClusterMessage) {
+        #expect(ClusterMessage(fields: message.fields) == message)
+    }
+
+    @Test func otherFieldsAreNotAMessage() {
+        for fields in [
+            [], ["DIAL", "t", "h", "1"], ["RENDEZVOUS_ARRIVED", "t", "u", "ip", "port?", "s"],
+            ["RENDEZVOUS_ANSWERED", "t", "u", "0", "ip"], ["RENDEZVOUS_ANSWERED", "t", "u", "12"],
+            ["RENDEZVOUS_ANSWERED", "t", "u", "2", "extra"],
+        ] {
+            #expect(ClusterMessage(fields: fields) == nil, "\(fields)")
+        }
+    }
+
+    @Test func aPunchTokenNamesItsServer() {
+        let token = "0a1b2c3d" + ControlMessage.makeToken()
+        #expect(ControlSessions.home(of: token) == "0a1b2c3d")
+        // A reversed connection's token (32 digits), or anything a client made up, names none.
+        #expect(ControlSessions.home(of: ControlMessage.makeToken()) == nil)
+        #expect(ControlSessions.home(of: "0a1b2c3d" + String(repeating: "z", count: 32)) == nil)
+        #expect(ControlSessions.home(of: "0a1b2c3d" + String(repeating: "é", count: 32)) == nil)
+    }
+}

@@ -81,14 +81,21 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=20):
+def wait_port(port, timeout=20, inside=()):
+    """Waits until something listens on 127.0.0.1:`port` (of the namespace `inside` runs in)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
+        if inside:
+            probe = [*inside, "bash", "-c", f": </dev/tcp/127.0.0.1/{port}"]
+            if subprocess.run(probe, stderr=subprocess.DEVNULL).returncode == 0:
+                return
+        else:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                pass
+        time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
 
 
@@ -725,12 +732,13 @@ def web_benchmark(work):
         + f"; {statistics.mean(pages):.0f} pages and scrapes per run, readers' CPU {statistics.mean(readers_cpu):.2f} s per run")
 
 
-def start_postgres(work):
+def start_postgres(work, inside=()):
     """A private PostgreSQL in `work` on a free port (as the postgres user when we are root, since
-    PostgreSQL refuses root), with a database `directory`. Returns (process, port, url)."""
+    PostgreSQL refuses root), with a database `directory`; run through `inside` (a command
+    prefix such as `ip netns exec NS`) when given. Returns (process, port, url)."""
     bins = sorted((d for d in os.listdir("/usr/lib/postgresql") if d.isdigit()), key=int)
     pg_bin = f"/usr/lib/postgresql/{bins[-1]}/bin"
-    folder = os.path.join(work, "postgres")
+    folder = os.path.join(work, "postgres-" + inside[-1] if inside else "postgres")
     os.makedirs(folder)
     as_postgres = []
     if os.getuid() == 0:
@@ -742,16 +750,16 @@ def start_postgres(work):
                                   "--locale=C", "--no-sync"], check=True, stdout=subprocess.DEVNULL)
     port = free_port()
     # Enough sessions for 64 pgbench clients and the servers' pools.
-    process = subprocess.Popen(as_postgres + [f"{pg_bin}/postgres", "-D", data, "-p", str(port),
+    process = subprocess.Popen([*inside] + as_postgres + [f"{pg_bin}/postgres", "-D", data, "-p", str(port),
                                               "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={folder}",
                                               "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
                                stdout=subprocess.DEVNULL, stderr=open(os.path.join(folder, "log"), "w"))
     deadline = time.time() + 60
-    while subprocess.run([f"{pg_bin}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:
+    while subprocess.run([*inside, f"{pg_bin}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:
         if time.time() > deadline or process.poll() is not None:
             raise RuntimeError("PostgreSQL did not start")
         time.sleep(0.1)
-    subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "p2p", "-d", "postgres",
+    subprocess.run([*inside, "psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "p2p", "-d", "postgres",
                     "-c", "CREATE DATABASE directory"], check=True)
     return process, port, f"postgres://p2p@127.0.0.1:{port}/directory?sslmode=disable"
 
@@ -980,20 +988,21 @@ class HATier:
                 stop(process)
 
 
-def start_balancer(work, backends, name="haproxy"):
-    """HAProxy in front of directory servers (PROXY protocol v2), as make run-cluster runs it."""
+def start_balancer(work, backends, name="haproxy", bind="127.0.0.1", inside=()):
+    """HAProxy in front of directory servers (PROXY protocol v2), as make run-cluster runs it;
+    listening on `bind`, run through `inside` (a command prefix) when given."""
     front = free_port()
     config = os.path.join(work, f"{name}.cfg")
     with open(config, "w") as f:
         f.write("global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 2s\n"
                 "    timeout client 30s\n    timeout server 30s\n    retries 3\n    option redispatch 1\n"
-                f"frontend directory\n    bind 127.0.0.1:{front}\n    default_backend servers\n"
+                f"frontend directory\n    bind {bind}:{front}\n    default_backend servers\n"
                 "backend servers\n    balance roundrobin\n"
                 + "".join(f"    server s{i} 127.0.0.1:{p} send-proxy-v2 check inter 1s\n"
                           for i, p in enumerate(backends)))
-    balancer = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", config], stdout=subprocess.DEVNULL,
+    balancer = subprocess.Popen([*inside, "/usr/sbin/haproxy", "-db", "-f", config], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    wait_port(front)
+    wait_port(front, inside=inside)
     return balancer, front
 
 
@@ -1722,8 +1731,10 @@ def wait_for_listen(port, timeout=10):
 
 def nat_benchmark(work):
     """Users behind NAT, in the simulated internet of scripts/nat-demo.sh: the throughput of a
-    reversed and of a punched GET_FILE against a direct one through the same kind of router,
-    and how many of 100 punched downloads succeed."""
+    reversed and of a punched GET_FILE against a direct one through the same kind of router;
+    100 punched downloads of a small file on one server and 100 through a cluster (three
+    servers sharing PostgreSQL behind HAProxy on the server host, the two users' control
+    connections on different servers), alternating: how many succeed and how long each takes."""
     if os.geteuid() != 0 or not shutil.which("nft"):
         log("NAT: skipped (needs root and nftables)")
         return
@@ -1737,9 +1748,9 @@ def nat_benchmark(work):
         processes.append(process)
         return process
 
-    def client(ns, folder, user):
+    def client(ns, folder, user, port=4242):
         os.makedirs(folder, exist_ok=True)
-        process = inside(ns, os.path.join(BIN, "p2p-client"), "-s", "198.18.0.2", "-p", "4242", "--time-service",
+        process = inside(ns, os.path.join(BIN, "p2p-client"), "-s", "198.18.0.2", "-p", str(port), "--time-service",
                          "http://198.18.0.2:8000", cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, bufsize=1)
         for command in (f"REGISTER {user}", f"CONNECT {user}"):
@@ -1799,10 +1810,59 @@ def nat_benchmark(work):
                     raise RuntimeError(f"{name}: {line}")
                 seconds[name].append(time.time() - start)
                 os.remove(os.path.join(where[downloader], f"copy-{name}.bin"))
-        tries, punched = 100, 0
+        # The cluster, on the same server host: PostgreSQL, three servers, HAProxy on 4243.
+        srv = ["ip", "netns", "exec", f"{prefix}-srv"]
+        database, _, url = start_postgres(work, inside=srv)
+        processes.append(database)
+        logs = []
+        for index in range(3):
+            port = 4250 + index
+            logs.append(os.path.join(work, f"nat-cluster-{index}.log"))
+            inside("srv", os.path.join(BIN, "p2p-server"), "--host", "127.0.0.1", "-p", str(port), "--no-oplog",
+                   "--proxy-protocol", "--store", url, "--data-dir", os.path.join(work, f"nat-cluster-{index}"),
+                   stdout=open(logs[-1], "w"), stderr=subprocess.DEVNULL)
+            wait_port(port, inside=srv)
+        balancer, _ = start_balancer(work, [4250, 4251, 4252], "nat-haproxy", bind="0.0.0.0", inside=srv)
+        processes.append(balancer)
+        front = int(re.search(r"bind 0\.0\.0\.0:(\d+)", open(os.path.join(work, "nat-haproxy.cfg")).read())[1])
+
+        def control_server(user, before):
+            """The server (index) that served `user`'s CONTROL after the counts `before`."""
+            def counts():
+                return [open(log).read().count(f"s> CONTROL FROM {user}\n") for log in logs]
+            wait_for(f"{user}'s control connection", lambda: counts() != before, timeout=20)
+            now = counts()
+            return next(i for i in range(3) if now[i] > before[i]), now
+
+        owner_c = client("h1", os.path.join(work, "nat-h1c"), "home1c", port=front)
+        shutil.copy(os.path.join(folders["h1"], "small.txt"), os.path.join(work, "nat-h1c", "small.txt"))
+        if result(owner_c, "PUBLISH small.txt note") != "c> PUBLISH OK":
+            raise RuntimeError("PUBLISH in the cluster")
+        owner_server, _ = control_server("home1c", [0, 0, 0])
+        downloader_c = client("h2", os.path.join(work, "nat-h2c"), "home2c", port=front)
+        downloader_server, counts = control_server("home2c", [0, 0, 0])
+        while downloader_server == owner_server:
+            # HAProxy takes turns: connecting again moves the control connection on.
+            for command in ("DISCONNECT home2c", "CONNECT home2c"):
+                result(downloader_c, command)
+            downloader_server, counts = control_server("home2c", counts)
+
+        tries = 100
+        punched = {"server": 0, "cluster": 0}
+        punch_ms = {"server": [], "cluster": []}
+        pairs = {"server": (home2, "home1"), "cluster": (downloader_c, "home1c")}
         for attempt in range(tries):
-            if result(home2, f"GET_FILE home1 small.txt small-{attempt}.txt") == "c> GET_FILE OK":
-                punched += 1
+            # A GET_FILE punches twice (its info, its range), and a session may ask for 2 a
+            # second after a burst (docs/PROTOCOL.md, "Bounds"): one GET_FILE a second per pair.
+            started = time.time()
+            order = ("server", "cluster") if attempt % 2 == 0 else ("cluster", "server")
+            for name in order:
+                downloader, owner = pairs[name]
+                start = time.time()
+                if result(downloader, f"GET_FILE {owner} small.txt small-{attempt}.txt") == "c> GET_FILE OK":
+                    punched[name] += 1
+                    punch_ms[name].append((time.time() - start) * 1000)
+            time.sleep(max(0.0, started + 1.05 - time.time()))
     finally:
         for process in processes:
             if process.stdin:
@@ -1817,12 +1877,25 @@ def nat_benchmark(work):
         subprocess.run([demo, "down", prefix], check=False)
     rates = {name: {"rps": mib / statistics.median(values),
                     "note": "median of 5: " + ", ".join(f"{v:.2f} s" for v in values)} for name, values in seconds.items()}
-    rates["punched"]["note"] += f"; {punched} of {tries} punched downloads succeeded"
     rows.append(("NAT", f"GET_FILE of {mib} MiB, direct through one NAT (MiB/s)", rates["direct"], None))
     rows.append(("NAT", f"GET_FILE of {mib} MiB, reversed (owner behind NAT) (MiB/s)", rates["reversed"], rates["direct"]))
     rows.append(("NAT", f"GET_FILE of {mib} MiB, punched (both behind NAT) (MiB/s)", rates["punched"], rates["direct"]))
+    punch = {}
+    for name in ("server", "cluster"):
+        values = sorted(punch_ms[name]) or [float("nan")]
+        punch[name] = {"rps": 1000 / statistics.median(values), "p50_ms": statistics.median(values),
+                       "p99_ms": values[min(len(values) - 1, int(len(values) * 0.99))],
+                       "errors": tries - punched[name],
+                       "note": f"{punched[name]} of {tries} punched"}
+    punch["cluster"]["note"] += (f"; owner and downloader on servers {owner_server + 1} and {downloader_server + 1} "
+                                 f"of 3; extra time p50 {punch['cluster']['p50_ms'] - punch['server']['p50_ms']:+.1f} ms")
+    rows.append(("NAT", "punched GET_FILE of a small file, one server (per s)", punch["server"], None))
+    rows.append(("NAT", "punched GET_FILE of a small file, 3 servers behind HAProxy, users on two of them (per s)",
+                 punch["cluster"], punch["server"]))
     log(f"NAT: direct {rates['direct']['rps']:.0f}, reversed {rates['reversed']['rps']:.0f}, "
-        f"punched {rates['punched']['rps']:.0f} MiB/s; {punched}/{tries} punches")
+        f"punched {rates['punched']['rps']:.0f} MiB/s; punches {punched['server']}/{tries} on one server "
+        f"(p50 {punch['server']['p50_ms']:.1f} ms), {punched['cluster']}/{tries} in the cluster "
+        f"(p50 {punch['cluster']['p50_ms']:.1f} ms)")
 
 
 def print_table():

@@ -99,6 +99,8 @@ Built. In separate terminals (from the repository, after a release build):
   ip netns exec $prefix-h1  .build/release/p2p-client -s 198.18.0.2 -p 4242 --time-service http://198.18.0.2:8000
   ip netns exec $prefix-h2  .build/release/p2p-client -s 198.18.0.2 -p 4242 --time-service http://198.18.0.2:8000
   ip netns exec $prefix-pub .build/release/p2p-client -s 198.18.0.2 -p 4242 --time-service http://198.18.0.2:8000
+Or, instead of the first two, the cluster (three servers behind HAProxy on 4242, PostgreSQL under Patroni):
+  ip netns exec $prefix-srv env TIME_HOST=0.0.0.0 scripts/run.sh --cluster
 Remove it with: scripts/nat-demo.sh down $prefix
 EOF
     ;;

@@ -17,7 +17,8 @@
 # prints, starts every lost one again (a node rejoins and follows the primary). Losing what the
 # cluster cannot do without (etcd, either HAProxy, the log or the time service) stops it all.
 #
-# Environment: P2P_PORT (4242), TIME_PORT (8000), WEB_PORT (8080), DATA_DIR (./storage),
+# Environment: P2P_PORT (4242), TIME_PORT (8000), TIME_HOST (127.0.0.1; 0.0.0.0 for clients on
+# other machines, as in scripts/nat-demo.sh), WEB_PORT (8080), DATA_DIR (./storage),
 # BUILD (release); with --cluster also PG_PORT (55432; etcd, the nodes and their Patroni REST
 # APIs take the six ports after it), CLUSTER_DIR (.build/cluster), SERVERS (3).
 set -uo pipefail
@@ -27,6 +28,7 @@ CLUSTER=0
 if [ "${1:-}" = "--cluster" ]; then CLUSTER=1; fi
 P2P_PORT=${P2P_PORT:-4242}
 TIME_PORT=${TIME_PORT:-8000}
+TIME_HOST=${TIME_HOST:-127.0.0.1}
 WEB_PORT=${WEB_PORT:-8080}
 DATA_DIR=${DATA_DIR:-./storage}
 PG_PORT=${PG_PORT:-55432}
@@ -125,7 +127,7 @@ watch "the operation-log server"
 wait_for "the operation-log server" oplog_registered
 
 # No access log: a line per request would fill the pane (p2p-time --access-log turns it on).
-"$BIN/p2p-time" --port "$TIME_PORT" > >(prefix "time  ") 2>&1 &
+"$BIN/p2p-time" --host "$TIME_HOST" --port "$TIME_PORT" > >(prefix "time  ") 2>&1 &
 watch "the time service"
 wait_for "the time service" port_in_use "$TIME_PORT"
 
@@ -244,7 +246,7 @@ fi
 web_note=""
 if [ "$CLUSTER" -eq 1 ]; then web_note=" (server 1; the others on the next ports)"; fi
 cat <<EOF2
-    time service       p2p-time     http://127.0.0.1:$TIME_PORT   (WSDL: /?wsdl, plain: /time)
+    time service       p2p-time     http://$TIME_HOST:$TIME_PORT   (WSDL: /?wsdl, plain: /time)
     directory web page p2p-server   http://127.0.0.1:$WEB_PORT/$web_note   (metrics: /metrics, health: /health)
     operation log      p2p-oplog    ONC-RPC program 0x20000099 v1 and v2, via rpcbind
   Start a client in another terminal, in the folder whose files it may share:

@@ -1850,6 +1850,7 @@ def nat_benchmark(work):
         tries = 100
         punched = {"server": 0, "cluster": 0}
         punch_ms = {"server": [], "cluster": []}
+        slow = {"server": [], "cluster": []}  # which tries took over 500 ms
         pairs = {"server": (home2, "home1"), "cluster": (downloader_c, "home1c")}
         for attempt in range(tries):
             # A GET_FILE punches twice (its info, its range), and a session may ask for 2 a
@@ -1862,6 +1863,8 @@ def nat_benchmark(work):
                 if result(downloader, f"GET_FILE {owner} small.txt small-{attempt}.txt") == "c> GET_FILE OK":
                     punched[name] += 1
                     punch_ms[name].append((time.time() - start) * 1000)
+                    if punch_ms[name][-1] > 500:
+                        slow[name].append(attempt + 1)
             time.sleep(max(0.0, started + 1.05 - time.time()))
     finally:
         for process in processes:
@@ -1886,7 +1889,7 @@ def nat_benchmark(work):
         punch[name] = {"rps": 1000 / statistics.median(values), "p50_ms": statistics.median(values),
                        "p99_ms": values[min(len(values) - 1, int(len(values) * 0.99))],
                        "errors": tries - punched[name],
-                       "note": f"{punched[name]} of {tries} punched"}
+                       "note": f"{punched[name]} of {tries} punched, {len(slow[name])} over 500 ms{' (tries ' + ', '.join(map(str, slow[name])) + ')' if slow[name] else ''}"}
     punch["cluster"]["note"] += (f"; owner and downloader on servers {owner_server + 1} and {downloader_server + 1} "
                                  f"of 3; extra time p50 {punch['cluster']['p50_ms'] - punch['server']['p50_ms']:+.1f} ms")
     rows.append(("NAT", "punched GET_FILE of a small file, one server (per s)", punch["server"], None))

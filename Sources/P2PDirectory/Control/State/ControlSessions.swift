@@ -486,8 +486,9 @@ public final class ControlSessions: Sendable {
         case .refuse:
             answer(side, .refused(1))
         case .pair(let other, _):
-            answer(other, .peer(ip: side.ip, port: side.port))
-            answer(side, .peer(ip: other.ip, port: other.port))
+            answerTogether([
+                (other, .peer(ip: side.ip, port: side.port)), (side, .peer(ip: other.ip, port: other.port)),
+            ])
         case .wait(let replaced):
             if let replaced { answer(replaced, .refused(1)) }
             expirePunch(side.token, at: givesUp)
@@ -499,16 +500,39 @@ public final class ControlSessions: Sendable {
         switch side.answer {
         case .here(let continuation):
             continuation.resume(returning: outcome)
-        case .elsewhere(let server):
-            let message = ClusterMessage.rendezvousAnswered(token: side.token, user: side.user, outcome: outcome)
-            let (store, logger) = (self.store, self.logger)
-            Task {
-                do {
-                    try await store.forwardControl(message.fields, toServer: server)
-                } catch {
-                    logger.warning("RENDEZVOUS: cannot answer \(side.user)'s side on server \(server): \(error)")
-                }
+        case .elsewhere:
+            Task { await pass(outcome, to: side) }
+        }
+    }
+
+    /// Answers both sides of a punch at about the same moment, so that their SYNs cross (one
+    /// that comes before its NAT saw its own side's goes out is dropped, and TCP tries again
+    /// only a second later): a side on another server is passed its answer first, and one here
+    /// is answered once PostgreSQL has taken that (it hands a `NOTIFY` to the listeners then).
+    private func answerTogether(_ answers: [(PunchSide, RendezvousOutcome)]) {
+        let elsewhere = answers.filter { if case .elsewhere = $0.0.answer { true } else { false } }
+        guard !elsewhere.isEmpty else {
+            for (side, outcome) in answers { answer(side, outcome) }
+            return
+        }
+        Task {
+            await withTaskGroup(of: Void.self) { group in
+                for (side, outcome) in elsewhere { group.addTask { await self.pass(outcome, to: side) } }
             }
+            for (side, outcome) in answers {
+                if case .here(let continuation) = side.answer { continuation.resume(returning: outcome) }
+            }
+        }
+    }
+
+    /// Passes a side's answer to the server its `RENDEZVOUS` connection is on.
+    private func pass(_ outcome: RendezvousOutcome, to side: PunchSide) async {
+        guard case .elsewhere(let server) = side.answer else { return }
+        let message = ClusterMessage.rendezvousAnswered(token: side.token, user: side.user, outcome: outcome)
+        do {
+            try await store.forwardControl(message.fields, toServer: server)
+        } catch {
+            logger.warning("RENDEZVOUS: cannot answer \(side.user)'s side on server \(server): \(error)")
         }
     }
 

@@ -57,15 +57,13 @@ public final class DirectoryApplication: Service, Sendable {
         } catch {
             throw .cannotOpenStore(location, error)
         }
-        // Behind a load balancer a hole punch takes the client's port from the PROXY header, and
-        // its sides are paired by the server that made it whichever servers they reach. A relay's
-        // two connections must meet on one server, which the balancer does not ensure: no relay
-        // behind it.
-        let relays = relay.isEnabled && !configuration.proxyProtocol
+        // Behind a load balancer a hole punch takes the client's port from the PROXY header; a
+        // punch's and a relay's sides are paired by the server that made them (or where a
+        // relay's first side waits) whichever servers they reach.
         let handler = DirectoryRequestHandler(
             operationLog: operationLog, ownerCheck: configuration.ownerCheck,
             capabilities: [ServerCapabilities.control, ServerCapabilities.punch]
-                + (relays ? [ServerCapabilities.relay] : []) + [ServerCapabilities.identity],
+                + (relay.isEnabled ? [ServerCapabilities.relay] : []) + [ServerCapabilities.identity],
             console: console)
         // Keyed sessions are sealed with the directory's secret: any server sharing it verifies them.
         let secret: SymmetricKey
@@ -85,6 +83,7 @@ public final class DirectoryApplication: Service, Sendable {
             let server = try await DirectoryServer.bind(
                 configuration: configuration, handler: handler, store: store, metrics: metrics, controls: controls,
                 logger: logger, eventLoopGroup: eventLoopGroup)
+            controls.listening(at: Self.linkAddress(of: server.localAddress))
             let checker = peerChecks.flatMap { settings in
                 settings.isEnabled
                     ? PeerChecker(
@@ -97,6 +96,18 @@ public final class DirectoryApplication: Service, Sendable {
         } catch {
             try? await store.close()
             throw .cannotListen(host: configuration.host, port: configuration.port, error)
+        }
+    }
+
+    /// Where the other servers sharing the directory reach this one: the address it listens
+    /// on, or 127.0.0.1 (::1) when it listens on every address (the servers on one machine).
+    static func linkAddress(of address: SocketAddress) -> String {
+        let port = address.port ?? 0
+        switch address.ipAddress {
+        case nil, "0.0.0.0": return "127.0.0.1:\(port)"
+        case "::": return "[::1]:\(port)"
+        case let ip? where ip.contains(":"): return "[\(ip)]:\(port)"
+        case let ip?: return "\(ip):\(port)"
         }
     }
 

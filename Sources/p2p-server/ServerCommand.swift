@@ -185,10 +185,6 @@ struct ServeCommand: AsyncParsableCommand {
         guard RelaySettings.parseRate(relayLimit) != nil else {
             throw ValidationError("--relay-limit must be a rate such as 10M, 500K or a number of bytes")
         }
-        if proxyProtocol, (RelaySettings.parseRate(relayLimit) ?? 0) > 0 {
-            // The balancer may send a relay's two sides to different servers.
-            throw ValidationError("--relay-limit: relays are not offered behind --proxy-protocol")
-        }
         if let relayTransferLimit, (RelaySettings.parseRate(relayTransferLimit) ?? 0) <= 0 {
             throw ValidationError("--relay-transfer-limit must be a positive rate such as 2M")
         }

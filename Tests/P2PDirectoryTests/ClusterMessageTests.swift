@@ -13,6 +13,10 @@ import Testing
             from: "99aa00ff"),
         .rendezvousAnswered(token: "t", user: "dave", outcome: .peer(ip: "198.18.4.2", port: 51000)),
         .rendezvousAnswered(token: "t", user: "dave", outcome: .refused(2)),
+        .relayArrived(token: "t", user: "dave", from: "99aa00ff", address: "127.0.0.1:4243"),
+        .relayWait(token: "t", user: "dave", owner: "alice", downloader: "dave"),
+        .relayGo(token: "t", user: "alice", address: "[::1]:4244"),
+        .relayRefused(token: "t", user: "alice", code: 1),
     ])
     func readsBackAsItself(_ message: ClusterMessage) {
         #expect(ClusterMessage(fields: message.fields) == message)
@@ -22,7 +26,7 @@ import Testing
         for fields in [
             [], ["DIAL", "t", "h", "1"], ["RENDEZVOUS_ARRIVED", "t", "u", "ip", "port?", "s"],
             ["RENDEZVOUS_ANSWERED", "t", "u", "0", "ip"], ["RENDEZVOUS_ANSWERED", "t", "u", "12"],
-            ["RENDEZVOUS_ANSWERED", "t", "u", "2", "extra"],
+            ["RENDEZVOUS_ANSWERED", "t", "u", "2", "extra"], ["RELAY_GO", "t", "u"], ["RELAY_REFUSED", "t", "u", "x"],
         ] {
             #expect(ClusterMessage(fields: fields) == nil, "\(fields)")
         }

@@ -100,8 +100,10 @@ final class ControlConnectionHandler: ChannelInboundHandler, RemovableChannelHan
                 ControlSessions.send(.punchReply(id: id, code: grant.code, token: grant.token), on: channel)
             }
         case .relay(let id, let owner):
-            let grant = sessions.relay(requester: user, owner: owner)
-            ControlSessions.send(.relayReply(id: id, code: grant.code, token: grant.token), on: channel)
+            Task {
+                let grant = await sessions.relay(requester: user, owner: owner)
+                ControlSessions.send(.relayReply(id: id, code: grant.code, token: grant.token), on: channel)
+            }
         }
     }
 

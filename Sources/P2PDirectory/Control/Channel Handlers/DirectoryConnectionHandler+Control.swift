@@ -1,5 +1,7 @@
 import Logging
+import Foundation
 import NIOCore
+import NIOPosix
 import P2PProtocol
 
 /// The control layer's requests on a directory connection (``ControlRequest``): the one place
@@ -151,7 +153,9 @@ extension DirectoryConnectionHandler {
 
     /// `RELAY`: this connection is one side of a relayed transfer. Once the other side is there
     /// (``RelayHub``), it is answered 0 and a ``RelayHandler`` takes this handler's place (which
-    /// gives back its request slot: relays are counted by ``RelaySettings/maxTransfers``).
+    /// gives back its request slot: relays are counted by ``RelaySettings/maxTransfers``). With
+    /// several servers, a side whose other side waits on another server is carried there
+    /// (``carry(_:to:peerIP:context:)``).
     private func joinRelay(
         _ request: Request, user: String, token: String, peerIP: String, context: ChannelHandlerContext
     ) {
@@ -163,8 +167,15 @@ extension DirectoryConnectionHandler {
                 let (self_, context) = loopBound.value
                 let code: ResultCode
                 if case .refused(let refusal) = outcome { code = refusal } else { code = .ok }
+                if case .carry(let address) = outcome {
+                    // The server it goes to answers it, and records it.
+                    self_.carry(request, to: address, peerIP: peerIP, context: context)
+                    return
+                }
                 guard self_.answered(request, code: code, since: start) else { return }
                 switch outcome {
+                case .carry:
+                    break
                 case .relaying(let partner, let limiter):
                     do {
                         try context.pipeline.syncOperations.addHandler(RelayHandler(partner: partner, limiter: limiter))
@@ -180,10 +191,83 @@ extension DirectoryConnectionHandler {
                 }
             }
         }
-        guard let controls, controls.relays.settings.isEnabled, controls.hasSession(user, from: peerIP) else {
-            finish(.refused(controls?.relays.settings.isEnabled == true ? 1 : request.operation.otherErrorCode))
+        guard let controls, controls.relays.settings.isEnabled else {
+            finish(.refused(request.operation.otherErrorCode))
             return
         }
-        controls.relays.join(user: user, token: token, channel: channel, encoder: encoder, done: finish)
+        let encoder = self.encoder
+        Task {
+            switch await controls.routeRelay(user: user, token: token, ip: peerIP) {
+            case .here:
+                controls.relays.join(user: user, token: token, channel: channel, encoder: encoder, done: finish)
+            case .carry(let address):
+                finish(.carry(to: address))
+            case .refused(let code):
+                finish(.refused(code))
+            }
+        }
+    }
+
+    /// Carries this relay side to the server at `address` (host:port), where the other side
+    /// waits: a connection there starting with a PROXY header naming this side's client (so
+    /// that server sees the client, as it would behind the balancer) and the client's `RELAY`,
+    /// then every byte passed through both ways, unpaced (that server holds the relay to its
+    /// rates). When it cannot be reached, the side is answered 1.
+    private func carry(_ request: Request, to address: String, peerIP: String, context: ChannelHandlerContext) {
+        let channel = context.channel
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let refuse: @Sendable () -> Void = {
+            channel.eventLoop.execute {
+                let (self_, context) = loopBound.value
+                guard self_.machine.replyReady() else { return }
+                var buffer = ByteBuffer()
+                self_.encoder.writeCode(1, into: &buffer)
+                context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+            }
+        }
+        guard let separator = address.lastIndex(of: ":"), let port = Int(address[address.index(after: separator)...])
+        else {
+            refuse()
+            return
+        }
+        let host = String(address[..<separator]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        var opening = ByteBuffer()
+        let family = peerIP.contains(":") ? "TCP6" : "TCP4"
+        let local = peerIP.contains(":") ? "::1" : "127.0.0.1"
+        opening.writeString("PROXY \(family) \(peerIP) \(local) \(clientPort ?? 0) \(port)\r\n")
+        guard (try? RequestEncoder.encode(request, into: &opening)) != nil else {
+            refuse()
+            return
+        }
+        let logger = self.logger
+        ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(.seconds(2))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port)
+            .whenComplete { result in
+                switch result {
+                case .failure(let error):
+                    logger.warning("RELAY: cannot reach the server at \(address) to carry a side there: \(error)")
+                    refuse()
+                case .success(let link):
+                    channel.eventLoop.execute {
+                        let (self_, context) = loopBound.value
+                        guard self_.machine.replyReady() else {
+                            link.close(promise: nil)
+                            return
+                        }
+                        logger.info("RELAY: \(request.user)'s side carried to the server at \(address)")
+                        link.writeAndFlush(opening, promise: nil)
+                        do {
+                            try link.pipeline.syncOperations.addHandler(RelayHandler(partner: channel, limiter: nil))
+                            try context.pipeline.syncOperations.addHandler(RelayHandler(partner: link, limiter: nil))
+                            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+                        } catch {
+                            link.close(promise: nil)
+                            context.close(promise: nil)
+                        }
+                    }
+                }
+            }
     }
 }

@@ -60,7 +60,9 @@ public struct ControlSettings: Sendable {
 /// `MEET` for a user whose control connection is on another server goes through the store
 /// (``DirectoryCoordination/forwardControl(_:to:)``). A punch is paired on the server that made
 /// it, which its token names; a `RENDEZVOUS` the balancer sent elsewhere is passed to it and
-/// answered from it (``ClusterMessage``). Relays are paired here only.
+/// answered from it (``ClusterMessage``). A relay's side that reaches another server waits
+/// there if it is the first (that server then pairs the relay), or is carried by its server to
+/// the server where the first waits.
 public final class ControlSessions: Sendable {
     struct Session {
         var id: Int
@@ -121,8 +123,13 @@ public final class ControlSessions: Sendable {
     }
 
     /// This server among those sharing the directory: 32 random bits in 8 hex digits, the start
-    /// of every punch token it makes.
+    /// of every punch and relay token it makes.
     public let serverID: String
+    /// Where the other servers sharing the directory reach this one (host:port) to carry a
+    /// relay's side here (``listening(at:)``).
+    private let address = Mutex<String?>(nil)
+    /// The sides of other servers' relays that came here, waiting to be told where to go.
+    private let relayRoutes = Mutex<[PassedOnKey: CheckedContinuation<ClusterMessage, Never>]>([:])
     /// Where the punches' and relays' timers run.
     private let timers: any EventLoop
 
@@ -140,8 +147,9 @@ public final class ControlSessions: Sendable {
         timers: any EventLoop = MultiThreadedEventLoopGroup.singleton.any()
     ) {
         keyed = KeyedSessions(secret: sessionSecret)
-        serverID = String(ControlMessage.makeToken().prefix(8))
-        relays = RelayHub(settings: relay, metrics: metrics, logger: logger, timers: timers)
+        let serverID = String(ControlMessage.makeToken().prefix(8))
+        self.serverID = serverID
+        relays = RelayHub(settings: relay, metrics: metrics, logger: logger, timers: timers, tokenPrefix: serverID)
         self.timers = timers
         self.settings = settings
         self.store = store
@@ -545,6 +553,21 @@ public final class ControlSessions: Sendable {
         case .rendezvousAnswered(let token, let user, let outcome):
             passedOn.withLock { $0.waiting.removeValue(forKey: PassedOnKey(token: token, user: user)) }?
                 .continuation.resume(returning: outcome)
+        case .relayArrived(let token, let user, let from, let address):
+            let here = self.address.withLock { $0 } ?? ""
+            let reply = relays.arrivedElsewhere(token: token, user: user, address: address, here: here)
+            let (store, logger) = (self.store, self.logger)
+            Task {
+                do {
+                    try await store.forwardControl(reply.fields, toServer: from)
+                } catch {
+                    logger.warning("RELAY: cannot answer \(user)'s side on server \(from): \(error)")
+                }
+            }
+        case .relayWait(let token, let user, _, _), .relayGo(let token, let user, _),
+            .relayRefused(let token, let user, _):
+            relayRoutes.withLock { $0.removeValue(forKey: PassedOnKey(token: token, user: user)) }?
+                .resume(returning: message)
         }
     }
 
@@ -562,19 +585,80 @@ public final class ControlSessions: Sendable {
     }
 
     /// `RELAY` over the control connection: a relay between `requester` and `owner` (both must
-    /// have control connections); tells the owner, returns the code and the token.
-    func relay(requester: String, owner: String) -> TokenGrant {
+    /// have control connections, the owner's here or on another server sharing the directory);
+    /// tells the owner (`RELAY_TO`), returns the code and the token, which names this server.
+    func relay(requester: String, owner: String) async -> TokenGrant {
         let (from, to) = state.withLock { ($0.sessions[requester], $0.sessions[owner]) }
-        guard let to else { return .refused(code: 1) }
+        if to == nil {
+            guard (try? await store.isControlHeld(owner)) == true else { return .refused(code: 1) }
+        }
         guard from != nil else { return .refused(code: 2) }
         let grant = relays.create(owner: owner, downloader: requester)
-        if case .granted(let token) = grant { Self.send(.relayTo(token: token), on: to.channel) }
+        guard case .granted(let token) = grant else { return grant }
+        if let to {
+            Self.send(.relayTo(token: token), on: to.channel)
+        } else {
+            do {
+                try await store.forwardControl(ControlMessage.relayTo(token: token).fields, to: owner)
+            } catch {
+                logger.warning("RELAY: cannot pass the request on to \(owner)'s server: \(error)")
+                return .refused(code: 1)
+            }
+        }
         return grant
     }
 
-    /// Whether `user` has a control connection from `ip` (a relay's side must).
-    func hasSession(_ user: String, from ip: String) -> Bool {
-        state.withLock { $0.sessions[user]?.ip == ip }
+    /// The server listens at `address` (host:port): the others sharing the directory carry
+    /// relays' sides there.
+    public func listening(at address: String) {
+        self.address.withLock { $0 = address }
+    }
+
+    /// Where a relay's side goes.
+    enum RelayRoute: Sendable, Equatable {
+        /// It joins the relay here (``RelayHub/join``).
+        case here
+        /// The other side waits on the server at this address: carry it there.
+        case carry(to: String)
+        case refused(ResultCode)
+    }
+
+    /// `RELAY` from `ip`: where `user`'s side of the relay `token` goes. A relay this server
+    /// made, or whose first side waits here, is joined here; another server's is asked about.
+    func routeRelay(user: String, token: String, ip: String) async -> RelayRoute {
+        guard await hasControl(user, from: ip), let home = Self.home(of: token) else { return .refused(1) }
+        if home == serverID || relays.pairs(token) { return .here }
+        guard let address = address.withLock({ $0 }) else { return .refused(1) }
+        let key = PassedOnKey(token: token, user: user)
+        let arrived = ClusterMessage.relayArrived(token: token, user: user, from: serverID, address: address)
+        let reply = await withCheckedContinuation { continuation in
+            relayRoutes.withLock { $0.updateValue(continuation, forKey: key) }?
+                .resume(returning: .relayRefused(token: token, user: user, code: 1))
+            timers.scheduleTask(in: .seconds(5)) { [self] in
+                relayRoutes.withLock { $0.removeValue(forKey: key) }?
+                    .resume(returning: .relayRefused(token: token, user: user, code: 1))
+            }
+            let (store, logger) = (self.store, self.logger)
+            Task {
+                do {
+                    try await store.forwardControl(arrived.fields, toServer: home)
+                } catch {
+                    logger.warning("RELAY: cannot pass \(user)'s side on to server \(home): \(error)")
+                    self.receive(.relayRefused(token: token, user: user, code: 1))
+                }
+            }
+        }
+        switch reply {
+        case .relayWait(_, _, let owner, let downloader):
+            relays.adopt(token: token, owner: owner, downloader: downloader)
+            return .here
+        case .relayGo(_, _, let address):
+            return .carry(to: address)
+        case .relayRefused(_, _, let code):
+            return .refused(code)
+        default:
+            return .refused(1)
+        }
     }
 
     static func send(_ message: ControlMessage, on channel: any Channel) {

@@ -92,17 +92,19 @@ final class RelayHub: Sendable {
     private let started: Counter
     private let activeGauge: Gauge
 
-    /// How a side's `RELAY` ends: relaying to `partner`, or refused with a code.
+    /// How a side's `RELAY` ends: relaying to `partner`, carried to the server where the other
+    /// side waits (with several servers), or refused with a code.
     enum Outcome: Sendable {
         case relaying(partner: any Channel, limiter: RelayLimiter)
+        case carry(to: String)
         case refused(ResultCode)
     }
 
-    /// A side of a relay waiting for the other: its connection and what to call once the
-    /// other has come (or nobody did).
-    struct Side: Sendable {
-        let channel: any Channel
-        let done: @Sendable (Outcome) -> Void
+    /// A side of a relay waiting for the other: its connection here and what to call once the
+    /// other has come (or nobody did), or the server (its address) where it waits.
+    enum Side: Sendable {
+        case here(channel: any Channel, done: @Sendable (Outcome) -> Void)
+        case elsewhere(address: String)
     }
 
     private struct State {
@@ -123,11 +125,15 @@ final class RelayHub: Sendable {
 
     /// Where the timers of relays nobody joins run.
     private let timers: any EventLoop
+    /// The start of every token made here (the server's id, which the servers sharing the
+    /// directory pair a relay by).
+    private let tokenPrefix: String
 
     init(
         settings: RelaySettings, metrics: DirectoryMetrics, logger: Logger,
-        timers: any EventLoop = MultiThreadedEventLoopGroup.singleton.any()
+        timers: any EventLoop = MultiThreadedEventLoopGroup.singleton.any(), tokenPrefix: String = ""
     ) {
+        self.tokenPrefix = tokenPrefix
         self.settings = settings
         self.timers = timers
         total = RateSchedule(bytesPerSecond: settings.bytesPerSecond)
@@ -140,7 +146,7 @@ final class RelayHub: Sendable {
     /// A relay between `owner` and `downloader`: its token, or 2 when relaying is off or full.
     func create(owner: String, downloader: String) -> TokenGrant {
         guard settings.isEnabled else { return .refused(code: 2) }
-        let token = ControlMessage.makeToken()
+        let token = tokenPrefix + ControlMessage.makeToken()
         let users = Set([owner, downloader])
         let expires = NIODeadline.now() + TimeAmount(settings.joinTimeout)
         let refusal = state.withLock { state -> String? in
@@ -158,16 +164,63 @@ final class RelayHub: Sendable {
             logger.notice("RELAY for \(downloader) from \(owner) refused: \(refusal)")
             return .refused(code: 2)
         }
-        // Forgotten if nobody comes.
-        timers.scheduleTask(deadline: expires) { [self] in
+        forget(token, at: expires)
+        return .granted(token: token)
+    }
+
+    /// Forgets the relay `token` at `deadline` if nobody completed it.
+    private func forget(_ token: String, at deadline: NIODeadline) {
+        timers.scheduleTask(deadline: deadline) { [self] in
             let expired = state.withLock { state -> TokenPairing<Side>.Expiry? in
                 let expiry = state.pending.expire(token: token, now: .now())
                 if case .pairingExpired(let stale, _) = expiry { state.release(stale.owner, stale.downloader) }
                 return expiry
             }
-            if case .pairingExpired(_, let waiting?) = expired { waiting.done(.refused(2)) }
+            if case .pairingExpired(_, .here(_, let done)?) = expired { done(.refused(2)) }
         }
-        return .granted(token: token)
+    }
+
+    /// Whether the relay `token` is paired here (made here, or adopted).
+    func pairs(_ token: String) -> Bool { state.withLock { $0.pending.contains(token) } }
+
+    /// Takes on the pairing of another server's relay whose first side waits here
+    /// (``ClusterMessage/relayWait(token:user:owner:downloader:)``): the relay's bounds were
+    /// counted where it was made; its transfer is counted here once paired.
+    func adopt(token: String, owner: String, downloader: String) {
+        let expires = NIODeadline.now() + TimeAmount(settings.joinTimeout)
+        let adopted = state.withLock { state -> Bool in
+            guard !state.pending.contains(token) else { return false }
+            state.pending.create(token: token, owner: owner, downloader: downloader, expires: expires)
+            return true
+        }
+        if adopted { forget(token, at: expires) }
+    }
+
+    /// `user`'s side of this server's relay `token` came to another server, at `address`:
+    /// where it is to go. The first side waits where it is; the second goes to the server of
+    /// the first (here, or the one it waits at, which then pairs the relay).
+    func arrivedElsewhere(token: String, user: String, address: String, here: String) -> ClusterMessage {
+        state.withLock { state -> ClusterMessage in
+            guard let pairing = state.pending.pairing(for: token), pairing.involves(user) else {
+                return .relayRefused(token: token, user: user, code: 1)
+            }
+            guard let waiting = pairing.waiting else {
+                _ = state.pending.arrive(
+                    token: token, user: user, side: .elsewhere(address: address), givesUp: .distantFuture)
+                return .relayWait(token: token, user: user, owner: pairing.owner, downloader: pairing.downloader)
+            }
+            guard waiting.user != user else { return .relayRefused(token: token, user: user, code: 1) }
+            switch waiting.side {
+            case .here:
+                // It comes to this server, as a side arriving here, and is paired then.
+                return .relayGo(token: token, user: user, address: here)
+            case .elsewhere(let other):
+                _ = state.pending.arrive(
+                    token: token, user: user, side: .elsewhere(address: address), givesUp: .distantFuture)
+                state.release(pairing.owner, pairing.downloader)
+                return .relayGo(token: token, user: user, address: other)
+            }
+        }
     }
 
     /// `user`'s side of the relay `token` arrived on `channel`. `done` is called (on any
@@ -180,19 +233,25 @@ final class RelayHub: Sendable {
         enum Step {
             case unknown
             case wait
-            case paired(partner: Side, owner: String, downloader: String)
+            case carry(to: String)
+            case paired(partner: any Channel, partnerDone: @Sendable (Outcome) -> Void, owner: String, downloader: String)
         }
         // A waiting side waits as long as the relay may be joined.
-        let side = Side(channel: channel, done: done)
+        let side = Side.here(channel: channel, done: done)
         let step = state.withLock { state -> Step in
             switch state.pending.arrive(token: token, user: user, side: side, givesUp: .distantFuture) {
             case .refuse:
                 return .unknown
             case .wait:
                 return .wait
-            case .pair(let partner, let pairing):
+            case .pair(.elsewhere(let address), let pairing):
+                // The other side waits on another server, which pairs the relay.
+                state.release(pairing.owner, pairing.downloader)
+                return .carry(to: address)
+            case .pair(.here(let partner, let partnerDone), let pairing):
                 state.active += 1
-                return .paired(partner: partner, owner: pairing.owner, downloader: pairing.downloader)
+                return .paired(
+                    partner: partner, partnerDone: partnerDone, owner: pairing.owner, downloader: pairing.downloader)
             }
         }
         switch step {
@@ -200,8 +259,9 @@ final class RelayHub: Sendable {
             done(.refused(1))
         case .wait:
             break
-        case .paired(let partnerSide, let pendingOwner, let pendingDownloader):
-            let (partner, partnerDone) = (partnerSide.channel, partnerSide.done)
+        case .carry(let address):
+            done(.carry(to: address))
+        case .paired(let partner, let partnerDone, let pendingOwner, let pendingDownloader):
             started.increment()
             activeGauge.record(state.withLock { $0.active })
             // Both zeros are queued before either side's handler can forward a byte, so each
@@ -305,7 +365,9 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
     static let queueLimit = 64 * 1024
 
     private let partner: any Channel
-    private let limiter: RelayLimiter
+    /// The relay's rates and end; nil on a server that only carries a side to the server that
+    /// pairs the relay (which holds it to its rates and cuts it when idle).
+    private let limiter: RelayLimiter?
     private var queue = CircularBuffer<ByteBuffer>()
     private var queued = 0
     /// When the next bytes may go (nil: now).
@@ -316,7 +378,7 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var outputClosed = false
     private var idleCheck: RepeatedTask?
 
-    init(partner: any Channel, limiter: RelayLimiter) {
+    init(partner: any Channel, limiter: RelayLimiter?) {
         self.partner = partner
         self.limiter = limiter
     }
@@ -324,12 +386,13 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
         requestRead(context: context)
+        guard let limiter else { return }
         // A relay nobody sends through gives its slot back (both sides are cut).
         let interval = TimeAmount.nanoseconds(max(50_000_000, limiter.idleTimeout.nanosecondsClamped / 4))
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         idleCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
             let (handler, context) = loopBound.value
-            guard handler.limiter.isIdle else { return }
+            guard limiter.isIdle else { return }
             handler.reset(handler.partner)
             handler.reset(context.channel)
         }
@@ -354,7 +417,7 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
             queue.removeFirst()
             queued -= first.readableBytes
             partner.write(first, promise: nil)
-            nextSend = limiter.reserve(first.readableBytes)
+            nextSend = limiter?.reserve(first.readableBytes)
             wrote = true
         }
         if wrote { partner.flush() }
@@ -412,7 +475,7 @@ final class RelayHandler: ChannelInboundHandler, RemovableChannelHandler {
         idleCheck?.cancel()
         idleCheck = nil
         queue.removeAll()
-        limiter.sideEnded()
+        limiter?.sideEnded()
         context.fireChannelInactive()
     }
 

@@ -73,6 +73,9 @@ struct TokenPairing<Side> {
     /// Whether `token` is a pairing of the table.
     func contains(_ token: String) -> Bool { pairings[token] != nil }
 
+    /// The pairing of `token`, to look at (who waits, where).
+    func pairing(for token: String) -> Pairing? { pairings[token] }
+
     /// A new pairing between `owner` and `downloader` under `token`, to be completed by `expires`.
     /// The caller has checked its bounds (``pending(involving:)``, ``count``).
     mutating func create(token: String, owner: String, downloader: String, expires: NIODeadline) {

@@ -85,7 +85,8 @@ struct ClusterNATTests {
                 #expect(try await second.run("CONNECT \(secondName)") == "c> CONNECT OK")
                 secondServer = try await controlServer(of: secondName, after: before)
             }
-            try #require(secondServer != firstServer, "\(secondName)'s control connection stays on \(firstName)'s server")
+            try #require(
+                secondServer != firstServer, "\(secondName)'s control connection stays on \(firstName)'s server")
             return (firstServer, secondServer)
         }
 

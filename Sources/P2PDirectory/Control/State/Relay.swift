@@ -234,7 +234,8 @@ final class RelayHub: Sendable {
             case unknown
             case wait
             case carry(to: String)
-            case paired(partner: any Channel, partnerDone: @Sendable (Outcome) -> Void, owner: String, downloader: String)
+            case paired(
+                partner: any Channel, partnerDone: @Sendable (Outcome) -> Void, owner: String, downloader: String)
         }
         // A waiting side waits as long as the relay may be joined.
         let side = Side.here(channel: channel, done: done)

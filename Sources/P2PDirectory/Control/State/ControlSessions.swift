@@ -332,17 +332,10 @@ public final class ControlSessions: Sendable {
         guard let from, from.route == .reachable else { return .refused(code: 2) }
         let token = ControlMessage.makeToken()
         let dial = ControlMessage.dial(token: token, host: from.ip, port: from.port)
-        if let to {
-            Self.send(dial, on: to.channel)
-        } else {
+        if to == nil {
             guard (try? await store.isControlHeld(owner)) == true else { return .refused(code: 1) }
-            do {
-                try await store.forwardControl(dial.fields, to: owner)
-            } catch {
-                logger.warning("REVERSE: cannot pass the request on to \(owner)'s server: \(error)")
-                return .refused(code: 1)
-            }
         }
+        guard await deliver(dial, to: owner, here: to, for: "REVERSE") else { return .refused(code: 1) }
         logger.info("REVERSE: \(owner) asked to connect to \(requester) at \(from.ip):\(from.port)")
         return .granted(token: token)
     }
@@ -413,16 +406,7 @@ public final class ControlSessions: Sendable {
             return .refused(code: 2)
         }
         expirePunch(token, at: expires)
-        if let to {
-            Self.send(.meet(token: token), on: to.channel)
-        } else {
-            do {
-                try await store.forwardControl(ControlMessage.meet(token: token).fields, to: owner)
-            } catch {
-                logger.warning("PUNCH: cannot pass the request on to \(owner)'s server: \(error)")
-                return .refused(code: 1)
-            }
-        }
+        guard await deliver(.meet(token: token), to: owner, here: to, for: "PUNCH") else { return .refused(code: 1) }
         logger.info("PUNCH: \(requester) and \(owner) are to punch through their NATs")
         return .granted(token: token)
     }
@@ -446,7 +430,7 @@ public final class ControlSessions: Sendable {
         }
         let key = PassedOnKey(token: token, user: user)
         let arrived = ClusterMessage.rendezvousArrived(token: token, user: user, ip: ip, port: port, from: serverID)
-        let outcome = await withCheckedContinuation { continuation in
+        return await withCheckedContinuation { continuation in
             // A side that comes again takes the place of the one waiting (as on the home server).
             let (id, replaced) = passedOn.withLock { passedOn in
                 passedOn.next += 1
@@ -462,18 +446,12 @@ public final class ControlSessions: Sendable {
                     return waiting
                 }?.continuation.resume(returning: .refused(2))
             }
-            let store = self.store
-            let logger = self.logger
             Task {
-                do {
-                    try await store.forwardControl(arrived.fields, toServer: home)
-                } catch {
-                    logger.warning("RENDEZVOUS: cannot pass \(user)'s side on to server \(home): \(error)")
+                if await self.pass(arrived, toServer: home) == false {
                     self.receive(.rendezvousAnswered(token: token, user: user, outcome: .refused(1)))
                 }
             }
         }
-        return outcome
     }
 
     /// Whether `user` has a control connection from `ip`: here, or (its lease in the store) on
@@ -536,11 +514,37 @@ public final class ControlSessions: Sendable {
     /// Passes a side's answer to the server its `RENDEZVOUS` connection is on.
     private func pass(_ outcome: RendezvousOutcome, to side: PunchSide) async {
         guard case .elsewhere(let server) = side.answer else { return }
-        let message = ClusterMessage.rendezvousAnswered(token: side.token, user: side.user, outcome: outcome)
+        _ = await pass(
+            .rendezvousAnswered(token: side.token, user: side.user, outcome: outcome), toServer: server)
+    }
+
+    /// Passes `message` to the server sharing the directory whose id is `server`; whether it
+    /// went (a failure is logged).
+    private func pass(_ message: ClusterMessage, toServer server: String) async -> Bool {
         do {
             try await store.forwardControl(message.fields, toServer: server)
+            return true
         } catch {
-            logger.warning("RENDEZVOUS: cannot answer \(side.user)'s side on server \(server): \(error)")
+            logger.warning("cannot pass \(message.fields.first ?? "a message") to server \(server): \(error)")
+            return false
+        }
+    }
+
+    /// Sends `message` to `user`'s control connection: on it when it is here (`session`), else
+    /// through the store to the server holding it; whether it went (a failure is logged).
+    private func deliver(
+        _ message: ControlMessage, to user: String, here session: Session?, for request: String
+    ) async -> Bool {
+        if let session {
+            Self.send(message, on: session.channel)
+            return true
+        }
+        do {
+            try await store.forwardControl(message.fields, to: user)
+            return true
+        } catch {
+            logger.warning("\(request): cannot pass the request on to \(user)'s server: \(error)")
+            return false
         }
     }
 
@@ -556,14 +560,7 @@ public final class ControlSessions: Sendable {
         case .relayArrived(let token, let user, let from, let address):
             let here = self.address.withLock { $0 } ?? ""
             let reply = relays.arrivedElsewhere(token: token, user: user, address: address, here: here)
-            let (store, logger) = (self.store, self.logger)
-            Task {
-                do {
-                    try await store.forwardControl(reply.fields, toServer: from)
-                } catch {
-                    logger.warning("RELAY: cannot answer \(user)'s side on server \(from): \(error)")
-                }
-            }
+            Task { _ = await pass(reply, toServer: from) }
         case .relayWait(let token, let user, _, _), .relayGo(let token, let user, _),
             .relayRefused(let token, let user, _):
             relayRoutes.withLock { $0.removeValue(forKey: PassedOnKey(token: token, user: user)) }?
@@ -595,15 +592,8 @@ public final class ControlSessions: Sendable {
         guard from != nil else { return .refused(code: 2) }
         let grant = relays.create(owner: owner, downloader: requester)
         guard case .granted(let token) = grant else { return grant }
-        if let to {
-            Self.send(.relayTo(token: token), on: to.channel)
-        } else {
-            do {
-                try await store.forwardControl(ControlMessage.relayTo(token: token).fields, to: owner)
-            } catch {
-                logger.warning("RELAY: cannot pass the request on to \(owner)'s server: \(error)")
-                return .refused(code: 1)
-            }
+        guard await deliver(.relayTo(token: token), to: owner, here: to, for: "RELAY") else {
+            return .refused(code: 1)
         }
         return grant
     }
@@ -638,12 +628,8 @@ public final class ControlSessions: Sendable {
                 relayRoutes.withLock { $0.removeValue(forKey: key) }?
                     .resume(returning: .relayRefused(token: token, user: user, code: 1))
             }
-            let (store, logger) = (self.store, self.logger)
             Task {
-                do {
-                    try await store.forwardControl(arrived.fields, toServer: home)
-                } catch {
-                    logger.warning("RELAY: cannot pass \(user)'s side on to server \(home): \(error)")
+                if await self.pass(arrived, toServer: home) == false {
                     self.receive(.relayRefused(token: token, user: user, code: 1))
                 }
             }

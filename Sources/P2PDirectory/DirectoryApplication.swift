@@ -121,6 +121,7 @@ public final class DirectoryApplication: Service, Sendable {
             let controls = self.controls
             group.addTask { await controls.renewLeases() }
             group.addTask { await controls.receiveForwarded() }
+            group.addTask { await controls.shareRelayLoad() }
             let served: Result<Void, any Error>
             do {
                 try await server.run()

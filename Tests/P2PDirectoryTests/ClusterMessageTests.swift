@@ -17,6 +17,7 @@ import Testing
         .relayWait(token: "t", user: "dave", owner: "alice", downloader: "dave"),
         .relayGo(token: "t", user: "alice", address: "[::1]:4244"),
         .relayRefused(token: "t", user: "alice", code: 1),
+        .relayLoad(server: "99aa00ff", active: 3),
     ])
     func readsBackAsItself(_ message: ClusterMessage) {
         #expect(ClusterMessage(fields: message.fields) == message)
@@ -27,6 +28,7 @@ import Testing
             [], ["DIAL", "t", "h", "1"], ["RENDEZVOUS_ARRIVED", "t", "u", "ip", "port?", "s"],
             ["RENDEZVOUS_ANSWERED", "t", "u", "0", "ip"], ["RENDEZVOUS_ANSWERED", "t", "u", "12"],
             ["RENDEZVOUS_ANSWERED", "t", "u", "2", "extra"], ["RELAY_GO", "t", "u"], ["RELAY_REFUSED", "t", "u", "x"],
+            ["RELAY_LOAD", "s", "-1"], ["RELAY_LOAD", "s"],
         ] {
             #expect(ClusterMessage(fields: fields) == nil, "\(fields)")
         }

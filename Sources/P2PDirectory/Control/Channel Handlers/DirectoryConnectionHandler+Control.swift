@@ -240,6 +240,7 @@ extension DirectoryConnectionHandler {
             return
         }
         let logger = self.logger
+        let firstBytes = opening
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(.seconds(2))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -257,7 +258,7 @@ extension DirectoryConnectionHandler {
                             return
                         }
                         logger.info("RELAY: \(request.user)'s side carried to the server at \(address)")
-                        link.writeAndFlush(opening, promise: nil)
+                        link.writeAndFlush(firstBytes, promise: nil)
                         do {
                             try link.pipeline.syncOperations.addHandler(RelayHandler(partner: channel, limiter: nil))
                             try context.pipeline.syncOperations.addHandler(RelayHandler(partner: link, limiter: nil))

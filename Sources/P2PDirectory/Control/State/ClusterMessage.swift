@@ -22,6 +22,12 @@ enum ClusterMessage: Sendable, Equatable {
     case relayGo(token: String, user: String, address: String)
     /// No such relay, or not this user's (or this side came already).
     case relayRefused(token: String, user: String, code: ResultCode)
+    /// The server `server` relays `active` transfers now (to every server, ``everyServer``):
+    /// each takes its share of the relay limit by its count among all (``ClusterRelayLoad``).
+    case relayLoad(server: String, active: Int)
+
+    /// The addressee of a message for every server sharing the directory.
+    static let everyServer = "*"
 
     /// The message as strings, for the store to carry.
     var fields: [String] {
@@ -40,6 +46,8 @@ enum ClusterMessage: Sendable, Equatable {
             ["RELAY_GO", token, user, address]
         case .relayRefused(let token, let user, let code):
             ["RELAY_REFUSED", token, user, String(code.rawValue)]
+        case .relayLoad(let server, let active):
+            ["RELAY_LOAD", server, String(active)]
         }
     }
 
@@ -67,6 +75,9 @@ enum ClusterMessage: Sendable, Equatable {
         case "RELAY_REFUSED" where fields.count == 4:
             guard let code = UInt8(fields[3]).flatMap(ResultCode.init(rawValue:)) else { return nil }
             self = .relayRefused(token: fields[1], user: fields[2], code: code)
+        case "RELAY_LOAD" where fields.count == 3:
+            guard let active = Int(fields[2]), active >= 0 else { return nil }
+            self = .relayLoad(server: fields[1], active: active)
         default:
             return nil
         }

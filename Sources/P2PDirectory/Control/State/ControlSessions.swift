@@ -353,7 +353,9 @@ public final class ControlSessions: Sendable {
                         else { return }
                         Self.send(message, on: channel)
                     case .server(let id):
-                        guard id == self.serverID, let message = ClusterMessage(fields: fields) else { return }
+                        guard id == self.serverID || id == ClusterMessage.everyServer,
+                            let message = ClusterMessage(fields: fields)
+                        else { return }
                         self.receive(message)
                     }
                 }
@@ -363,6 +365,39 @@ public final class ControlSessions: Sendable {
                 logger.warning("cannot receive the control messages other servers pass on: \(error); again in 1 s")
                 try? await Task.sleep(for: .seconds(1))
             }
+        }
+    }
+
+    /// Tells the other servers sharing the directory how many transfers this one relays, at
+    /// once when the count changes and every ``RelayHub/loadInterval`` while it is not 0 (a
+    /// count not renewed is dropped), and follows theirs: the relay limit holds for the cluster
+    /// (``ClusterRelayLoad``). Runs until cancelled.
+    public func shareRelayLoad() async {
+        guard relays.settings.isEnabled else { return }
+        let (ticks, tick) = AsyncStream.makeStream(of: Bool.self, bufferingPolicy: .bufferingNewest(2))
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await _ in self.relays.loadChanges { tick.yield(true) }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: RelayHub.loadInterval)
+                    tick.yield(false)
+                }
+                tick.finish()
+            }
+            group.addTask {
+                var told = 0
+                for await changed in ticks {
+                    // Counts of servers that went quiet run out here too.
+                    self.relays.share()
+                    let active = self.relays.active
+                    guard changed || active > 0 || told > 0 else { continue }
+                    let message = ClusterMessage.relayLoad(server: self.serverID, active: active)
+                    if await self.pass(message, toServer: ClusterMessage.everyServer) { told = active }
+                }
+            }
+            await group.waitForAll()
         }
     }
 
@@ -561,6 +596,9 @@ public final class ControlSessions: Sendable {
             let here = self.address.withLock { $0 } ?? ""
             let reply = relays.arrivedElsewhere(token: token, user: user, address: address, here: here)
             Task { _ = await pass(reply, toServer: from) }
+        case .relayLoad(let server, let active):
+            // Every server hears its own word too.
+            if server != serverID { relays.load(of: server, active: active) }
         case .relayWait(let token, let user, _, _), .relayGo(let token, let user, _),
             .relayRefused(let token, let user, _):
             relayRoutes.withLock { $0.removeValue(forKey: PassedOnKey(token: token, user: user)) }?

@@ -58,24 +58,58 @@ public struct RelaySettings: Sendable {
 }
 
 /// A rate as a schedule: each reservation of some bytes moves the time the next bytes may go
-/// by what these take at the rate.
+/// by what these take at the rate. The rate may change (a cluster's share); reservations
+/// already made keep their time.
 final class RateSchedule: Sendable {
-    private let bytesPerSecond: Int
-    private let next = Mutex<ContinuousClock.Instant?>(nil)
+    private let schedule: Mutex<(bytesPerSecond: Int, next: ContinuousClock.Instant?)>
 
     init(bytesPerSecond: Int) {
-        self.bytesPerSecond = max(1, bytesPerSecond)
+        schedule = Mutex((max(1, bytesPerSecond), nil))
+    }
+
+    var bytesPerSecond: Int { schedule.withLock { $0.bytesPerSecond } }
+
+    func setRate(_ bytesPerSecond: Int) {
+        schedule.withLock { $0.bytesPerSecond = max(1, bytesPerSecond) }
     }
 
     /// Counts `bytes` as sent; returns when the bytes after them may be read.
     func reserve(_ bytes: Int) -> ContinuousClock.Instant {
-        next.withLock { next in
+        schedule.withLock { schedule in
             let now = ContinuousClock.now
-            let start = max(next ?? now, now)
-            let due = start + .nanoseconds(Int64(bytes) * 1_000_000_000 / Int64(bytesPerSecond))
-            next = due
+            let start = max(schedule.next ?? now, now)
+            let due = start + .nanoseconds(Int64(bytes) * 1_000_000_000 / Int64(schedule.bytesPerSecond))
+            schedule.next = due
             return due
         }
+    }
+}
+
+/// The relays under way on each of the other servers sharing the directory, as each last
+/// told (``ClusterMessage/relayLoad(server:active:)``); a count not renewed in time is
+/// dropped (its server died, or stopped relaying and its last word was lost).
+struct ClusterRelayLoad {
+    private var counts: [String: (active: Int, until: NIODeadline)] = [:]
+
+    /// How long a server's count holds: it renews it every ``RelayHub/loadInterval`` while it relays.
+    static let lifetime = TimeAmount.seconds(3)
+
+    mutating func record(_ active: Int, of server: String, now: NIODeadline) {
+        counts[server] = active > 0 ? (active, now + Self.lifetime) : nil
+    }
+
+    /// The relays under way on the other servers.
+    mutating func others(now: NIODeadline) -> Int {
+        counts = counts.filter { $0.value.until > now }
+        return counts.values.reduce(0) { $0 + $1.active }
+    }
+
+    /// This server's share of `limit` when it relays `mine` transfers: all of it alone, else in
+    /// proportion to its transfers among all the cluster's (so that each relayed transfer gets
+    /// about the same, wherever it is paired, and the sum holds to the limit).
+    static func share(of limit: Int, mine: Int, others: Int) -> Int {
+        guard mine > 0, others > 0 else { return limit }
+        return max(1, Int(Int64(limit) * Int64(mine) / Int64(mine + others)))
     }
 }
 
@@ -110,6 +144,8 @@ final class RelayHub: Sendable {
     private struct State {
         var pending = TokenPairing<Side>(repeats: .isRefused)
         var active = 0
+        /// The relays under way on the other servers sharing the directory.
+        var cluster = ClusterRelayLoad()
         /// Relays each user takes part in (pending or active).
         var perUser: [String: Int] = [:]
 
@@ -137,6 +173,7 @@ final class RelayHub: Sendable {
         self.settings = settings
         self.timers = timers
         total = RateSchedule(bytesPerSecond: settings.bytesPerSecond)
+        (loadChanges, loadChanged) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         self.logger = logger
         bytes = Counter(label: "p2p_relay_bytes_total", factory: metrics.factory)
         started = Counter(label: "p2p_relays_total", factory: metrics.factory)
@@ -150,7 +187,8 @@ final class RelayHub: Sendable {
         let users = Set([owner, downloader])
         let expires = NIODeadline.now() + TimeAmount(settings.joinTimeout)
         let refusal = state.withLock { state -> String? in
-            guard state.active + state.pending.count < settings.maxTransfers else {
+            let others = state.cluster.others(now: .now())
+            guard state.active + state.pending.count + others < settings.maxTransfers else {
                 return "\(settings.maxTransfers) relays already"
             }
             if let busy = users.first(where: { state.perUser[$0, default: 0] >= settings.maxTransfersPerUser }) {
@@ -167,6 +205,38 @@ final class RelayHub: Sendable {
         forget(token, at: expires)
         return .granted(token: token)
     }
+
+    /// How often a server relaying transfers tells the others how many (``ClusterRelayLoad``).
+    static let loadInterval = Duration.seconds(1)
+
+    /// Relays under way here.
+    var active: Int { state.withLock { $0.active } }
+
+    /// Yields whenever the count of relays under way here changes (the newest only), for the
+    /// other servers sharing the directory to be told at once.
+    let loadChanges: AsyncStream<Void>
+    private let loadChanged: AsyncStream<Void>.Continuation
+
+    /// `server` (another sharing the directory) relays `active` transfers: this server's share
+    /// of the total rate follows.
+    func load(of server: String, active: Int) {
+        state.withLock { $0.cluster.record(active, of: server, now: .now()) }
+        share()
+    }
+
+    /// Sets the total rate to this server's share of the limit (``ClusterRelayLoad/share(of:mine:others:)``).
+    func share() {
+        let (mine, others) = state.withLock { ($0.active, $0.cluster.others(now: .now())) }
+        let rate = ClusterRelayLoad.share(of: settings.bytesPerSecond, mine: mine, others: others)
+        if rate != total.bytesPerSecond {
+            total.setRate(rate)
+            logger.info(
+                "RELAY: this server's share of the limit is \(rate) bytes/s (\(mine) relays here, \(others) elsewhere)")
+        }
+    }
+
+    /// The total rate this server relays at now.
+    var totalRate: Int { total.bytesPerSecond }
 
     /// Forgets the relay `token` at `deadline` if nobody completed it.
     private func forget(_ token: String, at deadline: NIODeadline) {
@@ -265,6 +335,8 @@ final class RelayHub: Sendable {
         case .paired(let partner, let partnerDone, let pendingOwner, let pendingDownloader):
             started.increment()
             activeGauge.record(state.withLock { $0.active })
+            share()
+            loadChanged.yield()
             // Both zeros are queued before either side's handler can forward a byte, so each
             // side reads its 0 before anything from the other.
             var zero = ByteBuffer()
@@ -291,6 +363,8 @@ final class RelayHub: Sendable {
             return state.active
         }
         activeGauge.record(active)
+        share()
+        loadChanged.yield()
         let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
         logger.info(
             """

@@ -23,6 +23,9 @@ measured in the same run:
   - PostgreSQL store: one server on a private PostgreSQL against pgbench running the same SQL
     statements with as many clients (the database's own floor); three servers behind HAProxy
     against one server direct, with the CPU each part used;
+  - NAT (simulated internet): reversed and punched GET_FILEs against a direct one; punches on
+    one server against punches through a cluster; relayed GET_FILEs between symmetric NATs
+    against the relay limit, one server, a cluster, and two at once in a cluster (`relay` alone);
   - keys: CONNECT and DISCONNECT of a keyed user (its proof) against an unkeyed user's;
   - TLS: a download from an owner bound to a key (TLS 1.3) against one from an owner bound to
     none (plain), with the CPU both ends use per GiB;
@@ -1729,56 +1732,120 @@ def wait_for_listen(port, timeout=10):
     raise RuntimeError(f"nothing listens on {port}")
 
 
+class NatWorld:
+    """The simulated internet of scripts/nat-demo.sh under `prefix` (home routers that give
+    every connection a new port when `symmetric`), the programs run in it, stopped by close()."""
+
+    demo = os.path.join(ROOT, "scripts", "nat-demo.sh")
+
+    def __init__(self, prefix, symmetric=False):
+        self.prefix = prefix
+        self.processes = []
+        self.srv = ["ip", "netns", "exec", f"{prefix}-srv"]
+        subprocess.run([self.demo, "up", prefix] + (["symmetric"] if symmetric else []), check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def inside(self, ns, *command, **kwargs):
+        process = subprocess.Popen(["ip", "netns", "exec", f"{self.prefix}-{ns}", *command], **kwargs)
+        self.processes.append(process)
+        return process
+
+    def client(self, ns, folder, user, port=4242):
+        """A p2p-client shell for `user` in namespace `ns`, registered and connected."""
+        os.makedirs(folder, exist_ok=True)
+        process = self.inside(ns, os.path.join(BIN, "p2p-client"), "-s", "198.18.0.2", "-p", str(port),
+                              "--time-service", "http://198.18.0.2:8000", cwd=folder, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        for command in (f"REGISTER {user}", f"CONNECT {user}"):
+            if shell_result(process, command) != f"c> {command.split()[0]} OK":
+                raise RuntimeError(f"{user}: {command} failed")
+        return process
+
+    def start_server(self, work, name, *arguments):
+        """The time service and one directory server on 4242 on the server host."""
+        self.inside("srv", os.path.join(BIN, "p2p-time"), "--host", "0.0.0.0", stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+        self.inside("srv", os.path.join(BIN, "p2p-server"), "--host", "0.0.0.0", "--no-oplog", "--data-dir",
+                    os.path.join(work, name), *arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(4242, inside=self.srv)
+
+    def start_cluster(self, work, name, *arguments):
+        """PostgreSQL, three servers (4250-4252, --proxy-protocol) and HAProxy on the server
+        host; returns the servers' log files and HAProxy's port."""
+        database, _, url = start_postgres(work, inside=self.srv)
+        self.processes.append(database)
+        logs = []
+        for index in range(3):
+            port = 4250 + index
+            logs.append(os.path.join(work, f"{name}-{index}.log"))
+            self.inside("srv", os.path.join(BIN, "p2p-server"), "--host", "127.0.0.1", "-p", str(port),
+                        "--no-oplog", "--proxy-protocol", "--store", url, "--data-dir",
+                        os.path.join(work, f"{name}-{index}"), *arguments, stdout=open(logs[-1], "w"),
+                        stderr=subprocess.STDOUT)
+            wait_port(port, inside=self.srv)
+        balancer, _ = start_balancer(work, [4250, 4251, 4252], f"{name}-haproxy", bind="0.0.0.0", inside=self.srv)
+        self.processes.append(balancer)
+        front = int(re.search(r"bind 0\.0\.0\.0:(\d+)", open(os.path.join(work, f"{name}-haproxy.cfg")).read())[1])
+        return logs, front
+
+    @staticmethod
+    def control_server(logs, user, process=None, avoid=None):
+        """The server (index into `logs`) holding `user`'s control connection; with `avoid`, the
+        user's shell (`process`) connects again until it is on another server than that one
+        (HAProxy takes turns)."""
+        def counts():
+            return [open(log).read().count(f"s> CONTROL FROM {user}\n") for log in logs]
+        before = [0] * len(logs)
+        while True:
+            wait_for(f"{user}'s control connection", lambda: counts() != before, timeout=20)
+            now = counts()
+            server = next(i for i in range(len(logs)) if now[i] > before[i])
+            if avoid is None or server != avoid:
+                return server
+            for command in (f"DISCONNECT {user}", f"CONNECT {user}"):
+                shell_result(process, command)
+            before = now
+
+    def close(self):
+        for process in self.processes:
+            if process.stdin:
+                process.stdin.close()
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        subprocess.run([self.demo, "down", self.prefix], check=False)
+
+
+def shell_result(process, command):
+    """Types `command` into a p2p-client shell; its result line (from the next prompt)."""
+    process.stdin.write(command + "\n")
+    process.stdin.flush()
+    while True:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"client ended during {command!r}")
+        if line.startswith("c> "):
+            return line.strip()
+
+
 def nat_benchmark(work):
     """Users behind NAT, in the simulated internet of scripts/nat-demo.sh: the throughput of a
     reversed and of a punched GET_FILE against a direct one through the same kind of router;
     100 punched downloads of a small file on one server and 100 through a cluster (three
     servers sharing PostgreSQL behind HAProxy on the server host, the two users' control
-    connections on different servers), alternating: how many succeed and how long each takes."""
+    connections on different servers), alternating: how many succeed and how long each takes.
+    Then relays between symmetric NATs (nat_relay_benchmark)."""
     if os.geteuid() != 0 or not shutil.which("nft"):
         log("NAT: skipped (needs root and nftables)")
         return
-    prefix = f"p2pb{os.getpid() % 100000}"
-    demo = os.path.join(ROOT, "scripts", "nat-demo.sh")
-    subprocess.run([demo, "up", prefix], check=True, stdout=subprocess.DEVNULL)
-    processes = []
-
-    def inside(ns, *command, **kwargs):
-        process = subprocess.Popen(["ip", "netns", "exec", f"{prefix}-{ns}", *command], **kwargs)
-        processes.append(process)
-        return process
-
-    def client(ns, folder, user, port=4242):
-        os.makedirs(folder, exist_ok=True)
-        process = inside(ns, os.path.join(BIN, "p2p-client"), "-s", "198.18.0.2", "-p", str(port), "--time-service",
-                         "http://198.18.0.2:8000", cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        for command in (f"REGISTER {user}", f"CONNECT {user}"):
-            if result(process, command) != f"c> {command.split()[0]} OK":
-                raise RuntimeError(f"{user}: {command} failed")
-        return process
-
-    def result(process, command):
-        process.stdin.write(command + "\n")
-        process.stdin.flush()
-        while True:
-            line = process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"client ended during {command!r}")
-            if line.startswith("c> "):
-                return line.strip()
-
+    world = NatWorld(f"p2pb{os.getpid() % 100000}")
+    result = shell_result
     try:
-        inside("srv", os.path.join(BIN, "p2p-time"), "--host", "0.0.0.0", stdout=subprocess.DEVNULL,
-               stderr=subprocess.DEVNULL)
-        inside("srv", os.path.join(BIN, "p2p-server"), "--host", "0.0.0.0", "--no-oplog", "--data-dir",
-               os.path.join(work, "nat-directory"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 20
-        while not subprocess.run(["ip", "netns", "exec", f"{prefix}-srv", "ss", "-Hltn", "sport = :4242"],
-                                 capture_output=True, text=True).stdout.strip():
-            if time.time() > deadline:
-                raise RuntimeError("the directory server did not start")
-            time.sleep(0.05)
+        world.start_server(work, "nat-directory")
         mib = min(FILE_MIB, 512)
         folders = {name: os.path.join(work, f"nat-{name}") for name in ("pub", "h1", "h2")}
         os.makedirs(folders["pub"])
@@ -1787,9 +1854,9 @@ def nat_benchmark(work):
         make_file(os.path.join(folders["h1"], "big.bin"), mib)
         with open(os.path.join(folders["h1"], "small.txt"), "w") as f:
             f.write("a small file\n")
-        public = client("pub", folders["pub"], "pub")
-        home1 = client("h1", folders["h1"], "home1")
-        home2 = client("h2", folders["h2"], "home2")
+        public = world.client("pub", folders["pub"], "pub")
+        home1 = world.client("h1", folders["h1"], "home1")
+        home2 = world.client("h2", folders["h2"], "home2")
         for process, command in ((public, "PUBLISH big.bin bench"), (home1, "PUBLISH big.bin bench"),
                                  (home1, "PUBLISH small.txt note")):
             if not result(process, command).endswith("OK"):
@@ -1810,42 +1877,15 @@ def nat_benchmark(work):
                     raise RuntimeError(f"{name}: {line}")
                 seconds[name].append(time.time() - start)
                 os.remove(os.path.join(where[downloader], f"copy-{name}.bin"))
-        # The cluster, on the same server host: PostgreSQL, three servers, HAProxy on 4243.
-        srv = ["ip", "netns", "exec", f"{prefix}-srv"]
-        database, _, url = start_postgres(work, inside=srv)
-        processes.append(database)
-        logs = []
-        for index in range(3):
-            port = 4250 + index
-            logs.append(os.path.join(work, f"nat-cluster-{index}.log"))
-            inside("srv", os.path.join(BIN, "p2p-server"), "--host", "127.0.0.1", "-p", str(port), "--no-oplog",
-                   "--proxy-protocol", "--store", url, "--data-dir", os.path.join(work, f"nat-cluster-{index}"),
-                   stdout=open(logs[-1], "w"), stderr=subprocess.DEVNULL)
-            wait_port(port, inside=srv)
-        balancer, _ = start_balancer(work, [4250, 4251, 4252], "nat-haproxy", bind="0.0.0.0", inside=srv)
-        processes.append(balancer)
-        front = int(re.search(r"bind 0\.0\.0\.0:(\d+)", open(os.path.join(work, "nat-haproxy.cfg")).read())[1])
-
-        def control_server(user, before):
-            """The server (index) that served `user`'s CONTROL after the counts `before`."""
-            def counts():
-                return [open(log).read().count(f"s> CONTROL FROM {user}\n") for log in logs]
-            wait_for(f"{user}'s control connection", lambda: counts() != before, timeout=20)
-            now = counts()
-            return next(i for i in range(3) if now[i] > before[i]), now
-
-        owner_c = client("h1", os.path.join(work, "nat-h1c"), "home1c", port=front)
+        # The cluster, on the same server host.
+        logs, front = world.start_cluster(work, "nat-cluster")
+        owner_c = world.client("h1", os.path.join(work, "nat-h1c"), "home1c", port=front)
         shutil.copy(os.path.join(folders["h1"], "small.txt"), os.path.join(work, "nat-h1c", "small.txt"))
         if result(owner_c, "PUBLISH small.txt note") != "c> PUBLISH OK":
             raise RuntimeError("PUBLISH in the cluster")
-        owner_server, _ = control_server("home1c", [0, 0, 0])
-        downloader_c = client("h2", os.path.join(work, "nat-h2c"), "home2c", port=front)
-        downloader_server, counts = control_server("home2c", [0, 0, 0])
-        while downloader_server == owner_server:
-            # HAProxy takes turns: connecting again moves the control connection on.
-            for command in ("DISCONNECT home2c", "CONNECT home2c"):
-                result(downloader_c, command)
-            downloader_server, counts = control_server("home2c", counts)
+        owner_server = world.control_server(logs, "home1c")
+        downloader_c = world.client("h2", os.path.join(work, "nat-h2c"), "home2c", port=front)
+        downloader_server = world.control_server(logs, "home2c", downloader_c, avoid=owner_server)
 
         tries = 100
         punched = {"server": 0, "cluster": 0}
@@ -1867,17 +1907,7 @@ def nat_benchmark(work):
                         slow[name].append(attempt + 1)
             time.sleep(max(0.0, started + 1.05 - time.time()))
     finally:
-        for process in processes:
-            if process.stdin:
-                process.stdin.close()
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        subprocess.run([demo, "down", prefix], check=False)
+        world.close()
     rates = {name: {"rps": mib / statistics.median(values),
                     "note": "median of 5: " + ", ".join(f"{v:.2f} s" for v in values)} for name, values in seconds.items()}
     rows.append(("NAT", f"GET_FILE of {mib} MiB, direct through one NAT (MiB/s)", rates["direct"], None))
@@ -1899,6 +1929,84 @@ def nat_benchmark(work):
         f"punched {rates['punched']['rps']:.0f} MiB/s; punches {punched['server']}/{tries} on one server "
         f"(p50 {punch['server']['p50_ms']:.1f} ms), {punched['cluster']}/{tries} in the cluster "
         f"(p50 {punch['cluster']['p50_ms']:.1f} ms)")
+
+
+def nat_relay_benchmark(work):
+    """Relayed GET_FILEs between users behind symmetric NATs (no punch works) against the relay
+    limit: on one server, through a cluster of three behind HAProxy (the two users' control
+    connections on different servers), and two relays at once in the cluster, whose rates
+    together are to hold to the one limit wherever they are paired."""
+    limit_mib = 8
+    world = NatWorld(f"p2pr{os.getpid() % 100000}", symmetric=True)
+    relay = ["--relay-limit", f"{limit_mib}M"]
+    mib = 48
+    try:
+        world.start_server(work, "relay-directory", *relay)
+        logs, front = world.start_cluster(work, "relay-cluster", *relay)
+        owners = {}
+        for name, port in (("o", 4242), ("co", front), ("co2", front)):
+            folder = os.path.join(work, f"relay-{name}")
+            os.makedirs(folder)
+            make_file(os.path.join(folder, "big.bin"), mib)
+            owners[name] = world.client("h1", folder, name, port=port)
+            if shell_result(owners[name], "PUBLISH big.bin relayed") != "c> PUBLISH OK":
+                raise RuntimeError(f"{name}: PUBLISH")
+        downloaders = {name: world.client("h2", os.path.join(work, f"relay-{name}"), name, port=port)
+                       for name, port in (("d", 4242), ("cd", front), ("cd2", front))}
+        for owner, downloader in (("co", "cd"), ("co2", "cd2")):
+            apart = world.control_server(logs, owner)
+            world.control_server(logs, downloader, downloaders[downloader], avoid=apart)
+
+        def get(downloader, owner, copy):
+            line = shell_result(downloaders[downloader], f"GET_FILE {owner} big.bin {copy}")
+            if line != "c> GET_FILE OK":
+                raise RuntimeError(f"{downloader} from {owner}: {line}")
+            os.remove(os.path.join(work, f"relay-{downloader}", copy))
+
+        # Each downloader's first GET_FILE from an owner tries a punch first (for seconds, in
+        # vain); it then goes straight to the relay for ten minutes: the first are left out.
+        seconds = {"server": [], "cluster": []}
+        for round_ in range(4):
+            for name, (downloader, owner) in (("server", ("d", "o")), ("cluster", ("cd", "co"))):
+                start = time.time()
+                get(downloader, owner, f"copy-{round_}.bin")
+                if round_ > 0:
+                    seconds[name].append(time.time() - start)
+        get("cd2", "co2", "first.bin")
+
+        def relayed_counts():
+            return [open(log).read().count("transfer relayed (token") for log in logs]
+        before = relayed_counts()
+        start = time.time()
+        ends = []
+
+        def timed(*pair):
+            get(*pair)
+            ends.append(time.time() - start)
+        together = [threading.Thread(target=timed, args=pair) for pair in (("cd", "co", "both.bin"),
+                                                                            ("cd2", "co2", "both.bin"))]
+        for thread in together:
+            thread.start()
+        for thread in together:
+            thread.join()
+        both_seconds = max(ends)
+        paired = [after - earlier for after, earlier in zip(relayed_counts(), before)]
+    finally:
+        world.close()
+    limit = {"rps": limit_mib, "note": "--relay-limit on each server; the relays' bound"}
+    rows.append(("NAT", "relay limit (MiB/s)", limit, None))
+    for name, what in (("server", "one server"), ("cluster", "3 servers behind HAProxy, users on two of them")):
+        values = seconds[name]
+        rate = {"rps": mib / statistics.median(values),
+                "note": f"{mib} MiB, median of 3 (after a first that tried a punch): "
+                        + ", ".join(f"{v:.2f} s" for v in values)}
+        rows.append(("NAT", f"relayed GET_FILE between symmetric NATs, {what} (MiB/s)", rate, limit))
+    both = {"rps": 2 * mib / both_seconds,
+            "note": f"two {mib} MiB GET_FILEs at once, done after " + " and ".join(f"{e:.2f}" for e in sorted(ends))
+                    + f" s; relays paired by each server (a GET_FILE relays two connections) {paired}"}
+    rows.append(("NAT", "two relayed GET_FILEs at once in the cluster, together (MiB/s)", both, limit))
+    log(f"NAT relay: limit {limit_mib} MiB/s; one server {mib / statistics.median(seconds['server']):.2f}, "
+        f"cluster {mib / statistics.median(seconds['cluster']):.2f}, two at once {both['rps']:.2f} MiB/s")
 
 
 def print_table():
@@ -2160,6 +2268,8 @@ def main():
             copy_benchmark(work)
         if "nat" in only:
             nat_benchmark(work)
+        if ("nat" in only or "relay" in only) and os.geteuid() == 0 and shutil.which("nft"):
+            nat_relay_benchmark(work)
         if "keys" in only:
             keys_benchmark(work)
         if "tls" in only:

@@ -46,6 +46,7 @@ public final class DirectoryApplication: Service, Sendable {
         peerChecks: PeerCheckSettings? = nil,
         control: ControlSettings = ControlSettings(),
         relay: RelaySettings = RelaySettings(),
+        clusterAddress: String? = nil,
         metrics: DirectoryMetrics = .none,
         console: @escaping @Sendable (String) -> Void,
         logger: Logger,
@@ -83,7 +84,7 @@ public final class DirectoryApplication: Service, Sendable {
             let server = try await DirectoryServer.bind(
                 configuration: configuration, handler: handler, store: store, metrics: metrics, controls: controls,
                 logger: logger, eventLoopGroup: eventLoopGroup)
-            controls.listening(at: Self.linkAddress(of: server.localAddress))
+            controls.listening(at: clusterAddress ?? Self.linkAddress(of: server.localAddress))
             let checker = peerChecks.flatMap { settings in
                 settings.isEnabled
                     ? PeerChecker(
@@ -109,6 +110,23 @@ public final class DirectoryApplication: Service, Sendable {
         case let ip? where ip.contains(":"): return "[\(ip)]:\(port)"
         case let ip?: return "\(ip):\(port)"
         }
+    }
+
+    /// `HOST:PORT` or `[IPv6]:PORT` (a ``linkAddress(of:)`` or a `--cluster-address`): the host
+    /// and the port; nil for anything else.
+    public static func parseLinkAddress(_ text: String) -> (host: String, port: Int)? {
+        guard let separator = text.lastIndex(of: ":"), let port = Int(text[text.index(after: separator)...]),
+            (1...65535).contains(port)
+        else { return nil }
+        var host = Substring(text[..<separator])
+        if host.hasPrefix("[") {
+            guard host.hasSuffix("]") else { return nil }
+            host = host.dropFirst().dropLast()
+        } else if host.contains(":") {
+            return nil
+        }
+        guard !host.isEmpty, !host.contains(where: { $0 == " " || $0 == "/" }) else { return nil }
+        return (String(host), port)
     }
 
     /// Serves (and checks peers) until graceful shutdown (or ``DirectoryServer/stop()``), then

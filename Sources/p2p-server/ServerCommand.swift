@@ -116,6 +116,14 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(
         help: """
+            Where the other servers sharing the store reach this one (HOST:PORT), to carry a \
+            relay's side here (default: the address it listens on; 127.0.0.1 or ::1 when that \
+            is every address, for servers on one machine). They must be in its --proxy-from.
+            """)
+    var clusterAddress: String?
+
+    @Option(
+        help: """
             Seconds between two checks of every connected user's peer address (a TCP connection \
             opened and closed at once); 0 turns the checks off.
             """)
@@ -197,6 +205,10 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--max-control-connections-per-address must be at least 1")
         }
         _ = try trustedProxies
+        if let clusterAddress, DirectoryApplication.parseLinkAddress(clusterAddress) == nil {
+            throw ValidationError(
+                "--cluster-address must be HOST:PORT (an IPv6 address in brackets), not \(clusterAddress)")
+        }
         if let store = storeText {
             do {
                 _ = try DirectoryStoreLocation(parsing: store)
@@ -287,7 +299,7 @@ struct ServeCommand: AsyncParsableCommand {
                     perTransfer: relayTransferLimit.flatMap(RelaySettings.parseRate), maxTransfers: relayMaxTransfers,
                     maxTransfersPerUser: relayMaxTransfersPerUser,
                     idleTimeout: .milliseconds(Int64(relayIdleTimeout * 1000))),
-                metrics: metrics, console: console.write, logger: logger)
+                clusterAddress: clusterAddress, metrics: metrics, console: console.write, logger: logger)
         } catch {
             console.close()
             FileHandle.standardError.write(Data("p2p-server: \(error)\n".utf8))

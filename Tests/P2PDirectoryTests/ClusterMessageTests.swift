@@ -34,6 +34,16 @@ import Testing
         }
     }
 
+    /// Where the servers reach each other to carry a relay's side (`--cluster-address`).
+    @Test func aLinkAddressIsAHostAndAPort() {
+        #expect(DirectoryApplication.parseLinkAddress("10.0.0.7:4242")! == ("10.0.0.7", 4242))
+        #expect(DirectoryApplication.parseLinkAddress("[fd00::7]:4243")! == ("fd00::7", 4243))
+        #expect(DirectoryApplication.parseLinkAddress("dir-2.example:4242")! == ("dir-2.example", 4242))
+        for text in ["10.0.0.7", "10.0.0.7:0", "10.0.0.7:70000", "fd00::7:4242", "[fd00::7:4242", ":4242", "a b:1"] {
+            #expect(DirectoryApplication.parseLinkAddress(text) == nil, "\(text)")
+        }
+    }
+
     @Test func aPunchTokenNamesItsServer() {
         let token = "0a1b2c3d" + ControlMessage.makeToken()
         #expect(ControlSessions.home(of: token) == "0a1b2c3d")

@@ -225,12 +225,10 @@ extension DirectoryConnectionHandler {
                 context.writeAndFlush(self_.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
             }
         }
-        guard let separator = address.lastIndex(of: ":"), let port = Int(address[address.index(after: separator)...])
-        else {
+        guard let (host, port) = DirectoryApplication.parseLinkAddress(address) else {
             refuse()
             return
         }
-        let host = String(address[..<separator]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
         var opening = ByteBuffer()
         let family = peerIP.contains(":") ? "TCP6" : "TCP4"
         let local = peerIP.contains(":") ? "::1" : "127.0.0.1"

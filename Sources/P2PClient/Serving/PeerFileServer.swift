@@ -133,13 +133,16 @@ public final class PeerFileServer: Sendable {
         let tls: PeerTLS?
         /// Downloads being served now.
         let uploads = Atomic<Int>(0)
+        /// Where uploads are listed (TRANSFERS), if anywhere.
+        let transfers: TransferList?
         /// Connections owners opened to this client for its downloads (reversed connections).
         let reversed = ReversedConnections()
         /// The connections being served, to close what is left when the server stops, and how
         /// many come from each address.
         private let open = Mutex<(channels: [ObjectIdentifier: any Channel], perAddress: [String: Int])>(([:], [:]))
 
-        init(folder: SharedFolder, logger: Logger, limits: UploadLimits, tls: PeerTLS?) {
+        init(folder: SharedFolder, logger: Logger, limits: UploadLimits, tls: PeerTLS?, transfers: TransferList?) {
+            self.transfers = transfers
             self.folder = folder
             self.logger = logger
             self.tls = tls
@@ -187,6 +190,7 @@ public final class PeerFileServer: Sendable {
         host: String? = nil,
         limits: UploadLimits = UploadLimits(),
         tls: PeerTLS? = nil,
+        transfers: TransferList? = nil,
         logger: Logger
     ) async throws -> PeerFileServer {
         let accepted = AcceptedConnections()
@@ -212,7 +216,8 @@ public final class PeerFileServer: Sendable {
             channel = try await bind("0.0.0.0")
         }
         return PeerFileServer(
-            channel: channel, accepted: accepted, folder: folder, limits: limits, tls: tls, logger: logger)
+            channel: channel, accepted: accepted, folder: folder, limits: limits, tls: tls, transfers: transfers,
+            logger: logger)
     }
 
     private init(
@@ -221,12 +226,13 @@ public final class PeerFileServer: Sendable {
         folder: SharedFolder,
         limits: UploadLimits,
         tls: PeerTLS?,
+        transfers: TransferList?,
         logger: Logger
     ) {
         serverChannel = channel
         self.accepted = accepted
         port = channel.channel.localAddress?.port ?? 0
-        let context = Context(folder: folder, logger: logger, limits: limits, tls: tls)
+        let context = Context(folder: folder, logger: logger, limits: limits, tls: tls, transfers: transfers)
         self.context = context
         task = Task {
             try? await withThrowingDiscardingTaskGroup { group in
@@ -452,9 +458,18 @@ public final class PeerFileServer: Sendable {
                 var code = ByteBuffer()
                 ReplyEncoder().writeCode(FileReplyCode.ok, into: &code)
                 channel.write(IOData.byteBuffer(code), promise: nil)
-                try await Self.send(
-                    handle, from: Int(start), to: Int(end), on: channel, limiter: context.limiter,
-                    stallTimeout: context.stallTimeout, encrypted: downloaderKey != nil)
+                let listed = context.transfers
+                let upload = listed?.start(.upload, file: name, peers: [downloader], total: end - start)
+                do {
+                    try await Self.send(
+                        handle, from: Int(start), to: Int(end), on: channel, limiter: context.limiter,
+                        stallTimeout: context.stallTimeout, encrypted: downloaderKey != nil,
+                        sent: { bytes in if let upload { listed?.progress(upload, bytes: bytes) } })
+                } catch {
+                    if let upload { listed?.end(upload, .failed(reason: "\(error)")) }
+                    throw error
+                }
+                if let upload { listed?.end(upload, .done(verified: false)) }
                 logger.info("GET_FILE \(name) to \(downloader): \(end - start) bytes")
                 try await Self.closeGracefully(channel)
             }
@@ -480,7 +495,7 @@ public final class PeerFileServer: Sendable {
     /// closes the connection.
     private static func send(
         _ handle: NIOFileHandle, from start: Int, to end: Int, on channel: any Channel, limiter: UploadLimiter?,
-        stallTimeout: Duration, encrypted: Bool
+        stallTimeout: Duration, encrypted: Bool, sent: (Int64) -> Void = { _ in }
     ) async throws {
         guard end > start else {
             try await channel.writeAndFlush(IOData.byteBuffer(ByteBuffer())).get()
@@ -517,8 +532,12 @@ public final class PeerFileServer: Sendable {
             while offset < end {
                 let next = min(end, offset + sliceSize)
                 inFlight.append(try await write(offset, next))
+                // The slice before this one was taken.
+                if inFlight.count == 2 {
+                    try await taken(inFlight.removeFirst())
+                    sent(Int64(offset - start))
+                }
                 offset = next
-                if inFlight.count == 2 { try await taken(inFlight.removeFirst()) }
             }
             for write in inFlight { try await taken(write) }
             return
@@ -532,6 +551,7 @@ public final class PeerFileServer: Sendable {
             if due > .now { try await Task.sleep(until: due) }
             try await taken(try await write(offset, next))
             offset = next
+            sent(Int64(offset - start))
         }
     }
 

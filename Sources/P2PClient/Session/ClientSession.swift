@@ -7,25 +7,6 @@ import P2PProtocol
 import P2PTimeClient
 import Synchronization
 
-/// Where the client's output goes: result lines on stdout (the caller adds nothing), reasons
-/// for failures on stderr.
-public struct ClientOutput: Sendable {
-    public var line: @Sendable (String) -> Void
-    public var diagnostic: @Sendable (String) -> Void
-    /// A progress update that replaces the previous one, or nil to clear it (terminals only).
-    public var progress: (@Sendable (String?) -> Void)?
-
-    public init(
-        line: @escaping @Sendable (String) -> Void,
-        diagnostic: @escaping @Sendable (String) -> Void,
-        progress: (@Sendable (String?) -> Void)? = nil
-    ) {
-        self.line = line
-        self.diagnostic = diagnostic
-        self.progress = progress
-    }
-}
-
 /// The state of one client and what each console command does (PROTOCOL.md section 5):
 /// which user is connected here, the peer file server while one is, and the requests.
 public actor ClientSession {
@@ -53,21 +34,11 @@ public actor ClientSession {
     private let output: ClientOutput
     private let logger: Logger
 
-    /// The user connected through this client (at most one).
-    public private(set) var connectedUser: String?
+    /// Whether a user is online through this client (at most one), and what serves her.
+    private var state = SessionState.offline
     /// The last user registered or connected here: who PUBLISH, DELETE and the lists act for
     /// while nobody is connected, so the server's answer decides the line.
     private var lastKnownUser: String?
-    private var peerServer: PeerFileServer?
-    /// The connected user's control connection, when the server has them (our servers).
-    private var control: ControlConnection?
-    /// Whether the server can time a hole punch (it announces "punch").
-    private var serverPunches = false
-    /// Whether the server relays transfers no connection can be made for (it announces "relay").
-    private var serverRelays = false
-    /// Whether the server binds users to keys (it announces "identity"): every owner's key is
-    /// then asked for before a download, and one bound to a key is reached over TLS only.
-    private var serverKeys = false
     /// TLS with other peers of ours, proving this client's key (a throwaway one without an
     /// identity: downloads still check the owner's); nil if it could not be set up.
     private let peerTLS: PeerTLS?
@@ -84,6 +55,8 @@ public actor ClientSession {
     /// The folders shared whole (SHARE), kept in line with the directory while connected.
     private let sharing: FolderSharing
     private var timeServiceFailing = false
+    /// The downloads and uploads of this run.
+    public let transfers: TransferList
     /// How many commands failed (a result line other than OK, or a line that is no command):
     /// a scripted run exits 1 when any did.
     public private(set) var failures = 0
@@ -100,9 +73,11 @@ public actor ClientSession {
         stateDirectory: String? = nil,
         maxDownloadSize: Int64? = nil,
         identityFile: String? = nil,
+        transfers: TransferList = TransferList(),
         output: ClientOutput,
         logger: Logger
     ) {
+        self.transfers = transfers
         self.identityFile = identityFile
         self.stateDirectory = stateDirectory
         self.maxDownloadSize = maxDownloadSize
@@ -131,8 +106,11 @@ public actor ClientSession {
         _ = try await sharing.share(absolute(path))
     }
 
+    /// The user connected through this client.
+    public var connectedUser: String? { state.online?.user }
+
     /// The port peers download from while a user is connected.
-    public var peerPort: Int? { peerServer?.port }
+    public var peerPort: Int? { state.online?.peerServer.port }
 
     /// Parses and runs one typed line. Returns false when the shell should end (QUIT).
     public func execute(line: String) async -> Bool {
@@ -297,6 +275,12 @@ public actor ClientSession {
                     + "With it lost or replaced, those users can no longer be changed until the server's operator "
                     + "unbinds them (p2p-server unbind <user>)")
 
+        case .transfers:
+            say("TRANSFERS OK")
+            let listed = transfers.all
+            for transfer in listed { output.line(Self.transferLine(transfer)) }
+            if listed.isEmpty { output.diagnostic("no download or upload yet in this run") }
+
         case .help:
             for line in ConsoleCommand.helpLines { output.line(line) }
             if let identity = directory.identity {
@@ -357,7 +341,7 @@ public actor ClientSession {
             // and nobody asks.
             server = try await PeerFileServer.start(
                 folder: folder, host: peerHost, limits: uploadLimits, tls: directory.identity == nil ? nil : peerTLS,
-                logger: logger)
+                transfers: transfers, logger: logger)
         } catch {
             output.diagnostic("cannot open a listening socket for peers: \(error)")
             report(.connect, nil)
@@ -366,8 +350,7 @@ public actor ClientSession {
         folder.unpublishAll()
         let code = await request(.connect(user: user, port: String(server.port)))?.code
         if code == 0 {
-            connectedUser = user
-            peerServer = server
+            state = .online(SessionState.Online(user: user, peerServer: server))
         } else {
             await server.stop()
         }
@@ -485,9 +468,7 @@ public actor ClientSession {
         else { return }
         let output = self.output
         let directory = self.directory
-        serverPunches = capabilities.contains(ServerCapabilities.punch)
-        serverRelays = capabilities.contains(ServerCapabilities.relay)
-        serverKeys = capabilities.contains(ServerCapabilities.identity)
+        let offers = SessionState.ServerOffers(capabilities)
         // Connections opened at the server's request (to downloaders, to rendezvous, to the
         // relay), at most this many at once whatever arrives on the control connection.
         let outgoing = OutgoingConnections(limit: 16)
@@ -528,8 +509,13 @@ public actor ClientSession {
             },
             diagnostic: { output.diagnostic($0) })
         let code = await connection.start()
-        if code == 0 {
-            control = connection
+        if code == 0, case .online(var online) = state, online.user == user {
+            online.control = connection
+            online.offers = offers
+            state = .online(online)
+        } else if code == 0 {
+            // Gone offline meanwhile.
+            await connection.stop()
         } else {
             await connection.stop()
             output.diagnostic(
@@ -540,14 +526,10 @@ public actor ClientSession {
     }
 
     private func stopServing() async {
-        await control?.stop()
-        control = nil
-        serverPunches = false
-        serverRelays = false
-        serverKeys = false
-        await peerServer?.stop()
-        peerServer = nil
-        connectedUser = nil
+        let online = state.online
+        state = .offline
+        await online?.control?.stop()
+        await online?.peerServer.stop()
         folder.unpublishAll()
         await sharing.disconnected()
     }
@@ -616,28 +598,35 @@ public actor ClientSession {
         let localPath = localName.hasPrefix("/") ? localName : "\(workingDirectory)/\(localName)"
         let started = ContinuousClock.now
         let progressOutput = output.progress
-        let progress: FileDownloader.Progress? = progressOutput.map { show in
-            { @Sendable bytes, total in
-                let elapsed = ContinuousClock.now - started
-                guard elapsed > .seconds(1) else { return }
-                show(Self.progressLine(remoteName, bytes: bytes, total: total, elapsed: elapsed))
-            }
+        let transfers = self.transfers
+        let id = transfers.start(.download, file: remoteName, peers: sources.map(\.owner), localPath: localPath)
+        let progress: FileDownloader.Progress = { @Sendable bytes, total in
+            transfers.progress(id, bytes: bytes, total: total)
+            let elapsed = ContinuousClock.now - started
+            guard let show = progressOutput, elapsed > .seconds(1) else { return }
+            show(Self.progressLine(remoteName, bytes: bytes, total: total, elapsed: elapsed))
         }
         defer { progressOutput?(nil) }
         let output = self.output
         do {
             if plainGetFile {
-                try await FileDownloader(maxSize: maxDownloadSize).download(
+                let size = try await FileDownloader(maxSize: maxDownloadSize).download(
                     remoteName, from: sources[0], to: localPath, progress: progress)
+                transfers.progress(id, bytes: size, total: size)
+                transfers.end(id, .done(verified: false))
             } else {
-                try await FileDownloader(maxSize: maxDownloadSize).fetch(
+                let fetched = try await FileDownloader(maxSize: maxDownloadSize).fetch(
                     remoteName, from: sources, to: localPath, progress: progress,
                     notice: { output.diagnostic("GET_FILE \(remoteName): \($0)") })
+                transfers.progress(id, bytes: fetched.size, total: fetched.size)
+                transfers.end(id, .done(verified: fetched.verified))
             }
             return ResultLine.getFileOK
         } catch .noSuchFile {
+            transfers.end(id, .notFound)
             return ResultLine.getFileNotFound
         } catch {
+            transfers.end(id, .failed(reason: "\(error)"))
             output.diagnostic("GET_FILE \(remoteName) from \(owner): \(error)")
             return ResultLine.getFileFail
         }
@@ -648,8 +637,8 @@ public actor ClientSession {
     /// when the server binds keys but cannot say this owner's now: a download in clear from a
     /// user who may be bound is not an option.
     private func pinned(_ source: PeerSource) async -> PeerSource? {
-        guard serverKeys else { return source }
-        guard let control else {
+        guard let online = state.online, online.offers.keys else { return source }
+        guard let control = online.control else {
             output.diagnostic(
                 """
                 GET_FILE: cannot learn \(source.owner)'s key: this client has no control connection to the \
@@ -678,9 +667,12 @@ public actor ClientSession {
     /// reversed (the owner connects to this client) when this client can be reached. Says so
     /// in one line when it is not direct; nil (with the reason) when there is no way.
     private func route(_ source: PeerSource, remoteName: String) async -> PeerSource? {
-        guard let control, let peerServer, await control.route(of: source.owner) == .unreachable else { return source }
+        guard let online = state.online, let control = online.control,
+            await control.route(of: source.owner) == .unreachable
+        else { return source }
+        let (user, serverRelays) = (online.user, online.offers.relay)
         guard await control.isReachable() == true else {
-            guard serverPunches, let user = connectedUser else {
+            guard online.offers.punch else {
                 output.diagnostic(
                     "GET_FILE: \(source.owner) is behind a NAT and so is this client, "
                         + "and the directory server cannot time a hole punch between them")
@@ -750,7 +742,7 @@ public actor ClientSession {
         let owner = source.owner
         reversed.reversal = Reversal(
             request: { () async throws(DownloadError) -> String in try await control.reverse(owner: owner) },
-            incoming: peerServer.reversedConnections)
+            incoming: online.peerServer.reversedConnections)
         output.diagnostic(
             "GET_FILE \(remoteName): \(owner) is behind a NAT: it connects to this client (reversed connection)")
         return reversed
@@ -772,6 +764,25 @@ public actor ClientSession {
         let left = rate > 0 ? clock(Double(total - bytes) / rate) + " left" : "time left unknown"
         return "GET_FILE \(name): \(formatBytes(Double(bytes))) of \(formatBytes(Double(total))) (\(percent)%), "
             + "\(formatBytes(rate))/s, \(left)"
+    }
+
+    /// A TRANSFERS line: `3 download big.iso from alice,bob: 412.0 MiB of 1.0 GiB (40%),
+    /// 85.3 MiB/s, running`. Names from the directory and peers are printed escaped.
+    static func transferLine(_ transfer: Transfer, now: ContinuousClock.Instant = .now) -> String {
+        let peers = transfer.peers.map { ControlCharacters.escaped($0) }.joined(separator: ",")
+        var line = "\(transfer.id) \(transfer.direction.rawValue) \(ControlCharacters.escaped(transfer.file)) "
+            + (transfer.direction == .download ? "from" : "to") + " \(peers): \(formatBytes(Double(transfer.bytes)))"
+        if let total = transfer.total, total > 0 {
+            line += " of \(formatBytes(Double(total))) (\(Int(Double(transfer.bytes) * 100 / Double(total)))%)"
+        }
+        line += ", \(formatBytes(transfer.rate(now: now)))/s, "
+        switch transfer.state {
+        case .running: line += "running"
+        case .done(let verified): line += transfer.direction == .download && verified ? "done, verified" : "done"
+        case .notFound: line += "FILE NOT EXIST"
+        case .failed(let reason): line += "failed: \(ControlCharacters.escaped(reason))"
+        }
+        return line
     }
 
     // MARK: Helpers

@@ -21,6 +21,8 @@ public enum ConsoleCommand: Equatable, Sendable {
     case shared
     /// This client's key: its fingerprint and where it is kept (nothing is sent).
     case identity
+    /// The downloads and uploads of this run: state, progress, rate (nothing is sent).
+    case transfers
     case quit
     /// `help`, `HELP`, `?`: the commands with their arguments (this client only; nothing is sent).
     case help
@@ -42,109 +44,133 @@ public enum ConsoleCommand: Equatable, Sendable {
     }
 
     /// Every command name, as typed at the prompt and completed with Tab.
-    public static var names: [String] { usages.map(\.0) }
+    public static var names: [String] { table.map(\.name) }
 
     /// What `help` prints: one command with its arguments per line.
     public static var helpLines: [String] {
-        let width = usages.map(\.1.count).max() ?? 0
-        return usages.map { name, usage in
-            usage.padding(toLength: width + 2, withPad: " ", startingAt: 0) + (summaries[name] ?? "")
-        } + ["Command names may be typed in any case. End of input (Ctrl+D) or Ctrl+C acts like QUIT."]
+        let width = table.map(\.usage.count).max() ?? 0
+        return table.map { $0.usage.padding(toLength: width + 2, withPad: " ", startingAt: 0) + $0.summary }
+            + ["Command names may be typed in any case. End of input (Ctrl+D) or Ctrl+C acts like QUIT."]
     }
 
-    /// Each command's name and usage.
-    static let usages: [(String, String)] = [
-        ("REGISTER", "REGISTER <userName>"),
-        ("UNREGISTER", "UNREGISTER <userName>"),
-        ("CONNECT", "CONNECT <userName>"),
-        ("DISCONNECT", "DISCONNECT <userName>"),
-        ("PUBLISH", "PUBLISH <fileName> <description>"),
-        ("DELETE", "DELETE <fileName>"),
-        ("LIST_USERS", "LIST_USERS"),
-        ("LIST_CONTENT", "LIST_CONTENT <userName>"),
-        ("GET_FILE", "GET_FILE <userName> <remoteFileName> <localFileName>"),
-        ("SEARCH", "SEARCH <words...>"),
-        ("SHARE", "SHARE <folder>"),
-        ("UNSHARE", "UNSHARE <folder>"),
-        ("SHARED", "SHARED"),
-        ("IDENTITY", "IDENTITY"),
-        ("QUIT", "QUIT"),
-        ("HELP", "HELP"),
-    ]
+    /// One command of the shell: its name, how it is typed, what it does, and how its words
+    /// are read (what `help` prints and what the parser does are kept side by side).
+    struct Entry: Sendable {
+        let name: String
+        /// Other names it answers to (`?` for HELP).
+        var aliases: [String] = []
+        let usage: String
+        let summary: String
+        /// Makes the command from what was typed after its name; nil when that does not fit
+        /// the usage.
+        let parse: @Sendable (Typed) -> ConsoleCommand?
+    }
 
-    static let summaries: [String: String] = [
-        "REGISTER": "create a user in the directory",
-        "UNREGISTER": "remove a user and everything it published",
-        "CONNECT": "go online as this user and serve the files it published to peers",
-        "DISCONNECT": "go offline",
-        "PUBLISH": "list a file of the shared folder, with a description",
-        "DELETE": "withdraw a published file",
-        "LIST_USERS": "the users online, with their addresses",
-        "LIST_CONTENT": "the files a user published",
-        "GET_FILE": "download a file from a user's peer (alice,bob: from both at once)",
-        "SEARCH": "find files of every user by words of their names or descriptions",
-        "SHARE": "publish a folder's files and follow its changes",
-        "UNSHARE": "stop sharing a folder; its files leave the directory",
-        "SHARED": "the shared folders: files published, skipped and why",
-        "IDENTITY": "this client's key: its fingerprint, its file",
-        "QUIT": "disconnect and leave (also end of input)",
-        "HELP": "this list (also ?)",
-    ]
+    /// A typed line, after its command's name.
+    struct Typed: Sendable {
+        /// The words after the name.
+        let arguments: [String]
+        /// Everything after the name, its outer spaces and tabs trimmed (for arguments that may
+        /// hold spaces).
+        let rest: String
 
-    /// Parses one line: words separated by spaces or tabs; a PUBLISH description is the rest
-    /// of the line and may contain spaces.
-    public static func parse(_ line: String) throws(ParseError) -> ConsoleCommand {
-        let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
-        guard let typed = words.first else { throw .empty }
-        let name = typed.uppercased()
-        let arguments = Array(words.dropFirst())
-        func usage() -> ParseError { .usage(usages.first { $0.0 == name }!.1) }
-        switch name {
-        case "REGISTER", "UNREGISTER", "CONNECT", "DISCONNECT", "DELETE", "LIST_CONTENT":
-            guard arguments.count == 1 else { throw usage() }
-            let argument = arguments[0]
-            switch name {
-            case "REGISTER": return .register(user: argument)
-            case "UNREGISTER": return .unregister(user: argument)
-            case "CONNECT": return .connect(user: argument)
-            case "DISCONNECT": return .disconnect(user: argument)
-            case "DELETE": return .delete(fileName: argument)
-            default: return .listContent(user: argument)
-            }
-        case "PUBLISH":
-            guard arguments.count >= 2 else { throw usage() }
-            // The description keeps its inner spacing: everything after the file name.
-            let afterName = line.drop(while: { $0 == " " || $0 == "\t" }).dropFirst(typed.count)
-                .drop(while: { $0 == " " || $0 == "\t" }).dropFirst(arguments[0].count)
-                .drop(while: { $0 == " " || $0 == "\t" })
-            var description = String(afterName)
-            while let last = description.last, last == " " || last == "\t" { description.removeLast() }
-            return .publish(fileName: arguments[0], description: description)
-        case "LIST_USERS", "QUIT", "SHARED", "IDENTITY":
-            guard arguments.isEmpty else { throw usage() }
-            switch name {
-            case "QUIT": return .quit
-            case "SHARED": return .shared
-            case "IDENTITY": return .identity
-            default: return .listUsers
-            }
-        case "SHARE", "UNSHARE":
-            guard !arguments.isEmpty else { throw usage() }
+        /// The one word, when exactly one was typed.
+        var single: String? { arguments.count == 1 ? arguments[0] : nil }
+    }
+
+    /// The shell's commands, in the order `help` lists them.
+    static let table: [Entry] = [
+        Entry(
+            name: "REGISTER", usage: "REGISTER <userName>", summary: "create a user in the directory",
+            parse: { $0.single.map { .register(user: $0) } }),
+        Entry(
+            name: "UNREGISTER", usage: "UNREGISTER <userName>", summary: "remove a user and everything it published",
+            parse: { $0.single.map { .unregister(user: $0) } }),
+        Entry(
+            name: "CONNECT", usage: "CONNECT <userName>",
+            summary: "go online as this user and serve the files it published to peers",
+            parse: { $0.single.map { .connect(user: $0) } }),
+        Entry(
+            name: "DISCONNECT", usage: "DISCONNECT <userName>", summary: "go offline",
+            parse: { $0.single.map { .disconnect(user: $0) } }),
+        Entry(
+            name: "PUBLISH", usage: "PUBLISH <fileName> <description>",
+            summary: "list a file of the shared folder, with a description",
+            parse: { typed in
+                guard typed.arguments.count >= 2 else { return nil }
+                // The description keeps its inner spacing: everything after the file name.
+                let description = trimmed(typed.rest.dropFirst(typed.arguments[0].count))
+                return .publish(fileName: typed.arguments[0], description: description)
+            }),
+        Entry(
+            name: "DELETE", usage: "DELETE <fileName>", summary: "withdraw a published file",
+            parse: { $0.single.map { .delete(fileName: $0) } }),
+        Entry(
+            name: "LIST_USERS", usage: "LIST_USERS", summary: "the users online, with their addresses",
+            parse: { $0.arguments.isEmpty ? .listUsers : nil }),
+        Entry(
+            name: "LIST_CONTENT", usage: "LIST_CONTENT <userName>", summary: "the files a user published",
+            parse: { $0.single.map { .listContent(user: $0) } }),
+        Entry(
+            name: "GET_FILE", usage: "GET_FILE <userName> <remoteFileName> <localFileName>",
+            summary: "download a file from a user's peer (alice,bob: from both at once)",
+            parse: { typed in
+                guard typed.arguments.count == 3 else { return nil }
+                return .getFile(user: typed.arguments[0], remoteName: typed.arguments[1], localName: typed.arguments[2])
+            }),
+        Entry(
+            name: "SEARCH", usage: "SEARCH <words...>",
+            summary: "find files of every user by words of their names or descriptions",
+            parse: { $0.arguments.isEmpty ? nil : .search(query: $0.arguments.joined(separator: " ")) }),
+        Entry(
+            name: "SHARE", usage: "SHARE <folder>", summary: "publish a folder's files and follow its changes",
             // A folder's name may hold spaces: the rest of the line.
-            var folder = String(line.drop(while: { $0 == " " || $0 == "\t" }).dropFirst(typed.count))
-            folder = String(folder.drop(while: { $0 == " " || $0 == "\t" }))
-            while let last = folder.last, last == " " || last == "\t" { folder.removeLast() }
-            return name == "SHARE" ? .share(folder: folder) : .unshare(folder: folder)
-        case "SEARCH":
-            guard !arguments.isEmpty else { throw usage() }
-            return .search(query: arguments.joined(separator: " "))
-        case "GET_FILE":
-            guard arguments.count == 3 else { throw usage() }
-            return .getFile(user: arguments[0], remoteName: arguments[1], localName: arguments[2])
-        case "HELP", "?", "-H", "--HELP":
-            return .help
-        default:
-            throw .unknown(typed)
+            parse: { $0.arguments.isEmpty ? nil : .share(folder: $0.rest) }),
+        Entry(
+            name: "UNSHARE", usage: "UNSHARE <folder>",
+            summary: "stop sharing a folder; its files leave the directory",
+            parse: { $0.arguments.isEmpty ? nil : .unshare(folder: $0.rest) }),
+        Entry(
+            name: "SHARED", usage: "SHARED", summary: "the shared folders: files published, skipped and why",
+            parse: { $0.arguments.isEmpty ? .shared : nil }),
+        Entry(
+            name: "TRANSFERS", usage: "TRANSFERS", summary: "downloads and uploads: state, progress, rate",
+            parse: { $0.arguments.isEmpty ? .transfers : nil }),
+        Entry(
+            name: "IDENTITY", usage: "IDENTITY", summary: "this client's key: its fingerprint, its file",
+            parse: { $0.arguments.isEmpty ? .identity : nil }),
+        Entry(
+            name: "QUIT", usage: "QUIT", summary: "disconnect and leave (also end of input)",
+            parse: { $0.arguments.isEmpty ? .quit : nil }),
+        Entry(
+            name: "HELP", aliases: ["?", "-H", "--HELP"], usage: "HELP", summary: "this list (also ?)",
+            parse: { _ in .help }),
+    ]
+
+    /// The entry `name` (any case) names, if any.
+    static func entry(named name: String) -> Entry? {
+        let name = name.uppercased()
+        return table.first { $0.name == name || $0.aliases.contains(name) }
+    }
+
+    /// Parses one line: words separated by spaces or tabs; a PUBLISH description and a SHARE
+    /// folder are the rest of the line and may contain spaces.
+    public static func parse(_ line: String) throws(ParseError) -> ConsoleCommand {
+        let words = line.split(whereSeparator: isBlank).map(String.init)
+        guard let typed = words.first else { throw .empty }
+        guard let entry = entry(named: typed) else { throw .unknown(typed) }
+        let rest = trimmed(line.drop(while: isBlank).dropFirst(typed.count))
+        guard let command = entry.parse(Typed(arguments: Array(words.dropFirst()), rest: rest)) else {
+            throw .usage(entry.usage)
         }
+        return command
+    }
+
+    private static func isBlank(_ character: Character) -> Bool { character == " " || character == "\t" }
+
+    private static func trimmed(_ text: Substring) -> String {
+        var text = text.drop(while: isBlank)
+        while let last = text.last, isBlank(last) { text.removeLast() }
+        return String(text)
     }
 }

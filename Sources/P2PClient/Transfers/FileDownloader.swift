@@ -165,7 +165,7 @@ public struct FileDownloader: Sendable {
     public func fetch(
         _ remoteName: String, from sources: [PeerSource], to localPath: String, progress: Progress? = nil,
         notice: @escaping @Sendable (String) -> Void = { _ in }
-    ) async throws(DownloadError) -> Int64 {
+    ) async throws(DownloadError) -> Fetched {
         guard let first = sources.first else { throw .unreachable("no source") }
         let infos = await withTaskGroup(of: (Int, FileInfo?).self) { group in
             for (index, source) in sources.enumerated() {
@@ -181,7 +181,8 @@ public struct FileDownloader: Sendable {
                     "\(remoteName): none of \(sources.map(\.owner).joined(separator: ", ")) can serve parts of it; "
                         + "downloading from \(first.owner) alone")
             }
-            return try await download(remoteName, from: first, to: localPath, progress: progress)
+            return Fetched(
+                size: try await download(remoteName, from: first, to: localPath, progress: progress), verified: false)
         }
         var usable: [PeerSource] = []
         for (source, info) in zip(sources, infos) {
@@ -198,7 +199,14 @@ public struct FileDownloader: Sendable {
             maxSize: maxSize, progress: progress, notice: notice)
         Self.resumable.withLock { _ = $0.insert(download.partialPath) }
         defer { Self.resumable.withLock { _ = $0.remove(download.partialPath) } }
-        return try await download.run()
+        return Fetched(size: try await download.run(), verified: true)
+    }
+
+    /// What a download got: its size, and whether it was checked against the SHA-256 its owners
+    /// announced (our peers; a third-party peer's plain GET_FILE cannot be).
+    public struct Fetched: Sendable, Equatable {
+        public var size: Int64
+        public var verified: Bool
     }
 
     /// The partial files of ranged downloads in progress, kept when the client is stopped.

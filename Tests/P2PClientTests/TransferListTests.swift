@@ -1,0 +1,66 @@
+import Foundation
+import P2PTestSupport
+import Testing
+
+@testable import P2PClient
+
+/// Issue 45: the shell's TRANSFERS, the list the web face shows too: each download and upload
+/// with its state, progress and whether its bytes were verified.
+@Suite struct TransferListTests {
+    @Test func aDownloadAndAnUploadAreListedOnBothSides() async throws {
+        try await AcceptanceTests.Environment.with { environment in
+            let ownerFolder = try environment.clientFolder("owner")
+            let content = Data(repeating: 7, count: 100_000)
+            try content.write(to: URL(fileURLWithPath: "\(ownerFolder)/notes.bin"))
+            let owner = try environment.client("owner")
+            for command in ["REGISTER alice", "CONNECT alice", "PUBLISH notes.bin my notes"] {
+                #expect(try await owner.run(command) == "c> \(command.split(separator: " ")[0]) OK")
+            }
+            let lines = try await environment.run(
+                [
+                    "REGISTER bob", "CONNECT bob", "GET_FILE alice notes.bin copy.bin",
+                    "GET_FILE alice missing.bin nothing.bin", "TRANSFERS",
+                ], in: "downloader")
+            let listed = Array(lines.drop { $0 != "c> TRANSFERS OK" }.dropFirst().prefix(2))
+            #expect(listed.count == 2, "\(lines)")
+            #expect(listed.first?.hasPrefix("1 download notes.bin from alice: 97.7 KiB of 97.7 KiB (100%), ") == true)
+            #expect(listed.first?.hasSuffix(", done, verified") == true, "\(listed)")
+            #expect(listed.last?.hasPrefix("2 download missing.bin from alice: 0 B, ") == true, "\(listed)")
+            #expect(listed.last?.hasSuffix(", FILE NOT EXIST") == true, "\(listed)")
+
+            let before = owner.process.stdoutLines.count
+            #expect(try await owner.run("TRANSFERS") == "c> TRANSFERS OK")
+            try await waitUntil("the upload listed") { owner.process.stdoutLines.count >= before + 2 }
+            let upload = owner.process.stdoutLines[before + 1]
+            #expect(upload.hasPrefix("1 upload notes.bin to "), "\(upload)")
+            #expect(upload.contains(": 97.7 KiB of 97.7 KiB (100%), ") && upload.hasSuffix(", done"), "\(upload)")
+            _ = try await owner.finish()
+        }
+    }
+
+    @Test func endedTransfersAreKeptToABound() {
+        let list = TransferList(keptEnded: 3)
+        let running = list.start(.upload, file: "long.iso", peers: ["198.18.3.2:4000"], total: 1 << 30)
+        for index in 0..<10 {
+            let id = list.start(.download, file: "f\(index)", peers: ["alice"])
+            list.progress(id, bytes: 10, total: 10)
+            list.end(id, .done(verified: true))
+        }
+        // The one under way stays, whatever ended after it.
+        #expect(list.all.map(\.id) == [running, 9, 10, 11])
+        // The last three to end are kept.
+        list.end(running, .failed(reason: "cut"))
+        #expect(list.all.map(\.id) == [running, 10, 11])
+    }
+
+    /// Names come from the directory and from peers: a TRANSFERS line cannot be forged or
+    /// drive the terminal through them.
+    @Test func namesFromOthersArePrintedEscaped() {
+        let list = TransferList()
+        let id = list.start(.download, file: "a\nc> GET_FILE OK\u{1B}[2J", peers: ["eve\r"])
+        list.end(id, .failed(reason: "peer said \u{7}"))
+        let line = ClientSession.transferLine(list.transfer(id)!)
+        #expect(!line.contains("\n") && !line.contains("\r") && !line.contains("\u{1B}") && !line.contains("\u{7}"))
+        #expect(line.hasPrefix("1 download a"), "\(line)")
+    }
+}

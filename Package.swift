@@ -188,6 +188,19 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
             ]
         ),
+        // The client's web face (p2p-client --web): the page and the JSON API, on Hummingbird,
+        // driving the same session as the shell.
+        .target(
+            name: "P2PClientWeb",
+            dependencies: [
+                "P2PClient",
+                "P2PNetworkSupport",
+                "P2PProtocol",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Checks of any implementation of the protocol, from outside (p2p-conformance).
         .target(
             name: "P2PConformance",
@@ -235,9 +248,11 @@ let package = Package(
             name: "p2p-client",
             dependencies: [
                 "P2PClient",
+                "P2PClientWeb",
                 "P2PIdentity",
                 "P2PNetworkSupport",
                 "CLibEdit",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -330,7 +345,8 @@ let package = Package(
         .testTarget(
             name: "P2PClientTests",
             dependencies: [
-                "P2PClient", "P2PDirectory", "P2PProtocol", "P2PTestSupport", "P2PTimeSOAP",
+                "P2PClient", "P2PClientWeb", "P2PDirectory", "P2PProtocol", "P2PTestSupport", "P2PTimeSOAP",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -2,7 +2,9 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import Hummingbird
 import P2PClient
+import P2PClientWeb
 import P2PIdentity
 import P2PNetworkSupport
 import P2PTimeClient
@@ -129,6 +131,20 @@ struct ClientCommand: AsyncParsableCommand {
     @Flag(help: "Log each file served to peers on stderr.")
     var verbose = false
 
+    @Option(
+        help: """
+            Serve a web interface and a JSON API (/api/v1) for this session at [ADDR:]PORT \
+            (127.0.0.1 unless an address is given; 0 for a free port). Every request needs the token \
+            printed at start: open the address printed with it.
+            """)
+    var web: String?
+
+    @Option(help: "With --web: the token in this file (made, mode 0600, when missing) instead of a new one each run.")
+    var webTokenFile: String?
+
+    @Flag(help: "With --web: no shell; run as a service until SIGTERM or SIGINT (which disconnect first, as QUIT).")
+    var noShell = false
+
     /// Whatever is not an option of ours, kept so that `validate()` can name it before
     /// complaining about anything else.
     @Argument(parsing: .allUnrecognized, help: .hidden)
@@ -149,6 +165,11 @@ struct ClientCommand: AsyncParsableCommand {
             throw ValidationError("--max-peer-connections-per-address must be at least 1")
         }
         guard uploadStallTimeout >= 0.1 else { throw ValidationError("--upload-stall-timeout must be at least 0.1") }
+        if let web, ClientWebAddress(parsing: web) == nil {
+            throw ValidationError("--web \(web): give PORT or ADDR:PORT, such as 8080 or 0.0.0.0:8080")
+        }
+        if noShell, web == nil { throw ValidationError("--no-shell needs --web (there would be no way to use it)") }
+        if webTokenFile != nil, web == nil { throw ValidationError("--web-token-file needs --web") }
         if let maxDownloadSize, UploadLimits.parseRate(maxDownloadSize) == nil {
             throw ValidationError(
                 "--max-download-size \(maxDownloadSize): give a size such as 500M or 10G (at least 1K)")
@@ -189,10 +210,13 @@ struct ClientCommand: AsyncParsableCommand {
             // Rewrite one line in place; nil clears it.
             writeErr("\r\u{1B}[K" + (text ?? ""))
         }
-        let output = ClientOutput(
+        let plainOutput = ClientOutput(
             line: { writeOut($0 + "\n") },
             diagnostic: { writeErr("p2p-client: \($0)\n") },
-            progress: stderrIsTerminal ? showProgress : nil)
+            progress: stderrIsTerminal && !noShell ? showProgress : nil)
+        // With the web face, what the shell prints shows in its console too.
+        let log = OutputLog()
+        let output = web == nil ? plainOutput : log.tee(plainOutput)
         var identityKey: IdentityKey?
         let identityPath = identity ?? IdentityKey.defaultPath()
         if !noIdentity {
@@ -249,6 +273,38 @@ struct ClientCommand: AsyncParsableCommand {
                 terminal.restore()
                 Glibc.exit(await exitStatus(session, interactive: interactive))
             }
+        }
+
+        if let web, let address = ClientWebAddress(parsing: web) {
+            let token: WebToken
+            do {
+                token = try webTokenFile.map { path throws(WebToken.FileError) in try WebToken.loadOrCreate(at: path) }
+                    ?? .random()
+            } catch {
+                throw ValidationError("--web-token-file: \(error)")
+            }
+            let application = buildClientWebApplication(
+                address, session: session, log: log, token: token, logger: Logger(label: "p2p-client.web"),
+                onServerRunning: { channel in
+                    let port = channel.localAddress?.port ?? address.port
+                    let host = address.host == "0.0.0.0" || address.host == "::" ? "127.0.0.1" : address.host
+                    writeErr(
+                        "p2p-client: web interface at http://\(DualStack.hostAndPort(host, port))/?token=\(token)\n")
+                })
+            let serviceOnly = noShell
+            Task {
+                do {
+                    try await application.run()
+                } catch {
+                    writeErr("p2p-client: the web interface stopped: \(error)\n")
+                    // A service without its web face is of no use to anyone.
+                    if serviceOnly { Glibc.exit(1) }
+                }
+            }
+        }
+        if noShell {
+            // A service: until SIGTERM or SIGINT (handled above, as QUIT).
+            while true { try? await Task.sleep(for: .seconds(3600)) }
         }
 
         if interactive { await session.checkServerReachable() }

@@ -56,7 +56,7 @@ public actor ClientSession {
     private let sharing: FolderSharing
     private var timeServiceFailing = false
     /// The downloads and uploads of this run.
-    public let transfers: TransferList
+    public nonisolated let transfers: TransferList
     /// How many commands failed (a result line other than OK, or a line that is no command):
     /// a scripted run exits 1 when any did.
     public private(set) var failures = 0
@@ -320,6 +320,92 @@ public actor ClientSession {
         }
     }
 
+    // MARK: What the web face asks
+
+    /// Who is online here and what the directory server offers.
+    public struct Snapshot: Sendable, Equatable {
+        /// The user connected through this client, if any.
+        public var user: String?
+        /// The last user registered or connected here (who the lists act for while offline).
+        public var actingUser: String?
+        /// The directory server, `host:port`.
+        public var server: String
+        /// The port peers download from, while connected.
+        public var peerPort: Int?
+        /// Whether this client holds a control connection (our servers).
+        public var controlConnection: Bool
+        /// What the server offers beyond the spec: `punch`, `relay`, `identity`.
+        public var offers: [String]
+        /// This client's key's fingerprint (nil with --no-identity).
+        public var fingerprint: String?
+    }
+
+    public var snapshot: Snapshot {
+        let online = state.online
+        let offers = online?.offers ?? SessionState.ServerOffers()
+        return Snapshot(
+            user: online?.user, actingUser: actingUser.isEmpty ? nil : actingUser,
+            server: DualStack.hostAndPort(directory.host, directory.port), peerPort: online?.peerServer.port,
+            controlConnection: online?.control != nil,
+            offers: [offers.punch ? "punch" : nil, offers.relay ? "relay" : nil, offers.keys ? "identity" : nil]
+                .compactMap { $0 },
+            fingerprint: directory.identity?.fingerprint)
+    }
+
+    /// Why a question to the directory got no answer: its result line (`LIST_USERS FAIL, USER
+    /// NOT CONNECTED`), or the reason the server could not be asked.
+    public struct DirectoryRefusal: Error, Sendable, Equatable, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// The users online (LIST_USERS, for the acting user).
+    public func onlineUsers() async throws(DirectoryRefusal) -> [ConnectedUser] {
+        let reply = await request(.listUsers(user: actingUser))
+        guard case .users(let users)? = reply else { throw refusal(.listUsers, reply) }
+        return users
+    }
+
+    /// The files `owner` published (LIST_CONTENT).
+    public func files(of owner: String) async throws(DirectoryRefusal) -> [PublishedFile] {
+        let reply = await request(.listContent(user: actingUser, owner: owner))
+        guard case .content(let files)? = reply else { throw refusal(.listContent, reply) }
+        return files
+    }
+
+    /// Every user's files matching `query` (SEARCH, our servers).
+    public func search(_ query: String) async throws(DirectoryRefusal) -> [SearchHit] {
+        let reply = await request(.search(user: actingUser, query: query), extension: true)
+        guard case .hits(let hits)? = reply else { throw refusal(.search, reply) }
+        return hits
+    }
+
+    private func refusal(_ operation: DirectoryOperation, _ reply: Reply?) -> DirectoryRefusal {
+        guard let reply else {
+            return DirectoryRefusal(description: "\(operation.rawValue): the directory server gave no answer")
+        }
+        var line = ResultLine.line(operation, reply.code)
+        if reply.code == 1, actingUser.isEmpty {
+            line += " (no user is registered or connected in this client)"
+        }
+        return DirectoryRefusal(description: line)
+    }
+
+    /// The shared folders (SHARED).
+    public func shares() async -> [FolderSharing.ShareSummary] {
+        await sharing.shareSummaries()
+    }
+
+    /// Starts downloading `remoteName` from `owner` (`alice,bob`: from both) into `localName`
+    /// (relative to the client's folder) and returns at once with its transfer's id; the
+    /// transfer list follows it.
+    public func startDownload(from owner: String, remoteName: String, localName: String) -> Int {
+        let id = transfers.start(
+            .download, file: remoteName, peers: owner.split(separator: ",").map(String.init),
+            localPath: absoluteLocal(localName))
+        Task { _ = await getFile(from: owner, remoteName: remoteName, localName: localName, transfer: id) }
+        return id
+    }
+
     // MARK: Commands
 
     private var actingUser: String { connectedUser ?? lastKnownUser ?? "" }
@@ -570,18 +656,30 @@ public actor ClientSession {
         return path.hasPrefix("/") ? path : "\(workingDirectory)/\(path)"
     }
 
-    private func getFile(from owner: String, remoteName: String, localName: String) async -> String {
-        let reply = await request(.listUsers(user: actingUser))
-        guard case .users(let users)? = reply else {
-            if let reply {
-                output.diagnostic(
-                    "GET_FILE: cannot look the owner up: \(ResultLine.line(.listUsers, reply.code))"
-                        + (actingUser.isEmpty ? " (no user is registered or connected in this client)" : ""))
-            }
-            return ResultLine.getFileFail
-        }
+    private func absoluteLocal(_ localName: String) -> String {
+        localName.hasPrefix("/") ? localName : "\(workingDirectory)/\(localName)"
+    }
+
+    /// GET_FILE: its result line. Listed as transfer `transfer` (one is started when nil).
+    private func getFile(from owner: String, remoteName: String, localName: String, transfer: Int? = nil) async
+        -> String
+    {
         // `alice,bob,carol`: the owners to fetch from at once.
         let owners = owner.split(separator: ",").map(String.init)
+        let localPath = absoluteLocal(localName)
+        let transfers = self.transfers
+        let id = transfer ?? transfers.start(.download, file: remoteName, peers: owners, localPath: localPath)
+        let reply = await request(.listUsers(user: actingUser))
+        guard case .users(let users)? = reply else {
+            var reason = "cannot look the owner up"
+            if let reply {
+                reason += ": \(ResultLine.line(.listUsers, reply.code))"
+                    + (actingUser.isEmpty ? " (no user is registered or connected in this client)" : "")
+                output.diagnostic("GET_FILE: \(reason)")
+            }
+            transfers.end(id, .failed(reason: reason))
+            return ResultLine.getFileFail
+        }
         var sources: [PeerSource] = []
         for name in owners {
             if let peer = users.first(where: { $0.name == name }), let port = Int(peer.port) {
@@ -594,12 +692,12 @@ public actor ClientSession {
                 output.diagnostic("GET_FILE: \(name) is not connected")
             }
         }
-        guard !sources.isEmpty else { return ResultLine.getFileFail }
-        let localPath = localName.hasPrefix("/") ? localName : "\(workingDirectory)/\(localName)"
+        guard !sources.isEmpty else {
+            transfers.end(id, .failed(reason: "no owner can be reached (the reasons are in the log)"))
+            return ResultLine.getFileFail
+        }
         let started = ContinuousClock.now
         let progressOutput = output.progress
-        let transfers = self.transfers
-        let id = transfers.start(.download, file: remoteName, peers: sources.map(\.owner), localPath: localPath)
         let progress: FileDownloader.Progress = { @Sendable bytes, total in
             transfers.progress(id, bytes: bytes, total: total)
             let elapsed = ContinuousClock.now - started

@@ -193,21 +193,43 @@ public actor FolderSharing {
 
     /// What SHARED prints: one line per shared folder.
     public func summary() -> [String] {
+        shareSummaries().map { share in
+            var line = "\(share.path): \(share.published) files published"
+            if share.waitsForConnect { line += " (at the next CONNECT)" }
+            if !share.skipped.isEmpty {
+                line +=
+                    ", \(share.skipped.map(\.count).reduce(0, +)) skipped ("
+                    + share.skipped.map { "\($0.count) \($0.reason)" }.joined(separator: ", ") + ")"
+            }
+            if share.withdrawn > 0 { line += ", \(share.withdrawn) withdrawn by DELETE" }
+            if share.unfollowed > 0 { line += ", \(share.unfollowed) folders not followed" }
+            return line
+        }
+    }
+
+    /// One shared folder, as SHARED and the web face's Shares page show it.
+    public struct ShareSummary: Sendable {
+        public var path: String
+        public var published: Int
+        /// Files not published, how many for each reason (`hidden`, `symbolic link`, ...).
+        public var skipped: [(reason: String, count: Int)]
+        /// Files withdrawn from it by a typed DELETE.
+        public var withdrawn: Int
+        /// Folders in it that cannot be followed for changes.
+        public var unfollowed: Int
+        /// Nobody is connected: it is published at the next CONNECT.
+        public var waitsForConnect: Bool
+    }
+
+    public func shareSummaries() -> [ShareSummary] {
         shares.map { share in
-            var line = "\(share.path): \(share.published.count) files published"
-            if user == nil { line += " (at the next CONNECT)" }
             var reasons: [SkipReason: Int] = [:]
             for reason in share.skipped.values { reasons[reason, default: 0] += 1 }
-            if !reasons.isEmpty {
-                line +=
-                    ", \(share.skipped.count) skipped ("
-                    + reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.rawValue)" }.joined(
-                        separator: ", ")
-                    + ")"
-            }
-            if !share.excluded.isEmpty { line += ", \(share.excluded.count) withdrawn by DELETE" }
-            if !share.unfollowed.isEmpty { line += ", \(share.unfollowed.count) folders not followed" }
-            return line
+            return ShareSummary(
+                path: share.path, published: share.published.count,
+                skipped: reasons.sorted { $0.key < $1.key }.map { ($0.key.rawValue, $0.value) },
+                withdrawn: share.excluded.count,
+                unfollowed: share.unfollowed.count, waitsForConnect: user == nil)
         }
     }
 

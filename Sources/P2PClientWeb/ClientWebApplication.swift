@@ -175,13 +175,22 @@ struct ClientWebController: Sendable {
             guard !asked.owner.isEmpty, !asked.file.isEmpty else {
                 throw HTTPError(.badRequest, message: "a download needs an owner and a file")
             }
-            let local = asked.localName ?? WebNames.localName(for: asked.file)
-            guard let local, WebNames.isSafeLocalName(local) else {
+            let local = asked.localName ?? LocalNames.lastPart(of: asked.file)
+            guard let local, LocalNames.isSafe(local) else {
                 throw HTTPError(
                     .badRequest, message: "no safe local name for \(asked.file): give localName (no .. or leading /)")
             }
             let id = await session.startDownload(from: asked.owner, remoteName: asked.file, localName: local)
             return EditedResponse(status: .accepted, response: DownloadStarted(id: id, localName: local))
+        }
+        api.post("folder-downloads") { request, context in
+            let asked = try await request.decode(as: FolderDownloadRequest.self, context: context)
+            do {
+                let ids = try await session.startFolderDownload(from: asked.owner, folder: asked.folder)
+                return EditedResponse(status: .accepted, response: FolderDownloadStarted(ids: ids))
+            } catch {
+                throw HTTPError(.badRequest, message: "\(error)")
+            }
         }
         api.get("shares") { _, _ in await session.shares().map(ShareJSON.init) }
         api.get("log") { request, _ in
@@ -240,26 +249,6 @@ struct ClientWebController: Sendable {
             try await Task.sleep(for: .seconds(1))
         }
         try await writer.finish(nil)
-    }
-}
-
-/// Local names for files whose remote names come from other users.
-enum WebNames {
-    /// The last part of `remoteName`, when it is a plain name.
-    static func localName(for remoteName: String) -> String? {
-        let last = remoteName.split(separator: "/").last.map(String.init)
-        return last.flatMap { isSafeLocalName($0) ? $0 : nil }
-    }
-
-    /// A relative path inside the client's folder: no empty, `.` or `..` part, not absolute,
-    /// no control characters.
-    static func isSafeLocalName(_ name: String) -> Bool {
-        guard !name.isEmpty, !name.hasPrefix("/"), !ControlCharacters.containsControlCharacters(name) else {
-            return false
-        }
-        return name.split(separator: "/", omittingEmptySubsequences: false).allSatisfy {
-            !$0.isEmpty && $0 != "." && $0 != ".."
-        }
     }
 }
 
@@ -329,7 +318,7 @@ struct TransferJSON: ResponseEncodable {
     var localPath: String?
     var bytes: Int64
     var total: Int64?
-    /// `running`, `done`, `notFound` or `failed`.
+    /// `queued`, `running`, `done`, `notFound` or `failed`.
     var state: String
     var verified: Bool
     var reason: String?
@@ -346,6 +335,7 @@ struct TransferJSON: ResponseEncodable {
         total = transfer.total
         verified = false
         switch transfer.state {
+        case .queued: state = "queued"
         case .running: state = "running"
         case .done(let checked):
             state = "done"
@@ -370,6 +360,15 @@ struct DownloadRequest: Decodable {
 struct DownloadStarted: ResponseEncodable {
     var id: Int
     var localName: String
+}
+
+struct FolderDownloadRequest: Decodable {
+    var owner: String
+    var folder: String
+}
+
+struct FolderDownloadStarted: ResponseEncodable {
+    var ids: [Int]
 }
 
 struct ShareJSON: ResponseEncodable {

@@ -240,8 +240,9 @@ enum ClientWebPage {
             }
             for (const [folder, list] of [...folders].sort()) {
               const line = element("div", (folder || "(top)") + " ", "folder");
-              const all = element("button", "download " + list.length);
-              all.addEventListener("click", () => list.forEach((file) => download(name, file.name)));
+              const all = element("button", "download folder (" + list.length + " here)");
+              all.addEventListener("click", () => api("folder-downloads", { owner: name, folder })
+                .then(() => show("transfers")).catch((error) => alert("folder " + folder + ": " + error.message)));
               line.append(all);
               box.append(line);
               for (const file of list) {
@@ -264,7 +265,8 @@ enum ClientWebPage {
             bar.value = t.total ? t.bytes : 0;
             const progress = element("td");
             progress.append(bar, " " + bytes(t.bytes) + (t.total ? " of " + bytes(t.total) : ""));
-            const state = t.state === "done" ? (t.direction === "download" && t.verified ? "done, verified" : "done")
+            const state = t.state === "queued" ? "queued"
+              : t.state === "done" ? (t.direction === "download" && t.verified ? "done, verified" : "done")
               : t.state === "failed" ? "failed: " + t.reason : t.state === "notFound" ? "no such file" : "running";
             row.append(element("td", String(t.id)), element("td", t.direction + " " + t.file),
               element("td", t.peers.join(", ")), progress, element("td", bytes(Math.round(t.bytesPerSecond)) + "/s"),

@@ -38,6 +38,42 @@ import Testing
         }
     }
 
+    /// GET_FOLDER: every file under the folder, subfolders too, into a folder of its name; a
+    /// name the owner published that would lead out of it refuses the folder, writing nothing.
+    @Test func aFolderIsDownloadedIntoAFolderOfItsName() async throws {
+        try await AcceptanceTests.Environment.with { environment in
+            let ownerFolder = try environment.clientFolder("owner")
+            for (name, text) in [("music/a.txt", "a"), ("music/live/b.txt", "b"), ("other.txt", "o")] {
+                let path = "\(ownerFolder)/\(name)"
+                try FileManager.default.createDirectory(
+                    atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+            }
+            let owner = try environment.client("owner")
+            for command in ["REGISTER alice", "CONNECT alice", "SHARE ."] {
+                #expect(try await owner.run(command).hasSuffix(" OK"))
+            }
+            let downloader = try environment.client("downloader")
+            for command in ["REGISTER bob", "CONNECT bob"] {
+                #expect(try await downloader.run(command).hasSuffix(" OK"))
+            }
+            #expect(try await downloader.run("GET_FOLDER alice music") == "c> GET_FOLDER OK")
+            let here = environment.folder.file("downloader")
+            #expect(try String(contentsOfFile: "\(here)/music/a.txt", encoding: .utf8) == "a")
+            #expect(try String(contentsOfFile: "\(here)/music/live/b.txt", encoding: .utf8) == "b")
+            #expect(!FileManager.default.fileExists(atPath: "\(here)/other.txt"))
+
+            // Someone publishes, in alice's name, a name climbing out of the folder.
+            #expect(try await owner.run("PUBLISH music/../../escape.txt x") == "c> PUBLISH OK")
+            #expect(try await downloader.run("GET_FOLDER alice music") == "c> GET_FOLDER FAIL")
+            #expect(downloader.process.stderrLines.contains { $0.contains("not a plain path inside the folder") })
+            #expect(!FileManager.default.fileExists(atPath: environment.folder.file("escape.txt")))
+            #expect(try await downloader.run("GET_FOLDER alice nothing-here") == "c> GET_FOLDER FAIL")
+            _ = try await downloader.finish()
+            _ = try await owner.finish()
+        }
+    }
+
     @Test func endedTransfersAreKeptToABound() {
         let list = TransferList(keptEnded: 3)
         let running = list.start(.upload, file: "long.iso", peers: ["198.18.3.2:4000"], total: 1 << 30)

@@ -275,6 +275,30 @@ public actor ClientSession {
                     + "With it lost or replaced, those users can no longer be changed until the server's operator "
                     + "unbinds them (p2p-server unbind <user>)")
 
+        case .getFolder(let user, let folder):
+            do {
+                let queued = try await queueFolderDownload(from: user, folder: folder)
+                output.diagnostic("GET_FOLDER: \(queued.count) files queued (TRANSFERS shows them)")
+                for download in queued { await download.done.value }
+                let failed = queued.compactMap { transfers.transfer($0.id) }.filter {
+                    if case .done = $0.state { return false } else { return true }
+                }
+                if failed.isEmpty {
+                    say("GET_FOLDER OK")
+                } else {
+                    failures += 1
+                    say("GET_FOLDER FAIL")
+                    output.diagnostic(
+                        "GET_FOLDER: \(failed.count) of \(queued.count) files not downloaded: "
+                            + failed.prefix(5).map { ControlCharacters.escaped($0.file) }.joined(separator: ", ")
+                            + "; GET_FOLDER again fetches the folder again, continuing the ones cut short")
+                }
+            } catch {
+                failures += 1
+                say("GET_FOLDER FAIL")
+                output.diagnostic("GET_FOLDER: \(error)")
+            }
+
         case .transfers:
             say("TRANSFERS OK")
             let listed = transfers.all
@@ -398,12 +422,85 @@ public actor ClientSession {
     /// Starts downloading `remoteName` from `owner` (`alice,bob`: from both) into `localName`
     /// (relative to the client's folder) and returns at once with its transfer's id; the
     /// transfer list follows it.
+    /// Downloads the page started (and folders' files) run this many at once; the rest queue.
+    private let slots = DownloadSlots(limit: 4)
+
+    /// Starts downloading `remoteName` from `owner` (`alice,bob`: from both) into `localName`
+    /// (relative to the client's folder; its folders are made) and returns at once with its
+    /// transfer's id, queued behind ``slots``; the transfer list follows it.
     public func startDownload(from owner: String, remoteName: String, localName: String) -> Int {
+        queueDownload(from: owner, remoteName: remoteName, localName: localName).id
+    }
+
+    /// ``startDownload(from:remoteName:localName:)``, with the task that ends with it.
+    private func queueDownload(from owner: String, remoteName: String, localName: String) -> (
+        id: Int, done: Task<Void, Never>
+    ) {
+        let localPath = absoluteLocal(localName)
         let id = transfers.start(
-            .download, file: remoteName, peers: owner.split(separator: ",").map(String.init),
-            localPath: absoluteLocal(localName))
-        Task { _ = await getFile(from: owner, remoteName: remoteName, localName: localName, transfer: id) }
-        return id
+            .download, file: remoteName, peers: owner.split(separator: ",").map(String.init), localPath: localPath,
+            queued: true)
+        let (slots, transfers) = (self.slots, self.transfers)
+        let done = Task {
+            await slots.acquire()
+            transfers.run(id)
+            let folder = URL(fileURLWithPath: localPath).deletingLastPathComponent().path
+            do {
+                try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+                _ = await getFile(from: owner, remoteName: remoteName, localName: localName, transfer: id)
+            } catch {
+                transfers.end(id, .failed(reason: "cannot make the folder \(folder): \(error.localizedDescription)"))
+            }
+            await slots.release()
+        }
+        return (id, done)
+    }
+
+    /// Why a folder cannot be downloaded.
+    public enum FolderDownloadError: Error, Sendable, CustomStringConvertible {
+        case refused(DirectoryRefusal)
+        case empty(String)
+        /// A file whose name would lead out of the folder (`..`) or is not a plain path.
+        case unsafeName(String)
+
+        public var description: String {
+            switch self {
+            case .refused(let refusal): refusal.description
+            case .empty(let folder): "no file of \(folder) is published"
+            case .unsafeName(let name): "\(name) is not a plain path inside the folder; nothing was downloaded"
+            }
+        }
+    }
+
+    /// Starts downloading every file `owner` published under `folder` (`music/albums`, its
+    /// subfolders too) into a folder of the same last name here (`albums/...`), each file
+    /// verified and resumable as GET_FILE's; the transfers' ids. Names come from the owner and
+    /// may be hostile: any that would not stay inside that folder refuses the whole folder.
+    public func startFolderDownload(from owner: String, folder: String) async throws(FolderDownloadError) -> [Int] {
+        try await queueFolderDownload(from: owner, folder: folder).map(\.id)
+    }
+
+    private func queueFolderDownload(from owner: String, folder: String) async throws(FolderDownloadError) -> [(
+        id: Int, done: Task<Void, Never>
+    )] {
+        let trimmed = String(folder.reversed().drop { $0 == "/" }.reversed())
+        let files: [PublishedFile]
+        do {
+            files = try await self.files(of: owner.split(separator: ",").first.map(String.init) ?? owner)
+        } catch {
+            throw .refused(error)
+        }
+        let prefix = trimmed.isEmpty ? "" : trimmed + "/"
+        let chosen = files.map(\.name).filter { $0.hasPrefix(prefix) }.sorted()
+        guard !chosen.isEmpty else { throw .empty(trimmed.isEmpty ? "the top folder" : trimmed) }
+        let base = trimmed.split(separator: "/").last.map(String.init) ?? owner
+        var plan: [(remote: String, local: String)] = []
+        for name in chosen {
+            let local = base + "/" + name.dropFirst(prefix.count)
+            guard LocalNames.isSafe(local), LocalNames.isSafe(base) else { throw .unsafeName(name) }
+            plan.append((name, local))
+        }
+        return plan.map { queueDownload(from: owner, remoteName: $0.remote, localName: $0.local) }
     }
 
     // MARK: Commands
@@ -875,6 +972,7 @@ public actor ClientSession {
         }
         line += ", \(formatBytes(transfer.rate(now: now)))/s, "
         switch transfer.state {
+        case .queued: line += "queued"
         case .running: line += "running"
         case .done(let verified): line += transfer.direction == .download && verified ? "done, verified" : "done"
         case .notFound: line += "FILE NOT EXIST"

@@ -21,6 +21,8 @@ public enum ConsoleCommand: Equatable, Sendable {
     case shared
     /// This client's key: its fingerprint and where it is kept (nothing is sent).
     case identity
+    /// Every file a user published under a folder, into a folder of the same name here.
+    case getFolder(user: String, folder: String)
     /// The downloads and uploads of this run: state, progress, rate (nothing is sent).
     case transfers
     case quit
@@ -117,6 +119,13 @@ public enum ConsoleCommand: Equatable, Sendable {
             parse: { typed in
                 guard typed.arguments.count == 3 else { return nil }
                 return .getFile(user: typed.arguments[0], remoteName: typed.arguments[1], localName: typed.arguments[2])
+            }),
+        Entry(
+            name: "GET_FOLDER", usage: "GET_FOLDER <userName> <folder>",
+            summary: "download every file of a user's folder, into a folder of that name",
+            parse: { typed in
+                guard typed.arguments.count == 2 else { return nil }
+                return .getFolder(user: typed.arguments[0], folder: typed.arguments[1])
             }),
         Entry(
             name: "SEARCH", usage: "SEARCH <words...>",

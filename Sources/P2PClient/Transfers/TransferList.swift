@@ -8,6 +8,8 @@ public struct Transfer: Sendable, Equatable, Identifiable {
     }
 
     public enum State: Sendable, Equatable {
+        /// Waiting for one of the downloads under way to end (``DownloadSlots``).
+        case queued
         case running
         /// Complete; `verified` when its bytes were checked against the owner's SHA-256 (our
         /// peers; a third-party peer's plain GET_FILE is not).
@@ -29,7 +31,8 @@ public struct Transfer: Sendable, Equatable, Identifiable {
     /// The size, when known (our peers announce it; a range's length for an upload).
     public internal(set) var total: Int64?
     public internal(set) var state = State.running
-    public let started: ContinuousClock.Instant
+    /// When it started (left the queue).
+    public internal(set) var started: ContinuousClock.Instant
     public internal(set) var ended: ContinuousClock.Instant?
 
     /// Bytes a second so far (to its end when it ended).
@@ -60,15 +63,25 @@ public final class TransferList: Sendable {
 
     /// A transfer starting now; its id.
     func start(
-        _ direction: Transfer.Direction, file: String, peers: [String], localPath: String? = nil, total: Int64? = nil
+        _ direction: Transfer.Direction, file: String, peers: [String], localPath: String? = nil, total: Int64? = nil,
+        queued: Bool = false
     ) -> Int {
         state.withLock { state in
             let id = state.next
             state.next += 1
             state.transfers[id] = Transfer(
                 id: id, direction: direction, file: file, peers: peers, localPath: localPath, total: total,
-                started: .now)
+                state: queued ? .queued : .running, started: .now)
             return id
+        }
+    }
+
+    /// Queued transfer `id` runs from now.
+    func run(_ id: Int) {
+        state.withLock { state in
+            guard state.transfers[id]?.state == .queued else { return }
+            state.transfers[id]?.state = .running
+            state.transfers[id]?.started = .now
         }
     }
 
@@ -102,4 +115,32 @@ public final class TransferList: Sendable {
 
     /// The transfer `id`, if still listed.
     public func transfer(_ id: Int) -> Transfer? { state.withLock { $0.transfers[id] } }
+}
+
+/// At most `limit` downloads at once; the others wait their turn, first come first served.
+actor DownloadSlots {
+    let limit: Int
+    private var busy = 0
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    init(limit: Int) {
+        self.limit = max(1, limit)
+    }
+
+    func acquire() async {
+        if busy < limit {
+            busy += 1
+            return
+        }
+        await withCheckedContinuation { waiting.append($0) }
+    }
+
+    func release() {
+        if waiting.isEmpty {
+            busy -= 1
+        } else {
+            // The slot passes to the next in line.
+            waiting.removeFirst().resume()
+        }
+    }
 }

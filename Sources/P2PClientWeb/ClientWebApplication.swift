@@ -192,6 +192,23 @@ struct ClientWebController: Sendable {
                 throw HTTPError(.badRequest, message: "\(error)")
             }
         }
+        api.get("wishlist") { _, _ in await session.wishes.map(WishJSON.init) }
+        api.post("wishlist") { request, context in
+            let asked = try await request.decode(as: WishRequest.self, context: context)
+            guard !asked.query.trimmingCharacters(in: .whitespaces).isEmpty else {
+                throw HTTPError(.badRequest, message: "a wish needs words")
+            }
+            guard let entry = await session.addWish(asked.query, fetch: asked.fetch ?? true) else {
+                throw HTTPError(.badRequest, message: "the wishlist is full")
+            }
+            return EditedResponse(status: .created, response: WishJSON(entry))
+        }
+        api.delete("wishlist/:id") { _, context in
+            guard let id = Int(try context.parameters.require("id")), await session.removeWish(id) else {
+                throw HTTPError(.notFound, message: "no such wish")
+            }
+            return Response(status: .noContent)
+        }
         api.get("shares") { _, _ in await session.shares().map(ShareJSON.init) }
         api.get("log") { request, _ in
             let after = request.uri.queryParameters["after"].flatMap { Int($0) } ?? 0
@@ -360,6 +377,39 @@ struct DownloadRequest: Decodable {
 struct DownloadStarted: ResponseEncodable {
     var id: Int
     var localName: String
+}
+
+struct WishRequest: Decodable {
+    var query: String
+    var fetch: Bool?
+}
+
+struct WishJSON: ResponseEncodable {
+    struct Match: Encodable {
+        var owner: String
+        var name: String
+        var description: String
+        var found: String
+    }
+
+    var id: Int
+    var query: String
+    var fetch: Bool
+    var matches: [Match]
+    var lastRun: String?
+    var runs: Int
+
+    init(_ entry: Wishlist.Entry) {
+        runs = entry.runs
+        let format = ISO8601DateFormatter()
+        id = entry.id
+        query = entry.query
+        fetch = entry.fetch
+        matches = entry.matches.map {
+            Match(owner: $0.owner, name: $0.name, description: $0.description, found: format.string(from: $0.found))
+        }
+        lastRun = entry.lastRun.map { format.string(from: $0) }
+    }
 }
 
 struct FolderDownloadRequest: Decodable {

@@ -24,6 +24,7 @@ enum ClientWebPage {
             <button data-tab="users">Users</button>
             <button data-tab="transfers">Transfers</button>
             <button data-tab="shares">Shares</button>
+            <button data-tab="wishlist">Wishlist</button>
             <button data-tab="console">Console</button>
           </nav>
         </header>
@@ -60,6 +61,14 @@ enum ClientWebPage {
               <button type="submit">Share</button>
             </form>
             <ul id="shares-list"></ul>
+          </section>
+          <section id="wishlist" hidden>
+            <form id="wish-form">
+              <input id="wish-words" placeholder="words to keep looking for" required>
+              <label><input id="wish-fetch" type="checkbox" checked> fetch new matches</label>
+              <button type="submit">Save</button>
+            </form>
+            <ul id="wish-list"></ul>
           </section>
           <section id="console" hidden>
             <pre id="console-lines"></pre>
@@ -149,6 +158,7 @@ enum ClientWebPage {
           for (const section of document.querySelectorAll("main section")) section.hidden = section.id !== tab;
           if (tab === "users") loadUsers();
           if (tab === "shares") loadShares();
+          if (tab === "wishlist") loadWishes();
         }
         for (const button of document.querySelectorAll("nav button"))
           button.addEventListener("click", () => show(button.dataset.tab));
@@ -292,6 +302,32 @@ enum ClientWebPage {
         $("share-form").addEventListener("submit", (event) => {
           event.preventDefault();
           run("SHARE " + $("share-path").value).then(loadShares);
+        });
+
+        // Wishlist: saved searches, run again every few minutes
+        async function loadWishes() {
+          try {
+            const wishes = await api("wishlist");
+            $("wish-list").replaceChildren(...wishes.map((wish) => {
+              const item = element("li", '"' + wish.query + '" ' + (wish.fetch ? "fetch" : "watch") + ", " +
+                wish.matches.length + " matches, searched " + wish.runs + " times ");
+              const forget = element("button", "forget");
+              forget.addEventListener("click", () =>
+                fetch("/api/v1/wishlist/" + wish.id, { method: "DELETE" }).then(loadWishes));
+              item.append(forget);
+              const matches = element("ul");
+              for (const match of wish.matches.slice(-20).reverse())
+                matches.append(element("li", match.owner + " " + match.name + " - " + match.description));
+              item.append(matches);
+              return item;
+            }));
+          } catch (error) { $("wish-list").replaceChildren(element("li", error.message)); }
+        }
+        $("wish-form").addEventListener("submit", (event) => {
+          event.preventDefault();
+          api("wishlist", { query: $("wish-words").value, fetch: $("wish-fetch").checked })
+            .then(loadWishes).catch((error) => alert(error.message));
+          $("wish-words").value = "";
         });
 
         // Console: the shell's output, whoever typed

@@ -142,6 +142,9 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "With --web: the token in this file (made, mode 0600, when missing) instead of a new one each run.")
     var webTokenFile: String?
 
+    @Option(help: "Seconds between two runs of the saved searches (WISH); they also run at CONNECT.")
+    var wishlistInterval: Double = 300
+
     @Flag(help: "With --web: no shell; run as a service until SIGTERM or SIGINT (which disconnect first, as QUIT).")
     var noShell = false
 
@@ -165,6 +168,7 @@ struct ClientCommand: AsyncParsableCommand {
             throw ValidationError("--max-peer-connections-per-address must be at least 1")
         }
         guard uploadStallTimeout >= 0.1 else { throw ValidationError("--upload-stall-timeout must be at least 0.1") }
+        guard wishlistInterval >= 0.1 else { throw ValidationError("--wishlist-interval must be at least 0.1") }
         if let web, ClientWebAddress(parsing: web) == nil {
             throw ValidationError("--web \(web): give PORT or ADDR:PORT, such as 8080 or 0.0.0.0:8080")
         }
@@ -241,6 +245,7 @@ struct ClientCommand: AsyncParsableCommand {
             stateDirectory: stateDir ?? PublishedRecord.defaultStateDirectory,
             maxDownloadSize: maxDownloadSize.flatMap(UploadLimits.parseRate).map(Int64.init),
             identityFile: noIdentity ? nil : identityPath,
+            wishlistInterval: .milliseconds(Int64(wishlistInterval * 1000)),
             output: output,
             logger: Logger(label: "p2p-client"))
         for path in shareFolders {
@@ -275,6 +280,7 @@ struct ClientCommand: AsyncParsableCommand {
             }
         }
 
+        Task { await session.runWishlist() }
         if let web, let address = ClientWebAddress(parsing: web) {
             let token: WebToken
             do {

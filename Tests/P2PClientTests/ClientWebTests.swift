@@ -127,12 +127,14 @@ import Testing
                 #expect(try await owner.run(command).hasSuffix(" OK"))
             }
             let (web, port, token) = try await Self.webClient(environment, "web")
-            for command in ["REGISTER bob", "CONNECT bob", "SHARE .", "GET_FILE alice notes.txt copy.txt"] {
+            let commands = ["REGISTER bob", "CONNECT bob", "SHARE .", "GET_FILE alice notes.txt copy.txt", "WISH notes"]
+            for command in commands {
                 #expect(try await web.run(command).hasSuffix(" OK"), "\(command)")
             }
             // Every documented path, with its parameters filled in.
             let samples = [
                 "/api/v1/users/{name}/files": "/api/v1/users/alice/files", "/api/v1/search": "/api/v1/search?q=notes",
+                "/api/v1/wishlist/{id}": "/api/v1/wishlist/1",
             ]
             try await TestClient.withClient(host: "127.0.0.1", port: port) { http in
                 let document = try #require(
@@ -144,7 +146,8 @@ import Testing
                 for (path, operations) in paths.sorted(by: { $0.key < $1.key }) {
                     let uri = samples[path] ?? path
                     for method in operations.keys {
-                        let request = TestClient.Request(uri, method: method == "get" ? .get : .post)
+                        let methods: [String: HTTPRequest.Method] = ["get": .get, "post": .post, "delete": .delete]
+                        let request = TestClient.Request(uri, method: methods[method] ?? .options)
                         #expect(try await http.execute(request).status == .unauthorized, "\(method) \(uri)")
                     }
                     guard let get = operations["get"] as? [String: Any], path != "/api/v1/events" else { continue }

@@ -74,6 +74,54 @@ import Testing
         }
     }
 
+    /// WISH: a saved search that matches a file published later fetches it, once, however
+    /// many times it runs again.
+    @Test func aWishFetchesAFilePublishedLaterOnce() async throws {
+        try await AcceptanceTests.Environment.with { environment in
+            let ownerFolder = try environment.clientFolder("owner")
+            try Data("orange sky".utf8).write(to: URL(fileURLWithPath: "\(ownerFolder)/sunset.txt"))
+            let owner = try environment.client("owner")
+            for command in ["REGISTER alice", "CONNECT alice"] {
+                #expect(try await owner.run(command).hasSuffix(" OK"))
+            }
+            let downloader = try ClientProcess(
+                serverPort: environment.serverPort, timeURL: environment.time.url,
+                directory: try environment.clientFolder("downloader"), extraArguments: ["--wishlist-interval", "0.3"])
+            for command in ["REGISTER bob", "CONNECT bob", "WISH sunset"] {
+                #expect(try await downloader.run(command).hasSuffix(" OK"))
+            }
+            let copy = environment.folder.file("downloader/sunset.txt")
+            #expect(!FileManager.default.fileExists(atPath: copy))
+            #expect(try await owner.run("PUBLISH sunset.txt the evening sky") == "c> PUBLISH OK")
+            try await waitUntil("the wished file fetched", timeout: 20) {
+                (try? String(contentsOfFile: copy, encoding: .utf8)) == "orange sky"
+            }
+            // Gone from here, it is not fetched again by the runs that follow.
+            try FileManager.default.removeItem(atPath: copy)
+            func runs() async throws -> Int {
+                let before = downloader.process.stdoutLines.count
+                #expect(try await downloader.run("WISHES") == "c> WISHES OK")
+                var line = ""
+                try await waitUntil("the wish listed") {
+                    line = downloader.process.stdoutLines.dropFirst(before + 1).first ?? ""
+                    return !line.isEmpty
+                }
+                #expect(line.hasPrefix("1 \"sunset\" fetch, 1 matches, searched "), "\(line)")
+                return Int(line.split(separator: " ").dropFirst(6).first ?? "") ?? 0
+            }
+            let then = try await runs()
+            try await waitUntil("three more runs") { try await runs() >= then + 3 }
+            #expect(!FileManager.default.fileExists(atPath: copy))
+            let before = downloader.process.stdoutLines.count
+            #expect(try await downloader.run("TRANSFERS") == "c> TRANSFERS OK")
+            try await waitUntil("the transfer listed") { downloader.process.stdoutLines.count > before + 1 }
+            let listed = downloader.process.stdoutLines.dropFirst(before + 1).filter { $0.contains(" sunset.txt ") }
+            #expect(listed.count == 1, "\(listed)")
+            _ = try await downloader.finish()
+            _ = try await owner.finish()
+        }
+    }
+
     @Test func endedTransfersAreKeptToABound() {
         let list = TransferList(keptEnded: 3)
         let running = list.start(.upload, file: "long.iso", peers: ["198.18.3.2:4000"], total: 1 << 30)

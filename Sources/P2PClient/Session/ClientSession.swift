@@ -57,6 +57,11 @@ public actor ClientSession {
     private var timeServiceFailing = false
     /// The downloads and uploads of this run.
     public nonisolated let transfers: TransferList
+    /// Saved searches run again every this often (``runWishlist()``) and at CONNECT.
+    public nonisolated let wishlistInterval: Duration
+    private var wishlist: Wishlist
+    /// Where the wishlist is kept (nil: in memory, for this run).
+    private var wishlistPath: String? { stateDirectory.map { $0 + "/wishlist.json" } }
     /// How many commands failed (a result line other than OK, or a line that is no command):
     /// a scripted run exits 1 when any did.
     public private(set) var failures = 0
@@ -74,10 +79,13 @@ public actor ClientSession {
         maxDownloadSize: Int64? = nil,
         identityFile: String? = nil,
         transfers: TransferList = TransferList(),
+        wishlistInterval: Duration = .seconds(300),
         output: ClientOutput,
         logger: Logger
     ) {
         self.transfers = transfers
+        self.wishlistInterval = wishlistInterval
+        wishlist = stateDirectory.map { Wishlist.load(from: $0 + "/wishlist.json") } ?? Wishlist()
         self.identityFile = identityFile
         self.stateDirectory = stateDirectory
         self.maxDownloadSize = maxDownloadSize
@@ -299,6 +307,38 @@ public actor ClientSession {
                 output.diagnostic("GET_FOLDER: \(error)")
             }
 
+        case .wish(let query):
+            guard let entry = await addWish(query) else {
+                failures += 1
+                say("WISH FAIL")
+                output.diagnostic("WISH: the wishlist holds \(Wishlist.maxEntries) searches already (UNWISH one)")
+                return true
+            }
+            say("WISH OK")
+            output.diagnostic(
+                "WISH \(entry.id): \(entry.matches.count) matches now; searched again every "
+                    + "\(wishlistInterval.components.seconds) s and at CONNECT, each new one fetched once")
+
+        case .wishes:
+            say("WISHES OK")
+            for entry in wishlist.entries {
+                let newest = entry.matches.last.map {
+                    ", newest \(ControlCharacters.escaped($0.owner)) \(ControlCharacters.escaped($0.name))"
+                } ?? ""
+                output.line(
+                    "\(entry.id) \"\(ControlCharacters.escaped(entry.query))\" \(entry.fetch ? "fetch" : "watch"), "
+                        + "\(entry.matches.count) matches, searched \(entry.runs) times\(newest)")
+            }
+
+        case .unwish(let id):
+            if removeWish(id) {
+                say("UNWISH OK")
+            } else {
+                failures += 1
+                say("UNWISH FAIL")
+                output.diagnostic("UNWISH: no wish \(id) (WISHES lists them)")
+            }
+
         case .transfers:
             say("TRANSFERS OK")
             let listed = transfers.all
@@ -503,6 +543,69 @@ public actor ClientSession {
         return plan.map { queueDownload(from: owner, remoteName: $0.remote, localName: $0.local) }
     }
 
+    // MARK: The wishlist
+
+    /// The saved searches.
+    public var wishes: [Wishlist.Entry] { wishlist.entries }
+
+    /// Saves a search (nil when the wishlist is full) and runs it at once.
+    public func addWish(_ query: String, fetch: Bool = true) async -> Wishlist.Entry? {
+        guard let entry = wishlist.add(query, fetch: fetch) else { return nil }
+        saveWishlist()
+        await checkWishlist()
+        return wishlist.entries.first { $0.id == entry.id } ?? entry
+    }
+
+    public func removeWish(_ id: Int) -> Bool {
+        let removed = wishlist.remove(id)
+        if removed { saveWishlist() }
+        return removed
+    }
+
+    /// Runs the saved searches every ``wishlistInterval`` until cancelled.
+    public func runWishlist() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: wishlistInterval)
+            await checkWishlist()
+        }
+    }
+
+    /// Each saved search once: new matches kept, and fetched for the entries that ask it,
+    /// into the client's folder under their last name (not over a file already there).
+    func checkWishlist() async {
+        guard !actingUser.isEmpty else { return }
+        // Two owners' files of one name: the first only.
+        var taken: Set<String> = []
+        for entry in wishlist.entries {
+            guard let hits = try? await search(entry.query) else { continue }
+            let fresh = wishlist.record(hits, for: entry.id)
+            guard !fresh.isEmpty else { continue }
+            output.diagnostic("WISHLIST: \(fresh.count) new for \"\(ControlCharacters.escaped(entry.query))\"")
+            guard entry.fetch else { continue }
+            for hit in fresh {
+                guard let local = LocalNames.lastPart(of: hit.name),
+                    !FileManager.default.fileExists(atPath: absoluteLocal(local)), taken.insert(local).inserted
+                else {
+                    output.diagnostic(
+                        "WISHLIST: \(ControlCharacters.escaped(hit.name)) from \(ControlCharacters.escaped(hit.owner)) "
+                            + "not fetched: no plain local name for it, or a file of that name is here already")
+                    continue
+                }
+                _ = startDownload(from: hit.owner, remoteName: hit.name, localName: local)
+            }
+        }
+        saveWishlist()
+    }
+
+    private func saveWishlist() {
+        guard let wishlistPath else { return }
+        do {
+            try wishlist.save(to: wishlistPath)
+        } catch {
+            output.diagnostic("WISHLIST: cannot keep it in \(wishlistPath): \(error.localizedDescription)")
+        }
+    }
+
     // MARK: Commands
 
     private var actingUser: String { connectedUser ?? lastKnownUser ?? "" }
@@ -543,6 +646,7 @@ public actor ClientSession {
         if code == 0 {
             await startServing(user)
             await openControl(user, server: server)
+            if !wishlist.entries.isEmpty { Task { await self.checkWishlist() } }
         }
         report(.connect, code)
         if code == 2 {

@@ -23,6 +23,12 @@ public enum ConsoleCommand: Equatable, Sendable {
     case identity
     /// Every file a user published under a folder, into a folder of the same name here.
     case getFolder(user: String, folder: String)
+    /// Saves a search that runs again and fetches each new match once.
+    case wish(query: String)
+    /// The saved searches.
+    case wishes
+    /// Forgets a saved search.
+    case unwish(id: Int)
     /// The downloads and uploads of this run: state, progress, rate (nothing is sent).
     case transfers
     case quit
@@ -142,6 +148,16 @@ public enum ConsoleCommand: Equatable, Sendable {
         Entry(
             name: "SHARED", usage: "SHARED", summary: "the shared folders: files published, skipped and why",
             parse: { $0.arguments.isEmpty ? .shared : nil }),
+        Entry(
+            name: "WISH", usage: "WISH <words...>",
+            summary: "save a search: run again every few minutes, each new match fetched once",
+            parse: { $0.arguments.isEmpty ? nil : .wish(query: $0.arguments.joined(separator: " ")) }),
+        Entry(
+            name: "WISHES", usage: "WISHES", summary: "the saved searches and their matches",
+            parse: { $0.arguments.isEmpty ? .wishes : nil }),
+        Entry(
+            name: "UNWISH", usage: "UNWISH <number>", summary: "forget a saved search",
+            parse: { $0.single.flatMap { Int($0) }.map { .unwish(id: $0) } }),
         Entry(
             name: "TRANSFERS", usage: "TRANSFERS", summary: "downloads and uploads: state, progress, rate",
             parse: { $0.arguments.isEmpty ? .transfers : nil }),

@@ -128,7 +128,7 @@ public enum ConsoleCommand: Equatable, Sendable {
             }),
         Entry(
             name: "GET_FOLDER", usage: "GET_FOLDER <userName> <folder>",
-            summary: "download every file of a user's folder, into a folder of that name",
+            summary: "download a user's folder into a folder of that name",
             parse: { typed in
                 guard typed.arguments.count == 2 else { return nil }
                 return .getFolder(user: typed.arguments[0], folder: typed.arguments[1])
@@ -150,7 +150,7 @@ public enum ConsoleCommand: Equatable, Sendable {
             parse: { $0.arguments.isEmpty ? .shared : nil }),
         Entry(
             name: "WISH", usage: "WISH <words...>",
-            summary: "save a search: run again every few minutes, each new match fetched once",
+            summary: "save a search; each new match is fetched once",
             parse: { $0.arguments.isEmpty ? nil : .wish(query: $0.arguments.joined(separator: " ")) }),
         Entry(
             name: "WISHES", usage: "WISHES", summary: "the saved searches and their matches",
